@@ -1,0 +1,299 @@
+"""The frozen, hashable description of one tensor product, with e3nn's exact semantics.
+
+A :class:`Problem` is what every other layer consumes: the reference, the code generators, the
+autotune cache key and the torch ops (which receive it as its :attr:`Problem.key` string).
+
+Example:
+    >>> from tritp.codegen import Problem
+    >>> p = Problem("8x0e+8x1o", "0e+1o", "8x0e+8x1o",
+    ...             [(0, 0, 0, "uvu", True), (1, 1, 0, "uvu", True)], shared_weights=False)
+    >>> p.weight_numel, [i.path_shape for i in p.instructions]
+    (16, [(8, 1), (8, 1)])
+    >>> Problem.from_key(p.key) == p
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from .irreps import Irreps, as_irreps
+
+MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv")
+IRREP_NORMALIZATIONS = ("component", "norm", "none")
+PATH_NORMALIZATIONS = ("element", "path", "none")
+LAYOUTS = ("mul_ir", "ir_mul")
+KEY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One coupling path, as e3nn's ``Instruction`` after construction.
+
+    ``path_weight`` is what the user gave (e3nn's sixth tuple element, default 1.0);
+    ``coefficient`` is e3nn's final normalization factor ``sqrt(alpha)``, which e3nn stores
+    in its own ``Instruction.path_weight``.
+    """
+
+    i_in1: int
+    i_in2: int
+    i_out: int
+    mode: str
+    has_weight: bool
+    path_weight: float
+    path_shape: tuple
+    coefficient: float
+
+    @property
+    def connection_mode(self) -> str:
+        return self.mode
+
+    def as_tuple(self) -> tuple:
+        return (self.i_in1, self.i_in2, self.i_out, self.mode, self.has_weight, self.path_weight)
+
+
+class ProblemError(ValueError):
+    """An invalid tensor product description."""
+
+
+def _describe(k: int, ins) -> str:
+    return f"instruction {k} {tuple(ins)!r}"
+
+
+def _path_shape(mode: str, m1: int, m2: int, mo: int) -> tuple:
+    return {
+        "uvw": (m1, m2, mo),
+        "uvu": (m1, m2),
+        "uvv": (m1, m2),
+        "uuw": (m1, mo),
+        "uuu": (m1,),
+        "uvuv": (m1, m2),
+    }[mode]
+
+
+def _num_elements(mode: str, m1: int, m2: int) -> int:
+    return {"uvw": m1 * m2, "uvu": m2, "uvv": m1, "uuw": m1, "uuu": 1, "uvuv": 1}[mode]
+
+
+def _check_instruction(k, raw, in1, in2, out) -> tuple:
+    if not isinstance(raw, (tuple, list)) or len(raw) not in (5, 6):
+        raise ProblemError(
+            f"{_describe(k, raw if isinstance(raw, (tuple, list)) else (raw,))}: expected "
+            "(i_in1, i_in2, i_out, mode, has_weight[, path_weight])"
+        )
+    i1, i2, io, mode, has_weight = raw[:5]
+    pw = raw[5] if len(raw) == 6 else 1.0
+    what = _describe(k, raw)
+    for name, i, irreps in (("i_in1", i1, in1), ("i_in2", i2, in2), ("i_out", io, out)):
+        if not isinstance(i, int) or isinstance(i, bool):
+            raise ProblemError(f"{what}: {name} must be an int, got {i!r}")
+        if not 0 <= i < len(irreps):
+            raise ProblemError(f"{what}: {name}={i} is out of range for {len(irreps)} segments ({irreps})")
+    if mode not in MODES:
+        raise ProblemError(f"{what}: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    if not isinstance(has_weight, bool):
+        raise ProblemError(f"{what}: has_weight must be True or False, got {has_weight!r}")
+    if isinstance(pw, bool) or not isinstance(pw, (int, float)) or not math.isfinite(pw) or pw < 0:
+        raise ProblemError(f"{what}: path_weight must be a finite non-negative float, got {pw!r}")
+    (m1, r1), (m2, r2), (mo, ro) = in1[i1], in2[i2], out[io]
+    if r1.p * r2.p != ro.p:
+        raise ProblemError(f"{what}: parity rule violated: {r1} x {r2} cannot give {ro}")
+    if not abs(r1.l - r2.l) <= ro.l <= r1.l + r2.l:
+        raise ProblemError(f"{what}: triangle rule violated: {r1} x {r2} cannot give {ro}")
+    rule = {
+        "uvw": (True, ""),
+        "uvu": (m1 == mo, f"mode uvu needs mul_in1 == mul_out, got {m1} and {mo}"),
+        "uvv": (m2 == mo, f"mode uvv needs mul_in2 == mul_out, got {m2} and {mo}"),
+        "uuw": (m1 == m2, f"mode uuw needs mul_in1 == mul_in2, got {m1} and {m2}"),
+        "uuu": (m1 == m2 == mo, f"mode uuu needs equal multiplicities, got {m1}, {m2}, {mo}"),
+        "uvuv": (m1 * m2 == mo, f"mode uvuv needs mul_out == mul_in1 * mul_in2, got {mo} != {m1}*{m2}"),
+    }[mode]
+    if not rule[0]:
+        raise ProblemError(f"{what}: {rule[1]}")
+    if mode == "uvw" and not has_weight:
+        raise ProblemError(f"{what}: mode uvw needs has_weight=True (the weights mix the channels)")
+    if mode == "uuw" and not has_weight and mo != 1:
+        raise ProblemError(f"{what}: mode uuw without weight needs mul_out == 1, got {mo}")
+    return i1, i2, io, mode, has_weight, float(pw)
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ProblemError(f"{name}={value!r} is not supported; expected one of {', '.join(map(repr, choices))}")
+
+
+def _check_vars(name, v, n):
+    if v is None:
+        return (1.0,) * n
+    v = tuple(float(x) for x in v)
+    if len(v) != n:
+        raise ProblemError(f"{name} has {len(v)} entries; expected one per segment ({n})")
+    return v
+
+
+@dataclass(frozen=True, init=False)
+class Problem:
+    """A tensor product: irreps, instructions, normalization, weights, layout.
+
+    Arguments follow ``e3nn.o3.TensorProduct``: ``instructions`` is a list of
+    ``(i_in1, i_in2, i_out, mode, has_weight[, path_weight])``; ``irrep_normalization`` is
+    ``"component"`` (default), ``"norm"`` or ``"none"``; ``path_normalization`` is
+    ``"element"`` (default), ``"path"`` or ``"none"``; ``in1_var``, ``in2_var``, ``out_var``
+    as in e3nn. ``shared_weights`` says whether one weight vector serves the whole batch.
+    ``layout`` is ``"mul_ir"`` (e3nn) or ``"ir_mul"`` (cuEquivariance).
+    """
+
+    irreps_in1: Irreps
+    irreps_in2: Irreps
+    irreps_out: Irreps
+    instructions: tuple
+    irrep_normalization: str = "component"
+    path_normalization: str = "element"
+    shared_weights: bool = True
+    layout: str = "mul_ir"
+    in1_var: tuple = field(default=())
+    in2_var: tuple = field(default=())
+    out_var: tuple = field(default=())
+
+    def __init__(self, irreps_in1, irreps_in2, irreps_out, instructions, *, irrep_normalization="component",
+                 path_normalization="element", shared_weights=True, layout="mul_ir",
+                 in1_var=None, in2_var=None, out_var=None):
+        in1 = as_irreps(irreps_in1, "irreps_in1")
+        in2 = as_irreps(irreps_in2, "irreps_in2")
+        out = as_irreps(irreps_out, "irreps_out")
+        _check_choice("irrep_normalization", irrep_normalization, IRREP_NORMALIZATIONS)
+        _check_choice("path_normalization", path_normalization, PATH_NORMALIZATIONS)
+        _check_choice("layout", layout, LAYOUTS)
+        if not isinstance(shared_weights, bool):
+            raise ProblemError(f"shared_weights must be True or False, got {shared_weights!r}")
+        if isinstance(instructions, str) or not hasattr(instructions, "__iter__"):
+            raise ProblemError(f"instructions must be a list of tuples, got {instructions!r}")
+        raw = [_check_instruction(k, ins, in1, in2, out) for k, ins in enumerate(instructions)]
+        v1 = _check_vars("in1_var", in1_var, len(in1))
+        v2 = _check_vars("in2_var", in2_var, len(in2))
+        vo = _check_vars("out_var", out_var, len(out))
+
+        def elems(r):
+            return _num_elements(r[3], in1[r[0]].mul, in2[r[1]].mul)
+
+        built = []
+        for r in raw:
+            i1, i2, io, mode, hw, pw = r
+            # e3nn's exact arithmetic order, so float results agree bit for bit
+            alpha = {"component": out[io].ir.dim, "norm": in1[i1].ir.dim * in2[i2].ir.dim, "none": 1}[
+                irrep_normalization
+            ]
+            if path_normalization == "element":
+                x = sum(v1[s[0]] * v2[s[1]] * elems(s) for s in raw if s[2] == io)
+            elif path_normalization == "path":
+                x = v1[i1] * v2[i2] * elems(r)
+                x *= len([s for s in raw if s[2] == io])
+            else:
+                x = 1
+            if x > 0.0:
+                alpha /= x
+            alpha *= vo[io]
+            alpha *= pw
+            shape = _path_shape(mode, in1[i1].mul, in2[i2].mul, out[io].mul)
+            built.append(Instruction(i1, i2, io, mode, hw, pw, shape, math.sqrt(alpha)))
+        set_ = object.__setattr__
+        set_(self, "irreps_in1", in1)
+        set_(self, "irreps_in2", in2)
+        set_(self, "irreps_out", out)
+        set_(self, "instructions", tuple(built))
+        set_(self, "irrep_normalization", irrep_normalization)
+        set_(self, "path_normalization", path_normalization)
+        set_(self, "shared_weights", shared_weights)
+        set_(self, "layout", layout)
+        set_(self, "in1_var", v1)
+        set_(self, "in2_var", v2)
+        set_(self, "out_var", vo)
+
+    # -- identity ----------------------------------------------------------------------------
+    @cached_property
+    def key(self) -> str:
+        """Canonical string: equal problems, equal keys; :meth:`from_key` inverts it."""
+        d = {
+            "v": KEY_VERSION,
+            "in1": str(self.irreps_in1),
+            "in2": str(self.irreps_in2),
+            "out": str(self.irreps_out),
+            "ins": [list(i.as_tuple()) for i in self.instructions],
+            "irrep_norm": self.irrep_normalization,
+            "path_norm": self.path_normalization,
+            "shared": self.shared_weights,
+            "layout": self.layout,
+        }
+        if any(v != 1.0 for v in self.in1_var + self.in2_var + self.out_var):
+            d["vars"] = [list(self.in1_var), list(self.in2_var), list(self.out_var)]
+        return json.dumps(d, separators=(",", ":"))
+
+    @classmethod
+    def from_key(cls, key: str) -> "Problem":
+        d = json.loads(key)
+        if d.get("v") != KEY_VERSION:
+            raise ProblemError(f"problem key version {d.get('v')!r} is not {KEY_VERSION}")
+        v = d.get("vars", [None, None, None])
+        return cls(d["in1"], d["in2"], d["out"], [tuple(i) for i in d["ins"]],
+                   irrep_normalization=d["irrep_norm"], path_normalization=d["path_norm"],
+                   shared_weights=d["shared"], layout=d["layout"], in1_var=v[0], in2_var=v[1], out_var=v[2])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Problem) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return (f"Problem({str(self.irreps_in1)!r} x {str(self.irreps_in2)!r} -> {str(self.irreps_out)!r}, "
+                f"{len(self.instructions)} paths, {self.weight_numel} weights)")
+
+    def replace(self, **changes) -> "Problem":
+        """A copy with some constructor arguments changed."""
+        args = dict(irrep_normalization=self.irrep_normalization, path_normalization=self.path_normalization,
+                    shared_weights=self.shared_weights, layout=self.layout, in1_var=self.in1_var,
+                    in2_var=self.in2_var, out_var=self.out_var)
+        pos = dict(irreps_in1=self.irreps_in1, irreps_in2=self.irreps_in2, irreps_out=self.irreps_out,
+                   instructions=[i.as_tuple() for i in self.instructions])
+        for k, v in changes.items():
+            (pos if k in pos else args)[k] = v
+        return Problem(pos["irreps_in1"], pos["irreps_in2"], pos["irreps_out"], pos["instructions"], **args)
+
+    # -- weights -----------------------------------------------------------------------------
+    @property
+    def weight_numel(self) -> int:
+        return sum(math.prod(i.path_shape) for i in self.instructions if i.has_weight)
+
+    def weight_offsets(self) -> list:
+        """Offset of each instruction's weights in e3nn's flat weight vector (None if unweighted)."""
+        out, o = [], 0
+        for i in self.instructions:
+            if i.has_weight:
+                out.append(o)
+                o += math.prod(i.path_shape)
+            else:
+                out.append(None)
+        return out
+
+    def active_outputs(self) -> list:
+        """Per output segment: whether any nonzero path writes it (e3nn's ``output_mask``)."""
+        return [
+            any(i.i_out == k and i.coefficient != 0 and 0 not in i.path_shape for i in self.instructions)
+            for k in range(len(self.irreps_out))
+        ]
+
+
+
+def _attach_forms():
+    # The constructors live in forms.py (one file, one job); they take ``cls`` so that this
+    # module need not import that one at the top.
+    from . import forms
+
+    for name in ("channelwise", "fully_connected", "elementwise", "full", "all_paths"):
+        setattr(Problem, name, classmethod(getattr(forms, name)))
+
+
+_attach_forms()

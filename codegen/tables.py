@@ -1,0 +1,106 @@
+"""The float64 coupling table of all triples up to a degree, computed once per machine.
+
+Computing the exact coefficients of every triple with l <= 6 takes about a second; a second
+process should pay nothing, so the table is saved as one ``.npz`` in the user cache, named by
+the degree and a hash of the deriving code (``coupling.py``), so that a change of derivation
+can never serve stale numbers. A corrupt file is recomputed and replaced.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from .diskcache import atomic_write, cache_dir, content_hash
+
+TABLE_FORMAT = 1
+_MIN_TABLE_L = 6  # one file covers everything common models use
+
+
+def _source_key() -> str:
+    src = (Path(__file__).parent / "coupling.py").read_bytes()
+    return content_hash(b"coupling-table", TABLE_FORMAT, src)
+
+
+def table_path(lmax: int) -> Path:
+    return cache_dir("coupling") / f"w3j-L{lmax}-{_source_key()}.npz"
+
+
+class CouplingTable:
+    """Read-only mapping ``(l1, l2, l3) -> ((m1, m2, m3, c), ...)`` for all triples <= lmax."""
+
+    def __init__(self, lmax: int, triples, offsets, ms, values):
+        self.lmax = lmax
+        self._index = {tuple(int(x) for x in t): i for i, t in enumerate(triples)}
+        self._offsets, self._ms, self._values = offsets, ms, values
+        self._rows: dict = {}
+
+    def __getitem__(self, key):
+        rows = self._rows.get(key)
+        if rows is None:
+            i = self._index[key]
+            a, b = int(self._offsets[i]), int(self._offsets[i + 1])
+            ms = self._ms[a:b].tolist()
+            vs = self._values[a:b].tolist()
+            rows = tuple((m[0], m[1], m[2], v) for m, v in zip(ms, vs))
+            self._rows[key] = rows
+        return rows
+
+    def __contains__(self, key) -> bool:
+        return key in self._index
+
+    def triples(self):
+        return list(self._index)
+
+    def nnz(self) -> int:
+        return int(self._offsets[-1])
+
+
+def _compute(lmax: int):
+    from .coupling import exact_real_coupling, to_float
+
+    triples, offsets, ms, values = [], [0], [], []
+    for l1 in range(lmax + 1):
+        for l2 in range(lmax + 1):
+            for l3 in range(abs(l1 - l2), min(l1 + l2, lmax) + 1):
+                rows = exact_real_coupling(l1, l2, l3)
+                triples.append((l1, l2, l3))
+                for j, k, n, s, f in rows:
+                    ms.append((j, k, n))
+                    values.append(to_float(s, f))
+                offsets.append(len(values))
+    return (
+        np.asarray(triples, dtype=np.int16).reshape(-1, 3),
+        np.asarray(offsets, dtype=np.int64),
+        np.asarray(ms, dtype=np.int16).reshape(-1, 3),
+        np.asarray(values, dtype=np.float64),
+    )
+
+
+@lru_cache(maxsize=None)
+def _load(lmax: int) -> CouplingTable:
+    path = table_path(lmax)
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                arrays = (z["triples"], z["offsets"], z["ms"], z["values"])
+            return CouplingTable(lmax, *arrays)
+        except Exception as e:  # corrupt or truncated: report, recompute, replace
+            warnings.warn(f"tritp: ignoring unreadable coupling table {path} ({e}); recomputing")
+    arrays = _compute(lmax)
+    buf = io.BytesIO()
+    np.savez(buf, triples=arrays[0], offsets=arrays[1], ms=arrays[2], values=arrays[3])
+    try:
+        atomic_write(path, buf.getvalue())
+    except OSError as e:  # a read-only cache must not stop the computation
+        warnings.warn(f"tritp: could not save coupling table to {path} ({e})")
+    return CouplingTable(lmax, *arrays)
+
+
+def coupling_table(lmax: int) -> CouplingTable:
+    """The table covering all triples with every degree <= max(lmax, 6)."""
+    return _load(max(int(lmax), _MIN_TABLE_L))
