@@ -1,0 +1,104 @@
+"""What one generated sparse-CG kernel computes: a *producer* of the tensor product's
+quadrilinear form.
+
+Every instruction of a Problem defines ``E = coef * sum C[i,j,k] W[..] x1[.., i] x2[.., j]
+out[.., k]`` over its channels (e3nn's mode decides which channel letters each operand
+carries). Forward, every gradient, and every higher derivative is a derivative of ``E`` with
+respect to one *role* (``x1``, ``x2``, ``w`` or ``out``), with the other three roles filled by
+tensors -- possibly a sum of several such *terms* (double backward is a sum of three). One
+generator therefore covers all directions to any order:
+
+* forward: target ``out``, one term ``(x1, x2, w)``;
+* backward: targets ``x1``, ``x2``, ``w`` with the cotangent in role ``out``;
+* the derivative of a producer with target R with respect to the tensor in role S, given a
+  cotangent G: target S, same terms with G in role R.
+
+A weight-role tensor is either the weights themselves or a weight-shaped *tangent*; an
+instruction without weights multiplies by 1 in the first case and contributes nothing in the
+second (the derivative of a weightless path with respect to weights is zero).
+
+Example:
+    >>> spec = forward_spec()
+    >>> spec.target, spec.roles, spec.terms
+    ('out', ('x1', 'x2', 'w'), ((0, 1, 2, None, False),))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROLES = ("x1", "x2", "w", "out")
+ROLE_INDEX = {r: i for i, r in enumerate(ROLES)}
+
+# Channel letters of each operand per e3nn mode (weights follow e3nn's path_shape order).
+MODE_LETTERS = {
+    "uvw": {"x1": "u", "x2": "v", "out": "w", "w": "uvw"},
+    "uvu": {"x1": "u", "x2": "v", "out": "u", "w": "uv"},
+    "uvv": {"x1": "u", "x2": "v", "out": "v", "w": "uv"},
+    "uuw": {"x1": "u", "x2": "u", "out": "w", "w": "uw"},
+    "uuu": {"x1": "u", "x2": "u", "out": "u", "w": "u"},
+    "uvuv": {"x1": "u", "x2": "v", "out": "uv", "w": "uv"},
+}
+
+
+@dataclass(frozen=True)
+class ProducerSpec:
+    """One kernel: ``target`` role, the roles of its tensor arguments, and the terms.
+
+    ``terms[t]`` is ``(x1, x2, w, out, w_tangent)``: for each role the index of the tensor
+    argument that fills it (``None`` for the target role, and for ``w`` when the problem has no
+    weights), and whether the weight-role tensor is a tangent.
+    """
+
+    target: str
+    roles: tuple
+    terms: tuple
+
+    def __post_init__(self):
+        if self.target not in ROLES:
+            raise ValueError(f"target must be one of {ROLES}, got {self.target!r}")
+        for t in self.terms:
+            if t[ROLE_INDEX[self.target]] is not None:
+                raise ValueError(f"term {t} fills the target role {self.target}")
+            for r, idx in zip(ROLES, t[:4]):
+                if idx is not None and self.roles[idx] != r:
+                    raise ValueError(f"term {t}: tensor {idx} has role {self.roles[idx]}, not {r}")
+
+    @property
+    def tag(self) -> str:
+        """Short readable name used in kernel names, e.g. ``out_x1x2w``."""
+        return f"{self.target}_" + "_".join(
+            "".join(self.roles[i] for i in t[:4] if i is not None) + ("T" if t[4] else "") for t in self.terms
+        )
+
+    def derivative(self, wrt_tensor: int) -> "ProducerSpec":
+        """Spec of the derivative with respect to tensor ``wrt_tensor``; the cotangent of this
+        spec's output is appended as the last tensor argument."""
+        role = self.roles[wrt_tensor]
+        g = len(self.roles)
+        roles = self.roles + (self.target,)
+        terms = []
+        for t in self.terms:
+            ri = ROLE_INDEX[role]
+            if t[ri] != wrt_tensor:
+                continue
+            new = list(t[:4])
+            new[ri] = None
+            new[ROLE_INDEX[self.target]] = g
+            tangent = t[4] or self.target == "w"
+            terms.append(tuple(new) + (tangent if role != "w" else False,))
+        return ProducerSpec(role, roles, tuple(terms))
+
+
+def forward_spec(has_weights: bool = True) -> ProducerSpec:
+    if has_weights:
+        return ProducerSpec("out", ("x1", "x2", "w"), ((0, 1, 2, None, False),))
+    return ProducerSpec("out", ("x1", "x2"), ((0, 1, None, None, False),))
+
+
+def compact(spec: ProducerSpec) -> tuple:
+    """Drop tensor arguments no term uses, renumbering; returns ``(spec, kept_indices)``."""
+    used = sorted({i for t in spec.terms for i in t[:4] if i is not None})
+    remap = {old: new for new, old in enumerate(used)}
+    terms = tuple(tuple(None if i is None else remap[i] for i in t[:4]) + (t[4],) for t in spec.terms)
+    return ProducerSpec(spec.target, tuple(spec.roles[i] for i in used), terms), tuple(used)

@@ -1,0 +1,136 @@
+"""Load generated kernels from the source cache and launch them.
+
+A generated source is a pure function of (generator code, problem key, producer spec, dtype,
+block size), so its file is named by the hash of those: a second process finds the file and
+imports it without deriving a coefficient or writing a line of source. Files are written
+atomically; Triton needs them on disk to read the kernel's source.
+
+Example:
+    >>> import torch, tritp
+    >>> from tritp.codegen.cg_spec import forward_spec
+    >>> from tritp.kernels import produce
+    >>> p = tritp.Problem.channelwise("4x0e", "0e", "0e")
+    >>> x1, x2, w = torch.randn(3, 4), torch.randn(3, 1), torch.randn(3, 4)
+    >>> produce(p, forward_spec(), [x1, x2, w], 3).shape  # doctest: +SKIP
+    torch.Size([3, 4])
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .codegen import Problem
+from .codegen.cg_spec import ProducerSpec
+from .codegen.diskcache import atomic_write, cache_dir, content_hash
+
+GENERATOR_FILES = ("cg_emit.py", "cg_spec.py", "coupling.py", "problem.py", "writer.py")
+DEFAULT_BLOCK_Z = 32
+_loaded: dict = {}
+
+
+@lru_cache(maxsize=None)
+def generator_hash() -> str:
+    root = Path(__file__).resolve().parent / "codegen"
+    if not root.exists():  # editable install maps tritp.codegen to the top-level codegen/
+        from . import codegen
+
+        root = Path(codegen.__file__).parent
+    return content_hash(*(p.read_bytes() for p in (root / f for f in GENERATOR_FILES)))
+
+
+def source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int) -> Path:
+    h = content_hash(generator_hash(), problem.key, repr(spec), dtype, block_c)
+    return cache_dir("kernels") / f"cg_{spec.target}_{h}.py"
+
+
+def kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int) -> tuple:
+    """``(path, source_text)``; generates and writes the file only when it is missing."""
+    path = source_path(problem, spec, dtype, block_c)
+    if path.exists():
+        return path, path.read_text()
+    from .codegen.cg_emit import emit_producer
+
+    src = emit_producer(problem, spec, dtype, block_c)
+    atomic_write(path, src.encode())
+    return path, src
+
+
+def get_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int):
+    key = (problem.key, spec, dtype, block_c)
+    k = _loaded.get(key)
+    if k is None:
+        path, _ = kernel_source(problem, spec, dtype, block_c)
+        name = f"tritp_gen_{path.stem}"
+        mod = sys.modules.get(name)
+        if mod is None:
+            s = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(s)
+            s.loader.exec_module(mod)
+            sys.modules[name] = mod
+        k = _loaded[key] = mod.tp_producer
+    return k
+
+
+def interpreter_active() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def acc_dtype(tensors) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def target_dim(problem: Problem, role: str) -> int:
+    return {"x1": problem.irreps_in1.dim, "x2": problem.irreps_in2.dim, "out": problem.irreps_out.dim,
+            "w": problem.weight_numel}[role]
+
+
+def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=None,
+            block_z: int = DEFAULT_BLOCK_Z, block_c: int = 64) -> torch.Tensor:
+    """Run producer ``spec`` on 2D tensors ``[Z or 1, dim]`` (shared weights: 1D ``[numel]``).
+
+    Returns the target: ``[Z, dim]``, or ``[numel]`` for shared weights (summed over the batch
+    deterministically: per-program partials, then one ``sum``).
+    """
+    acc = acc_dtype(tensors)
+    if out_dtype is None:
+        out_dtype = tensors[0].dtype
+        for t in tensors[1:]:
+            out_dtype = torch.promote_types(out_dtype, t.dtype)
+    device = tensors[0].device
+    dim = target_dim(problem, spec.target)
+    shared_w = spec.target == "w" and problem.shared_weights
+    nprog = triton_cdiv(Z, block_z)
+    if Z == 0 or dim == 0 or nprog == 0:
+        return torch.zeros((dim,) if shared_w else (Z, dim), dtype=out_dtype, device=device)
+    strides = []
+    args = []
+    for t, role in zip(tensors, spec.roles):
+        if t.dim() == 1:
+            strides.append(0)
+        else:
+            if t.stride(-1) != 1:
+                t = t.contiguous()
+            strides.append(t.stride(0) if t.shape[0] != 1 else 0)
+        args.append(t)
+    if shared_w:
+        g = torch.empty((nprog, dim), dtype=acc, device=device)
+        sg = dim
+    else:
+        g = torch.empty((Z, dim), dtype=out_dtype, device=device)
+        sg = dim
+    big = max([Z * max(strides + [sg])] + [t.numel() for t in args]) >= 2**31
+    kernel = get_kernel(problem, spec, "float64" if acc == torch.float64 else "float32", block_c)
+    kernel[(nprog,)](*args, *strides, g, sg, Z, IDX64=big, BLOCK_Z=block_z)
+    if shared_w:
+        return g.sum(0).to(out_dtype)
+    return g
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
