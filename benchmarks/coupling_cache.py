@@ -34,13 +34,23 @@ from pathlib import Path
 # Runs in the child. Kept as source text so the parent never imports tritp (and so never
 # warms anything the child is meant to measure).
 CHILD = r"""
-import json, sys, time
+import gc, json, sys, time
 lmax = int(sys.argv[1])
+# Python's cyclic GC can run a full collection of everything imported so far in the middle of
+# the lookups; time it so the report can tell the table's cost from the collector's.
+gc_time, gc_start = [0.0], [0.0]
+def _gc(phase, info):
+    if phase == "start":
+        gc_start[0] = time.perf_counter()
+    else:
+        gc_time[0] += time.perf_counter() - gc_start[0]
+gc.callbacks.append(_gc)
 t0 = time.perf_counter()
 import numpy
 t1 = time.perf_counter()
 from tritp.codegen.coupling import sparse_coupling
 t2 = time.perf_counter()
+gc_before = gc_time[0]
 triples = nnz = 0
 t_first = None
 for l1 in range(lmax + 1):
@@ -52,7 +62,7 @@ for l1 in range(lmax + 1):
                 t_first = time.perf_counter()
 t3 = time.perf_counter()
 print(json.dumps({"numpy": t1 - t0, "import": t2 - t1, "first": t_first - t2, "loop": t3 - t2,
-                  "total": t3 - t1, "triples": triples, "nnz": nnz,
+                  "total": t3 - t1, "loop_gc": gc_time[0] - gc_before, "triples": triples, "nnz": nnz,
                   "torch_loaded": "torch" in sys.modules}))
 """
 
@@ -61,6 +71,7 @@ PHASES = (
     ("import", "import tritp.codegen"),
     ("first", "first lookup"),
     ("loop", "all lookups"),
+    ("loop_gc", "  of which Python GC"),
     ("total", "import+lookups"),
 )
 
@@ -113,6 +124,8 @@ def report(lmax: int, results: dict) -> str:
     lines.append("")
     lines.append("'first lookup' loads (warm) or computes and saves (cold) the table; "
                  "'all lookups' includes it.")
+    lines.append("'of which Python GC': the cyclic collector's passes during the lookups, mostly a first "
+                 "full pass over the objects imported before (torch's); any allocation burst would trigger it.")
     if cold[0]["torch_loaded"]:
         lines.append("note: 'import tritp.codegen' loads torch (tritp/__init__.py imports it), "
                      "so most of that phase is torch, not the coupling code.")

@@ -58,8 +58,11 @@ def test_parse_matches_e3nn(text):
     assert ours.dim == ref.dim
     assert ours.num_irreps == ref.num_irreps
     assert ours.ls == ref.ls
-    if len(ref) > 0:
+    if ref.ls:
         assert ours.lmax == ref.lmax
+    elif len(ref) > 0:
+        # e3nn raises on e.g. "0x2e" (max of an empty list); tritp takes the max over segments
+        assert ours.lmax == max(ir.l for _, ir in ref)
     else:
         with pytest.raises(ValueError):
             ours.lmax
@@ -246,7 +249,7 @@ def test_selection_rule_matches_e3nn():
                     a, b = Irrep(l1, p1), Irrep(l2, p2)
                     ours = list(a * b)
                     ref = list(o3.Irrep(l1, p1) * o3.Irrep(l2, p2))
-                    assert [tuple(x) for x in ours] == [tuple(x) for x in ref]
+                    assert [(x.l, x.p) for x in ours] == [(x.l, x.p) for x in ref]
                     assert all(isinstance(x, Irrep) for x in ours)
                     assert list(a * str(b)) == ours
                     for l3 in range(14):

@@ -11,7 +11,10 @@ Example:
 
 from .codegen import Instruction, Irrep, Irreps, Problem, ProblemError
 from .reference import reference_tp
+from .api import compile  # noqa: A001  (tritp.compile is the public name)
+from .module import TensorProduct
 
 __version__ = "0.1.0"
 
-__all__ = ["Irrep", "Irreps", "Problem", "Instruction", "ProblemError", "reference_tp", "__version__"]
+__all__ = ["Irrep", "Irreps", "Problem", "Instruction", "ProblemError", "TensorProduct", "compile",
+           "reference_tp", "__version__"]

@@ -31,6 +31,7 @@ from .codegen.diskcache import atomic_write, cache_dir, content_hash
 
 GENERATOR_FILES = ("cg_emit.py", "cg_spec.py", "coupling.py", "problem.py", "writer.py")
 DEFAULT_BLOCK_Z = 32
+INT32_LIMIT = 2**31  # offsets at or past this switch the kernel to int64 addressing (tests lower it)
 _loaded: dict = {}
 
 
@@ -124,7 +125,7 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     else:
         g = torch.empty((Z, dim), dtype=out_dtype, device=device)
         sg = dim
-    big = max([Z * max(strides + [sg])] + [t.numel() for t in args]) >= 2**31
+    big = max([Z * max(strides + [sg])] + [t.numel() for t in args]) >= INT32_LIMIT
     kernel = get_kernel(problem, spec, "float64" if acc == torch.float64 else "float32", block_c)
     kernel[(nprog,)](*args, *strides, g, sg, Z, IDX64=big, BLOCK_Z=block_z)
     if shared_w:
