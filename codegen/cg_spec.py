@@ -90,6 +90,24 @@ class ProducerSpec:
         return ProducerSpec(role, roles, tuple(terms))
 
 
+    def to_str(self) -> str:
+        """Compact text form, e.g. ``out|x1,x2,w|0.1.2.-.0`` (what the torch ops receive)."""
+        terms = ";".join(".".join("-" if i is None else str(i) for i in t[:4]) + f".{int(t[4])}" for t in self.terms)
+        return f"{self.target}|{','.join(self.roles)}|{terms}"
+
+    @staticmethod
+    def from_str(text: str) -> "ProducerSpec":
+        try:
+            target, roles, terms = text.split("|")
+            parsed = []
+            for t in terms.split(";") if terms else []:
+                parts = t.split(".")
+                parsed.append(tuple(None if x == "-" else int(x) for x in parts[:4]) + (bool(int(parts[4])),))
+            return ProducerSpec(target, tuple(roles.split(",")) if roles else (), tuple(parsed))
+        except (ValueError, IndexError) as e:
+            raise ValueError(f"malformed producer spec {text!r}: {e}") from None
+
+
 def forward_spec(has_weights: bool = True) -> ProducerSpec:
     if has_weights:
         return ProducerSpec("out", ("x1", "x2", "w"), ((0, 1, 2, None, False),))

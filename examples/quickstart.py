@@ -5,7 +5,7 @@ features ``128x0e+128x1o`` times edge spherical harmonics ``0e+1o+2e+3o``, chann
 (``uvu``), outputs filtered to ``0e+1o+2e``, one weight vector per edge. The script
 
 1. prints the coupling summary (the same table as ``tritp show ... --mode channelwise``);
-2. runs the tensor product on a batch in float32 (CUDA if available, else CPU);
+2. compiles it and runs it on a batch in float32 (CUDA if available, else CPU);
 3. checks it against tritp's float64 reference and against ``e3nn.o3.TensorProduct`` built
    with the same instructions (skipped when e3nn is not installed);
 4. prints the median time of tritp and of e3nn.
@@ -17,17 +17,18 @@ Run::
     python examples/quickstart.py               # batch 1000
     python examples/quickstart.py --batch 50000 --repeats 20
 
-Until ``tritp.compile`` exists, the tensor product under test is tritp's dense float64-exact
-reference (``tritp.reference_tp``); :func:`build_tensor_product` is the one place to change.
+The tensor product under test is ``tritp.compile(..., mode="channelwise")``: generated Triton
+kernels on CUDA (or on CPU with ``TRITON_INTERPRET=1``, slowly), else tritp's PyTorch
+reference (``--backend`` overrides). :func:`build_tensor_product` is the one place to change.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
-from functools import partial
 
 import torch
 
@@ -49,23 +50,29 @@ def mace_medium() -> tritp.Problem:
     return tritp.Problem.channelwise("128x0e+128x1o", "0e+1o+2e+3o", "0e+1o+2e")
 
 
-def build_tensor_product(problem: tritp.Problem):
-    """The callable ``f(x1, x2, weight) -> out`` this script checks and times.
+def build_tensor_product(device: torch.device, backend: str = "auto"):
+    """What a user writes: the compiled tensor product, ``tp(x1, x2, weight) -> out``, and a
+    label saying what runs it.
+
+    ``backend="auto"`` runs the generated Triton kernels on CUDA (and on CPU under
+    ``TRITON_INTERPRET=1``); elsewhere it picks the PyTorch reference, explicitly, so tritp
+    has nothing to warn about.
 
     Example:
-        >>> f = build_tensor_product(mace_medium())
-        >>> f(torch.randn(2, 512), torch.randn(2, 16), torch.randn(2, 1024)).shape
-        torch.Size([2, 3328])
+        >>> tp, label = build_tensor_product(torch.device("cpu"), "reference")
+        >>> tp(torch.randn(2, 512), torch.randn(2, 16), torch.randn(2, 1024)).shape, label
+        (torch.Size([2, 3328]), 'tritp (reference)')
     """
+    if backend == "auto":
+        triton_runs = device.type == "cuda" or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+        backend = "triton" if triton_runs else "reference"
     # ------------------------------------------------------------------------------------
-    # THE SPOT: when tritp.compile exists, replace the line below with the compiled op, e.g.
-    #     return tritp.compile(problem)
-    # and rename TRITP_LABEL; everything else in this script stays as it is.
+    # THE SPOT: the tensor product under test. Swap in another implementation here (say a
+    # different backend) and everything below checks and times it unchanged.
     # ------------------------------------------------------------------------------------
-    return partial(tritp.reference_tp, problem)
-
-
-TRITP_LABEL = "tritp (reference_tp)"
+    tp = tritp.compile("128x0e+128x1o", "0e+1o+2e+3o", "0e+1o+2e", mode="channelwise", backend=backend)
+    where = " interpreter" if backend == "triton" and device.type != "cuda" else ""  # CPU: emulated, slow
+    return tp.to(device), f"tritp ({backend}{where})"
 
 
 def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -112,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1000, help="batch rows (edges), default 1000")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs per implementation, default 5")
     ap.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    ap.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"),
+                    help="tritp backend (default auto: Triton where it can run, else the reference)")
     args = ap.parse_args(argv)
     if args.batch < 1 or args.repeats < 1:
         ap.error("--batch and --repeats must be positive")
@@ -129,9 +138,13 @@ def main(argv=None) -> int:
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
 
     ok = True
-    tp = build_tensor_product(problem)
-    y = tp(x1, x2, w)
-    ref64 = tritp.reference_tp(problem, x1.double(), x2.double(), w.double())
+    tp, label = build_tensor_product(device, args.backend)
+    if tp.problem != problem:  # compile(mode="channelwise") must build exactly MACE's problem
+        print("compiled problem differs from mace_medium(): FAILED", file=sys.stderr)
+        return 1
+    with torch.no_grad():
+        y = tp(x1, x2, w)
+        ref64 = tritp.reference_tp(problem, x1.double(), x2.double(), w.double())
     err = relative_error(y, ref64)
     passed = err <= RTOL
     ok &= passed
@@ -154,10 +167,10 @@ def main(argv=None) -> int:
     with torch.no_grad():
         t_ours = median_ms(lambda: tp(x1, x2, w), device, args.repeats)
         print(f"\nforward, median of {args.repeats}:")
-        print(f"  {TRITP_LABEL:<24} {t_ours:9.3f} ms")
+        print(f"  {label:<28} {t_ours:9.3f} ms")
         if e3 is not None:
             t_e3 = median_ms(lambda: e3(x1, x2, w), device, args.repeats)
-            print(f"  {'e3nn':<24} {t_e3:9.3f} ms   (speedup over e3nn: {t_e3 / t_ours:.2f}x)")
+            print(f"  {'e3nn':<28} {t_e3:9.3f} ms   (speedup over e3nn: {t_e3 / t_ours:.2f}x)")
 
     print("\nall checks passed" if ok else "\nSOME CHECKS FAILED", file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1

@@ -92,11 +92,12 @@ def target_dim(problem: Problem, role: str) -> int:
 
 
 def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=None,
-            block_z: int = DEFAULT_BLOCK_Z, block_c: int = 64) -> torch.Tensor:
+            block_z: int = DEFAULT_BLOCK_Z, block_c: int = 64, wrap=None) -> torch.Tensor:
     """Run producer ``spec`` on 2D tensors ``[Z or 1, dim]`` (shared weights: 1D ``[numel]``).
 
     Returns the target: ``[Z, dim]``, or ``[numel]`` for shared weights (summed over the batch
-    deterministically: per-program partials, then one ``sum``).
+    deterministically: per-program partials, then one ``sum``). ``wrap`` (``wrap_triton`` inside
+    a ``triton_op``) wraps the kernel so that Inductor sees it.
     """
     acc = acc_dtype(tensors)
     if out_dtype is None:
@@ -127,6 +128,8 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
         sg = dim
     big = max([Z * max(strides + [sg])] + [t.numel() for t in args]) >= INT32_LIMIT
     kernel = get_kernel(problem, spec, "float64" if acc == torch.float64 else "float32", block_c)
+    if wrap is not None:
+        kernel = wrap(kernel)
     kernel[(nprog,)](*args, *strides, g, sg, Z, IDX64=big, BLOCK_Z=block_z)
     if shared_w:
         return g.sum(0).to(out_dtype)

@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .autograd import Produce
+from . import ops
 from .codegen import Problem
 from .codegen.cg_spec import forward_spec
 from .kernels import interpreter_active
@@ -80,7 +80,7 @@ class TensorProduct(torch.nn.Module):
         self.shared_weights = problem.shared_weights
         self.internal_weights = bool(internal_weights and self.weight_numel > 0)
         self._dims = (problem.irreps_in1.dim, problem.irreps_in2.dim, problem.irreps_out.dim)
-        self._spec = forward_spec(self.weight_numel > 0)
+        self._spec = forward_spec(self.weight_numel > 0).to_str()
         if self.internal_weights:
             self.weight = torch.nn.Parameter(torch.randn(self.weight_numel))  # e3nn's initialization
         else:
@@ -148,7 +148,7 @@ class TensorProduct(torch.nn.Module):
         args = [_rows(x1, bshape, d1, Z), _rows(x2, bshape, d2, Z)]
         if weight is not None:
             args.append(weight if self.shared_weights else _rows(weight, bshape, self.weight_numel, Z))
-        y = Produce.apply(self.key, self._spec, Z, x1.dtype, *args)
+        y = ops.run(self.key, self._spec, Z, x1.dtype, args)
         return y.reshape(*bshape, do)
 
 

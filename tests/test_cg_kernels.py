@@ -1,0 +1,500 @@
+"""Generated sparse Clebsch-Gordan Triton kernels, run on CPU through the Triton interpreter.
+
+Every kernel result (forward, gradients, double gradients) is compared with the float64 dense
+reference (``backend="reference"``, plain einsums differentiated by torch autograd) at the
+tolerances of design notes section 6: fp32 forward 1e-5, first and second derivatives 1e-4,
+fp64 1e-10, bf16/fp16 1e-2 -- relative error = max abs difference / max abs of the reference.
+
+Interpreter cost is per program and per unrolled op, so batches are tiny (Z <= 40, one or two
+programs of the default BLOCK_Z = 32) and multiplicities 1-4.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from e3nn import o3
+
+import tritp
+import tritp.kernels
+from tritp.codegen.cg_spec import forward_spec
+from tritp.reference import to_ir_mul, to_mul_ir
+
+F64 = torch.float64
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """Max abs difference relative to the max abs of the reference (which must be nonzero)."""
+    assert a.shape == ref.shape, (a.shape, ref.shape)
+    a, ref = a.detach().to(F64), ref.detach().to(F64)
+    scale = ref.abs().max().item()
+    assert scale > 0, "degenerate reference: all zeros"
+    return (a - ref).abs().max().item() / scale
+
+
+def fits(mode, m1, m2, mo, has_weight):
+    return {
+        "uvw": True,
+        "uvu": m1 == mo,
+        "uvv": m2 == mo,
+        "uuw": m1 == m2 and (has_weight or mo == 1),
+        "uuu": m1 == m2 == mo,
+        "uvuv": m1 * m2 == mo,
+    }[mode]
+
+
+def paths(in1, in2, out, mode, has_weight, path_weights=(1.0, 0.7, 1.3)):
+    """Hand-built instruction list: every allowed path of ``mode`` whose multiplicities fit,
+    with cycling path weights."""
+    in1, in2, out = tritp.Irreps(in1), tritp.Irreps(in2), tritp.Irreps(out)
+    ins = []
+    for i1, (m1, r1) in enumerate(in1):
+        for i2, (m2, r2) in enumerate(in2):
+            for io, (mo, ro) in enumerate(out):
+                if ro in list(r1 * r2) and fits(mode, m1, m2, mo, has_weight):
+                    ins.append((i1, i2, io, mode, has_weight, path_weights[len(ins) % len(path_weights)]))
+    assert ins
+    return ins
+
+
+def pair(in1, in2, out, ins, **kw):
+    """The same problem compiled for the Triton kernels and for the float64 reference."""
+    kw.setdefault("internal_weights", False)
+    tri = tritp.compile(in1, in2, out, ins, backend="triton", **kw)
+    ref = tritp.compile(in1, in2, out, ins, backend="reference", **kw)
+    assert tri.problem == ref.problem
+    return tri, ref
+
+
+def make_inputs(tp, batch=(5,), wbatch=None, dtype=F64):
+    """Float64 master inputs (x1, x2, weight-or-None); ``wbatch`` = leading dims of per-sample
+    weights (default ``batch``)."""
+    d1, d2 = tp.irreps_in1.dim, tp.irreps_in2.dim
+    x1 = torch.randn(*batch, d1, dtype=F64)
+    x2 = torch.randn(*batch, d2, dtype=F64)
+    if tp.weight_numel == 0:
+        w = None
+    elif tp.shared_weights:
+        w = torch.randn(tp.weight_numel, dtype=F64)
+    else:
+        w = torch.randn(*(batch if wbatch is None else wbatch), tp.weight_numel, dtype=F64)
+    return tuple(None if t is None else t.to(dtype) for t in (x1, x2, w))
+
+
+def run_all(tp, x1, x2, w, gy):
+    """Output, first gradients of <y, gy>, and forces-style double gradients.
+
+    Returns ``(y, grads, dgrads)``; grads/dgrads are with respect to ``[x1, x2(, w)]``."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x1, x2, w) if t is not None]
+    a, b = leaves[0], leaves[1]
+    c = leaves[2] if w is not None else None
+    y = tp(a, b, c)
+    grads = torch.autograd.grad((y * gy.to(y.dtype)).sum(), leaves, retain_graph=True)
+    e = y.pow(2).sum()
+    (g,) = torch.autograd.grad(e, b, create_graph=True)
+    loss = (g * g).sum()
+    dgrads = torch.autograd.grad(loss, leaves)
+    return y.detach(), [t.detach() for t in grads], [t.detach() for t in dgrads]
+
+
+TOL = {torch.float32: (1e-5, 1e-4, 1e-4), torch.float64: (1e-10, 1e-10, 1e-10)}
+
+
+def check_against_reference(tri, ref, batch=(5,), dtype=torch.float32, wbatch=None):
+    """Forward, gradients and double gradients of the kernels in ``dtype`` vs float64 reference."""
+    x1, x2, w = make_inputs(tri, batch, wbatch)
+    gy = torch.randn(*torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1]), ref.irreps_out.dim, dtype=F64)
+    y_ref, g_ref, dg_ref = run_all(ref, x1, x2, w, gy)
+    cast = [None if t is None else t.to(dtype) for t in (x1, x2, w)]
+    y, g, dg = run_all(tri, *cast, gy)
+    tf, tb, tdb = TOL[dtype]
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    assert rel(y, y_ref) <= tf, ("forward", rel(y, y_ref))
+    names = ["x1", "x2", "w"]
+    for name, a, r in zip(names, g, g_ref):
+        assert a.dtype == dtype and a.shape == r.shape
+        assert rel(a, r) <= tb, ("grad", name, rel(a, r))
+    for name, a, r in zip(names, dg, dg_ref):
+        assert a.dtype == dtype and a.shape == r.shape
+        assert rel(a, r) <= tdb, ("double grad", name, rel(a, r))
+    return x1, x2, w
+
+
+# -- problems --------------------------------------------------------------------------------
+
+# Per mode: irreps chosen so that several paths (l <= 2) fit the mode's multiplicity rule.
+MODE_IRREPS = {
+    "uvw": ("2x0e+1x1o+1x2e", "2x0e+1x1o", "3x0e+2x1o+1x2e"),
+    "uvu": ("2x0e+3x1o+1x2e", "2x0e+1x1o", "2x0e+3x1o+1x2e+1x1e"),
+    "uvv": ("2x0e+1x1o+1x2e", "3x0e+2x1o", "3x0e+2x1o+2x2e+2x1e"),
+    "uuw": ("2x0e+2x1o+1x2e", "2x0e+2x1o+1x1o", "1x0e+1x1o+1x2e+3x1e+2x0e"),
+    "uuu": ("2x0e+2x1o+2x2e", "2x0e+2x1o", "2x0e+2x1o+2x1e+2x2e"),
+    "uvuv": ("2x0e+1x1o", "2x0e+2x1o", "4x0e+4x1o+2x1o+2x0e+2x1e+2x2e"),
+}
+
+# Every mode, weighted and not, with path weights, several paths per output segment.
+MIXED = (
+    "2x0e+2x1o+1x2e",
+    "2x0e+2x1o",
+    "2x0e+2x1o+4x1e+3x2e+1x1e",
+    [
+        (1, 1, 0, "uuu", True),  # 1o x 1o -> 0e
+        (0, 1, 1, "uvu", True, 0.5),  # 0e x 1o -> 1o
+        (1, 0, 1, "uvv", False),  # 1o x 0e -> 1o
+        (0, 1, 1, "uvv", True),
+        (1, 1, 2, "uvuv", True),  # 1o x 1o -> 1e, 4 = 2 * 2
+        (2, 0, 3, "uvw", True),  # 2e x 0e -> 2e
+        (1, 1, 3, "uuw", True, 2.0),  # 1o x 1o -> 2e
+        (1, 1, 4, "uuw", False),  # 1o x 1o -> 1e, mul_out 1
+        (2, 1, 1, "uvw", True),  # 2e x 1o -> 1o
+        (0, 0, 0, "uvu", False),
+        (1, 1, 2, "uvuv", False, 0.3),
+        (0, 0, 0, "uuu", False),
+    ],
+)
+
+MODE_CASES = [(m, hw, sw) for m in MODE_IRREPS for hw in (True, False) for sw in (True, False)
+              if not (m == "uvw" and not hw) and not (not hw and not sw)]
+
+
+@pytest.mark.parametrize("mode,has_weight,shared", MODE_CASES,
+                         ids=[f"{m}-{'w' if hw else 'now'}-{'shared' if sw else 'batch'}"
+                              for m, hw, sw in MODE_CASES])
+def test_single_mode_fp32(mode, has_weight, shared):
+    in1, in2, out = MODE_IRREPS[mode]
+    ins = paths(in1, in2, out, mode, has_weight)
+    tri, ref = pair(in1, in2, out, ins, shared_weights=shared)
+    assert len(tri.instructions) >= 2
+    assert (tri.weight_numel > 0) == has_weight
+    check_against_reference(tri, ref, batch=(4,), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("mode", list(MODE_IRREPS))
+def test_single_mode_fp64(mode):
+    in1, in2, out = MODE_IRREPS[mode]
+    ins = paths(in1, in2, out, mode, True)
+    tri, ref = pair(in1, in2, out, ins, shared_weights=False)
+    check_against_reference(tri, ref, batch=(3,), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "batch"])
+def test_mixed_modes(dtype, shared):
+    tri, ref = pair(*MIXED, shared_weights=shared)
+    assert {i.connection_mode for i in tri.instructions} == {"uvw", "uvu", "uvv", "uuw", "uuu", "uvuv"}
+    check_against_reference(tri, ref, batch=(5,), dtype=dtype)
+
+
+def test_degree_three():
+    in1, in2, out = "2x3o", "1x0e+1x1o+1x2e", "2x1o+2x2e+2x3o"
+    tri, ref = pair(in1, in2, out, paths(in1, in2, out, "uvu", True), shared_weights=False)
+    assert len(tri.instructions) == 4  # 3o x 0e -> 3o, 3o x 1o -> 2e, 3o x 2e -> 1o, 3o
+    check_against_reference(tri, ref, batch=(3,), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("irrep_normalization", ["component", "norm"])
+@pytest.mark.parametrize("path_normalization", ["element", "path"])
+def test_normalizations(irrep_normalization, path_normalization):
+    kw = dict(irrep_normalization=irrep_normalization, path_normalization=path_normalization)
+    tri = tritp.compile(*MIXED, backend="triton", shared_weights=False, internal_weights=False, **kw)
+    e3 = o3.TensorProduct(*MIXED[:3], MIXED[3], shared_weights=False, internal_weights=False, **kw)
+    x1, x2, w = make_inputs(tri, (4,))
+    y = tri(x1, x2, w)
+    y_e3 = e3(x1, x2, w)
+    assert rel(y, y_e3) <= 1e-10
+    # the normalization must actually matter for the compared outputs
+    default = tritp.compile(*MIXED, backend="reference", shared_weights=False, internal_weights=False)
+    if kw != dict(irrep_normalization="component", path_normalization="element"):
+        assert rel(default(x1, x2, w), y_e3) > 1e-3
+    # and the gradients follow the same coefficients
+    x1.requires_grad_(True)
+    (g,) = torch.autograd.grad(tri(x1, x2, w).pow(2).sum(), x1)
+    (g_e3,) = torch.autograd.grad(e3(x1, x2, w).pow(2).sum(), x1)
+    assert rel(g, g_e3) <= 1e-10
+
+
+# -- low precision ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "batch"])
+def test_half_precision(dtype, shared):
+    tri, ref = pair(*MIXED, shared_weights=shared)
+    x1, x2, w = make_inputs(tri, (5,))
+    lo = [t.to(dtype).requires_grad_(True) for t in (x1, x2, w)]
+    hi = [t.detach().to(torch.float32).requires_grad_(True) for t in lo]  # same rounded values
+    y = tri(*lo)
+    y_ref = ref(*hi)
+    assert y.dtype == dtype
+    assert y_ref.dtype == torch.float32
+    assert rel(y, y_ref) <= 1e-2
+    gy = torch.randn(y.shape).to(dtype)
+    g = torch.autograd.grad((y * gy).sum(), lo)
+    g_ref = torch.autograd.grad((y_ref * gy.float()).sum(), hi)
+    for a, r in zip(g, g_ref):
+        assert a.dtype == dtype
+        assert rel(a, r) <= 1e-2
+
+
+# -- layouts ---------------------------------------------------------------------------------
+
+
+def test_ir_mul_layout_matches_mul_ir():
+    kw = dict(shared_weights=False, internal_weights=False, backend="triton")
+    a = tritp.compile(*MIXED, layout="mul_ir", **kw)
+    b = tritp.compile(*MIXED, layout="ir_mul", **kw)
+    x1, x2, w = make_inputs(a, (5,), dtype=torch.float32)
+    x1i = to_ir_mul(x1, a.irreps_in1).requires_grad_(True)
+    x2i = to_ir_mul(x2, a.irreps_in2).requires_grad_(True)
+    x1.requires_grad_(True)
+    ya = a(x1, x2, w)
+    yb = b(x1i, x2i, w)
+    assert not torch.allclose(ya, yb)  # the layouts really differ
+    assert rel(to_mul_ir(yb, a.irreps_out), ya) <= 1e-6
+    assert rel(to_ir_mul(ya, a.irreps_out), yb) <= 1e-6
+    gy = torch.randn(ya.shape)
+    (ga,) = torch.autograd.grad((ya * gy).sum(), x1)
+    g1, g2 = torch.autograd.grad((yb * to_ir_mul(gy, a.irreps_out)).sum(), [x1i, x2i])
+    assert rel(to_mul_ir(g1, a.irreps_in1), ga) <= 1e-6
+    # and against the float64 reference in ir_mul layout
+    ref = tritp.compile(*MIXED, layout="ir_mul", shared_weights=False, internal_weights=False, backend="reference")
+    assert rel(yb, ref(x1i.double(), x2i.double(), w.double())) <= 1e-5
+
+
+# -- batch shapes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape1,shape2,wshape", [
+    ((2, 3), (3,), (2, 3)),
+    ((1,), (5,), (5,)),
+    ((2, 3), (3,), (3,)),
+    ((4,), (1,), (1,)),
+])
+def test_broadcasting_against_reference(shape1, shape2, wshape):
+    tri, ref = pair(*MIXED, shared_weights=False)
+    d1, d2, n = tri.irreps_in1.dim, tri.irreps_in2.dim, tri.weight_numel
+    x1 = torch.randn(*shape1, d1, dtype=F64)
+    x2 = torch.randn(*shape2, d2, dtype=F64)
+    w = torch.randn(*wshape, n, dtype=F64)
+    bshape = torch.broadcast_shapes(shape1, shape2, wshape)
+    leaves = [t.clone().requires_grad_(True) for t in (x1, x2, w)]
+    y = tri(*leaves)
+    y_ref = ref(x1, x2, w)
+    assert y.shape == (*bshape, tri.irreps_out.dim)
+    assert rel(y, y_ref) <= 1e-10
+    gy = torch.randn(y.shape, dtype=F64)
+    g = torch.autograd.grad((y * gy).sum(), leaves)
+    rleaves = [t.clone().requires_grad_(True) for t in (x1, x2, w)]
+    g_ref = torch.autograd.grad((ref(*rleaves) * gy).sum(), rleaves)
+    for a, r, t in zip(g, g_ref, (x1, x2, w)):
+        assert a.shape == t.shape
+        assert rel(a, r) <= 1e-10
+
+
+def test_broadcasting_matches_e3nn():
+    in1, in2, out, ins = MIXED
+    tri = tritp.compile(in1, in2, out, ins, backend="triton", shared_weights=False, internal_weights=False)
+    e3 = o3.TensorProduct(in1, in2, out, ins, shared_weights=False, internal_weights=False)
+    x1 = torch.randn(2, 3, tri.irreps_in1.dim, dtype=F64)
+    x2 = torch.randn(3, tri.irreps_in2.dim, dtype=F64)
+    w = torch.randn(2, 3, tri.weight_numel, dtype=F64)
+    y = tri(x1, x2, w)
+    y_e3 = e3(x1, x2, w)
+    assert y.shape == y_e3.shape == (2, 3, tri.irreps_out.dim)
+    assert rel(y, y_e3) <= 1e-10
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "batch"])
+def test_empty_batch(shared):
+    tri, _ = pair(*MIXED, shared_weights=shared)
+    d1, d2, n = tri.irreps_in1.dim, tri.irreps_in2.dim, tri.weight_numel
+    x1 = torch.randn(0, d1, requires_grad=True)
+    x2 = torch.randn(0, d2, requires_grad=True)
+    w = torch.randn(n if shared else (0, n), requires_grad=True)
+    y = tri(x1, x2, w)
+    assert y.shape == (0, tri.irreps_out.dim)
+    assert y.dtype == torch.float32
+    y.sum().backward()
+    assert x1.grad.shape == x1.shape and x2.grad.shape == x2.shape
+    assert w.grad.shape == w.shape
+    assert torch.count_nonzero(w.grad) == 0
+
+
+# -- memory layout of the inputs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "batch"])
+def test_non_contiguous_inputs(shared):
+    tri, ref = pair(*MIXED, shared_weights=shared)
+    d1, d2, n = tri.irreps_in1.dim, tri.irreps_in2.dim, tri.weight_numel
+    Z = 5
+    # last dim contiguous, row stride larger than the row (a slice of a wider tensor)
+    x1 = torch.randn(Z, d1 + 7)[:, 3:3 + d1]
+    # last dim with stride != 1 (a transposed tensor)
+    x2 = torch.randn(d2, Z).t()
+    if shared:
+        w = torch.randn(2 * n)[::2]  # stride 2
+    else:
+        w = torch.randn(n, Z).t()
+    assert x1.stride(-1) == 1 and x1.stride(0) == d1 + 7
+    assert x2.stride(-1) != 1 and w.stride(-1) != 1
+    y = tri(x1, x2, w)
+    assert rel(y, ref(x1.double(), x2.double(), w.double())) <= 1e-5
+    assert torch.equal(y, tri(x1.contiguous(), x2.contiguous(), w.contiguous()))
+    # the other way round: x1 with a non-unit last stride, x2 a strided slice
+    x1b = torch.randn(d1, Z).t()
+    x2b = torch.randn(Z, 2 * d2)[:, ::2]
+    yb = tri(x1b, x2b, w)
+    assert rel(yb, ref(x1b.double(), x2b.double(), w.double())) <= 1e-5
+
+
+# -- int64 addressing ------------------------------------------------------------------------
+
+
+class _LaunchSpy:
+    """Wraps tritp.kernels.get_kernel and records the IDX64 argument of every launch."""
+
+    def __init__(self, real):
+        self.real, self.idx64 = real, []
+
+    def __call__(self, *a, **k):
+        kernel = self.real(*a, **k)
+        spy = self
+
+        class K:
+            def __getitem__(self, grid):
+                def launch(*args, **kw):
+                    spy.idx64.append(kw.get("IDX64"))
+                    return kernel[grid](*args, **kw)
+
+                return launch
+
+        return K()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "batch"])
+def test_int64_addressing(monkeypatch, shared):
+    tri, ref = pair(*MIXED, shared_weights=shared)
+    x1, x2, w = make_inputs(tri, (5,), dtype=torch.float32)
+    gy = torch.randn(5, tri.irreps_out.dim)
+
+    def go():
+        leaves = [t.clone().requires_grad_(True) for t in (x1, x2, w)]
+        y = tri(*leaves)
+        return [y.detach(), *torch.autograd.grad((y * gy).sum(), leaves)]
+
+    spy = _LaunchSpy(tritp.kernels.get_kernel)
+    monkeypatch.setattr(tritp.kernels, "get_kernel", spy)
+    small = go()
+    assert spy.idx64 and not any(spy.idx64)
+    spy.idx64.clear()
+    monkeypatch.setattr(tritp.kernels, "INT32_LIMIT", 16)
+    big = go()
+    assert spy.idx64 and all(spy.idx64)  # every launch took the int64 path
+    for a, b in zip(small, big):
+        assert torch.equal(a, b)
+    assert rel(big[0], ref(x1.double(), x2.double(), w.double())) <= 1e-5
+
+
+# -- determinism -----------------------------------------------------------------------------
+
+
+def test_shared_weight_gradient_is_deterministic():
+    tri, ref = pair(*MIXED, shared_weights=True)
+    Z = 40  # two programs of BLOCK_Z = 32, the second partly masked
+    x1, x2, w = make_inputs(tri, (Z,), dtype=torch.float32)
+    gy = torch.randn(Z, tri.irreps_out.dim)
+
+    def wgrad():
+        ww = w.clone().requires_grad_(True)
+        (tri(x1, x2, ww) * gy).sum().backward()
+        return ww.grad
+
+    g1, g2 = wgrad(), wgrad()
+    assert torch.equal(g1, g2)
+    wr = w.double().requires_grad_(True)
+    (ref(x1.double(), x2.double(), wr) * gy.double()).sum().backward()
+    assert rel(g1, wr.grad) <= 1e-4
+    assert rel(tri(x1, x2, w), ref(x1.double(), x2.double(), w.double())) <= 1e-5
+
+
+# -- source cache ----------------------------------------------------------------------------
+
+CACHE_CHILD = textwrap.dedent("""
+    import sys
+    import torch
+    import tritp
+    import tritp.codegen.cg_emit as cg_emit
+    import tritp.codegen.coupling as coupling
+
+    def boom(*a, **k):
+        raise RuntimeError("REGENERATED")
+
+    cg_emit.emit_producer = boom
+    coupling.exact_real_coupling = boom
+    d = torch.load(sys.argv[1])
+    tp = tritp.compile(d["in1"], d["in2"], d["out"], d["ins"], backend="triton", shared_weights=False,
+                       internal_weights=False)
+    leaves = [d[k].clone().requires_grad_(True) for k in ("x1", "x2", "w")]
+    y = tp(*leaves)
+    grads = torch.autograd.grad((y * d["gy"]).sum(), leaves)
+    torch.save({"y": y.detach(), "grads": [g.detach() for g in grads]}, sys.argv[2])
+    # the patch is live: a problem never seen before has to be generated, and fails
+    other = tritp.compile("3x0e", "1x0e", "3x0e", "uvu", backend="triton", shared_weights=False)
+    try:
+        other(torch.randn(2, 3), torch.randn(2, 1), torch.randn(2, 3))
+    except RuntimeError as e:
+        assert "REGENERATED" in str(e), e
+        print("PATCH-LIVE")
+""")
+
+
+def test_source_cache_is_reused_by_a_new_process(tmp_path):
+    in1, in2, out = "2x0e+1x1o", "1x0e+1x1o", "2x0e+1x1o+2x1e"
+    ins = [(0, 0, 0, "uvu", True), (1, 1, 0, "uvw", True), (0, 1, 1, "uvw", True), (1, 1, 2, "uvw", True)]
+    tp = tritp.compile(in1, in2, out, ins, backend="triton", shared_weights=False, internal_weights=False)
+    x1, x2, w = make_inputs(tp, (3,), dtype=torch.float32)
+    gy = torch.randn(3, tp.irreps_out.dim)
+    leaves = [t.clone().requires_grad_(True) for t in (x1, x2, w)]
+    y = tp(*leaves)
+    grads = torch.autograd.grad((y * gy).sum(), leaves)
+    kernels = Path(os.environ["TRITP_CACHE_DIR"]) / "kernels"
+    assert tritp.kernels.source_path(tp.problem, forward_spec(True), "float32", 64).is_file()
+    assert len(list(kernels.glob("cg_*.py"))) >= 4  # forward, grad x1, grad x2, grad w
+    torch.save({"in1": in1, "in2": in2, "out": out, "ins": ins, "x1": x1, "x2": x2, "w": w, "gy": gy},
+               tmp_path / "in.pt")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", CACHE_CHILD, str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "PATCH-LIVE" in r.stdout
+    child = torch.load(tmp_path / "out.pt")
+    assert torch.equal(child["y"], y.detach())
+    for a, b in zip(child["grads"], grads):
+        assert torch.equal(a, b)
+
+
+# -- equivariance ----------------------------------------------------------------------------
+
+
+def test_equivariance():
+    tri = tritp.compile(*MIXED, backend="triton", shared_weights=False, internal_weights=False)
+    x1, x2, w = make_inputs(tri, (4,))
+    D = {}
+    R = o3.rand_matrix(dtype=F64)
+    for name, Rm in (("rotation", R), ("rotation+inversion", -R)):
+        D1 = o3.Irreps(str(tri.irreps_in1)).D_from_matrix(Rm)
+        D2 = o3.Irreps(str(tri.irreps_in2)).D_from_matrix(Rm)
+        Do = o3.Irreps(str(tri.irreps_out)).D_from_matrix(Rm)
+        y_rot_in = tri(x1 @ D1.T, x2 @ D2.T, w)
+        y_rot_out = tri(x1, x2, w) @ Do.T
+        D[name] = rel(y_rot_in, y_rot_out)
+        assert D[name] <= 1e-10, (name, D[name])
+    # the rotation is not trivial on these irreps
+    assert rel(tri(x1, x2, w), tri(x1 @ D1.T, x2 @ D2.T, w)) > 1e-2
