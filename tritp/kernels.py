@@ -30,7 +30,6 @@ from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
 
 GENERATOR_FILES = ("cg_emit.py", "cg_spec.py", "coupling.py", "problem.py", "writer.py")
-DEFAULT_BLOCK_Z = 32
 INT32_LIMIT = 2**31  # offsets at or past this switch the kernel to int64 addressing (tests lower it)
 _loaded: dict = {}
 
@@ -91,15 +90,22 @@ def target_dim(problem: Problem, role: str) -> int:
             "w": problem.weight_numel}[role]
 
 
-def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=None,
-            block_z: int = DEFAULT_BLOCK_Z, block_c: int = 64, wrap=None) -> torch.Tensor:
+def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=None, config=None,
+            wrap=None) -> torch.Tensor:
     """Run producer ``spec`` on 2D tensors ``[Z or 1, dim]`` (shared weights: 1D ``[numel]``).
 
     Returns the target: ``[Z, dim]``, or ``[numel]`` for shared weights (summed over the batch
-    deterministically: per-program partials, then one ``sum``). ``wrap`` (``wrap_triton`` inside
-    a ``triton_op``) wraps the kernel so that Inductor sees it.
+    deterministically: per-program partials, then one ``sum``). ``config`` (a
+    :class:`tritp.tuning.Config`) overrides the tuned or heuristic launch configuration.
+    ``wrap`` (``wrap_triton`` inside a ``triton_op``) wraps the kernel so that Inductor sees it.
     """
     acc = acc_dtype(tensors)
+    dtype_name = "float64" if acc == torch.float64 else "float32"
+    if config is None:
+        from .tuning import choose
+
+        config = choose(problem, spec, dtype_name, Z, tensors[0].device, interpreter_active())
+    block_z = config.block_z
     if out_dtype is None:
         out_dtype = tensors[0].dtype
         for t in tensors[1:]:
@@ -127,10 +133,11 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
         g = torch.empty((Z, dim), dtype=out_dtype, device=device)
         sg = dim
     big = max([Z * max(strides + [sg])] + [t.numel() for t in args]) >= INT32_LIMIT
-    kernel = get_kernel(problem, spec, "float64" if acc == torch.float64 else "float32", block_c)
+    kernel = get_kernel(problem, spec, dtype_name, config.block_c)
     if wrap is not None:
         kernel = wrap(kernel)
-    kernel[(nprog,)](*args, *strides, g, sg, Z, IDX64=big, BLOCK_Z=block_z)
+    kernel[(nprog,)](*args, *strides, g, sg, Z, IDX64=big, BLOCK_Z=block_z,
+                     num_warps=config.num_warps, num_stages=config.num_stages)
     if shared_w:
         return g.sum(0).to(out_dtype)
     return g
