@@ -137,6 +137,12 @@ class TensorProduct(torch.nn.Module):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         weight = self._check(x1, x2, weight)
+        if isinstance(x1, torch.Tensor) and torch.is_autocast_enabled(x1.device.type):
+            # Autocast policy, as for matmul: run in the autocast dtype (halving memory traffic),
+            # accumulate in fp32 inside the kernel, return the autocast dtype.
+            dt = torch.get_autocast_dtype(x1.device.type)
+            x1, x2 = x1.to(dt), x2.to(dt)
+            weight = weight.to(dt) if weight is not None else None
         if not self._use_triton(x1.device):
             return reference_tp(self.problem, x1, x2, weight)
         d1, d2, do = self._dims
