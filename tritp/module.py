@@ -160,6 +160,6 @@ class TensorProduct(torch.nn.Module):
 
 def _rows(x: torch.Tensor, bshape, d: int, Z: int) -> torch.Tensor:
     """``x`` as ``[Z, d]`` rows, or one ``[1, d]`` row when it is broadcast over the whole batch."""
-    if x.shape[:-1].numel() == 1:
+    if math.prod(x.shape[:-1]) == 1:
         return x.reshape(1, d)
     return x.expand(*bshape, d).reshape(Z, d)
