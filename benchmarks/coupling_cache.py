@@ -9,9 +9,9 @@ in its cache (``codegen/tables.py``). This script measures what that costs a use
 
 Each measurement runs in its own subprocess. Timing starts inside it, after interpreter
 start-up, and is split into phases: ``import numpy``; ``from tritp.codegen.coupling import
-sparse_coupling`` (this includes whatever ``tritp/__init__.py`` imports, torch today, which the
-table says); the first ``sparse_coupling`` call (load or compute); and the loop that touches
-every triple ``(l1, l2, l3)`` with all degrees <= lmax. It reports; it never asserts, and it
+sparse_coupling`` (this includes whatever ``tritp/__init__.py`` imports, which the report
+names); the first ``sparse_coupling`` call (load or compute); and the loop that touches every
+triple ``(l1, l2, l3)`` with all degrees <= lmax. It reports; it never asserts, and it
 writes nothing outside its temporary folders.
 
 Run::
@@ -63,7 +63,7 @@ for l1 in range(lmax + 1):
 t3 = time.perf_counter()
 print(json.dumps({"numpy": t1 - t0, "import": t2 - t1, "first": t_first - t2, "loop": t3 - t2,
                   "total": t3 - t1, "loop_gc": gc_time[0] - gc_before, "triples": triples, "nnz": nnz,
-                  "torch_loaded": "torch" in sys.modules}))
+                  "heavy": [m for m in ("torch", "triton", "sympy") if m in sys.modules]}))
 """
 
 PHASES = (
@@ -126,9 +126,12 @@ def report(lmax: int, results: dict) -> str:
                  "'all lookups' includes it.")
     lines.append("'of which Python GC': the cyclic collector's passes during the lookups, mostly a first "
                  "full pass over the objects imported before (torch's); any allocation burst would trigger it.")
-    if cold[0]["torch_loaded"]:
-        lines.append("note: 'import tritp.codegen' loads torch (tritp/__init__.py imports it), "
-                     "so most of that phase is torch, not the coupling code.")
+    if cold[0]["heavy"]:
+        lines.append(f"note: 'import tritp.codegen' loads {', '.join(cold[0]['heavy'])} (through "
+                     "tritp/__init__.py), so most of that phase is not the coupling code.")
+    if lmax > 6:
+        lines.append("note: sparse_coupling reads the table of max(l1, l2, l3) (at least 6), so touching "
+                     f"every triple up to {lmax} loads or computes {lmax - 5} tables (L = 6..{lmax}).")
     return "\n".join(lines)
 
 
