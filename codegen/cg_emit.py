@@ -44,7 +44,9 @@ def _flatten(letters: str, sizes: dict, vals: dict) -> str:
     return expr or "0"
 
 
-class _Emitter:
+class CGEmitter:
+    """Writes one producer kernel; subclasses override the row/store hooks below."""
+
     def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int):
         self.p, self.spec, self.block_c = problem, spec, block_c
         self.dt = {"float32": "tl.float32", "float64": "tl.float64"}[dtype]
@@ -103,24 +105,42 @@ class _Emitter:
         w(f"DT = {self.dt}")
         w("")
         w("")
-        args = [f"t{i}" for i in range(len(spec.roles))] + [f"s{i}" for i in range(len(spec.roles))]
         w("@triton.jit")
-        with w.block(f"def {KERNEL_NAME}({', '.join(args)}, g, sg, Z, IDX64: tl.constexpr, BLOCK_Z: tl.constexpr):"):
-            w("pid = tl.program_id(0)")
-            w("z = pid * BLOCK_Z + tl.arange(0, BLOCK_Z)")
-            w("zm = z < Z")
-            with w.block("if IDX64:"):
-                w("zz = z.to(tl.int64)")
-            with w.block("else:"):
-                w("zz = z")
-            for i in range(len(spec.roles)):
-                w(f"r{i} = zz * s{i}")
-            w("rg = zz * sg")
+        with w.block(f"def {KERNEL_NAME}({', '.join(self.kernel_args())}):"):
+            self.emit_prologue()
             if spec.target == "w":
                 self.emit_weight_target()
             else:
                 self.emit_segment_target()
         return w.text()
+
+    # -- hooks a subclass (e.g. the fused graph convolution) overrides --------------------------
+    def kernel_args(self) -> list:
+        n = len(self.spec.roles)
+        return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)]
+                + ["g", "sg", "Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr"])
+
+    def emit_prologue(self):
+        """Rows of this program: ``z``, mask ``zm``, and row offsets ``r<i>`` / ``rg``."""
+        w = self.w
+        w("pid = tl.program_id(0)")
+        w("z = pid * BLOCK_Z + tl.arange(0, BLOCK_Z)")
+        w("zm = z < Z")
+        with w.block("if IDX64:"):
+            w("zz = z.to(tl.int64)")
+        with w.block("else:"):
+            w("zz = z")
+        for i in range(len(self.spec.roles)):
+            w(f"r{i} = zz * s{i}")
+        w("rg = zz * sg")
+
+    def store_tile(self, addr: str, value: str):
+        """Store a ``[BLOCK_Z, BLOCK_C]`` target tile at channel offsets ``addr``."""
+        self.w(f"tl.store(g + rg[:, None] + ({addr})[None, :], {value}.to(g.dtype.element_ty), mask=m2d)")
+
+    def store_shared_weight(self, addr: str, value: str):
+        """Store this program's batch-reduced partial of a shared-weight gradient."""
+        self.w(f"tl.store(g + pid * sg + ({addr}), tl.sum({value}, axis=0).to(g.dtype.element_ty), mask=cm)")
 
     def emit_segment_target(self):
         role = self.spec.target
@@ -149,7 +169,7 @@ class _Emitter:
                         self.emit_term(k, ins, term, accs)
                 for m, a in enumerate(accs):
                     addr = self._target_addr(role, seg, m)
-                    self.w(f"tl.store(g + rg[:, None] + ({addr})[None, :], {a}.to(g.dtype.element_ty), mask=m2d)")
+                    self.store_tile(addr, a)
 
     def _target_addr(self, role, seg, m):
         mul, ir = self.segs[role][seg]
@@ -308,9 +328,9 @@ class _Emitter:
                         self.w(f"accw += ({s}) * {_as2d(g[0], g[1])}")
                 addr = f"{self.woffs[k]} + c"
                 if shared:
-                    self.w(f"tl.store(g + pid * sg + ({addr}), tl.sum(accw, axis=0).to(g.dtype.element_ty), mask=cm)")
+                    self.store_shared_weight(addr, "accw")
                 else:
-                    self.w(f"tl.store(g + rg[:, None] + ({addr})[None, :], accw.to(g.dtype.element_ty), mask=m2d)")
+                    self.store_tile(addr, "accw")
 
 
 def _as2d(expr: str, kind: str) -> str:
@@ -327,4 +347,4 @@ def emit_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
     """
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f"block_c must be a power of two, got {block_c}")
-    return _Emitter(problem, spec, dtype, block_c).emit()
+    return CGEmitter(problem, spec, dtype, block_c).emit()
