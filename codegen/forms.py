@@ -62,8 +62,9 @@ def fully_connected(cls, irreps_in1, irreps_in2, irreps_out, *, shared_weights=T
 def elementwise(cls, irreps_in1, irreps_in2, filter_ir_out=None, **kw):
     """Channel ``u`` of input 1 with channel ``u`` of input 2, ``uuu`` without weights:
     e3nn's ``ElementwiseTensorProduct`` (segments are split so multiplicities line up)."""
-    in1 = list(as_irreps(irreps_in1, "irreps_in1"))
-    in2 = list(as_irreps(irreps_in2, "irreps_in2"))
+    # e3nn simplifies both inputs first (merging neighbours, dropping empty segments)
+    in1 = list(as_irreps(irreps_in1, "irreps_in1").simplify())
+    in2 = list(as_irreps(irreps_in2, "irreps_in2").simplify())
     n1, n2 = sum(m for m, _ in in1), sum(m for m, _ in in2)
     if n1 != n2:
         raise ValueError(f"elementwise needs the same number of irreps on both inputs, got {n1} and {n2}")
@@ -90,9 +91,10 @@ def elementwise(cls, irreps_in1, irreps_in2, filter_ir_out=None, **kw):
 
 
 def full(cls, irreps_in1, irreps_in2, filter_ir_out=None, **kw):
-    """Every path, ``uvuv`` without weights, output sorted: e3nn's ``FullTensorProduct``."""
-    in1 = as_irreps(irreps_in1, "irreps_in1")
-    in2 = as_irreps(irreps_in2, "irreps_in2")
+    """Every path, ``uvuv`` without weights, output sorted: e3nn's ``FullTensorProduct``
+    (inputs simplified first, as e3nn does)."""
+    in1 = as_irreps(irreps_in1, "irreps_in1").simplify()
+    in2 = as_irreps(irreps_in2, "irreps_in2").simplify()
     keep = _filter(filter_ir_out)
     out, ins = [], []
     for i1, (m1, r1) in enumerate(in1):

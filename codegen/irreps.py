@@ -155,8 +155,8 @@ class Irreps(tuple):
             items: list = []
         elif isinstance(irreps, str):
             items = _parse_string(irreps)
-        elif isinstance(irreps, Irrep):
-            items = [MulIr(1, irreps)]
+        elif isinstance(irreps, Irrep) or (hasattr(irreps, "l") and hasattr(irreps, "p")):
+            items = [MulIr(1, Irrep(irreps))]  # one irrep, ours or e3nn's
         else:
             items = [cls._item(x) for x in irreps]
         return super().__new__(cls, items)
@@ -189,9 +189,11 @@ class Irreps(tuple):
 
     @property
     def lmax(self) -> int:
-        if len(self) == 0:
+        """Largest degree among irreps actually present (multiplicity > 0), as e3nn."""
+        ls = [m.ir.l for m in self if m.mul > 0]
+        if not ls:
             raise ValueError("lmax of an empty Irreps is undefined")
-        return max(m.ir.l for m in self)
+        return max(ls)
 
     @property
     def ls(self) -> list:

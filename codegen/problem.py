@@ -253,9 +253,12 @@ class Problem:
 
     def replace(self, **changes) -> "Problem":
         """A copy with some constructor arguments changed."""
+        def given(v):  # defaults (all 1.0) are rebuilt for the new irreps, not carried over
+            return None if all(x == 1.0 for x in v) else v
+
         args = dict(irrep_normalization=self.irrep_normalization, path_normalization=self.path_normalization,
-                    shared_weights=self.shared_weights, layout=self.layout, in1_var=self.in1_var,
-                    in2_var=self.in2_var, out_var=self.out_var)
+                    shared_weights=self.shared_weights, layout=self.layout, in1_var=given(self.in1_var),
+                    in2_var=given(self.in2_var), out_var=given(self.out_var))
         pos = dict(irreps_in1=self.irreps_in1, irreps_in2=self.irreps_in2, irreps_out=self.irreps_out,
                    instructions=[i.as_tuple() for i in self.instructions])
         for k, v in changes.items():

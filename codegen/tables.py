@@ -83,7 +83,11 @@ def _compute(lmax: int):
 
 @lru_cache(maxsize=None)
 def _load(lmax: int) -> CouplingTable:
-    path = table_path(lmax)
+    try:
+        path = table_path(lmax)
+    except OSError as e:  # an unusable cache folder must not stop the computation
+        warnings.warn(f"tritp: could not save coupling table: cache folder unusable ({e})")
+        return CouplingTable(lmax, *_compute(lmax))
     if path.exists():
         try:
             with np.load(path) as z:
