@@ -142,6 +142,11 @@ class CGEmitter:
         """Store this program's batch-reduced partial of a shared-weight gradient."""
         self.w(f"tl.store(g + pid * sg + ({addr}), tl.sum({value}, axis=0).to(g.dtype.element_ty), mask=cm)")
 
+    def row_block(self, accs: list, bc: int):
+        """Context around one target segment's tile accumulation (mask, zeroed ``accs``, all
+        terms); the stores follow it. A fused variant wraps it, e.g. in a loop over row chunks."""
+        return nullcontext()
+
     def emit_segment_target(self):
         role = self.spec.target
         for seg, (mul, ir) in enumerate(self.segs[role]):
@@ -157,16 +162,17 @@ class CGEmitter:
             with ctx:
                 self.w(f"c = c0 + tl.arange(0, {bc})")
                 self.w(f"cm = c < {mul}")
-                self.w("m2d = zm[:, None] & cm[None, :]")
                 accs = [f"acc{m}" for m in range(ir.dim)]
-                for a in accs:
-                    self.w(f"{a} = tl.zeros([BLOCK_Z, {bc}], DT)")
-                for ins in inss:
-                    k = self.p.instructions.index(ins)
-                    for term in self.spec.terms:
-                        if not ins.has_weight and term[4]:
-                            continue
-                        self.emit_term(k, ins, term, accs)
+                with self.row_block(accs, bc):
+                    self.w("m2d = zm[:, None] & cm[None, :]")
+                    for a in accs:
+                        self.w(f"{a} = tl.zeros([BLOCK_Z, {bc}], DT)")
+                    for ins in inss:
+                        k = self.p.instructions.index(ins)
+                        for term in self.spec.terms:
+                            if not ins.has_weight and term[4]:
+                                continue
+                            self.emit_term(k, ins, term, accs)
                 for m, a in enumerate(accs):
                     addr = self._target_addr(role, seg, m)
                     self.store_tile(addr, a)
