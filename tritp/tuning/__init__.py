@@ -1,33 +1,61 @@
 """Launch configurations: tuned (user cache, then the shipped ``autotune_cache/``) or the
 documented heuristic default.
 
+:func:`choose` runs on every kernel launch. It never tunes: it looks the kernel up, memoized
+in-process, in the user cache (``$TRITP_CACHE_DIR/autotune``, else the platform cache dir),
+then in the cache shipped with tritp (``tritp.autotune_cache``), and falls back to
+:func:`heuristic`. Tuning happens only when asked: ``tritp autotune`` or
+``TensorProduct.autotune()`` (see :mod:`tritp.tuning.tuner`); the cache format and key are
+described in :mod:`tritp.tuning.cache`, the search spaces in :mod:`tritp.tuning.space`.
+
 Example:
     >>> from tritp.tuning import Config, heuristic
     >>> heuristic(n_rows=100_000, interpreted=False)
-    Config(block_z=32, block_c=64, num_warps=4, num_stages=1)
+    Config(block_z=32, block_c=64, num_warps=4, num_stages=1, impl='sparse')
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+#: Cache-lookup results by (problem, spec, dtype, bucket, GPU, generator, folders).
+_memo: dict = {}
+
 
 class Config(NamedTuple):
     """One launch configuration of a producer kernel.
 
     ``block_c`` (channel lanes) is baked into the generated source; ``block_z`` (batch rows per
-    program), ``num_warps`` and ``num_stages`` are launch parameters.
+    program), ``num_warps`` and ``num_stages`` are launch parameters. ``impl`` names the
+    implementation where a family has several (Gaunt: ``sparse``, ``fft``, ``grid``); the
+    sparse-CG kernels have one, ``"sparse"``.
+
+    Example:
+        >>> Config(block_z=64)._replace(num_warps=8)
+        Config(block_z=64, block_c=64, num_warps=8, num_stages=1, impl='sparse')
     """
 
     block_z: int = 32
     block_c: int = 64
     num_warps: int = 4
     num_stages: int = 1
+    impl: str = "sparse"
 
 
 def heuristic(n_rows: int, interpreted: bool) -> Config:
-    """The default when nothing is tuned: 32 rows x 64 channels, 4 warps on a GPU; under the
-    interpreter, whose cost is per program launched, as few programs as possible."""
+    """The default when nothing is tuned.
+
+    On a GPU: ``block_z=32`` batch rows x ``block_c=64`` channel lanes per program (a segment
+    narrower than 64 channels uses the next power of two of its multiplicity), ``num_warps=4``,
+    ``num_stages=1``: 2048 lanes for 128 threads, small enough that MACE/NequIP-sized targets
+    (up to 7 accumulators of ``l=3``) stay in registers. Under the Triton interpreter, whose
+    cost is per program launched, as few programs as possible: ``block_z`` = the batch rounded
+    up to a power of two, at most 128, one warp.
+
+    Example:
+        >>> heuristic(10, interpreted=True).block_z
+        16
+    """
     if interpreted:
         rows = 1
         while rows < min(max(n_rows, 1), 128):
@@ -36,6 +64,55 @@ def heuristic(n_rows: int, interpreted: bool) -> Config:
     return Config()
 
 
+def clear_memo() -> None:
+    """Forget every memoized lookup (after writing or removing cache files by hand)."""
+    _memo.clear()
+    import sys
+
+    cache = sys.modules.get(f"{__name__}.cache")
+    if cache is not None:
+        cache.shipped_entries.cache_clear()
+
+
+def lookup(problem, spec, dtype: str, n_rows: int, device, interpreted: bool, family: str = "cg"):
+    """The tuned entry for this launch as ``(Config, where)`` (``where`` is ``"user"`` or
+    ``"shipped"``), or ``None``; memoized, so a second call costs one dict lookup."""
+    from . import cache
+
+    gpu = cache.gpu_name(device, interpreted)
+    b = cache.bucket(n_rows)
+    mk = (family, problem.key, spec, dtype, b, gpu, cache.identity_salt(), str(cache.user_dir()),
+          str(cache.shipped_dir()))
+    try:
+        return _memo[mk]
+    except KeyError:
+        pass
+    key = cache.make_key(problem, spec, dtype, n_rows, gpu, family)
+    found = cache.find(key)
+    _memo[mk] = found
+    return found
+
+
 def choose(problem, spec, dtype: str, n_rows: int, device, interpreted: bool) -> Config:
-    """The configuration to launch with: a tuned entry if one matches, else the heuristic."""
+    """The configuration to launch with: a tuned entry if one matches, else the heuristic.
+
+    Example:
+        >>> import torch
+        >>> from tritp.codegen import Problem
+        >>> from tritp.codegen.cg_spec import forward_spec
+        >>> p = Problem.channelwise("8x0e", "0e", "0e")
+        >>> choose(p, forward_spec(), "float32", 10, torch.device("cpu"), True).block_z  # untuned
+        16
+    """
+    found = lookup(problem, spec, dtype, n_rows, device, interpreted)
+    if found is not None:
+        return found[0]
     return heuristic(n_rows, interpreted)
+
+
+def __getattr__(name):  # tritp.tuning.tune etc. without importing torch-heavy code up front
+    if name in ("tune", "tune_problem", "TuneResult", "direction_specs"):
+        from . import tuner
+
+        return getattr(tuner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

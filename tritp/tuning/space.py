@@ -1,0 +1,171 @@
+"""Search spaces: the candidate launch configurations of one kernel, per kernel family.
+
+A family (``"cg"`` now; ``"gaunt"`` and ``"conv"`` later) registers a function that builds the
+space for one kernel, ``(problem, spec, dtype, batch) -> SearchSpace``. It starts from the
+full product of its axes (:data:`AXES`, plus an ``impl`` axis where several implementations
+compute the same function) and prunes what cannot win, using what it knows of the problem.
+The space's :attr:`SearchSpace.hash` is part of the cache key, so changing an axis or a rule
+invalidates the entries tuned over the old space.
+
+Rules of the ``cg`` family (``lanes`` = the widest channel extent of the target's segments,
+``bc`` = ``min(block_c, p2(lanes))`` the lanes a segment really uses, ``live`` = tiles alive at
+once: the target's ``2l+1`` accumulators plus the widest operand irrep):
+
+1. ``block_c`` above ``p2(lanes)`` generates the same source as ``p2(lanes)``: dropped;
+2. ``block_z`` above ``p2(batch)`` only adds masked rows: dropped (16 is always kept);
+3. ``block_z * bc < 32 * num_warps`` leaves whole warps idle: dropped;
+4. ``block_z * bc * live * words / (32 * num_warps) > 256`` (32-bit words per thread, fp64
+   counts two) cannot stay in registers: dropped;
+5. ``num_stages > 1`` pipelines loads across loop iterations: only kept when the kernel loops
+   (over channel chunks or over a channel letter the target does not carry).
+
+Example:
+    >>> from tritp.codegen import Problem
+    >>> from tritp.codegen.cg_spec import forward_spec
+    >>> s = space_for("cg", Problem.channelwise("8x0e+8x1o", "0e+1o", "0e+1o"), forward_spec(), "float32", 16)
+    >>> {c.block_c for c in s.candidates}, len(s.hash)
+    ({16}, 20)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+from typing import Callable
+
+from ..codegen.cg_spec import MODE_LETTERS, ProducerSpec
+from ..codegen.diskcache import content_hash
+from . import Config
+
+#: The axes every family starts from (``impl`` lists the implementations of the function).
+AXES = {
+    "impl": ("sparse",),
+    "block_z": (16, 32, 64, 128),
+    "block_c": (16, 32, 64, 128),
+    "num_warps": (1, 2, 4, 8),
+    "num_stages": (1, 2, 3),
+}
+#: Most 32-bit registers per thread a candidate's live tiles may need (rule 4).
+REGISTER_WORDS = 256
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The candidates of one kernel, in a fixed order; ``version`` bumps when rules change."""
+
+    family: str
+    candidates: tuple
+    version: int = 1
+
+    @property
+    def hash(self) -> str:
+        """Content hash of the family, its version and every candidate (part of the cache key)."""
+        return content_hash(self.family, self.version, *(tuple(c) for c in self.candidates))
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+
+_FAMILIES: dict = {}
+
+
+def register_family(name: str):
+    """Decorator: register ``fn(problem, spec, dtype, batch) -> SearchSpace`` as family ``name``.
+
+    Example:
+        >>> @register_family("toy")
+        ... def _toy(problem, spec, dtype, batch):
+        ...     return SearchSpace("toy", (Config(),))
+        >>> len(space_for("toy", None, None, "float32", 1))
+        1
+    """
+    def deco(fn: Callable) -> Callable:
+        _FAMILIES[name] = fn
+        return fn
+    return deco
+
+
+def families() -> tuple:
+    """Names of the registered families."""
+    return tuple(_FAMILIES)
+
+
+def space_for(family: str, problem, spec, dtype: str, batch: int) -> SearchSpace:
+    """The pruned search space of one kernel; ValueError for an unknown family."""
+    try:
+        fn = _FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"unknown kernel family {family!r}; registered: {', '.join(_FAMILIES)}") from None
+    return fn(problem, spec, dtype, batch)
+
+
+def p2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _segments(problem, role: str):
+    return {"x1": problem.irreps_in1, "x2": problem.irreps_in2, "out": problem.irreps_out}[role]
+
+
+def _touches(ins, role: str, seg: int) -> bool:
+    return {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[role] == seg
+
+
+def cg_shape(problem, spec: ProducerSpec) -> dict:
+    """What the ``cg`` rules need: ``lanes``, ``live`` (tiles), ``loops`` (bool), ``nnz``."""
+    from ..codegen.coupling import sparse_coupling
+
+    p, target = problem, spec.target
+    max_ir = max([mi.ir.dim for irr in (p.irreps_in1, p.irreps_in2, p.irreps_out) for mi in irr] + [1])
+    lanes, acc, loops, nnz = 1, 1, False, 0
+    sizes = lambda ins: {"u": p.irreps_in1[ins.i_in1].mul, "v": p.irreps_in2[ins.i_in2].mul,
+                         "w": p.irreps_out[ins.i_out].mul}
+    for ins in p.instructions:
+        if 0 in ins.path_shape or (target == "w" and not ins.has_weight):
+            continue
+        l3 = (p.irreps_in1[ins.i_in1].ir.l, p.irreps_in2[ins.i_in2].ir.l, p.irreps_out[ins.i_out].ir.l)
+        nnz += len(sparse_coupling(*l3))
+        lt, sz = MODE_LETTERS[ins.mode], sizes(ins)
+        if target == "w":
+            n = 1
+            for s in ins.path_shape:
+                n *= s
+            lanes = max(lanes, n)
+            continue
+        used = set("".join(lt[r] for r in ("x1", "x2", "out", "w") if r != target))
+        loops = loops or any(ch not in lt[target] and sz[ch] > 1 for ch in used)
+    if target != "w":
+        for seg, mi in enumerate(_segments(p, target)):
+            if any(_touches(i, target, seg) for i in p.instructions):
+                lanes, acc = max(lanes, mi.mul), max(acc, mi.ir.dim)
+    return {"lanes": lanes, "live": acc + max_ir, "loops": loops, "nnz": nnz}
+
+
+def _cg_keep(c: Config, shape: dict, batch: int, words: int) -> bool:
+    bc = min(c.block_c, p2(shape["lanes"]))
+    if c.block_c > max(AXES["block_c"][0], p2(shape["lanes"])):  # rule 1
+        return False
+    if c.block_z > max(AXES["block_z"][0], p2(batch)):  # rule 2
+        return False
+    if c.num_warps > 1 and c.block_z * bc < 32 * c.num_warps:  # rule 3
+        return False
+    if c.block_z * bc * shape["live"] * words > REGISTER_WORDS * 32 * c.num_warps:  # rule 4
+        return False
+    loops = shape["loops"] or shape["lanes"] > bc
+    return c.num_stages == 1 or loops  # rule 5
+
+
+@register_family("cg")
+def cg_space(problem, spec: ProducerSpec, dtype: str, batch: int) -> SearchSpace:
+    """The sparse-CG producer space: :data:`AXES` pruned by the five rules of this module."""
+    shape = cg_shape(problem, spec)
+    words = 2 if dtype == "float64" else 1
+    every = [Config(block_z=z, block_c=c, num_warps=nw, num_stages=ns, impl=i)
+             for i, z, c, nw, ns in product(AXES["impl"], AXES["block_z"], AXES["block_c"],
+                                            AXES["num_warps"], AXES["num_stages"])]
+    kept = tuple(c for c in every if _cg_keep(c, shape, batch, words))
+    if not kept:  # everything spills: keep the smallest tile, one warp and up
+        z0, c0 = AXES["block_z"][0], AXES["block_c"][0]
+        kept = tuple(c for c in every if c.block_z == z0 and c.block_c == c0 and c.num_stages == 1)
+    return SearchSpace("cg", kept)
