@@ -18,7 +18,6 @@ import numpy as np
 from .diskcache import atomic_write, cache_dir, content_hash
 
 TABLE_FORMAT = 1
-_MIN_TABLE_L = 6  # one file covers everything common models use
 
 
 def _source_key() -> str:
@@ -83,6 +82,7 @@ def _compute(lmax: int):
 
 @lru_cache(maxsize=None)
 def _load(lmax: int) -> CouplingTable:
+    _loaded_sizes.add(lmax)
     try:
         path = table_path(lmax)
     except OSError as e:  # an unusable cache folder must not stop the computation
@@ -105,6 +105,17 @@ def _load(lmax: int) -> CouplingTable:
     return CouplingTable(lmax, *arrays)
 
 
+_BUCKETS = (6, 8, 12)  # a few table sizes, so mixed degrees never recompute the lower triples
+
+
 def coupling_table(lmax: int) -> CouplingTable:
-    """The table covering all triples with every degree <= max(lmax, 6)."""
-    return _load(max(int(lmax), _MIN_TABLE_L))
+    """A table covering all triples with every degree <= lmax (one of a few fixed sizes; a
+    larger table already loaded in this process is reused)."""
+    fits = [b for b in _BUCKETS if b >= int(lmax)]
+    for b in fits:
+        if b in _loaded_sizes:
+            return _load(b)
+    return _load(fits[0])
+
+
+_loaded_sizes: set = set()

@@ -1,6 +1,8 @@
 """tritp: generated Triton kernels for E(3)-equivariant tensor products.
 
-``import tritp`` is cheap: it compiles nothing and touches no GPU.
+``import tritp`` is cheap: it compiles nothing, touches no GPU, and loads torch only when a
+runtime name (``compile``, ``TensorProduct``, ...) is first used, so ``tritp.codegen`` and the
+command line stay light.
 
 Example:
     >>> import tritp
@@ -9,13 +11,31 @@ Example:
     32
 """
 
+from importlib import import_module
+
 from .codegen import Instruction, Irrep, Irreps, Problem, ProblemError
-from .reference import reference_tp
-from .api import compile  # noqa: A001  (tritp.compile is the public name)
-from .module import TensorProduct
-from .e3nn_compat import from_e3nn
 
 __version__ = "0.1.0"
 
-__all__ = ["Irrep", "Irreps", "Problem", "Instruction", "ProblemError", "TensorProduct", "compile", "from_e3nn",
-           "reference_tp", "__version__"]
+# name -> module that defines it; imported on first attribute access (PEP 562)
+_LAZY = {
+    "compile": "api",
+    "TensorProduct": "module",
+    "from_e3nn": "e3nn_compat",
+    "reference_tp": "reference",
+}
+
+__all__ = ["Irrep", "Irreps", "Problem", "Instruction", "ProblemError", "__version__", *_LAZY]
+
+
+def __getattr__(name):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'tritp' has no attribute {name!r}")
+    value = getattr(import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
