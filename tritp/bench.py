@@ -1,0 +1,429 @@
+"""Time tritp against e3nn, cuEquivariance and OpenEquivariance on the current device.
+
+For each problem and direction -- ``fwd`` (forward), ``fwdbwd`` (forward, then the gradients
+of x1, x2 and w) and ``dbl`` (energy -> forces: the gradient of x2 with ``create_graph``, then
+the gradients of x1 and w of a loss on it) -- every implementation is first checked against
+the float64 reference (:func:`tritp.reference_tp` on float64 copies of the first rows), then
+timed: ``triton.testing.do_bench`` (median) on CUDA, a wall-clock median elsewhere (any
+``timer(fn) -> ms`` can be passed). Peers are used only when they import and build; a peer that
+fails is recorded with its reason, never fatal. The copy bandwidth measured in the same run
+gives each direction's I/O floor (:func:`io_bytes`). It reports; it never asserts a time.
+
+Example:
+    >>> import torch
+    >>> from tritp.presets import preset
+    >>> cfg = BenchConfig(device=torch.device("cpu"), peers=(), directions=("fwd",),
+    ...                   timer=wall_timer(reps=1))
+    >>> result = run_suite([("tiny", *preset("tiny"))], cfg)  # doctest: +SKIP
+    >>> sorted(result["problems"][0]["times_ms"])  # doctest: +SKIP
+    ['tritp']
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from .codegen import Problem
+from .kernels import interpreter_active
+from .presets import ANCHOR_DBL_BATCH, PEER_ANCHORS_H100
+
+DIRECTIONS = ("fwd", "fwdbwd", "dbl")
+PEERS = ("e3nn", "cueq", "oeq")
+
+
+# -- timers -----------------------------------------------------------------------------------
+def wall_timer(reps: int = 5, warmup: int = 1) -> Callable:
+    """``timer(fn) -> ms``: median of ``reps`` wall-clock runs after ``warmup`` runs
+    (synchronizing CUDA around each run). Works everywhere, the Triton interpreter included.
+
+    Example:
+        >>> wall_timer(reps=3)(lambda: sum(range(10))) >= 0
+        True
+    """
+    def sync():
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    def timer(fn) -> float:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(max(1, reps)):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+    return timer
+
+
+def cuda_timer(warmup_ms: int = 25, rep_ms: int = 100) -> Callable:
+    """``timer(fn) -> ms`` from ``triton.testing.do_bench`` (median; needs a GPU driver)."""
+    from triton.testing import do_bench
+
+    def timer(fn) -> float:
+        return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
+
+    return timer
+
+
+def default_timer(device: torch.device, quick: bool = False) -> Callable:
+    """``do_bench`` on CUDA without the interpreter, else :func:`wall_timer` (``quick``: two
+    runs, no warm-up, since the correctness check has already run every kernel once)."""
+    if device.type == "cuda" and not interpreter_active():
+        return cuda_timer(rep_ms=50 if quick else 100)
+    return wall_timer(reps=2, warmup=0) if quick else wall_timer(reps=5, warmup=1)  # quick: the check warmed up
+
+
+def copy_bandwidth(device: torch.device, timer: Callable, nbytes: Optional[int] = None) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written.
+
+    Example:
+        >>> copy_bandwidth(torch.device("cpu"), wall_timer(reps=1), 1 << 20) > 0
+        True
+    """
+    n = nbytes or ((1 << 30) if device.type == "cuda" else (1 << 26))
+    src = torch.rand(n // 4, device=device)
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+# -- problem arithmetic -----------------------------------------------------------------------
+def io_bytes(problem: Problem, batch: int, itemsize: int, direction: str) -> int:
+    """Fewest bytes ``direction`` must move: each tensor read or written once.
+
+    fwd: x1 + x2 + w + out. fwdbwd: that plus the output cotangent and the three gradients,
+    2 (x1 + x2 + w + out). dbl: x1, x2, w, the output cotangent, the x2 cotangent read; out,
+    grad x2, grad x1, grad w written: 2 x1 + 3 x2 + 2 w + 2 out.
+
+    Example:
+        >>> p = Problem.channelwise("4x0e", "0e", "0e")
+        >>> io_bytes(p, 10, 4, "fwd")  # (4 + 1 + 4 + 4 weights) x 10 rows x 4 bytes
+        520
+    """
+    d1, d2, do = problem.irreps_in1.dim, problem.irreps_in2.dim, problem.irreps_out.dim
+    w = problem.weight_numel * (1 if problem.shared_weights else batch)
+    x1, x2, out = batch * d1, batch * d2, batch * do
+    n = {"fwd": x1 + x2 + w + out, "fwdbwd": 2 * (x1 + x2 + w + out),
+         "dbl": 2 * x1 + 3 * x2 + 2 * w + 2 * out}[direction]
+    return n * itemsize
+
+
+def make_inputs(problem: Problem, batch: int, dtype, device, seed: int = 0) -> tuple:
+    """``(x1, x2, w, g, h)``: inputs, weights (None without weights), the output cotangent
+    and the x2 cotangent of the double backward, all standard normal."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+
+    p = problem
+    w = None
+    if p.weight_numel:
+        w = randn(p.weight_numel) if p.shared_weights else randn(batch, p.weight_numel)
+    return (randn(batch, p.irreps_in1.dim), randn(batch, p.irreps_in2.dim), w,
+            randn(batch, p.irreps_out.dim), randn(batch, p.irreps_in2.dim))
+
+
+def rows(t: tuple, n: int, shared: bool, dtype=None) -> tuple:
+    """The first ``n`` rows of inputs from :func:`make_inputs` (shared weights whole), as
+    ``dtype`` copies when given."""
+    out = []
+    for k, x in enumerate(t):
+        if x is not None:
+            x = x if (k == 2 and shared) else x[:n]
+            x = x.to(dtype) if dtype is not None else x
+        out.append(x)
+    return tuple(out)
+
+
+def direction_fn(fn: Callable, direction: str, t: tuple) -> Callable:
+    """A no-argument closure running ``direction`` of ``fn(x1, x2, w)``; it returns the
+    direction's result tensors (output; three gradients; grad x1 and grad w)."""
+    x1, x2, w, g, h = t
+    if direction == "fwd":
+        def run():
+            with torch.no_grad():
+                return [fn(x1, x2, w)]
+        return run
+    a, b = x1.detach().requires_grad_(), x2.detach().requires_grad_()
+    c = None if w is None else w.detach().requires_grad_()
+    wrt = [a, b] + ([c] if c is not None else [])
+    if direction == "fwdbwd":
+        def run():
+            return list(torch.autograd.grad(fn(a, b, c), wrt, g))
+        return run
+    if direction == "dbl":
+        def run():
+            (gb,) = torch.autograd.grad(fn(a, b, c), b, g, create_graph=True)
+            return list(torch.autograd.grad(gb, [x for x in wrt if x is not b], h, allow_unused=True))
+        return run
+    raise ValueError(f"direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
+
+
+def rel_error(got: list, ref: list) -> float:
+    """Largest ``|got - ref| / |ref|`` over the result tensors (None counts as zero)."""
+    worst = 0.0
+    for a, r in zip(got, ref):
+        if r is None and a is None:
+            continue
+        r = torch.zeros_like(a, dtype=torch.float64) if r is None else r.detach().double()
+        a = torch.zeros_like(r) if a is None else a.detach().to(device=r.device, dtype=torch.float64)
+        if a.shape != r.shape:
+            raise ValueError(f"result shape {list(a.shape)} is not the reference's {list(r.shape)}")
+        num, den = (a - r).norm().item(), r.norm().item()
+        e = num / den if den > 0 else num
+        if not math.isfinite(e):
+            return float("nan")
+        worst = max(worst, e)
+    return worst
+
+
+# -- implementations --------------------------------------------------------------------------
+_PEER_STATUS: dict = {}
+
+
+def peer_status() -> dict:
+    """``{peer: "ok" or the reason it could not be used}`` for every peer tried so far."""
+    return dict(_PEER_STATUS)
+
+
+def _form(problem: Problem) -> Optional[str]:
+    """``"channelwise"`` or ``"fully_connected"`` when ``problem`` is exactly what that
+    constructor builds (the two forms cuEquivariance's layers offer), else None."""
+    p = problem
+    keep = "+".join(sorted({str(ir) for _, ir in p.irreps_out}))
+    for form, build in (("channelwise", lambda: Problem.channelwise(p.irreps_in1, p.irreps_in2, keep)),
+                        ("fully_connected", lambda: Problem.fully_connected(p.irreps_in1, p.irreps_in2, p.irreps_out))):
+        try:
+            if build().replace(shared_weights=p.shared_weights) == p:
+                return form
+        except ValueError:
+            pass
+    return None
+
+
+def _cue_group(cue):
+    """cuEquivariance's O3 with e3nn's coupling (the adapter MACE and SevenNet use), built
+    from tritp's own coefficients, which equal ``e3nn.o3.wigner_3j``."""
+    import numpy as np
+
+    from .codegen.coupling import dense_coupling
+
+    class O3e3nn(cue.O3):
+        def __mul__(a, b):  # noqa: N805
+            return [O3e3nn(l=ir.l, p=ir.p) for ir in cue.O3.__mul__(a, b)]
+
+        @classmethod
+        def clebsch_gordan(cls, a, b, c):
+            a, b, c = cls._from(a), cls._from(b), cls._from(c)
+            if a.p * b.p != c.p:
+                return np.zeros((0, a.dim, b.dim, c.dim))
+            return dense_coupling(a.l, b.l, c.l)[None] * np.sqrt(c.dim)
+
+        def __lt__(a, b):  # noqa: N805
+            b = a._from(b)
+            return (a.l, a.p) < (b.l, b.p)
+
+        @classmethod
+        def iterator(cls):
+            l = 0  # noqa: E741
+            while True:
+                yield O3e3nn(l=l, p=(-1) ** l)
+                yield O3e3nn(l=l, p=-((-1) ** l))
+                l += 1  # noqa: E741
+
+    return O3e3nn
+
+
+def _default_norms(p: Problem) -> bool:
+    return (p.irrep_normalization, p.path_normalization, p.layout) == ("component", "element", "mul_ir") and all(
+        v == 1.0 for v in p.in1_var + p.in2_var + p.out_var)
+
+
+def build_impl(impl: str, problem: Problem, device, dtype) -> tuple:
+    """``(fn, note)`` with ``fn(x1, x2, w) -> out`` in e3nn's layout; raises when ``impl``
+    cannot run ``problem`` here (the reason is recorded by the caller)."""
+    p = problem
+    if impl == "tritp":
+        from .module import TensorProduct
+
+        tp = TensorProduct(p, backend="triton")
+        return (lambda a, b, c: tp(a, b, c)), None
+    try:
+        return _build_peer(impl, p, device, dtype)
+    except ImportError as e:
+        _PEER_STATUS[impl] = f"not importable: {e}"
+        raise
+    finally:
+        _PEER_STATUS.setdefault(impl, "ok")
+
+
+def _build_peer(impl: str, p: Problem, device, dtype) -> tuple:
+    if impl == "e3nn":
+        from e3nn import o3
+
+        if p.layout != "mul_ir":
+            raise ValueError("e3nn runs the mul_ir layout only")
+        tp = o3.TensorProduct(str(p.irreps_in1), str(p.irreps_in2), str(p.irreps_out),
+                              [i.as_tuple() for i in p.instructions], in1_var=list(p.in1_var),
+                              in2_var=list(p.in2_var), out_var=list(p.out_var),
+                              irrep_normalization=p.irrep_normalization, path_normalization=p.path_normalization,
+                              shared_weights=p.shared_weights, internal_weights=False).to(device=device, dtype=dtype)
+        return (lambda a, b, c: tp(a, b, c)), None
+    if impl == "cueq":
+        import cuequivariance as cue
+        import cuequivariance_torch as cuet
+
+        form = _form(p)
+        if form is None or not _default_norms(p):
+            raise ValueError("cuEquivariance's layers build channelwise (uvu) and fully connected (uvw) "
+                             "products with default normalization only")
+        G = _cue_group(cue)
+        kw = dict(layout=cue.mul_ir, shared_weights=p.shared_weights, internal_weights=False,
+                  device=device, dtype=dtype, math_dtype=dtype)
+        in1, in2 = cue.Irreps(G, str(p.irreps_in1)), cue.Irreps(G, str(p.irreps_in2))
+        if form == "channelwise":
+            keep = [ir for _, ir in cue.Irreps(G, "+".join(sorted({str(ir) for _, ir in p.irreps_out})))]
+            mod = cuet.ChannelWiseTensorProduct(in1, in2, keep, **kw)
+        else:
+            mod = cuet.FullyConnectedTensorProduct(in1, in2, cue.Irreps(G, str(p.irreps_out)), **kw)
+        if mod.weight_numel != p.weight_numel:
+            raise ValueError(f"cuEquivariance built {mod.weight_numel} weights, tritp {p.weight_numel}")
+        shared = p.shared_weights
+        return (lambda a, b, c: mod(a, b, c.reshape(1, -1) if shared else c)), f"cuet {form}, layout mul_ir"
+    if impl == "oeq":
+        import numpy as np
+        import openequivariance as oeq
+
+        modes = {i.mode for i in p.instructions}
+        if not (modes <= {"uvu"} or modes <= {"uvw"}) or p.layout != "mul_ir":
+            raise ValueError(f"OpenEquivariance runs pure uvu or pure uvw products; this one has {sorted(modes)}")
+        npdt = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+        tpp = oeq.TPProblem(oeq.Irreps(str(p.irreps_in1)), oeq.Irreps(str(p.irreps_in2)), oeq.Irreps(str(p.irreps_out)),
+                            [i.as_tuple() for i in p.instructions], irrep_normalization=p.irrep_normalization,
+                            path_normalization=p.path_normalization, shared_weights=p.shared_weights,
+                            internal_weights=False, irrep_dtype=npdt, weight_dtype=npdt)
+        tp = oeq.TensorProduct(tpp, torch_op=True)
+        note = "uvw weights are in OpenEquivariance's own order: its error is not comparable" if "uvw" in modes else None
+        return (lambda a, b, c: tp(a, b, c)), note
+    raise ValueError(f"unknown implementation {impl!r}; expected tritp or one of {', '.join(PEERS)}")
+
+
+# -- the run ----------------------------------------------------------------------------------
+@dataclass
+class BenchConfig:
+    """What to run and how: device, dtype, directions, peers, timer, batch overrides, the
+    number of rows checked against the reference, and a time limit in seconds."""
+
+    device: torch.device
+    dtype: torch.dtype = torch.float32
+    directions: tuple = DIRECTIONS
+    peers: tuple = PEERS
+    timer: Optional[Callable] = None
+    batch: Optional[int] = None
+    check_rows: int = 1024
+    time_limit: Optional[float] = None
+    started: float = field(default_factory=time.monotonic)
+
+    def out_of_time(self) -> bool:
+        return self.time_limit is not None and time.monotonic() - self.started > self.time_limit
+
+
+def _free(device):
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def run_problem(name: str, problem: Problem, batch: int, cfg: BenchConfig, log=print) -> dict:
+    """Check and time every implementation of one problem; returns its JSON record."""
+    default_batch = batch
+    batch = cfg.batch or batch
+    batches = {d: batch if cfg.batch or d != "dbl" else min(batch, ANCHOR_DBL_BATCH) for d in cfg.directions}
+    itemsize = torch.finfo(cfg.dtype).bits // 8
+    rec = {"name": name, "problem": problem.key, "summary": repr(problem), "batch": batches,
+           "default_batch": default_batch, "io_bytes": {d: io_bytes(problem, b, itemsize, d) for d, b in batches.items()},
+           "times_ms": {}, "errors": {}, "failures": {}, "notes": {},
+           "anchors_h100": {k: v for k, v in PEER_ANCHORS_H100.get(name, {}).items()}}
+    impls = {}
+    for impl in ("tritp",) + tuple(cfg.peers):
+        try:
+            impls[impl], note = build_impl(impl, problem, cfg.device, cfg.dtype)
+            if note:
+                rec["notes"][impl] = note
+        except Exception as e:  # a peer that cannot build this problem is a result, not a crash
+            rec["failures"][impl] = f"build: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            log(f"  {name}: {impl} unavailable: {rec['failures'][impl]}")
+    full = make_inputs(problem, max(batches.values()), cfg.dtype, cfg.device)
+    nchk = min(cfg.check_rows, batch)
+    chk = rows(full, nchk, problem.shared_weights)
+    chk64 = rows(full, nchk, problem.shared_weights, torch.float64)
+    from .reference import reference_tp
+
+    def ref_fn(a, b, c):
+        return reference_tp(problem, a, b, c)
+
+    for d in cfg.directions:
+        ref = direction_fn(ref_fn, d, chk64)()
+        t_d = rows(full, batches[d], problem.shared_weights)
+        for impl, fn in impls.items():
+            key = f"{impl}:{d}"
+            if cfg.out_of_time():
+                rec["failures"][key] = "skipped: time limit"
+                continue
+            try:
+                err = rel_error(direction_fn(fn, d, chk)(), ref)
+                rec["errors"].setdefault(impl, {})[d] = err
+                ms = cfg.timer(direction_fn(fn, d, t_d))
+                rec["times_ms"].setdefault(impl, {})[d] = ms
+                log(f"  {name} {d:6s} {impl:5s} {ms:10.4f} ms   rel. error vs float64 {err:.2e}")
+            except Exception as e:
+                rec["failures"][key] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+                log(f"  {name} {d:6s} {impl:5s} failed: {rec['failures'][key]}")
+            finally:
+                _free(cfg.device)
+        del ref, t_d
+    del full, chk, chk64
+    _free(cfg.device)
+    return rec
+
+
+def finish_record(rec: dict, bandwidth: float) -> dict:
+    """Add I/O floors, the best peer, ratios and % of floor to a :func:`run_problem` record."""
+    rec["io_floor_ms"] = {d: b / bandwidth * 1e3 for d, b in rec["io_bytes"].items()}
+    rec["best_peer"], rec["ratio_to_best_peer"], rec["pct_of_io_floor"] = {}, {}, {}
+    for d, floor in rec["io_floor_ms"].items():
+        peers = {k: v[d] for k, v in rec["times_ms"].items() if k != "tritp" and d in v}
+        if peers:
+            rec["best_peer"][d] = min(peers.items(), key=lambda kv: kv[1])
+        for impl, times in rec["times_ms"].items():
+            if d in times and times[d] > 0:
+                rec["pct_of_io_floor"].setdefault(impl, {})[d] = 100.0 * floor / times[d]
+        mine = rec["times_ms"].get("tritp", {}).get(d)
+        if mine is not None and d in rec["best_peer"]:
+            rec["ratio_to_best_peer"][d] = mine / rec["best_peer"][d][1]
+    return rec
+
+
+def run_suite(entries, cfg: BenchConfig, log=print) -> dict:
+    """Run ``entries`` (``(name, Problem, default batch)``); returns the JSON-ready result
+    without the run's metadata (see :func:`tritp.cli_bench.metadata`)."""
+    if cfg.timer is None:
+        cfg.timer = default_timer(cfg.device)
+    bw = copy_bandwidth(cfg.device, cfg.timer)
+    log(f"copy bandwidth: {bw / 1e9:.1f} GB/s (read + write) on {cfg.device}")
+    problems = []
+    for name, problem, batch in entries:
+        log(f"{name}: {problem!r}")
+        problems.append(finish_record(run_problem(name, problem, batch, cfg, log), bw))
+    return {"bandwidth_Bps": bw, "problems": problems, "peer_status": peer_status(),
+            "elapsed_s": time.monotonic() - cfg.started}
