@@ -1,0 +1,123 @@
+"""``tritp codegen``, ``tritp bench`` and the presets.
+
+codegen runs in-process (cheap: it only writes source text); one bench run goes through a real
+subprocess under the Triton interpreter on a one-path problem, to check what a user gets: a
+table, a JSON file with the documented keys, and tritp's results checked against float64.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tritp.cli import main
+from tritp.codegen import Problem
+from tritp.presets import BENCH_PRESETS, PEER_ANCHORS_H100, PRESETS, preset
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["4x0e+4x1o", "0e+1o", "0e+1o", "--mode", "channelwise"]
+
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize("direction, n", [("fwd", 1), ("bwd", 3), ("dbl", 9)])
+def test_codegen_prints_every_kernel_of_a_direction(capsys, direction, n):
+    rc, out, err = _run(capsys, "codegen", *SMALL, "--direction", direction)
+    assert rc == 0, err
+    assert out.count("@triton.jit") == n
+    assert out.count("def tp_producer(") == n
+    headers = [ln for ln in out.splitlines() if ln.startswith("# kernel ")]
+    assert [h.split(":")[0] for h in headers] == [f"# kernel {k}/{n}" for k in range(1, n + 1)]
+    names = {"fwd": "forward", "bwd": "backward: grad", "dbl": "double backward: d(grad"}[direction]
+    assert all(names in h for h in headers)
+    for ln in out.splitlines():  # the headers point at the files the runtime imports
+        if ln.startswith("# source cache: "):
+            assert Path(ln.split(": ", 1)[1]).is_file()
+
+
+def test_codegen_without_weights_and_float64(capsys):
+    counts = []
+    for d in ("fwd", "bwd", "dbl"):
+        rc, out, _ = _run(capsys, "codegen", "2x1o", "1o", "all", "--mode", "full", "--direction", d,
+                          "--dtype", "float64")
+        assert rc == 0
+        assert "DT = tl.float64" in out
+        counts.append(out.count("@triton.jit"))
+    assert counts == [1, 2, 4]  # no weight gradient; each backward producer has two inputs
+
+
+def test_codegen_preset(capsys):
+    rc, out, _ = _run(capsys, "codegen", "--preset", "tiny", "--direction", "bwd")
+    assert rc == 0 and out.count("@triton.jit") == 3
+    assert preset("tiny")[0].key in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["codegen", "1x1q", "0e", "0e"], "irreps_in1"),
+    (["codegen", "1o", "1o"], "expected three irreps"),
+    (["codegen", "1o", "1o", "1e", "--preset", "tiny"], "not both"),
+    (["codegen", "--preset", "nope"], "unknown preset"),
+    (["codegen", "1o", "1o", "1e", "--block-c", "3"], "power of two"),
+    (["codegen", "2x1o", "1o", "3x1e", "--mode", "uvu"], "no uvu path"),
+    (["bench", "--preset", "nope"], "unknown preset"),
+    (["bench", "--quick", "--directions", "sideways"], "--directions"),
+    (["bench", "--quick", "--peers", "torchmd"], "--peers"),
+])
+def test_bad_arguments_exit_2_with_one_line(capsys, argv, needle):
+    rc, out, err = _run(capsys, *argv)
+    assert rc == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tritp: error: ") and needle in lines[0], err
+
+
+def test_codegen_usage_error_exits_2(capsys):
+    assert _run(capsys, "codegen", "1o", "1o", "1e", "--direction", "sideways")[0] == 2
+
+
+def test_presets_match_the_design_io_floors():
+    # design section 7: I/O floor = (x1 + x2 + weights + out) fp32 bytes at batch 50,000 / 3.00 TB/s
+    from tritp.bench import io_bytes
+
+    for name, anchors in PEER_ANCHORS_H100.items():
+        if name.startswith("_"):
+            continue
+        problem, batch = preset(name)
+        floor_ms = io_bytes(problem, batch, 4, "fwd") / 3.00e12 * 1e3
+        assert floor_ms == pytest.approx(anchors["io_floor_ms"], rel=0.01), name
+    assert "tiny" in PRESETS and "tiny" not in BENCH_PRESETS
+    assert all(isinstance(preset(n)[0], Problem) for n in PRESETS)
+
+
+def test_bench_quick_writes_json(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1", TRITP_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=str(ROOT))
+    out_dir = tmp_path / "results"
+    r = subprocess.run([sys.executable, "-m", "tritp.cli", "bench", "4x0e+4x1o", "0e+1o", "0e", "--quick",
+                        "--peers", "e3nn", "--out", str(out_dir)],
+                       capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (path,) = out_dir.glob("*.json")
+    assert path.name.endswith("-cpu-tp-quick.json") and "wrote" in r.stdout
+    data = json.loads(path.read_text())
+    for key in ("schema", "kind", "date", "command", "device_name", "dtype", "versions", "bandwidth_Bps",
+                "directions", "peers_requested", "peer_status", "problems", "interpreter"):
+        assert key in data, key
+    assert data["interpreter"] is True and data["device_name"] == "cpu"
+    assert {"torch", "triton", "e3nn", "cuequivariance", "openequivariance"} <= set(data["versions"])
+    (rec,) = data["problems"]
+    for key in ("name", "problem", "batch", "io_bytes", "io_floor_ms", "times_ms", "errors", "failures",
+                "best_peer", "ratio_to_best_peer", "pct_of_io_floor"):
+        assert key in rec, key
+    assert set(rec["times_ms"]["tritp"]) == {"fwd", "fwdbwd", "dbl"}
+    assert all(t > 0 for t in rec["times_ms"]["tritp"].values())
+    tol = {"fwd": 1e-5, "fwdbwd": 1e-4, "dbl": 1e-4}  # design section 6, fp32 against float64
+    assert all(rec["errors"]["tritp"][d] <= tol[d] for d in tol), rec["errors"]
+    assert Problem.from_key(rec["problem"]).irreps_out.dim == 4 + 4  # 4x0e from two paths
+    assert "tritp" in r.stdout and "I/O floor" in r.stdout  # the table
