@@ -202,10 +202,10 @@ def _form(problem: Problem) -> Optional[str]:
     constructor builds (the two forms cuEquivariance's layers offer), else None."""
     p = problem
     keep = "+".join(sorted({str(ir) for _, ir in p.irreps_out}))
-    for form, build in (("channelwise", lambda: Problem.channelwise(p.irreps_in1, p.irreps_in2, keep)),
-                        ("fully_connected", lambda: Problem.fully_connected(p.irreps_in1, p.irreps_in2, p.irreps_out))):
+    forms = (("channelwise", Problem.channelwise, keep), ("fully_connected", Problem.fully_connected, p.irreps_out))
+    for form, build, out in forms:
         try:
-            if build().replace(shared_weights=p.shared_weights) == p:
+            if build(p.irreps_in1, p.irreps_in2, out, shared_weights=p.shared_weights) == p:
                 return form
         except ValueError:
             pass
@@ -261,8 +261,8 @@ def build_impl(impl: str, problem: Problem, device, dtype) -> tuple:
         return (lambda a, b, c: tp(a, b, c)), None
     try:
         return _build_peer(impl, p, device, dtype)
-    except ImportError as e:
-        _PEER_STATUS[impl] = f"not importable: {e}"
+    except (ImportError, OSError) as e:  # a missing package, or a missing/broken shared library
+        _PEER_STATUS[impl] = f"not importable: {type(e).__name__}: {e}"
         raise
     finally:
         _PEER_STATUS.setdefault(impl, "ok")
@@ -309,10 +309,12 @@ def _build_peer(impl: str, p: Problem, device, dtype) -> tuple:
         if not (modes <= {"uvu"} or modes <= {"uvw"}) or p.layout != "mul_ir":
             raise ValueError(f"OpenEquivariance runs pure uvu or pure uvw products; this one has {sorted(modes)}")
         npdt = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
-        tpp = oeq.TPProblem(oeq.Irreps(str(p.irreps_in1)), oeq.Irreps(str(p.irreps_in2)), oeq.Irreps(str(p.irreps_out)),
-                            [i.as_tuple() for i in p.instructions], irrep_normalization=p.irrep_normalization,
-                            path_normalization=p.path_normalization, shared_weights=p.shared_weights,
-                            internal_weights=False, irrep_dtype=npdt, weight_dtype=npdt)
+        irreps = [oeq.Irreps(str(x)) for x in (p.irreps_in1, p.irreps_in2, p.irreps_out)]
+        tpp = oeq.TPProblem(*irreps, [i.as_tuple() for i in p.instructions], in1_var=list(p.in1_var),
+                            in2_var=list(p.in2_var), out_var=list(p.out_var),
+                            irrep_normalization=p.irrep_normalization, path_normalization=p.path_normalization,
+                            shared_weights=p.shared_weights, internal_weights=False,
+                            irrep_dtype=npdt, weight_dtype=npdt)
         tp = oeq.TensorProduct(tpp, torch_op=True)
         note = "uvw weights are in OpenEquivariance's own order: its error is not comparable" if "uvw" in modes else None
         return (lambda a, b, c: tp(a, b, c)), note
@@ -351,7 +353,8 @@ def run_problem(name: str, problem: Problem, batch: int, cfg: BenchConfig, log=p
     batches = {d: batch if cfg.batch or d != "dbl" else min(batch, ANCHOR_DBL_BATCH) for d in cfg.directions}
     itemsize = torch.finfo(cfg.dtype).bits // 8
     rec = {"name": name, "problem": problem.key, "summary": repr(problem), "batch": batches,
-           "default_batch": default_batch, "io_bytes": {d: io_bytes(problem, b, itemsize, d) for d, b in batches.items()},
+           "default_batch": default_batch,
+           "io_bytes": {d: io_bytes(problem, b, itemsize, d) for d, b in batches.items()},
            "times_ms": {}, "errors": {}, "failures": {}, "notes": {},
            "anchors_h100": {k: v for k, v in PEER_ANCHORS_H100.get(name, {}).items()}}
     impls = {}
@@ -372,29 +375,37 @@ def run_problem(name: str, problem: Problem, batch: int, cfg: BenchConfig, log=p
     def ref_fn(a, b, c):
         return reference_tp(problem, a, b, c)
 
-    for d in cfg.directions:
-        ref = direction_fn(ref_fn, d, chk64)()
-        t_d = rows(full, batches[d], problem.shared_weights)
-        for impl, fn in impls.items():
-            key = f"{impl}:{d}"
-            if cfg.out_of_time():
-                rec["failures"][key] = "skipped: time limit"
-                continue
-            try:
-                err = rel_error(direction_fn(fn, d, chk)(), ref)
-                rec["errors"].setdefault(impl, {})[d] = err
-                ms = cfg.timer(direction_fn(fn, d, t_d))
-                rec["times_ms"].setdefault(impl, {})[d] = ms
-                log(f"  {name} {d:6s} {impl:5s} {ms:10.4f} ms   rel. error vs float64 {err:.2e}")
-            except Exception as e:
-                rec["failures"][key] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
-                log(f"  {name} {d:6s} {impl:5s} failed: {rec['failures'][key]}")
-            finally:
-                _free(cfg.device)
-        del ref, t_d
+    try:
+        for d in cfg.directions:
+            ref = direction_fn(ref_fn, d, chk64)()
+            t_d = rows(full, batches[d], problem.shared_weights)
+            for impl, fn in impls.items():
+                _measure(rec, impl, d, fn, chk, ref, t_d, cfg, log)
+            del ref, t_d
+    except KeyboardInterrupt:  # keep this problem's finished measurements; the caller stops
+        rec["interrupted"] = True
     del full, chk, chk64
     _free(cfg.device)
     return rec
+
+
+def _measure(rec: dict, impl: str, d: str, fn, chk, ref, t_d, cfg: BenchConfig, log) -> None:
+    """Check one implementation and direction against the reference, then time it."""
+    key = f"{impl}:{d}"
+    if cfg.out_of_time():
+        rec["failures"][key] = "skipped: time limit"
+        return
+    try:
+        err = rel_error(direction_fn(fn, d, chk)(), ref)
+        rec["errors"].setdefault(impl, {})[d] = err
+        ms = cfg.timer(direction_fn(fn, d, t_d))
+        rec["times_ms"].setdefault(impl, {})[d] = ms
+        log(f"  {rec['name']} {d:6s} {impl:5s} {ms:10.4f} ms   rel. error vs float64 {err:.2e}")
+    except Exception as e:  # an implementation that fails here is a result, not a crash
+        rec["failures"][key] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        log(f"  {rec['name']} {d:6s} {impl:5s} failed: {rec['failures'][key]}")
+    finally:
+        _free(cfg.device)
 
 
 def finish_record(rec: dict, bandwidth: float) -> dict:
@@ -416,14 +427,21 @@ def finish_record(rec: dict, bandwidth: float) -> dict:
 
 def run_suite(entries, cfg: BenchConfig, log=print) -> dict:
     """Run ``entries`` (``(name, Problem, default batch)``); returns the JSON-ready result
-    without the run's metadata (see :func:`tritp.cli_bench.metadata`)."""
+    (bandwidth, per-problem records, peer status); :mod:`tritp.cli_bench` adds the run's
+    metadata (device, versions, command line)."""
     if cfg.timer is None:
         cfg.timer = default_timer(cfg.device)
     bw = copy_bandwidth(cfg.device, cfg.timer)
     log(f"copy bandwidth: {bw / 1e9:.1f} GB/s (read + write) on {cfg.device}")
-    problems = []
-    for name, problem, batch in entries:
-        log(f"{name}: {problem!r}")
-        problems.append(finish_record(run_problem(name, problem, batch, cfg, log), bw))
+    problems, interrupted = [], False
+    try:
+        for name, problem, batch in entries:
+            log(f"{name}: {problem!r}")
+            problems.append(finish_record(run_problem(name, problem, batch, cfg, log), bw))
+            if problems[-1].get("interrupted"):
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:  # keep what was measured (gpu_check.sh stops a run with SIGINT)
+        interrupted = True
+        log("interrupted: keeping the problems finished so far")
     return {"bandwidth_Bps": bw, "problems": problems, "peer_status": peer_status(),
-            "elapsed_s": time.monotonic() - cfg.started}
+            "elapsed_s": time.monotonic() - cfg.started, "interrupted": interrupted}

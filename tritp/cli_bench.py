@@ -144,7 +144,7 @@ def render(result: dict, console=None) -> None:
     console = console or make_console()
     peers = list(result["peers_requested"])
     t = Table(title=f"{result['device_name']} | {result['dtype']} | copy {result['bandwidth_Bps'] / 1e9:.0f} GB/s "
-                    f"| times in ms ({result['timer']})")
+                    f"| times in ms ({result['timer']})" + (" | INTERRUPTED" if result.get("interrupted") else ""))
     for col in ["problem", "dir", "batch", "tritp"] + peers + ["tritp/best", "I/O floor", "% floor",
                                                                "err tritp", "H100 best peer"]:
         t.add_column(col, justify="left" if col in ("problem", "dir", "H100 best peer") else "right")
