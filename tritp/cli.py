@@ -36,7 +36,7 @@ PROG = "tritp"
 
 #: Subcommand names, in the order ``tritp --help`` lists them; ``name`` is served by the
 #: module ``tritp.cli_<name>``.
-SUBCOMMANDS = ("show", "codegen", "bench")
+SUBCOMMANDS = ("show", "codegen", "bench", "autotune", "cache")
 
 #: Exit status for errors in the user's arguments (argparse uses the same).
 EXIT_USAGE = 2

@@ -1,0 +1,188 @@
+"""``tritp autotune``: tune the launch configurations of tensor-product kernels on this GPU.
+
+Problems come from irreps arguments (``IN1 IN2 OUT --mode ...``, as ``tritp show``), from
+``--preset NAME`` (repeatable; ``all`` = every benchmark preset) or from ``--problems
+FILE.json``: a list of objects, each a preset (``{"preset": "mace-large"}``) or irreps with a
+mode or an instruction list::
+
+    [{"name": "interaction-0", "in1": "128x0e+128x1o", "in2": "0e+1o+2e+3o", "out": "0e+1o+2e",
+      "mode": "channelwise", "batch": 20000},
+     {"in1": "8x0e", "in2": "0e", "out": "8x0e", "instructions": [[0, 0, 0, "uvu", true]],
+      "shared_weights": false}]
+
+Every kernel a direction launches (``--direction fwd,bwd,dbl``) is tuned at every ``--batch``;
+results go to the user cache, ``--export DIR`` also merges them into the shipped format
+(``autotune_cache/``). Without a CUDA GPU it exits 2, unless ``--interpret`` (the Triton
+interpreter on CPU with a wall-clock timer: for testing the machinery, not for real configs).
+
+Example (shell)::
+
+    tritp autotune --preset mace-large --batch 50000 --direction fwd,bwd
+    tritp autotune --preset all --strategy staged --export autotune_cache/
+    tritp autotune 8x0e+8x1o 0e+1o 0e+1o --mode channelwise --batch 16 --interpret
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .cli_show import FORMS, make_console, problem_from_args
+from .codegen import MODES, Problem
+
+DEFAULT_BATCH, INTERPRET_BATCH = 50_000, 64
+NO_GPU = ("tritp: autotune needs a CUDA GPU and none was found (--interpret tunes the Triton "
+          "interpreter on CPU, for testing only)")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Attach ``autotune`` to the ``tritp`` parser (the protocol of :mod:`tritp.cli`)."""
+    p = subparsers.add_parser("autotune", help="tune kernel launch configurations on this GPU",
+                              description="Tune the kernels of tensor products; write the user cache.")
+    p.add_argument("in1", metavar="IN1", nargs="?", help="irreps of input 1")
+    p.add_argument("in2", metavar="IN2", nargs="?", help="irreps of input 2")
+    p.add_argument("out", metavar="OUT", nargs="?", help="irreps of the output (a filter for channelwise/full)")
+    p.add_argument("--mode", default="uvw", choices=MODES + FORMS, help="connection mode (default uvw)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--shared", dest="shared", action="store_const", const=True, default=None)
+    w.add_argument("--per-sample", dest="shared", action="store_const", const=False)
+    p.add_argument("--preset", action="append", default=[], metavar="NAME", help="a named problem, or 'all'")
+    p.add_argument("--problems", metavar="FILE", help="JSON list of problems (see tritp autotune --help)")
+    p.add_argument("--batch", action="append", default=[], help="batch rows; repeatable or comma list")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--direction", default="fwd,bwd,dbl", help="comma list of fwd, bwd, dbl (default all)")
+    p.add_argument("--strategy", default="full", choices=("full", "staged"),
+                   help="full: every candidate; staged: tiles first, then warps/stages (~3x fewer)")
+    p.add_argument("--rep", type=int, default=40, metavar="MS", help="do_bench time per candidate (default 40)")
+    p.add_argument("--export", metavar="DIR", help="also merge the results into DIR in the shipped format")
+    p.add_argument("--interpret", action="store_true", help="run under the Triton interpreter on CPU (testing)")
+    return p
+
+
+def _problem_of(item: dict, where: str) -> tuple:
+    """``(label, Problem, batch or None)`` of one ``--problems`` item."""
+    from .presets import preset
+
+    if not isinstance(item, dict):
+        raise ValueError(f"{where}: expected an object, got {type(item).__name__}")
+    if "preset" in item:
+        problem, batch = preset(item["preset"])
+        return item.get("name", item["preset"]), problem, item.get("batch", batch)
+    missing = [k for k in ("in1", "in2") if k not in item]
+    if missing:
+        raise ValueError(f"{where}: missing {missing[0]!r}")
+    kw = {k: item[k] for k in ("irrep_normalization", "path_normalization") if k in item}
+    if "instructions" in item:
+        ins = [tuple(i) for i in item["instructions"]]
+        problem = Problem(item["in1"], item["in2"], item.get("out"), ins,
+                          shared_weights=item.get("shared_weights", True), layout=item.get("layout", "mul_ir"), **kw)
+    else:
+        problem = problem_from_args(item["in1"], item["in2"], item.get("out", "all"), item.get("mode", "uvw"),
+                                    item.get("shared_weights"), **kw)
+    return item.get("name", f"{item['in1']} x {item['in2']}"), problem, item.get("batch")
+
+
+def collect_problems(args) -> list:
+    """``[(label, Problem, default batch or None)]`` from the arguments; ValueError if none."""
+    from .presets import BENCH_PRESETS, preset
+
+    out = []
+    if any(x is not None for x in (args.in1, args.in2, args.out)):
+        if None in (args.in1, args.in2, args.out):
+            raise ValueError("give all three of IN1 IN2 OUT")
+        out.append((f"{args.in1} x {args.in2} -> {args.out}",
+                    problem_from_args(args.in1, args.in2, args.out, args.mode, args.shared), None))
+    for name in args.preset:
+        for n in BENCH_PRESETS if name == "all" else (name,):
+            problem, batch = preset(n)
+            out.append((n, problem, batch))
+    if args.problems:
+        try:
+            items = json.loads(Path(args.problems).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--problems {args.problems}: {e}") from None
+        if not isinstance(items, list):
+            raise ValueError(f"--problems {args.problems}: expected a JSON list of problems")
+        out += [_problem_of(it, f"--problems {args.problems} item {k}") for k, it in enumerate(items)]
+    if not out:
+        raise ValueError("nothing to tune: give IN1 IN2 OUT, --preset NAME or --problems FILE")
+    return out
+
+
+def parse_batches(values) -> list:
+    """``["1000,2000", "50000"]`` -> ``[1000, 2000, 50000]``; ValueError on a bad number."""
+    out = []
+    for v in values:
+        for part in str(v).split(","):
+            if part.strip():
+                n = int(part.replace("_", ""))
+                if n < 1:
+                    raise ValueError(f"--batch must be positive, got {n}")
+                out.append(n)
+    return out
+
+
+def _fmt(c) -> str:
+    return f"z{c.block_z} c{c.block_c} w{c.num_warps} s{c.num_stages}" + ("" if c.impl == "sparse" else f" {c.impl}")
+
+
+def results_table(results) -> Table:
+    """The final table: one row per tuned kernel."""
+    t = Table(title="autotune results")
+    for name, j in (("problem", "left"), ("dir", "left"), ("kernel", "left"), ("batch", "right"),
+                    ("best", "left"), ("ms", "right"), ("default ms", "right"), ("speedup", "right"),
+                    ("timed", "right")):
+        t.add_column(name, justify=j)
+    for r in results:
+        t.add_row(r.label, r.direction, r.spec.tag, str(r.batch), _fmt(r.config), f"{r.ms:.4g}",
+                  f"{r.default_ms:.4g}" if math.isfinite(r.default_ms) else "failed",
+                  f"{r.speedup:.2f}x" if math.isfinite(r.speedup) else "-", str(r.candidates))
+    return t
+
+
+def run(args) -> int:
+    """Execute ``tritp autotune`` (the protocol of :mod:`tritp.cli`)."""
+    import torch
+
+    if not args.interpret and not torch.cuda.is_available():
+        print(NO_GPU, file=sys.stderr)
+        return 2
+    from .tuning import tuner
+    from .tuning.cache import export
+
+    directions = tuple(d.strip() for d in args.direction.split(",") if d.strip())
+    problems = collect_problems(args)
+    batches = parse_batches(args.batch)
+    if args.interpret:
+        os.environ["TRITON_INTERPRET"] = "1"  # read when a generated kernel is decorated
+        device, timer = torch.device("cpu"), tuner.wallclock_timer(1)
+    else:
+        device, timer = torch.device("cuda"), tuner.cuda_timer(rep=args.rep)
+    plan = [(label, p, b, d, s) for label, p, b0 in problems
+            for b in (batches or [b0 or (INTERPRET_BATCH if args.interpret else DEFAULT_BATCH)])
+            for d, s in tuner.direction_specs(p, directions)]
+    console = make_console()
+    results = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        kernels = bar.add_task("kernels", total=len(plan))
+        cands = bar.add_task("candidates", total=None)
+        for label, p, b, d, s in plan:
+            bar.update(cands, description=f"{label} {d} {s.tag} @ {b}", completed=0, total=None)
+            results.append(tuner.tune(p, s, b, dtype=args.dtype, device=device, timer=timer, direction=d, label=label,
+                                      strategy=args.strategy,
+                                      progress=lambda n, total, cfg, ms: bar.update(cands, completed=n, total=total)))
+            bar.advance(kernels)
+    console.print(results_table(results))
+    if args.export:
+        for path in export([r.entry for r in results], args.export):
+            console.print(f"exported to {path}", markup=False, soft_wrap=True)
+    return 0
