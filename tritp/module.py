@@ -157,6 +157,24 @@ class TensorProduct(torch.nn.Module):
         y = ops.run(self.key, self._spec, Z, x1.dtype, args)
         return y.reshape(*bshape, do)
 
+    def autotune(self, batch=50_000, directions=("fwd", "bwd", "dbl"), dtype=None, timer=None, strategy="full"):
+        """Tune this module's kernels on this GPU (or the interpreter) and write the user cache.
+
+        ``batch`` is one batch size or a list; ``directions`` are some of ``fwd``, ``bwd``
+        (gradients), ``dbl`` (double backward, for forces); ``dtype`` ``"float32"`` (default)
+        or ``"float64"``; ``timer`` maps a launch thunk to milliseconds (default: ``do_bench``
+        on CUDA). Returns a list of :class:`tritp.tuning.tuner.TuneResult`, one per kernel.
+
+        Example:
+            >>> tp = tritp.compile("128x0e+128x1o", "0e+1o+2e", "0e+1o", mode="channelwise")  # doctest: +SKIP
+            >>> [r.speedup for r in tp.autotune(batch=50_000, directions=("fwd",))]  # doctest: +SKIP
+            [1.4]
+        """
+        from .tuning.tuner import tune_problem
+
+        return tune_problem(self.problem, batch, tuple(directions), dtype=dtype or "float32", timer=timer,
+                            strategy=strategy)
+
 
 def _rows(x: torch.Tensor, bshape, d: int, Z: int) -> torch.Tensor:
     """``x`` as ``[Z, d]`` rows, or one ``[1, d]`` row when it is broadcast over the whole batch."""
