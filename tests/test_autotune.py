@@ -1,0 +1,273 @@
+"""The autotuner, its cache and the ``tritp autotune`` / ``tritp cache`` commands, on CPU.
+
+Most tests use a fake timer that scores a candidate by a formula without launching it, so
+they are fast and deterministic; the API and CLI tests launch real kernels under the Triton
+interpreter. Every test gets its own cache folder and shipped folder.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import tritp
+from tritp.cli import main
+from tritp.codegen import Problem
+from tritp.codegen.coupling import sparse_coupling
+from tritp.codegen.diskcache import cache_root
+from tritp.reference import reference_tp
+from tritp.tuning import Config, choose, clear_memo, heuristic, lookup
+from tritp.tuning import cache, tuner
+from tritp.tuning.space import space_for
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+TINY = ("8x0e+8x1o", "0e+1o", "0e+1o")
+
+
+def tiny() -> Problem:
+    return Problem.channelwise(*TINY)
+
+
+def wide() -> Problem:  # 128 lanes: the whole block_c axis survives pruning
+    return Problem.channelwise("128x0e+128x1o", "0e+1o", "0e+1o")
+
+
+def score(c: Config) -> float:
+    """A separable formula with a unique minimum inside the space."""
+    return (1.0 + (math.log2(c.block_z) - 5) ** 2 + 0.5 * (math.log2(c.block_c) - 5) ** 2
+            + 0.25 * abs(c.num_warps - 2) + 0.1 * c.num_stages)
+
+
+def fake_timer(thunk) -> float:
+    return score(thunk.config)
+
+
+ENV_USER_DIR = cache.user_dir  # the real one, before the fixture points it elsewhere
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches(tmp_path, monkeypatch):
+    """A fresh user autotune folder and shipped folder per test (the kernel and coupling
+    caches stay shared, so nothing is recomputed)."""
+    monkeypatch.setattr(cache, "user_dir", lambda: tmp_path / "cache" / "autotune")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(cache, "shipped_dir", lambda: shipped)
+    cache._warned.clear()
+    clear_memo()
+    yield shipped
+    clear_memo()
+
+
+def _fwd(p):
+    return tuner.direction_specs(p, ("fwd",))[0][1]
+
+
+def test_space_rules_prune_what_cannot_win():
+    t = space_for("cg", tiny(), _fwd(tiny()), "float32", 16)
+    assert {c.block_c for c in t.candidates} == {16} and {c.block_z for c in t.candidates} == {16}
+    assert {c.num_stages for c in t.candidates} == {1}  # no loop to pipeline
+    w = space_for("cg", wide(), _fwd(wide()), "float32", 50_000)
+    assert {c.block_c for c in w.candidates} == {16, 32, 64, 128}
+    assert all(c.block_z * c.block_c >= 32 * c.num_warps for c in w.candidates)
+    assert (128, 128, 1) not in {(c.block_z, c.block_c, c.num_warps) for c in w.candidates}  # registers
+    assert len(space_for("cg", wide(), _fwd(wide()), "float64", 50_000)) < len(w)
+    assert w.hash == space_for("cg", wide(), _fwd(wide()), "float32", 40_000).hash != t.hash
+
+
+def test_fake_timer_picks_the_predicted_best_and_choose_uses_it():
+    p, spec = wide(), _fwd(wide())
+    cands = tuner.candidates_for(p, spec, "float32", 256, interpreted=True)
+    expected = min(cands, key=score)
+    assert expected != cands[0]
+    r = tuner.tune(p, spec, 256, device=CPU, timer=fake_timer)
+    assert r.config == expected and r.candidates == len(cands) and r.ms == score(expected)
+    assert r.speedup == pytest.approx(score(cands[0]) / score(expected))
+    assert choose(p, spec, "float32", 200, CPU, True) == expected  # same bucket (256)
+    assert choose(p, spec, "float32", 257, CPU, True) == heuristic(257, True)  # next bucket: untuned
+    assert choose(p, spec, "float64", 200, CPU, True) == heuristic(200, True)
+    staged = tuner.tune(p, spec, 256, device=CPU, timer=fake_timer, strategy="staged", store=False)
+    assert staged.config == expected and staged.candidates < len(cands)
+
+
+def test_cache_round_trip_and_list(capsys):
+    p = tiny()
+    rs = tritp.compile(*TINY, mode="channelwise").autotune(batch=[16, 100], directions=("fwd", "bwd"),
+                                                              timer=fake_timer)
+    assert len(rs) == 8
+    for r in rs:
+        key = cache.make_key(p, r.spec, "float32", r.batch, cache.INTERPRETER_GPU)
+        path = cache.entry_path(key)
+        assert json.loads(path.read_text()) == r.entry
+        assert cache.find(key) == (r.config, "user")
+        assert lookup(p, r.spec, "float32", r.batch, CPU, True) == (r.config, "user")
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "8 user entries" in out and "out_x1x2w" in out
+    assert main(["cache", "path"]) == 0
+    assert capsys.readouterr().out.strip() == str(cache.user_dir())
+    assert main(["cache", "clear"]) == 0
+    assert "removed 8 autotune entries" in capsys.readouterr().out
+    assert not cache.user_dir().exists() and lookup(p, rs[0].spec, "float32", 16, CPU, True) is None
+    assert main(["cache", "clear"]) == 0 and "nothing to remove" in capsys.readouterr().out
+
+
+def test_lookup_order_user_then_shipped_then_heuristic(_fresh_caches):
+    p, spec = wide(), _fwd(wide())
+    r = tuner.tune(p, spec, 64, device=CPU, timer=fake_timer, store=False)
+    shipped_cfg = Config(16, 16, 1, 1)
+    cache.export([dict(r.entry, config=shipped_cfg._asdict())], _fresh_caches)
+    index = json.loads((_fresh_caches / "index.json").read_text())
+    assert index["schema"] == cache.SCHEMA and index["files"][0]["entries"] == 1
+    assert choose(p, spec, "float32", 64, CPU, True) == shipped_cfg
+    assert [where for where, _, _ in cache.list_entries()] == ["shipped"]
+    cache.store(r.entry)
+    assert lookup(p, spec, "float32", 64, CPU, True) == (r.config, "user")
+    cache.clear_user()
+    assert lookup(p, spec, "float32", 64, CPU, True) == (shipped_cfg, "shipped")
+    for f in _fresh_caches.iterdir():
+        f.unlink()
+    clear_memo()
+    assert lookup(p, spec, "float32", 64, CPU, True) is None
+    assert choose(p, spec, "float32", 64, CPU, True) == heuristic(64, True)
+
+
+@pytest.mark.parametrize("bad", ["corrupt", "truncated", "foreign"])
+def test_bad_files_are_reported_once_and_ignored(bad, _fresh_caches):
+    p, spec = wide(), _fwd(wide())
+    r = tuner.tune(p, spec, 64, device=CPU, timer=fake_timer)
+    text = json.dumps(r.entry)
+    bodies = {"corrupt": "{not json", "truncated": text[: len(text) // 2],
+              "foreign": json.dumps(dict(r.entry, schema=cache.SCHEMA + 1))}
+    path = cache.entry_path(r.entry["key"])
+    path.write_text(bodies[bad])
+    cache.export([r.entry], _fresh_caches)
+    bundle = next(_fresh_caches.glob("*__triton-*.json"))
+    bundle.write_text(bodies[bad])  # the shipped file is bad too: the heuristic remains
+    clear_memo()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert choose(p, spec, "float32", 64, CPU, True) == heuristic(64, True)
+            clear_memo()
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages  # once for the user file, once for the shipped file
+    assert any(str(path) in m for m in messages) and any(str(bundle) in m for m in messages)
+    assert main(["cache", "list"]) == 0  # listing a bad cache is not fatal either
+
+
+def test_changed_source_or_problem_invalidates(monkeypatch):
+    p, spec = wide(), _fwd(wide())
+    r = tuner.tune(p, spec, 64, device=CPU, timer=fake_timer)
+    assert lookup(p, spec, "float32", 64, CPU, True) == (r.config, "user")
+    other = Problem.channelwise("128x0e+128x1o", "0e+1o", "0e+1o", irrep_normalization="norm")
+    assert lookup(other, spec, "float32", 64, CPU, True) is None
+    monkeypatch.setattr(tritp.kernels, "generator_hash", lambda: "a-changed-generator")
+    assert lookup(p, spec, "float32", 64, CPU, True) is None
+    assert choose(p, spec, "float32", 64, CPU, True) == heuristic(64, True)
+    stale = dict(r.entry, key=dict(r.entry["key"], source="0" * 20))  # a key that does not match its file
+    cache.entry_path(r.entry["key"]).write_text(json.dumps(stale))
+    monkeypatch.undo()
+    clear_memo()
+    assert lookup(p, spec, "float32", 64, CPU, True) is None
+
+
+WORKER = """
+import math, sys
+from tritp.codegen import Problem
+from tritp.tuning import tuner
+timer = lambda t: 1.0 + abs(math.log2(t.config.block_z) - 5) + t.config.num_warps
+n = 0
+for irreps in (sys.argv[1], "24x0e+24x1o"):  # the second problem is tuned by both processes
+    p = Problem.channelwise(irreps, "0e+1o", "0e+1o")
+    n += len(tuner.tune_problem(p, [16, 64, 256], ("fwd", "bwd"), device="cpu", timer=timer))
+print(n)
+"""
+
+
+def test_user_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITP_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert ENV_USER_DIR() == tmp_path / "elsewhere" / "autotune"
+    monkeypatch.delenv("TRITP_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ENV_USER_DIR() == tmp_path / "xdg" / "tritp" / "autotune"
+
+
+def test_two_processes_tuning_into_one_cache_lose_nothing(tmp_path):
+    sparse_coupling(1, 1, 1)  # the coupling table exists in the session cache: copy it, do not recompute
+    shutil.copytree(cache_root() / "coupling", tmp_path / "cache" / "coupling")
+    env = dict(os.environ, TRITP_CACHE_DIR=str(tmp_path / "cache"), TRITON_INTERPRET="1")
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, i], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in ("16x0e+16x1o", "32x0e+32x1o")]
+    outs = [pr.communicate(timeout=150) for pr in procs]
+    assert all(pr.returncode == 0 for pr in procs), [o[1][-2000:] for o in outs]
+    n = int(outs[0][0])  # kernels x batches per process; half of them shared
+    files = list((tmp_path / "cache" / "autotune").glob("*/*.json"))
+    assert n == 24 and len(files) == 3 * n // 2 and not list((tmp_path / "cache" / "autotune").glob("*/.*.tmp"))
+    for f in files:
+        assert json.loads(f.read_text())["schema"] == cache.SCHEMA
+
+
+def test_api_tunes_real_kernels_and_forward_uses_the_result():
+    tp = tritp.compile(*TINY, mode="channelwise", backend="triton")
+    launched = []
+
+    def timer(thunk):
+        thunk()
+        launched.append(thunk.config)
+        return 1.0 + thunk.config.num_warps  # one warp wins, among the real candidates
+
+    rs = tp.autotune(batch=16, directions=("fwd",), timer=timer)
+    assert len(rs) == 1 and rs[0].config.num_warps == 1 and len(launched) == rs[0].candidates
+    x1, x2, w = torch.randn(10, tp.irreps_in1.dim), torch.randn(10, 4), torch.randn(10, tp.weight_numel)
+    assert lookup(tp.problem, rs[0].spec, "float32", 10, CPU, True) == (rs[0].config, "user")
+    torch.testing.assert_close(tp(x1, x2, w), reference_tp(tp.problem, x1, x2, w).float(), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_without_cuda_says_so_in_one_line(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["autotune", *TINY, "--mode", "channelwise"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "CUDA" in err
+
+
+def test_cli_interpret_tunes_and_exports(tmp_path, capsys):
+    rc = main(["autotune", *TINY, "--mode", "channelwise", "--batch", "16", "--direction", "fwd", "--interpret",
+               "--export", str(tmp_path / "exp")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "out_x1x2w" in out and "speedup" in out
+    index = json.loads((tmp_path / "exp" / "index.json").read_text())
+    (f,) = index["files"]
+    bundle = json.loads((tmp_path / "exp" / f["file"]).read_text())
+    assert bundle["gpu"] == "cpu-interpreter" and len(bundle["entries"]) == f["entries"] == 1
+    assert (tmp_path / "exp" / f["file"]).read_text().startswith('{\n  "entries"')  # pretty, sorted
+
+
+def test_cli_errors_and_problem_files(tmp_path, capsys):
+    for argv in (["autotune", "--preset", "no-such", "--interpret"], ["autotune", "--interpret"],
+                 ["autotune", "8x0e", "0e", "--interpret"], ["autotune", "--problems", str(tmp_path / "x.json"),
+                                                             "--interpret"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("tritp: error:"), err
+    from tritp.cli_autotune import collect_problems, parse_batches
+    from tritp.cli import build_parser
+
+    f = tmp_path / "model.json"
+    f.write_text(json.dumps([{"preset": "tiny"}, {"name": "l0", "in1": "8x0e", "in2": "0e", "out": "8x0e",
+                                                  "instructions": [[0, 0, 0, "uvu", True]], "shared_weights": False},
+                             {"in1": "4x1o", "in2": "1o", "out": "0e", "mode": "channelwise", "batch": 7}]))
+    args = build_parser().parse_args(["autotune", "--problems", str(f), "--preset", "mace-medium"])
+    got = collect_problems(args)
+    assert [g[0] for g in got] == ["mace-medium", "tiny", "l0", "4x1o x 1o"] and got[3][2] == 7
+    assert parse_batches(["16,32", "1_000"]) == [16, 32, 1000]
