@@ -351,3 +351,12 @@ def test_content_hash_and_atomic_write(tmp_path):
     diskcache.atomic_write(p, b"two")
     assert p.read_bytes() == b"two"
     assert sorted(x.name for x in p.parent.iterdir()) == ["f.bin"]
+
+
+@pytest.mark.parametrize("module", ["tritp.codegen.coupling", "tritp.codegen.diskcache"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), report=True)
+    assert result.attempted > 0 and result.failed == 0

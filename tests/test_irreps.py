@@ -284,3 +284,12 @@ def test_hashable_and_equal():
     assert hash(Irreps("2x1o+0e")) == hash(Irreps("2x1o + 1x0e"))
     assert len({Irreps("1o"), Irreps("1x1o"), Irreps("1y")}) == 1
     assert Irreps("1o") != Irreps("1e")
+
+
+def test_doctests():
+    import doctest
+
+    import tritp.codegen.irreps as mod
+
+    result = doctest.testmod(mod, report=True)
+    assert result.attempted > 0 and result.failed == 0

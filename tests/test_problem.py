@@ -452,3 +452,12 @@ def test_all_paths_rejects_unknown_mode_and_empty():
     with pytest.raises(ValueError):
         Problem.all_paths("1x0e", "1x0e", "1x1o", "uvw")
 
+
+
+@pytest.mark.parametrize("module", ["tritp.codegen.problem", "tritp.codegen.forms", "tritp.codegen"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), report=True)
+    assert result.attempted > 0 and result.failed == 0
