@@ -98,6 +98,17 @@ def test_fake_timer_picks_the_predicted_best_and_choose_uses_it():
     assert staged.config == expected and staged.candidates < len(cands)
 
 
+def test_a_symbolic_batch_is_looked_up_by_its_hint_without_guards():
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+    p, spec = wide(), _fwd(wide())
+    r = tuner.tune(p, spec, 256, device=CPU, timer=fake_timer)
+    env = ShapeEnv()
+    z = env.create_symintnode(env.create_symbol(200, ConstantSource("z"), DimDynamic.DYNAMIC), hint=200)
+    assert choose(p, spec, "float32", z, CPU, True) == r.config and not env.guards
+
+
 def test_cache_round_trip_and_list(capsys):
     p = tiny()
     rs = tritp.compile(*TINY, mode="channelwise").autotune(batch=[16, 100], directions=("fwd", "bwd"),

@@ -64,6 +64,30 @@ def heuristic(n_rows: int, interpreted: bool) -> Config:
     return Config()
 
 
+#: Rows assumed for a symbolic batch size without a hint (unbacked SymInt).
+UNKNOWN_ROWS = 4096
+
+
+def rows_hint(n_rows) -> int:
+    """``n_rows`` as a plain int, without guarding on it: a SymInt (a dynamic batch under
+    ``torch.compile``) gives its trace-time hint, so choosing a config never specializes the
+    graph on the batch size (the traced graph keeps the config of the traced batch).
+
+    Example:
+        >>> rows_hint(1000)
+        1000
+    """
+    if type(n_rows) is int:
+        return n_rows
+    hint = getattr(getattr(n_rows, "node", None), "hint", None)
+    if hint is not None:
+        return int(hint)
+    try:
+        return int(n_rows)  # a numpy or other plain integer
+    except Exception:  # unbacked symbol: no value to go by
+        return UNKNOWN_ROWS
+
+
 def clear_memo() -> None:
     """Forget every memoized lookup (after writing or removing cache files by hand)."""
     _memo.clear()
@@ -79,6 +103,7 @@ def lookup(problem, spec, dtype: str, n_rows: int, device, interpreted: bool, fa
     ``"shipped"``), or ``None``; memoized, so a second call costs one dict lookup."""
     from . import cache
 
+    n_rows = rows_hint(n_rows)
     gpu = cache.gpu_name(device, interpreted)
     b = cache.bucket(n_rows)
     mk = (family, problem.key, spec, dtype, b, gpu, cache.identity_salt(), str(cache.user_dir()),
@@ -104,6 +129,7 @@ def choose(problem, spec, dtype: str, n_rows: int, device, interpreted: bool) ->
         >>> choose(p, forward_spec(), "float32", 10, torch.device("cpu"), True).block_z  # untuned
         16
     """
+    n_rows = rows_hint(n_rows)
     found = lookup(problem, spec, dtype, n_rows, device, interpreted)
     if found is not None:
         return found[0]
