@@ -1,0 +1,201 @@
+"""The Gaunt tensor product: ``tritp.compile(..., mode="gaunt")`` and :class:`GauntProduct`.
+
+Channelwise product of two spherical functions given by their real spherical-harmonic
+coefficients (e3nn's basis and layout), projected back onto the harmonics up to the output
+degrees; the math, parity and normalization rules are in :mod:`tritp.codegen.gaunt_problem`.
+Three generated implementations compute the same function:
+
+* ``sparse``: the sparse CG kernels with Gaunt coefficients (O(L^5) unrolled nonzeros);
+* ``grid``: Gauss-Legendre x uniform sphere grid at the exact size, GEMMs fused in one kernel;
+* ``fft``: the 2D Fourier (torus) form with analytic tables, DFTs folded into the GEMM tables.
+
+``implementation="auto"`` asks the autotune cache when it knows Gaunt products, else applies
+:func:`~tritp.codegen.gaunt_problem.size_rule` (sparse while every active degree is <= 3).
+
+Example:
+    >>> import torch, tritp
+    >>> gp = tritp.compile("8x0e+8x1o+8x2e", "0e+1o+2e", lmax_out=2, mode="gaunt",
+    ...                    weights=("in1", "out"), backend="reference")
+    >>> str(gp.irreps_out), tuple(gp.weight_in1.shape)
+    ('8x0e+8x1o+8x2e', (8, 3))
+    >>> gp(torch.randn(5, 72), torch.randn(5, 9)).shape
+    torch.Size([5, 72])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import gaunt_ops
+from .codegen.gaunt_problem import FORWARD, IMPLEMENTATIONS, ROLES, GauntError, GauntProblem, size_rule
+from .gaunt_reference import gaunt_reference
+from .kernels import interpreter_active
+from .module import BACKENDS, _rows, warn_once
+
+WEIGHT_ROLES = {"in1": "x1", "in2": "x2", "out": "out"}
+
+
+def default_precision() -> str:
+    """``tl.dot`` precision for fp32 following torch: ``"ieee"`` under the default
+    ``torch.get_float32_matmul_precision() == "highest"``, else ``"tf32"``."""
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def choose_implementation(problem: GauntProblem) -> str:
+    """``auto``: a tuned choice if :mod:`tritp.tuning` offers one for Gaunt products, else
+    :func:`~tritp.codegen.gaunt_problem.size_rule`."""
+    from . import tuning
+
+    lookup = getattr(tuning, "choose_gaunt_implementation", None)
+    choice = lookup(problem) if lookup is not None else None
+    return choice if choice in IMPLEMENTATIONS else size_rule(problem)
+
+
+def _weight_roles(weights) -> tuple:
+    if weights is True:
+        return tuple(WEIGHT_ROLES)
+    if weights in (None, False):
+        return ()
+    names = (weights,) if isinstance(weights, str) else tuple(weights)
+    bad = [w for w in names if w not in WEIGHT_ROLES]
+    if bad:
+        raise GauntError(f"weights: unknown {bad!r}; expected True, False or names among 'in1', 'in2', 'out'")
+    return tuple(w for w in WEIGHT_ROLES if w in names)
+
+
+def _index(irreps, channels: int, n_deg: int, src_mul: int, src_irreps) -> tuple:
+    """Gather indices over the ``channels``-channel layout: ``(weight index c*n_deg + j,
+    source index into an input whose multiplicity is src_mul)``."""
+    w_idx, x_idx, off = [], [], 0
+    offs = src_irreps.offsets()
+    for j, (_, ir) in enumerate(irreps):
+        for c in range(channels):
+            for m in range(ir.dim):
+                w_idx.append(c * n_deg + j)
+                x_idx.append(offs[j] + (c if src_mul > 1 else 0) * ir.dim + m)
+    return torch.tensor(w_idx), torch.tensor(x_idx)
+
+
+class GauntProduct(torch.nn.Module):
+    """A Gaunt tensor product module; ``gp(x1, x2)`` with ``x1 [..., dim1]``, ``x2 [..., dim2]``
+    (leading dimensions broadcast) returns ``[..., dim_out]``.
+
+    With weights, ``weight_in1``, ``weight_in2``, ``weight_out`` are ``nn.Parameter`` of shape
+    ``[channels, number of degrees]`` (initialized to 1), scaling every coefficient of one
+    (channel, degree) before (inputs) or after (output) the product. A broadcast input
+    (multiplicity 1) with weights becomes per-channel, so the kernels then read ``channels``
+    copies of it. Built by :func:`compile_gaunt`.
+    """
+
+    def __init__(self, problem: GauntProblem, *, weights=(), backend: str = "auto"):
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
+        self.problem, self.backend = problem, backend
+        self.irreps_in1, self.irreps_in2, self.irreps_out = problem.irreps_in1, problem.irreps_in2, problem.irreps_out
+        self.implementation = problem.implementation
+        self.weight_roles = _weight_roles(weights)
+        self._dims = (problem.irreps_in1.dim, problem.irreps_in2.dim)
+        C = problem.channels
+        kernel = problem
+        for name in self.weight_roles:
+            role = WEIGHT_ROLES[name]
+            irreps = problem.irreps(role)
+            if problem.mul(role) == 1 and C > 1:  # per-channel weights make the input per-channel
+                kernel = kernel.replace(**{f"irreps_{name}": [(C, ir) for _, ir in irreps]})
+            w_idx, x_idx = _index(irreps, C, len(irreps), problem.mul(role), irreps)
+            self.register_parameter(f"weight_{name}", torch.nn.Parameter(torch.ones(C, len(irreps))))
+            self.register_buffer(f"_widx_{name}", w_idx, persistent=False)
+            expand = role != "out" and problem.mul(role) == 1 and C > 1
+            self.register_buffer(f"_xidx_{name}", x_idx if expand else None, persistent=False)
+        self.kernel_problem = kernel
+        self.key = kernel.key
+
+    def extra_repr(self) -> str:
+        return (f"{self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out} | {self.implementation} | "
+                f"{self.problem.normalization} | weights={list(self.weight_roles)} | backend={self.backend}")
+
+    def flops(self, implementation: str = None) -> int:
+        """Forward FLOPs per (sample, channel); see :meth:`GauntProblem.flops`."""
+        return self.kernel_problem.flops(implementation)
+
+    def _check(self, x1, x2):
+        for name, x, d, irr in (("x1", x1, self._dims[0], self.irreps_in1), ("x2", x2, self._dims[1], self.irreps_in2)):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+            if not x.is_floating_point():
+                raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+            if x.dim() == 0 or x.shape[-1] != d:
+                raise ValueError(f"{name}: expected shape [..., {d}] (irreps {irr}), got {list(x.shape)}")
+        if x2.dtype != x1.dtype:
+            raise TypeError(f"x2: dtype {x2.dtype} does not match x1's dtype {x1.dtype}")
+        if x2.device != x1.device:
+            raise ValueError(f"x2: device {x2.device} does not match x1's device {x1.device}")
+
+    def _scale(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        if name not in self.weight_roles:
+            return x
+        xidx = getattr(self, f"_xidx_{name}")
+        if xidx is not None:
+            x = x[..., xidx]
+        w = getattr(self, f"weight_{name}").to(x.dtype).reshape(-1)[getattr(self, f"_widx_{name}")]
+        return x * w
+
+    def _use_triton(self, device) -> bool:
+        if self.backend == "reference":
+            return False
+        if device.type == "cuda" or interpreter_active():
+            return True
+        if self.backend == "triton":
+            raise RuntimeError(f"backend='triton' needs CUDA tensors (got device {device}); set TRITON_INTERPRET=1 "
+                               "before importing triton to run the kernels on CPU, or use backend='reference'")
+        warn_once(f"gaunt-cpu-{device}", f"tritp: inputs on {device}, no GPU kernel: using the PyTorch reference "
+                  "Gaunt product (slow); pass backend='reference' to silence this")
+        return False
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        self._check(x1, x2)
+        x1, x2 = self._scale("in1", x1), self._scale("in2", x2)
+        if not self._use_triton(x1.device):
+            y = gaunt_reference(self.kernel_problem, x1, x2)
+        else:
+            d1, d2, do = x1.shape[-1], x2.shape[-1], self.irreps_out.dim
+            bshape = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
+            Z = math.prod(bshape)
+            args = [_rows(x1, bshape, d1, Z), _rows(x2, bshape, d2, Z)]
+            y = gaunt_ops.run(self.key, FORWARD, Z, x1.dtype, args).reshape(*bshape, do)
+        return self._scale("out", y)
+
+
+def compile_gaunt(irreps_in1, irreps_in2, irreps_out=None, *, lmax_out=None, normalization="orthonormal",
+                  implementation="auto", weights=(), backend="auto", precision=None, grid=None) -> GauntProduct:
+    """Build a :class:`GauntProduct` (what ``tritp.compile(..., mode="gaunt")`` calls).
+
+    ``irreps_out`` (each degree once, multiplicity = channels) or ``lmax_out`` picks the output
+    degrees (default: ``L1 + L2``, the whole product). ``normalization``: ``"orthonormal"``
+    (coefficients of the product function in e3nn's orthonormal harmonics) or ``"integral"``
+    (e3nn-jax: functions are ``sum c sqrt(4 pi) Y``, so the output is ``sqrt(4 pi)`` times the
+    orthonormal one). ``implementation``: ``"auto"``, ``"sparse"``, ``"fft"`` or ``"grid"``.
+    ``weights``: ``True`` or names among ``"in1"``, ``"in2"``, ``"out"``. ``precision``: fp32
+    ``tl.dot`` precision (``"ieee"``, ``"tf32"``, ``"tf32x3"``; default follows
+    ``torch.get_float32_matmul_precision()``). ``grid`` overrides the exact grid size (testing).
+
+    Example:
+        >>> gp = compile_gaunt("16x0e+16x1o", "0e+1o", lmax_out=2, implementation="grid")
+        >>> gp.implementation, gp.problem.grid_size
+        ('grid', (3, 5))
+    """
+    if implementation != "auto" and implementation not in IMPLEMENTATIONS:
+        raise GauntError(f"implementation={implementation!r} is not one of 'auto', "
+                         f"{', '.join(map(repr, IMPLEMENTATIONS))}")
+    problem = GauntProblem(irreps_in1, irreps_in2, irreps_out, lmax_out=lmax_out, normalization=normalization,
+                           implementation="grid" if implementation == "auto" else implementation, grid=grid,
+                           precision=precision or default_precision())
+    if implementation == "auto":
+        problem = problem.replace(implementation=choose_implementation(problem))
+    return GauntProduct(problem, weights=weights, backend=backend)
+
+
+__all__ = ["GauntProduct", "compile_gaunt", "choose_implementation", "default_precision", "ROLES"]

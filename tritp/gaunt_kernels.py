@@ -1,0 +1,141 @@
+"""Load and launch the Gaunt producers: sparse through the CG kernels, grid and fft through the
+fused GEMM kernel of :mod:`tritp.codegen.gaunt_emit`.
+
+A producer is named by a spec ``"target:role_a,role_b"`` (:mod:`tritp.codegen.gaunt_problem`):
+the forward is ``"out:x1,x2"``, the gradient for ``x1`` is ``"x1:x2,out"`` with the output's
+cotangent in role ``out``, and so on to any order (the product is trilinear). Sources are
+cached by content hash like the CG kernels (:mod:`tritp.kernels`); the float64 tables are
+built once per process and problem, then copied once per device and dtype.
+
+Example:
+    >>> import torch
+    >>> from tritp.codegen.gaunt_problem import GauntProblem, FORWARD
+    >>> p = GauntProblem("4x0e+4x1o", "0e+1o", lmax_out=2)
+    >>> gaunt_produce(p, FORWARD, [torch.randn(3, 16), torch.randn(3, 4)], 3).shape  # doctest: +SKIP
+    torch.Size([3, 36])
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .codegen.cg_spec import ProducerSpec
+from .codegen.diskcache import atomic_write, cache_dir, content_hash
+from .codegen.gaunt_emit import KERNEL_NAME, default_block_p, emit_gemm_producer, role_index, role_table
+from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
+from .kernels import INT32_LIMIT, acc_dtype, interpreter_active, produce, triton_cdiv
+
+GENERATOR_FILES = ("gaunt_emit.py", "gaunt_problem.py", "gaunt_tables.py", "writer.py")
+_kernels: dict = {}
+_tables: dict = {}
+
+
+@lru_cache(maxsize=None)
+def generator_hash() -> str:
+    from . import codegen
+
+    root = Path(codegen.__file__).parent
+    return content_hash(*(p.read_bytes() for p in (root / f for f in GENERATOR_FILES)))
+
+
+def _import(path: Path):
+    # tritp.kernels.get_kernel does this for CG sources only (it is keyed by a CG spec); the same
+    # five lines here until a shared "import generated file" helper exists there.
+    name = f"tritp_gen_{path.stem}"
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        sys.modules[name] = mod
+    return mod
+
+
+def get_gemm_kernel(problem: GauntProblem, spec: str, dtype: str, block_p: int):
+    key = (problem.key, spec, dtype, block_p)
+    k = _kernels.get(key)
+    if k is None:
+        h = content_hash(generator_hash(), problem.key, spec, dtype, block_p)
+        path = cache_dir("kernels") / f"gaunt_{problem.implementation}_{spec.split(':')[0]}_{h}.py"
+        if not path.exists():
+            atomic_write(path, emit_gemm_producer(problem, spec, dtype, block_p).encode())
+        k = _kernels[key] = getattr(_import(path), KERNEL_NAME)
+    return k
+
+
+def tables(problem: GauntProblem, role: str, block_p: int, dtype: torch.dtype, device) -> tuple:
+    """``(table, index)`` tensors of ``role`` on ``device``."""
+    key = (problem.key, role, block_p, dtype, str(device))
+    t = _tables.get(key)
+    if t is None:
+        t = _tables[key] = (torch.from_numpy(role_table(problem, role, block_p)).to(device=device, dtype=dtype),
+                            torch.from_numpy(role_index(problem, role)).reshape(-1).to(device))
+    return t
+
+
+def cg_spec(spec: str) -> ProducerSpec:
+    """The CG producer spec computing the same thing (roles x1, x2, out; no weights)."""
+    target, roles = parse_spec(spec)
+    term = [None, None, None, None, False]
+    for i, r in enumerate(roles):
+        term[{"x1": 0, "x2": 1, "out": 3}[r]] = i
+    return ProducerSpec(target, roles, (tuple(term),))
+
+
+def block_rows(n_rows: int) -> int:
+    """Rows per program: one program per 256 rows under the interpreter (its cost is per
+    program), 32 on a GPU (the heuristic until the autotuner covers these kernels)."""
+    if interpreter_active():
+        return max(16, min(256, 1 << max(0, (n_rows - 1).bit_length())))
+    return 32
+
+
+def target_dim(problem: GauntProblem, role: str) -> int:
+    return problem.irreps(role).dim
+
+
+def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtype=None, wrap=None) -> torch.Tensor:
+    """Run producer ``spec`` on ``[Z or 1, dim]`` tensors (a one-row tensor is broadcast over
+    the batch); returns ``[Z, dim_target]``. ``wrap`` is ``wrap_triton`` inside a ``triton_op``."""
+    target, roles = parse_spec(spec)
+    if out_dtype is None:
+        out_dtype = torch.promote_types(tensors[0].dtype, tensors[1].dtype)
+    device = tensors[0].device
+    dim = target_dim(problem, target)
+    if Z == 0 or not problem.paths:
+        return torch.zeros((Z, dim), dtype=out_dtype, device=device)
+    if problem.implementation == "sparse":
+        return produce(problem.cg_problem(), cg_spec(spec), tensors, Z, out_dtype=out_dtype, wrap=wrap)
+    acc = acc_dtype(tensors)
+    dname = "float64" if acc == torch.float64 else "float32"
+    block_p = default_block_p(problem)
+    args, strides = [], []
+    for t in tensors:
+        if t.stride(-1) != 1:
+            t = t.contiguous()
+        strides.append(t.stride(0) if t.shape[0] != 1 else 0)
+        args.append(t)
+    C = problem.channels
+    R = Z * C
+    bcast = problem.mul(target) == 1 and C > 1
+    g = torch.empty((R if bcast else Z, dim), dtype=acc if bcast else out_dtype, device=device)
+    tabs = [tables(problem, r, block_p, acc, device) for r in roles + (target,)]
+    big = max([R * dim, Z * max(strides)] + [t.numel() for t in args]) >= INT32_LIMIT
+    block_r = block_rows(R)
+    kernel = get_gemm_kernel(problem, spec, dname, block_p)
+    if wrap is not None:
+        kernel = wrap(kernel)
+    kernel[(triton_cdiv(R, block_r),)](args[0], args[1], g, tabs[0][0], tabs[1][0], tabs[2][0], tabs[0][1],
+                                       tabs[1][1], tabs[2][1], strides[0], strides[1], dim, R, IDX64=big,
+                                       BLOCK_R=block_r, num_warps=4)
+    if bcast:  # the kernel wrote one row per (sample, channel): sum the channels here
+        return g.view(Z, C, dim).sum(1).to(out_dtype)
+    return g
+
+
+__all__ = ["gaunt_produce", "get_gemm_kernel", "tables", "cg_spec", "target_dim", "ROLES"]
