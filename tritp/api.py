@@ -17,7 +17,7 @@ FORMS = ("channelwise", "fully_connected", "full", "elementwise")
 
 def compile(irreps_in1, irreps_in2, irreps_out=None, instructions=None, *, mode=None, shared_weights=None,
             internal_weights=None, irrep_normalization="component", path_normalization="element",
-            layout="mul_ir", backend="auto", in1_var=None, in2_var=None, out_var=None) -> TensorProduct:
+            layout="mul_ir", backend="auto", in1_var=None, in2_var=None, out_var=None, **gaunt_options):
     """Compile an E(3)-equivariant tensor product into a :class:`tritp.TensorProduct` module.
 
     ``instructions`` is a list of e3nn tuples ``(i_in1, i_in2, i_out, mode, has_weight[,
@@ -32,6 +32,11 @@ def compile(irreps_in1, irreps_in2, irreps_out=None, instructions=None, *, mode=
     if ``TRITON_INTERPRET=1``, else the PyTorch reference with a one-time warning),
     ``"triton"`` or ``"reference"``.
 
+    ``mode="gaunt"`` builds a :class:`tritp.gaunt.GauntProduct` instead: the channelwise product
+    of two spherical functions, with the keywords of :func:`tritp.gaunt.compile_gaunt`
+    (``lmax_out``, ``normalization``, ``implementation``, ``weights``, ``precision``), e.g.
+    ``compile("32x0e+32x1o", "0e+1o", lmax_out=2, mode="gaunt")``.
+
     Example:
         >>> tp = compile("8x0e+8x1o", "8x0e+8x1o", "8x0e+8x1o")  # fully connected, internal weights
         >>> tp.internal_weights, tp.weight_numel
@@ -41,6 +46,20 @@ def compile(irreps_in1, irreps_in2, irreps_out=None, instructions=None, *, mode=
         if mode is not None and mode != instructions:
             raise ValueError(f"instructions={instructions!r} and mode={mode!r} disagree; give one")
         mode, instructions = instructions, None
+    if mode == "gaunt":
+        from .gaunt import compile_gaunt
+
+        defaults = (("shared_weights", shared_weights, None), ("internal_weights", internal_weights, None),
+                    ("irrep_normalization", irrep_normalization, "component"), ("layout", layout, "mul_ir"),
+                    ("path_normalization", path_normalization, "element"), ("in1_var", in1_var, None),
+                    ("in2_var", in2_var, None), ("out_var", out_var, None))
+        cg_only = [k for k, v, d in defaults if v != d]
+        if cg_only:
+            raise TypeError(f"mode='gaunt' does not take {', '.join(cg_only)} (see tritp.gaunt.compile_gaunt)")
+        return compile_gaunt(irreps_in1, irreps_in2, irreps_out, backend=backend, **gaunt_options)
+    if gaunt_options:
+        raise TypeError(f"compile() got unexpected keyword arguments {', '.join(sorted(gaunt_options))} "
+                        "(only mode='gaunt' takes them)")
     if instructions is not None and mode is not None:
         raise ValueError("give either an instruction list or mode=, not both")
     kw = dict(irrep_normalization=irrep_normalization, path_normalization=path_normalization, layout=layout,
