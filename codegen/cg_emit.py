@@ -47,8 +47,10 @@ def _flatten(letters: str, sizes: dict, vals: dict) -> str:
 class CGEmitter:
     """Writes one producer kernel; subclasses override the row/store hooks below."""
 
-    def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int):
+    def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, dot_precision: str = "ieee"):
         self.p, self.spec, self.block_c = problem, spec, block_c
+        self.dot_precision = "ieee" if dtype == "float64" else dot_precision
+        self.uses_dot = False
         self.dt = {"float32": "tl.float32", "float64": "tl.float64"}[dtype]
         self.exact_consts = dtype == "float64"
         self.w = SourceWriter()
@@ -77,7 +79,7 @@ class CGEmitter:
             return f"{off} + ({ch}) * {ir.dim} + {m}"
         return f"{off + m * mul} + ({ch})"
 
-    def load(self, t: int, role: str, addr: str, tile: bool) -> tuple:
+    def load(self, t: int, role: str, addr: str, tile: bool, mask: str = "m2d") -> tuple:
         """Emit a load; returns (variable, kind) with kind in '2d', 'z', 's'."""
         v = self.fresh("v")
         shared_w = role == "w" and self.p.shared_weights
@@ -88,7 +90,7 @@ class CGEmitter:
             self.w(f"{v} = tl.load(t{t} + ({addr})).to(DT)")
             return v, "s"
         if tile:
-            self.w(f"{v} = tl.load(t{t} + r{t}[:, None] + ({addr})[None, :], mask=m2d, other=0.0).to(DT)")
+            self.w(f"{v} = tl.load(t{t} + r{t}[:, None] + ({addr})[None, :], mask={mask}, other=0.0).to(DT)")
             return v, "2d"
         self.w(f"{v} = tl.load(t{t} + r{t} + ({addr}), mask=zm, other=0.0).to(DT)")
         return v, "z"
@@ -103,6 +105,7 @@ class CGEmitter:
         w("import triton.language as tl")
         w("")
         w(f"DT = {self.dt}")
+        w(f"DOT_PREC = tl.constexpr({self.dot_precision!r})")
         w("")
         w("")
         w("@triton.jit")
@@ -112,6 +115,10 @@ class CGEmitter:
                 self.emit_weight_target()
             else:
                 self.emit_segment_target()
+        w("")
+        w("")
+        w("# tl.dot needs at least 16 rows per program")
+        w(f"MIN_BLOCK_Z = {16 if self.uses_dot else 1}")
         return w.text()
 
     # -- hooks a subclass (e.g. the fused graph convolution) overrides --------------------------
@@ -154,6 +161,8 @@ class CGEmitter:
                 continue
             inss = [i for i in self.p.instructions if self.seg_index(i, role) == seg and 0 not in i.path_shape]
             bc = min(_p2(mul), self.block_c)
+            if any(self.dot_letter(i) for i in inss):
+                bc = max(bc, 16)
             self.w(f"# target segment {seg}: {mul}x{ir}")
             loop = mul > bc
             ctx = self.w.block(f"for c0 in range(0, {mul}, {bc}):") if loop else nullcontext()
@@ -199,6 +208,9 @@ class CGEmitter:
 
     def emit_term(self, k, ins, term, accs):
         """Add one (instruction, term) contribution to the target accumulators."""
+        K = self.dot_letter(ins)
+        if K is not None:
+            return self.emit_dot_term(k, ins, term, accs, K)
         spec = self.spec
         target = spec.target
         lt, sizes = self.letters(ins)
@@ -252,6 +264,75 @@ class CGEmitter:
             flush()
         self.emit_contraction(entries, loaded[a_role], loaded[b_role], loaded.get("w"), accs)
         for ctx in reversed(depth_ctx):
+            ctx.__exit__(None, None, None)
+
+    # -- channel mixing on tensor cores -----------------------------------------------------------
+    def dot_letter(self, ins):
+        """The contraction letter K when this term is a GEMM ``T[z, K] @ W[K, n]``: shared weights,
+        a target whose only letter ``n`` is carried by the weights alone (uvw for every target,
+        uuw for the output), and K of at least 16 channels. None otherwise."""
+        target = self.spec.target
+        if target == "w" or not ins.has_weight or not self.p.shared_weights:
+            return None
+        lt, sizes = self.letters(ins)
+        n = lt[target]
+        srcs = [r for r in ("x1", "x2", "out") if r != target]
+        if len(n) != 1 or sizes[n] < 16 or any(n in lt[r] for r in srcs):
+            return None
+        cands = [ch for ch in "uvw" if ch != n and ch in lt["w"] and sizes[ch] >= 16
+                 and any(ch in lt[r] for r in srcs)]
+        return max(cands, key=lambda ch: (sizes[ch], ch)) if cands else None
+
+    def emit_dot_term(self, k, ins, term, accs, K):
+        self.uses_dot = True
+        target = self.spec.target
+        lt, sizes = self.letters(ins)
+        n = lt[target]
+        src_roles = [r for r in ("x1", "x2", "out") if r != target]
+        a_role, b_role = src_roles
+        l1, l2, l3 = (self.p.irreps_in1[ins.i_in1].ir.l, self.p.irreps_in2[ins.i_in2].ir.l,
+                      self.p.irreps_out[ins.i_out].ir.l)
+        ri = {r: i for i, r in enumerate(("x1", "x2", "out"))}
+        entries = [(e[ri[a_role]], e[ri[b_role]], e[ri[target]], e[3] * ins.coefficient)
+                   for e in sparse_coupling(l1, l2, l3)]
+        self.w(f"# instruction {k}: {ins.mode} {l1}x{l2}->{l3}, term {term}: GEMM over {K}")
+        vals = {ch: "0" for ch in "uvw" if sizes[ch] == 1}
+        loops = [ch for ch in "uvw" if ch not in (n, K) and sizes[ch] > 1
+                 and any(ch in lt[r] for r in src_roles + ["w"])]
+        ctxs = []
+        for ch in loops:
+            vals[ch] = f"L{ch}{self.uid}"
+            ctxs.append(self.w.block(f"for {vals[ch]} in range({sizes[ch]}):"))
+            ctxs[-1].__enter__()
+        bk = min(_p2(sizes[K]), 64)
+        kv = f"kk{self.uid}"
+        chunked = sizes[K] > bk
+        if chunked:
+            ctxs.append(self.w.block(f"for k0 in range(0, {sizes[K]}, {bk}):"))
+            ctxs[-1].__enter__()
+        else:
+            self.w("k0 = 0")
+        self.w(f"{kv} = k0 + tl.arange(0, {bk})")
+        self.w(f"km = {kv} < {sizes[K]}")
+        self.w("mk = zm[:, None] & km[None, :]")
+        vals[K] = kv
+        ops = {}
+        for role, ms in ((a_role, {e[0] for e in entries}), (b_role, {e[1] for e in entries})):
+            ch = _flatten(lt[role], sizes, vals)
+            ops[role] = {m: self.load(term[ROLE_INDEX[role]], role, self.elem(ins, role, ch, m), K in lt[role],
+                                      mask="mk") for m in sorted(ms)}
+        touched = sorted({e[2] for e in entries})
+        tv = {mt: self.fresh("T") for mt in touched}
+        for mt in touched:
+            self.w(f"{tv[mt]} = tl.zeros([BLOCK_Z, {bk}], DT)")
+        self.emit_contraction(entries, ops[a_role], ops[b_role], None, tv)
+        wvals = dict(vals, **{K: f"{kv}[:, None]", n: "c[None, :]"})
+        wt = self.fresh("W")
+        self.w(f"{wt} = tl.load(t{term[ROLE_INDEX['w']]} + ({self.woffs[k]} + {_flatten(lt['w'], sizes, wvals)}), "
+               "mask=km[:, None] & cm[None, :], other=0.0).to(DT)")
+        for mt in touched:
+            self.w(f"{accs[mt]} += tl.dot({tv[mt]}, {wt}, input_precision=DOT_PREC, out_dtype=DT)")
+        for ctx in reversed(ctxs):
             ctx.__exit__(None, None, None)
 
     def emit_contraction(self, entries, A, B, W, accs):
@@ -344,13 +425,18 @@ def _as2d(expr: str, kind: str) -> str:
 
 
 def emit_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
-                  block_c: int = DEFAULT_BLOCK_C) -> str:
+                  block_c: int = DEFAULT_BLOCK_C, dot_precision: str = "ieee") -> str:
     """Triton source of the producer kernel ``spec`` for ``problem`` (``dtype`` is the
     accumulation type: ``float32`` for fp16/bf16/fp32 inputs, ``float64`` for fp64).
 
     The kernel ``tp_producer(t0.., s0.., g, sg, Z, IDX64, BLOCK_Z)`` takes one pointer and one
     row stride per tensor argument, the target pointer and its row stride, and the batch size.
+    Channel-mixing terms with shared weights become ``tl.dot`` GEMMs (tensor cores) with
+    ``dot_precision`` ("tf32" or "ieee"; fp64 kernels always "ieee"); the module then sets
+    ``MIN_BLOCK_Z = 16``.
     """
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f"block_c must be a power of two, got {block_c}")
-    return CGEmitter(problem, spec, dtype, block_c).emit()
+    if dot_precision not in ("ieee", "tf32"):
+        raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
+    return CGEmitter(problem, spec, dtype, block_c, dot_precision).emit()

@@ -44,8 +44,13 @@ def generator_hash() -> str:
     return content_hash(*(p.read_bytes() for p in (root / f for f in GENERATOR_FILES)))
 
 
+def dot_precision() -> str:
+    """tf32 tensor-core GEMMs unless ``torch.set_float32_matmul_precision("highest")``."""
+    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
 def source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int) -> Path:
-    h = content_hash(generator_hash(), problem.key, repr(spec), dtype, block_c)
+    h = content_hash(generator_hash(), problem.key, repr(spec), dtype, block_c, dot_precision())
     return cache_dir("kernels") / f"cg_{spec.target}_{h}.py"
 
 
@@ -56,13 +61,13 @@ def kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int
         return path, path.read_text()
     from .codegen.cg_emit import emit_producer
 
-    src = emit_producer(problem, spec, dtype, block_c)
+    src = emit_producer(problem, spec, dtype, block_c, dot_precision())
     atomic_write(path, src.encode())
     return path, src
 
 
 def get_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int):
-    key = (problem.key, spec, dtype, block_c)
+    key = (problem.key, spec, dtype, block_c, dot_precision())
     k = _loaded.get(key)
     if k is None:
         path, _ = kernel_source(problem, spec, dtype, block_c)
@@ -74,6 +79,7 @@ def get_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int):
             s.loader.exec_module(mod)
             sys.modules[name] = mod
         k = _loaded[key] = mod.tp_producer
+        k.tritp_min_block_z = getattr(mod, "MIN_BLOCK_Z", 1)
     return k
 
 
@@ -101,11 +107,6 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     """
     acc = acc_dtype(tensors)
     dtype_name = "float64" if acc == torch.float64 else "float32"
-    if config is None:
-        from .tuning import choose
-
-        config = choose(problem, spec, dtype_name, Z, tensors[0].device, interpreter_active())
-    block_z = config.block_z
     if out_dtype is None:
         out_dtype = tensors[0].dtype
         for t in tensors[1:]:
@@ -113,12 +114,17 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     device = tensors[0].device
     dim = target_dim(problem, spec.target)
     shared_w = spec.target == "w" and problem.shared_weights
-    nprog = triton_cdiv(Z, block_z)
-    if Z == 0 or dim == 0 or nprog == 0:
+    if Z == 0 or dim == 0:
         return torch.zeros((dim,) if shared_w else (Z, dim), dtype=out_dtype, device=device)
-    strides = []
-    args = []
-    for t, role in zip(tensors, spec.roles):
+    if config is None:
+        from .tuning import choose
+
+        config = choose(problem, spec, dtype_name, Z, device, interpreter_active())
+    kernel = get_kernel(problem, spec, dtype_name, config.block_c)
+    block_z = max(config.block_z, kernel.tritp_min_block_z)
+    nprog = triton_cdiv(Z, block_z)
+    args, strides = [], []
+    for t in tensors:
         if t.dim() == 1:
             strides.append(0)
         else:
@@ -126,21 +132,14 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
                 t = t.contiguous()
             strides.append(t.stride(0) if t.shape[0] != 1 else 0)
         args.append(t)
-    if shared_w:
-        g = torch.empty((nprog, dim), dtype=acc, device=device)
-        sg = dim
-    else:
-        g = torch.empty((Z, dim), dtype=out_dtype, device=device)
-        sg = dim
-    big = max([Z * max(strides + [sg])] + [t.numel() for t in args]) >= INT32_LIMIT
-    kernel = get_kernel(problem, spec, dtype_name, config.block_c)
+    # shared-weight gradients: one partial row per program, summed below (deterministic)
+    g = torch.empty((nprog, dim) if shared_w else (Z, dim), dtype=acc if shared_w else out_dtype, device=device)
+    big = max([Z * max(strides + [dim])] + [t.numel() for t in args]) >= INT32_LIMIT
     if wrap is not None:
         kernel = wrap(kernel)
-    kernel[(nprog,)](*args, *strides, g, sg, Z, IDX64=big, BLOCK_Z=block_z,
+    kernel[(nprog,)](*args, *strides, g, dim, Z, IDX64=big, BLOCK_Z=block_z,
                      num_warps=config.num_warps, num_stages=config.num_stages)
-    if shared_w:
-        return g.sum(0).to(out_dtype)
-    return g
+    return g.sum(0).to(out_dtype) if shared_w else g
 
 
 def triton_cdiv(a: int, b: int) -> int:
