@@ -385,6 +385,9 @@ class CGEmitter:
             l1, l2, l3 = (p.irreps_in1[ins.i_in1].ir.l, p.irreps_in2[ins.i_in2].ir.l, p.irreps_out[ins.i_out].ir.l)
             nz = [(e[0], e[1], e[2], e[3] * ins.coefficient) for e in sparse_coupling(l1, l2, l3)]
             self.w(f"# weights of instruction {k}: {ins.mode} {l1}x{l2}->{l3}, shape {ins.path_shape}")
+            if shared and self.weight_gemm_ok(ins, sizes):
+                self.emit_weight_gemm(k, ins, lt, sizes, nz)
+                continue
             loop = n > bc
             ctx = self.w.block(f"for c0 in range(0, {n}, {bc}):") if loop else nullcontext()
             if not loop:
@@ -418,6 +421,51 @@ class CGEmitter:
                     self.store_shared_weight(addr, "accw")
                 else:
                     self.store_tile(addr, "accw")
+
+    def weight_gemm_ok(self, ins, sizes) -> bool:
+        """Shared-weight gradient of a channel-mixing path as a GEMM over the batch rows:
+        ``dW[(u, v), w] += P[z, (u, v)]^T @ g[z, w]`` (uvw) or ``dW[u, w]`` (uuw)."""
+        if ins.mode not in ("uvw", "uuw"):
+            return False
+        rows = sizes["u"] * (sizes["v"] if ins.mode == "uvw" else 1)
+        return rows >= 16 and sizes["w"] >= 16
+
+    def emit_weight_gemm(self, k, ins, lt, sizes, nz):
+        self.uses_dot = True
+        rows = sizes["u"] * (sizes["v"] if ins.mode == "uvw" else 1)
+        br, bn = min(_p2(rows), 64), min(_p2(sizes["w"]), 64)
+        with self.w.block(f"for wr0 in range(0, {rows}, {br}):"):  # r<i> are row offsets
+            self.w(f"rr = wr0 + tl.arange(0, {br})")
+            self.w(f"rm = rr < {rows}")
+            self.w("mr = zm[:, None] & rm[None, :]")
+            with self.w.block(f"for wn0 in range(0, {sizes['w']}, {bn}):"):
+                self.w(f"nn = wn0 + tl.arange(0, {bn})")
+                self.w(f"nm = nn < {sizes['w']}")
+                self.w("mn = zm[:, None] & nm[None, :]")
+                self.w(f"accw = tl.zeros([{br}, {bn}], DT)")
+                if ins.mode == "uvw":
+                    vals = {"u": f"(rr // {sizes['v']})", "v": f"(rr % {sizes['v']})", "w": "nn"}
+                else:
+                    vals = {"u": "rr", "w": "nn"}
+                for term in self.spec.terms:
+                    ops = {}
+                    for role, ms in (("x1", {e[0] for e in nz}), ("x2", {e[1] for e in nz}),
+                                     ("out", {e[2] for e in nz})):
+                        ch = _flatten(lt[role], sizes, vals)
+                        mask = "mn" if role == "out" else "mr"
+                        ops[role] = {m: self.load(term[ROLE_INDEX[role]], role, self.elem(ins, role, ch, m), True,
+                                                  mask=mask)[0] for m in sorted(ms)}
+                    by_k = defaultdict(list)
+                    for i, j, kk, c in nz:
+                        by_k[kk].append((i, j, c))
+                    for kk, es in sorted(by_k.items()):
+                        pv = self.fresh("P")
+                        self.w(f"{pv} = " + " + ".join(f"{self.const(c)} * {ops['x1'][i]} * {ops['x2'][j]}"
+                                                      for i, j, c in es))
+                        self.w(f"accw += tl.dot(tl.trans({pv}), {ops['out'][kk]}, input_precision=DOT_PREC, "
+                               "out_dtype=DT)")
+                self.w(f"tl.store(g + pid * sg + ({self.woffs[k]} + rr[:, None] * {sizes['w']} + nn[None, :]), "
+                       "accw.to(g.dtype.element_ty), mask=rm[:, None] & nm[None, :])")
 
 
 def _as2d(expr: str, kind: str) -> str:
