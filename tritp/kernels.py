@@ -126,6 +126,7 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     args, strides = [], []
     for t in tensors:
         if t.dim() == 1:
+            t = t.contiguous()  # shared weights: read as one contiguous row
             strides.append(0)
         else:
             if t.stride(-1) != 1:

@@ -137,9 +137,9 @@ class TensorProduct(torch.nn.Module):
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         weight = self._check(x1, x2, weight)
-        if isinstance(x1, torch.Tensor) and torch.is_autocast_enabled(x1.device.type):
+        if torch.is_autocast_enabled(x1.device.type) and x1.dtype != torch.float64:
             # Autocast policy, as for matmul: run in the autocast dtype (halving memory traffic),
-            # accumulate in fp32 inside the kernel, return the autocast dtype.
+            # accumulate in fp32 inside the kernel, return the autocast dtype; fp64 is left alone.
             dt = torch.get_autocast_dtype(x1.device.type)
             x1, x2 = x1.to(dt), x2.to(dt)
             weight = weight.to(dt) if weight is not None else None
