@@ -1,0 +1,170 @@
+"""Emit the Triton source of one fused graph-convolution producer: gather, tensor product and
+scatter-sum in one kernel pass.
+
+A convolution is the tensor product's quadrilinear form over graph *edges* with row
+indirection: tensors in roles ``x1`` (node features) are read at the edge's source node,
+``out`` at its destination node, ``x2`` (edge attributes) and ``w`` (per-edge weights) at the
+edge itself. The derivative rule of :mod:`cg_spec` is unchanged -- it works on roles -- so
+every direction to any order is again a producer; only the row indexing and the way the
+target is written depend on the target's role. Three write modes:
+
+* ``"edge"``: the target is edge-indexed (``x2``, ``w``); one program per ``BLOCK_Z`` edges,
+  plain stores (shared weights: per-program partials, as in the plain kernel);
+* ``"atomic"``: the target is node-indexed (``out`` at dst, ``x1`` at src); one program per
+  ``BLOCK_Z`` edges, each tile is ``tl.atomic_add``-ed into a zeroed fp32/fp64 buffer;
+* ``"segment"``: node-indexed target, deterministic: one program per target node, which walks
+  that node's edges (a CSR segment of edges sorted by the target's endpoint) in chunks of
+  ``BLOCK_Z``, adds every chunk's tile into a register tile, and stores the node's row once
+  (one row-sum per target segment). The addition order is fixed, so results are bit-identical
+  run to run.
+
+Example:
+    >>> from tritp.codegen import Problem
+    >>> from tritp.codegen.cg_spec import forward_spec
+    >>> p = Problem.channelwise("4x0e+4x1o", "0e+1o", "0e+1o", shared_weights=False)
+    >>> src = emit_conv_producer(p, forward_spec(), "float32", mode="segment")
+    >>> "for e0 in range(e_lo, e_hi, BLOCK_Z):" in src
+    True
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from .cg_emit import DEFAULT_BLOCK_C, CGEmitter
+from .cg_spec import ProducerSpec
+from .problem import Problem
+
+MODES = ("edge", "atomic", "segment")
+EDGE_ROLES = ("x2", "w")
+# which endpoint of an edge indexes a node-role tensor
+ENDPOINT = {"x1": "src", "out": "dst"}
+
+
+def write_mode(target: str, scatter: str) -> str:
+    """The kernel mode for a target role under ``scatter`` ("atomic" or "deterministic")."""
+    if target in EDGE_ROLES:
+        return "edge"
+    return "atomic" if scatter == "atomic" else "segment"
+
+
+class ConvEmitter(CGEmitter):
+    """A :class:`CGEmitter` whose rows are edges: overrides the row and store hooks."""
+
+    def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if (mode == "edge") != (spec.target in EDGE_ROLES):
+            raise ValueError(f"mode {mode!r} does not fit target role {spec.target!r}")
+        super().__init__(problem, spec, dtype, block_c)
+        self.mode = mode
+
+    def row_var(self, role: str) -> str:
+        """The index variable that selects a tensor's row, by the tensor's role."""
+        if role in EDGE_ROLES:
+            return "ze"
+        if self.mode == "segment":
+            # edges of this program all share the target's endpoint: the node itself
+            return "zself" if role == self.spec.target else "zn"
+        return "zs" if role == "x1" else "zd"
+
+    def kernel_args(self) -> list:
+        n = len(self.spec.roles)
+        graph = ["ptr", "eid", "nbr"] if self.mode == "segment" else ["src", "dst"]
+        return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)] + ["g", "sg"] + graph
+                + ["Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr"])
+
+    def _cast(self, names):
+        # int32 arithmetic unless some offset can pass 2**31; index arrays may be int32 or int64
+        with self.w.block("if IDX64:"):
+            for n in names:
+                self.w(f"{n} = {n}.to(tl.int64)")
+        with self.w.block("else:"):
+            for n in names:
+                self.w(f"{n} = {n}.to(tl.int32)")
+
+    def _offsets(self):
+        for i, role in enumerate(self.spec.roles):
+            self.w(f"r{i} = {self.row_var(role)} * s{i}")
+
+    def _needed(self) -> set:
+        return {self.row_var(r) for r in self.spec.roles}
+
+    def emit(self) -> str:
+        return f"# conv write mode: {self.mode}\n" + super().emit()
+
+    def emit_prologue(self):
+        w = self.w
+        w("pid = tl.program_id(0)")
+        if self.mode == "segment":
+            # Z = number of target nodes; this program owns node pid and its edges e_lo..e_hi
+            w("node = pid")
+            w("e_lo = tl.load(ptr + node)")
+            w("e_hi = tl.load(ptr + node + 1)")
+            w("nsel = node")
+            self._cast(["nsel"])
+            w("rg = nsel * sg")
+            return
+        need = self._needed() | {self.row_var(self.spec.target)}
+        w("z = pid * BLOCK_Z + tl.arange(0, BLOCK_Z)")
+        w("zm = z < Z")
+        w("ze = z")
+        names = ["ze"]
+        for var, arr in (("zs", "src"), ("zd", "dst")):
+            if var in need:
+                w(f"{var} = tl.load({arr} + z, mask=zm, other=0)")
+                names.append(var)
+        self._cast(names)
+        self._offsets()
+        w(f"rg = {self.row_var(self.spec.target)} * sg")
+
+    @contextmanager
+    def row_block(self, accs: list, bc: int):
+        if self.mode != "segment":
+            yield
+            return
+        w = self.w
+        # node accumulators stay [BLOCK_Z, bc] tiles across chunks (no reduction per chunk);
+        # one row-sum at the store. acc<m> starts at zero each chunk, so `n += acc` folds away.
+        for a in accs:
+            w(f"n{a} = tl.zeros([BLOCK_Z, {bc}], DT)")
+        with w.block("for e0 in range(e_lo, e_hi, BLOCK_Z):"):
+            w("z = e0 + tl.arange(0, BLOCK_Z)")
+            w("zm = z < e_hi")
+            w("ze = tl.load(eid + z, mask=zm, other=0)")
+            names = ["ze"]
+            if "zn" in self._needed():
+                w("zn = tl.load(nbr + z, mask=zm, other=0)")
+                names.append("zn")
+            self._cast(names)
+            if "zself" in self._needed():
+                w("zself = tl.zeros([BLOCK_Z], ze.dtype) + nsel")
+            self._offsets()
+            yield
+            for a in accs:
+                w(f"n{a} += {a}")
+
+    def store_tile(self, addr: str, value: str):
+        if self.mode == "segment":
+            # masked rows hold zeros, so summing the whole tile is exact
+            self.w(f"tl.store(g + rg + ({addr}), tl.sum(n{value}, axis=0).to(g.dtype.element_ty), mask=cm)")
+        elif self.mode == "atomic":
+            # g is a zeroed fp32/fp64 buffer; relaxed order suffices for a pure sum
+            self.w(f"tl.atomic_add(g + rg[:, None] + ({addr})[None, :], {value}, mask=m2d, sem='relaxed')")
+        else:
+            super().store_tile(addr, value)
+
+
+def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
+                       block_c: int = DEFAULT_BLOCK_C, mode: str = "atomic") -> str:
+    """Triton source of the convolution producer ``spec`` for ``problem`` in write ``mode``.
+
+    Kernel signature ``tp_producer(t0.., s0.., g, sg, <graph>, Z, IDX64, BLOCK_Z)``: one pointer
+    and row stride per tensor argument, the target and its row stride, then ``src, dst`` (edge
+    and atomic modes; ``Z`` = number of edges) or ``ptr, eid, nbr`` (segment mode: CSR pointers
+    of the target's endpoint, edge ids in that order, and each edge's other endpoint; ``Z`` =
+    number of target nodes).
+    """
+    if block_c < 1 or block_c & (block_c - 1):
+        raise ValueError(f"block_c must be a power of two, got {block_c}")
+    return ConvEmitter(problem, spec, dtype, block_c, mode).emit()
