@@ -1,0 +1,142 @@
+"""Load and launch the fused graph-convolution kernels (:mod:`tritp.codegen.conv_emit`).
+
+A conv source is a pure function of (generator code, problem key, producer spec, dtype, block
+size, write mode), so, as for the plain kernels (:mod:`tritp.kernels`), its file is named by
+the hash of those and imported from the cache dir by any later process.
+
+Which kernel runs depends on the target role and the scatter strategy:
+
+============  =====================  ===============================================
+target        scatter="atomic"       scatter="deterministic"
+============  =====================  ===============================================
+out (at dst)  atomic: edge blocks    segment: one program per node, edges by dst
+x1 (at src)   atomic: edge blocks    segment: one program per node, edges by src
+x2, w         edge: plain stores     edge: plain stores (shared w: fixed-order sum)
+============  =====================  ===============================================
+
+Example:
+    >>> import torch, tritp
+    >>> from tritp.codegen.cg_spec import forward_spec
+    >>> p = tritp.Problem.channelwise("4x0e", "0e", "0e", shared_weights=False)
+    >>> src, dst = torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1])
+    >>> x, ea, w = torch.randn(2, 4), torch.randn(3, 1), torch.randn(3, 4)
+    >>> produce_conv(p, forward_spec(), "atomic", [x, ea, w], [src, dst], 2, 2).shape  # doctest: +SKIP
+    torch.Size([2, 4])
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+from . import kernels
+from .codegen import Problem, conv_emit
+from .codegen.cg_spec import ProducerSpec
+from .codegen.diskcache import atomic_write, cache_dir, content_hash
+from .kernels import acc_dtype, generator_hash, interpreter_active, target_dim, triton_cdiv
+from .tuning import Config, heuristic
+
+SCATTERS = ("atomic", "deterministic")
+_loaded: dict = {}
+
+
+def conv_source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str) -> Path:
+    h = content_hash(generator_hash(), Path(conv_emit.__file__).read_bytes(), problem.key, repr(spec), dtype,
+                     block_c, mode)
+    return cache_dir("kernels") / f"conv_{mode}_{spec.target}_{h}.py"
+
+
+def get_conv_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str):
+    """The loaded ``tp_producer`` of one conv source; generated and written on first use."""
+    key = (problem.key, spec, dtype, block_c, mode)
+    k = _loaded.get(key)
+    if k is None:
+        path = conv_source_path(problem, spec, dtype, block_c, mode)
+        if not path.exists():
+            atomic_write(path, conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode).encode())
+        name = f"tritp_gen_{path.stem}"
+        mod = sys.modules.get(name)
+        if mod is None:
+            s = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(s)
+            s.loader.exec_module(mod)
+            sys.modules[name] = mod
+        k = _loaded[key] = mod.tp_producer
+    return k
+
+
+def default_config(mode: str, num_edges: int, num_programs_rows: int, interpreted: bool) -> Config:
+    """Conv kernels are not in the autotuner yet: the plain heuristic, sized by edges per
+    program (edge/atomic) or by the mean degree (segment: ``BLOCK_Z`` is the edge chunk)."""
+    if mode == "segment":
+        rows = max(1, -(-num_edges // max(num_programs_rows, 1)))
+        return heuristic(rows, interpreted)
+    return heuristic(num_edges, interpreted)
+
+
+def target_shape(problem: Problem, target: str, num_edges, n_in, n_out) -> tuple:
+    dim = target_dim(problem, target)
+    if target == "w" and problem.shared_weights:
+        return (dim,)
+    return ({"x1": n_in, "out": n_out}.get(target, num_edges), dim)
+
+
+def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, graph, n_in: int, n_out: int, *,
+                 out_dtype=None, config=None, wrap=None) -> torch.Tensor:
+    """Run conv producer ``spec``: node-role tensors (``x1``, ``out``) are ``[n_in or n_out,
+    dim]``, edge-role tensors ``[E, dim]`` (shared weights ``[numel]``). ``graph`` is
+    ``[src, dst]`` (atomic) or :meth:`ConvGraph.tensors` (deterministic). Indices are trusted:
+    validate them first (:func:`tritp.conv_graph.check_ranges`).
+
+    Returns the target: ``[n_in or n_out, dim]`` for node roles, ``[E, dim]`` for edge roles,
+    ``[numel]`` for shared weights.
+    """
+    if scatter not in SCATTERS:
+        raise ValueError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
+    acc = acc_dtype(tensors)
+    dtype_name = "float64" if acc == torch.float64 else "float32"
+    if out_dtype is None:
+        out_dtype = tensors[0].dtype
+        for t in tensors[1:]:
+            out_dtype = torch.promote_types(out_dtype, t.dtype)
+    mode = conv_emit.write_mode(spec.target, scatter)
+    device = tensors[0].device
+    E = graph[0].shape[0]
+    shape = target_shape(problem, spec.target, E, n_in, n_out)
+    nrows = shape[0] if mode == "segment" else E
+    if config is None:
+        config = default_config(mode, E, nrows, interpreter_active())
+    if E == 0 or shape[-1] == 0 or nrows == 0:
+        return torch.zeros(shape, dtype=out_dtype, device=device)
+    strides = []
+    args = []
+    for t in tensors:
+        if t.dim() == 2 and t.stride(-1) != 1:
+            t = t.contiguous()
+        strides.append(0 if t.dim() == 1 or t.shape[0] == 1 else t.stride(0))
+        args.append(t)
+    nprog = nrows if mode == "segment" else triton_cdiv(E, config.block_z)
+    if mode == "atomic":
+        g = torch.zeros(shape, dtype=acc, device=device)  # atomics accumulate at full precision
+    elif len(shape) == 1:
+        g = torch.empty((nprog, shape[0]), dtype=acc, device=device)  # per-program partials
+    else:
+        g = torch.empty(shape, dtype=out_dtype, device=device)
+    sg = shape[-1]
+    if mode == "segment":
+        off = 2 if spec.target == "out" else 5
+        gargs = graph[off:off + 3]
+    else:
+        gargs = graph[:2]
+    big = max([g.numel()] + [t.numel() for t in args]) >= kernels.INT32_LIMIT
+    kernel = get_conv_kernel(problem, spec, dtype_name, config.block_c, mode)
+    if wrap is not None:
+        kernel = wrap(kernel)
+    kernel[(nprog,)](*args, *strides, g, sg, *gargs, nrows, IDX64=big, BLOCK_Z=config.block_z,
+                     num_warps=config.num_warps, num_stages=config.num_stages)
+    if len(shape) == 1:
+        return g.sum(0).to(out_dtype)
+    return g.to(out_dtype)

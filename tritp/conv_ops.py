@@ -1,0 +1,116 @@
+"""The torch ops of the fused graph convolution: one fixed schema for every problem, direction
+and scatter strategy, the same pattern as :mod:`tritp.ops`.
+
+``tritp::conv_produce(str key, str spec, str scatter, SymInt n_in, SymInt n_out,
+ScalarType out_dtype, Tensor[] tensors, Tensor[] graph)`` runs conv producer ``spec`` of the
+problem ``key`` (:func:`tritp.conv_kernels.produce_conv`). ``graph`` holds the index tensors:
+``[src, dst]`` (atomic) or :meth:`ConvGraph.tensors` (deterministic), optionally followed by
+the empty *token* of ``tritp::conv_check_indices``, which the launcher ignores. Registrations:
+
+* ``tritp::conv_produce`` -- ``custom_op``: opaque, runs everywhere incl. the interpreter;
+* ``tritp::conv_produce_triton`` -- ``triton_op``: Inductor sees the kernels (CUDA);
+* ``tritp::conv_check_indices(src, dst, n_in, n_out) -> Tensor`` -- the range check. It is a
+  separate opaque op so that it also runs, on real tensors, inside a ``torch.compile``-d graph
+  (a data-dependent check in Python would break the graph). It returns an empty tensor that
+  the forward op takes as an input, so the compiler can neither drop the check nor move the
+  kernel before it.
+
+Both producer ops have fake implementations and autograd: a derivative is again a
+``conv_produce`` of the derived spec with the same graph and strategy, so backward, double
+backward and beyond are fused kernels and the deterministic strategy stays deterministic.
+
+Example:
+    >>> import torch, tritp
+    >>> from tritp.codegen.cg_spec import forward_spec
+    >>> p = tritp.Problem.channelwise("4x0e", "0e", "0e", shared_weights=False)
+    >>> ts = [torch.randn(2, 4), torch.randn(3, 1), torch.randn(3, 4)]
+    >>> g = [torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1])]
+    >>> torch.ops.tritp.conv_produce(p.key, forward_spec().to_str(), "atomic", 2, 2, torch.float32,
+    ...                              ts, g).shape  # doctest: +SKIP
+    torch.Size([2, 4])
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch.library import custom_op, triton_op, wrap_triton
+
+from .codegen.cg_spec import compact
+from .conv_graph import check_ranges
+from .conv_kernels import produce_conv, target_shape
+from .ops import problem_from_key, spec_from_str
+
+
+@custom_op("tritp::conv_check_indices", mutates_args=())
+def check_indices_op(src: torch.Tensor, dst: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
+    check_ranges(src, dst, n_in, n_out)
+    return src.new_empty(0)
+
+
+@check_indices_op.register_fake
+def _check_fake(src, dst, n_in, n_out):
+    return src.new_empty(0)
+
+
+@custom_op("tritp::conv_produce", mutates_args=())
+def conv_produce_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
+                    tensors: List[torch.Tensor], graph: List[torch.Tensor]) -> torch.Tensor:
+    return produce_conv(problem_from_key(key), spec_from_str(spec), scatter, tensors, graph, n_in, n_out,
+                        out_dtype=out_dtype)
+
+
+@triton_op("tritp::conv_produce_triton", mutates_args=())
+def conv_produce_triton_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
+                           tensors: List[torch.Tensor], graph: List[torch.Tensor]) -> torch.Tensor:
+    return produce_conv(problem_from_key(key), spec_from_str(spec), scatter, tensors, graph, n_in, n_out,
+                        out_dtype=out_dtype, wrap=wrap_triton)
+
+
+def _fake(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph):
+    shape = target_shape(problem_from_key(key), spec_from_str(spec).target, graph[0].shape[0], n_in, n_out)
+    return tensors[0].new_empty(shape, dtype=out_dtype)
+
+
+def _setup(ctx, inputs, output):
+    key, spec, scatter, n_in, n_out, _, tensors, graph = inputs
+    ctx.args = (key, spec, scatter, n_in, n_out)
+    ctx.n_tensors = len(tensors)
+    ctx.save_for_backward(*tensors, *graph)
+
+
+def _make_backward(op):
+    def backward(ctx, grad):
+        key, spec_s, scatter, n_in, n_out = ctx.args
+        saved = ctx.saved_tensors
+        tensors, graph = saved[:ctx.n_tensors], list(saved[ctx.n_tensors:])
+        args = tensors + (grad,)
+        spec = spec_from_str(spec_s)
+        needs = ctx.needs_input_grad[6]
+        grads = []
+        for i, t in enumerate(tensors):
+            if not needs[i]:
+                grads.append(None)
+                continue
+            dspec, kept = compact(spec.derivative(i))
+            if not dspec.terms:  # e.g. a weightless problem's weight tangent
+                grads.append(torch.zeros_like(t))
+                continue
+            grads.append(op(key, dspec.to_str(), scatter, n_in, n_out, t.dtype, [args[k] for k in kept], graph))
+        return None, None, None, None, None, None, grads, [None] * len(graph)
+
+    return backward
+
+
+for _op in (conv_produce_op, conv_produce_triton_op):
+    _op.register_fake(_fake)
+    _op.register_autograd(_make_backward(_op), setup_context=_setup)
+
+
+def run(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype, tensors: list,
+        graph: list) -> torch.Tensor:
+    """Dispatch to the op Inductor can see on CUDA, and to the opaque op elsewhere."""
+    if tensors[0].device.type == "cuda":
+        return conv_produce_triton_op(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph)
+    return conv_produce_op(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph)
