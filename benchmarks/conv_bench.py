@@ -1,0 +1,280 @@
+"""Fused equivariant graph convolution: tritp (atomic, deterministic, unfused) side by side
+with OpenEquivariance's TensorProductConv and cuEquivariance's indexed tensor product.
+
+Problem: mace-large (design notes §7): ``128x0e+128x1o+128x2e`` x ``0e+1o+2e+3o``, channelwise
+(uvu), outputs filtered to ``0e+1o+2e+3o``, per-edge weights. Graphs, built here:
+
+* ``diamond``: carbon diamond cubic (a = 3.567 A, 8 atoms per cell), ``--cells``^3 unit cells
+  (default 5: 1000 atoms), **periodic** (minimum image; needs the box >= 2 x cutoff), every
+  ordered pair closer than ``--cutoff`` (default 6 A) is an edge: 158 neighbours per atom,
+  158,000 edges at the defaults;
+* ``random``: ``--random-nodes`` nodes (default 2500), each receiving 64 edges from distinct
+  random other nodes (160,000 edges).
+
+Edges are sorted by (dst, src) -- the order OpenEquivariance's deterministic kernel requires --
+and every variant gets the same arrays. Inputs are random normal. Directions: ``fwd``;
+``fwdbwd`` (forward + gradients of node features, edge attributes and weights); ``dbl``
+(forward, first gradients with ``create_graph``, then the gradient of a random linear function
+of them: the forces-training pattern). Variants: ``tritp-atomic``, ``tritp-det`` (graph helper
+built once, outside the timing), ``tritp-unfused`` (gather -> tritp.compile layer ->
+index_add), ``oeq-atomic``, ``oeq-det``, ``cueq`` (``ChannelWiseTensorProduct`` with
+``indices_1``/``indices_out``; its own path and weight order, so its values are not compared).
+Per variant: median ms (``triton.testing.do_bench`` on a GPU), peak memory above the inputs
+(``torch.cuda.max_memory_allocated``), whether a second run is bit-identical and, for the tritp
+and OEQ variants, the max error relative to the unfused tritp result. It reports, never asserts; results go to
+``benchmarks/results/<date>-<gpu>-conv.json`` (GPU name, versions, date, command).
+
+Run::
+
+    python benchmarks/conv_bench.py                      # GPU: both graphs, fp32 + fp64
+    python benchmarks/conv_bench.py --graphs diamond --dtypes float32 --directions fwd
+    python benchmarks/conv_bench.py --quick               # CPU, Triton interpreter, tiny graph
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ("tritp-atomic", "tritp-det", "tritp-unfused", "oeq-atomic", "oeq-det", "cueq")
+DIRECTIONS = ("fwd", "fwdbwd", "dbl")
+MACE_LARGE = ("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
+QUICK = ("4x0e+4x1o", "0e+1o", "0e+1o")
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--graphs", nargs="+", default=["diamond", "random"], choices=["diamond", "random"])
+    p.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "float64"],
+                   help="default: float32 float64 (--quick: float32)")
+    p.add_argument("--directions", nargs="+", default=list(DIRECTIONS), choices=DIRECTIONS)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--cells", type=int, default=5, help="diamond unit cells per side")
+    p.add_argument("--cutoff", type=float, default=6.0, help="diamond cutoff radius, Angstrom")
+    p.add_argument("--random-nodes", type=int, default=2500)
+    p.add_argument("--degree", type=int, default=64, help="in-degree of the random graph")
+    p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results on a GPU)")
+    p.add_argument("--quick", action="store_true", help="CPU smoke run: interpreter, tiny problem and graphs")
+    return p.parse_args(argv)
+
+
+def diamond_graph(torch, cells: int, cutoff: float, a: float = 3.567):
+    fcc = torch.tensor([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]], dtype=torch.float64)
+    basis = torch.cat([fcc, fcc + 0.25])
+    grid = torch.stack(torch.meshgrid(*[torch.arange(cells)] * 3, indexing="ij"), -1).reshape(-1, 3).double()
+    pos = ((grid[:, None] + basis[None]) * a).reshape(-1, 3)
+    box = cells * a
+    if box < 2 * cutoff:
+        print(f"warning: box {box:.2f} A < 2 x cutoff: minimum image misses periodic copies", file=sys.stderr)
+    d = pos[None] - pos[:, None]  # d[i, j] = pos[j] - pos[i]
+    d -= box * torch.round(d / box)
+    r = d.norm(dim=-1)
+    dst, src = ((r < cutoff) & (r > 0)).nonzero(as_tuple=True)  # row-major: sorted by (dst, src)
+    return src, dst, pos.shape[0]
+
+
+def random_graph(torch, n: int, degree: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    src = torch.argsort(torch.rand(n, n - 1, generator=g), dim=1)[:, :degree]
+    src = torch.sort(src, dim=1).values
+    dst = torch.arange(n).repeat_interleave(degree)
+    src = src.reshape(-1)
+    src = src + (src >= dst).long()  # skip self loops
+    return src, dst, n
+
+
+def build(variant, torch, problem, dtype, device, src, dst, n):
+    """``fn(x, ea, w) -> out [n, dim_out]`` for one variant; raises if it cannot run here."""
+    import tritp.conv_module as cm
+
+    if variant.startswith("tritp"):
+        scatter = "deterministic" if variant == "tritp-det" else "atomic"
+        conv = cm.TensorProductConv(problem, scatter=scatter, check_indices=False, backend="triton")
+        if variant == "tritp-unfused":
+            return lambda x, ea, w: conv.unfused(x, ea, w, src, dst, n, backend="triton")
+        graph = cm.conv_graph(src, dst, n) if scatter == "deterministic" else None
+        return lambda x, ea, w: conv(x, ea, w, src, dst, n, graph=graph)
+    if variant.startswith("oeq"):
+        import numpy as np
+        import openequivariance as oeq
+
+        npdt = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+        tpp = oeq.TPProblem(str(problem.irreps_in1), str(problem.irreps_in2), str(problem.irreps_out),
+                            [(i.i_in1, i.i_in2, i.i_out, i.mode, i.has_weight) for i in problem.instructions],
+                            shared_weights=False, internal_weights=False, irrep_dtype=npdt, weight_dtype=npdt)
+        det = variant == "oeq-det"
+        conv = oeq.TensorProductConv(tpp, torch_op=True, deterministic=det)
+        rows, cols = dst.long(), src.long()  # OEQ: receiver rows, sender cols; edges sorted by row
+        if det:
+            sender_perm = torch.argsort(cols * n + rows)
+            return lambda x, ea, w: conv.forward(x, ea, w, rows, cols, sender_perm)
+        return lambda x, ea, w: conv.forward(x, ea, w, rows, cols)
+    import cuequivariance as cue
+    import cuequivariance_torch as cuet
+
+    keep = [ir for _, ir in cue.Irreps("O3", "+".join(sorted({str(ir) for _, ir in problem.irreps_out})))]
+    tp = cuet.ChannelWiseTensorProduct(cue.Irreps("O3", str(problem.irreps_in1)), cue.Irreps("O3", str(problem.irreps_in2)),
+                                       keep, layout=cue.mul_ir, shared_weights=False, internal_weights=False,
+                                       device=device, dtype=dtype, math_dtype=dtype)
+    if tp.weight_numel != problem.weight_numel:
+        raise ValueError(f"cuEquivariance built {tp.weight_numel} weights, tritp {problem.weight_numel}")
+    return lambda x, ea, w: tp(x, ea, w, indices_1=src, indices_out=dst, size_out=n)
+
+
+def directional(torch, fn, direction, x, ea, w):
+    gen = torch.Generator(device=x.device).manual_seed(1)
+    go = None
+
+    def run():
+        nonlocal go
+        if direction == "fwd":  # inference: nothing saved for backward
+            with torch.no_grad():
+                return fn(x, ea, w)
+        y = fn(x, ea, w)
+        if go is None:
+            go = torch.randn(y.shape, generator=gen, device=y.device, dtype=y.dtype)
+        g = torch.autograd.grad(y, (x, ea, w), go, create_graph=direction == "dbl")
+        if direction == "fwdbwd":
+            return g
+        s = sum((gi * gi.detach().flip(0)).sum() for gi in g)  # a fixed linear function of the grads
+        return torch.autograd.grad(s, (x, ea, w))
+
+    return run
+
+
+def timer(torch, fn, device, quick):
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, warmup=25, rep=100, return_mode="median")
+    ts = []
+    for _ in range(1 if quick else 3):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+
+def peak_mb(torch, fn, device):
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def max_rel(torch, a, b):
+    a, b = (a if isinstance(a, (tuple, list)) else [a]), (b if isinstance(b, (tuple, list)) else [b])
+    return max(((u.double() - v.double()).abs().max() / v.double().abs().max().clamp_min(1e-300)).item()
+               for u, v in zip(a, b))
+
+
+def versions():
+    out = {"python": platform.python_version()}
+    for mod in ("torch", "triton", "tritp", "openequivariance", "cuequivariance", "cuequivariance_torch"):
+        try:
+            out[mod] = getattr(__import__(mod), "__version__", "?")
+        except Exception as e:  # noqa: BLE001 - record any import failure as the reason
+            out[mod] = f"not importable: {type(e).__name__}: {e}"
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    args.dtypes = args.dtypes or (["float32"] if args.quick else ["float32", "float64"])
+    if args.quick:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from tritp.codegen import Problem
+
+    # the unfused path first: the reference the fused variants' errors are measured against
+    args.variants = sorted(args.variants, key=lambda v: v != "tritp-unfused")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.quick else "cpu")
+    irreps = QUICK if args.quick else MACE_LARGE
+    problem = Problem.channelwise(*irreps, shared_weights=False)
+    graphs = {}
+    if "diamond" in args.graphs:
+        graphs["diamond"] = diamond_graph(torch, 1 if args.quick else args.cells, 1.7 if args.quick else args.cutoff)
+    if "random" in args.graphs:
+        graphs["random"] = random_graph(torch, 12 if args.quick else args.random_nodes, 3 if args.quick else args.degree)
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or 'unknown'})"
+    report = {"gpu": gpu, "device": str(device), "versions": versions(), "date": datetime.datetime.now().isoformat(),
+              "command": " ".join([sys.executable] + sys.argv), "problem": problem.key, "interpreter": args.quick,
+              "graphs": {}, "results": []}
+    print(f"# {gpu}; problem {' x '.join(irreps)} (channelwise, per-edge weights)")
+    for gname, (src, dst, n) in graphs.items():
+        src, dst = src.to(device), dst.to(device)
+        E = src.shape[0]
+        report["graphs"][gname] = {"nodes": n, "edges": E, "periodic": gname == "diamond"}
+        print(f"\n## graph {gname}: {n} nodes, {E} edges ({E / n:.1f} per node)")
+        for dname in args.dtypes:
+            dtype = getattr(torch, dname)
+            g = torch.Generator(device=device).manual_seed(0)
+            x = torch.randn(n, problem.irreps_in1.dim, generator=g, device=device, dtype=dtype, requires_grad=True)
+            ea = torch.randn(E, problem.irreps_in2.dim, generator=g, device=device, dtype=dtype, requires_grad=True)
+            w = torch.randn(E, problem.weight_numel, generator=g, device=device, dtype=dtype, requires_grad=True)
+            fns, refs = {}, {}
+            for v in args.variants:
+                try:
+                    fns[v] = build(v, torch, problem, dtype, device, src, dst, n)
+                except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
+                    fns[v] = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+            for direction in args.directions:
+                print(f"{dname:8s} {direction:7s}", end="", flush=True)
+                for v in args.variants:
+                    row = {"graph": gname, "dtype": dname, "direction": direction, "variant": v}
+                    fn = fns[v]
+                    if isinstance(fn, str):
+                        row["status"] = fn
+                    else:
+                        try:
+                            run = directional(torch, fn, direction, x, ea, w)
+                            res = run()
+                            if v == "tritp-unfused":
+                                refs[direction] = res
+                            elif direction in refs and v != "cueq":
+                                row["max_rel_err_vs_unfused"] = max_rel(torch, res, refs[direction])
+                            again = run()  # determinism: is a second run bit-identical?
+                            row["bit_identical_rerun"] = all(torch.equal(a, b) for a, b in zip(
+                                res if isinstance(res, tuple) else [res], again if isinstance(again, tuple) else [again]))
+                            row["peak_extra_mb"] = peak_mb(torch, run, device)
+                            row["ms"] = timer(torch, run, device, args.quick)
+                            row["status"] = "ok"
+                        except Exception as e:  # noqa: BLE001
+                            row["status"] = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+                    report["results"].append(row)
+                    cell = f"{row['ms']:.3f} ms" if "ms" in row else "n/a"
+                    if row.get("peak_extra_mb") is not None:
+                        cell += f" {row['peak_extra_mb']:.0f} MB"
+                    print(f" | {v} {cell}", end="", flush=True)
+                print()
+    notes = {}
+    for row in report["results"]:
+        if row["status"] != "ok":
+            notes.setdefault((row["variant"], row["status"]), []).append(f"{row['graph']}/{row['dtype']}/{row['direction']}")
+    for (variant, status), where in notes.items():
+        print(f"note: {variant}: {status} ({len(where)} cases, first {where[0]})")
+    out = args.out or (ROOT / "benchmarks" / "results" if device.type == "cuda" else Path("/tmp/tritp-bench"))
+    out.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in gpu.lower()).strip("-")[:40]
+    path = out / f"{datetime.date.today().isoformat()}-{slug}-conv.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
