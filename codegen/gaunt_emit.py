@@ -33,6 +33,7 @@ from .writer import SourceWriter
 
 KERNEL_NAME = "gaunt_producer"
 DOT_MIN = 16
+TABLE_ALIGN = 64  # the largest BLOCK_P
 
 
 def _p2(n: int) -> int:
@@ -49,7 +50,9 @@ def default_block_p(problem: GauntProblem) -> int:
     return min(64, max(DOT_MIN, _p2(nb * na)))
 
 
-def padded_points(problem: GauntProblem, block_p: int) -> int:
+def padded_points(problem: GauntProblem, block_p: int = TABLE_ALIGN) -> int:
+    """Points rounded up to ``block_p``; the tables' row length is this at ``TABLE_ALIGN``, so
+    one table serves every ``block_p`` that divides it (zero columns add nothing)."""
     nb, na = problem.grid_size
     return -(-nb * na // block_p) * block_p
 
@@ -76,7 +79,7 @@ def role_index(problem: GauntProblem, role: str) -> np.ndarray:
     return out
 
 
-def role_table(problem: GauntProblem, role: str, block_p: int) -> np.ndarray:
+def role_table(problem: GauntProblem, role: str) -> np.ndarray:
     """float64 ``[K_pad, P_pad]`` table of ``role`` (see the module docstring); the output's
     carries the normalization factor. Rows of degrees no path uses are zero, so outputs that
     only odd-sum paths reach are exactly zero."""
@@ -94,7 +97,7 @@ def role_table(problem: GauntProblem, role: str, block_p: int) -> np.ndarray:
         raise ValueError(f"implementation {problem.implementation!r} has no point tables")
     active = problem.active(role)
     keep = np.repeat([l in active for l in ls], [2 * l + 1 for l in ls])
-    out = np.zeros((kp, padded_points(problem, block_p)))
+    out = np.zeros((kp, padded_points(problem)))
     out[: t.shape[0], : t.shape[1]] = t * keep[:, None]
     return out
 
@@ -103,7 +106,8 @@ class _Emitter:
     def __init__(self, problem: GauntProblem, spec: str, dtype: str, block_p: int):
         self.p, self.dtype, self.block_p = problem, dtype, block_p
         self.target, self.sources = parse_spec(spec)
-        self.pp = padded_points(problem, block_p)
+        self.pp = padded_points(problem, block_p)  # loop bound
+        self.stride = padded_points(problem)  # table row length
         self.w = SourceWriter()
         prec = problem.precision if dtype == "float32" else None
         self.dot_kw = f", input_precision=\"{prec}\"" if prec else ""
@@ -151,11 +155,11 @@ class _Emitter:
                     ch, _ = self.chunks(role)
                     w(f"f{name} = tl.zeros([BLOCK_R, {self.block_p}], DT)")
                     for j, k0, cw, _ in ch:
-                        tab = f"tl.load(t{name} + ({k0} + k{cw})[:, None] * {self.pp} + pp[None, :])"
+                        tab = f"tl.load(t{name} + ({k0} + k{cw})[:, None] * {self.stride} + pp[None, :])"
                         w(f"f{name} = {self.dot(x[name][j], tab, f'f{name}')}")
                 w("h = fa * fb")
                 for j, k0, cw, _ in tchunks:
-                    tab = f"tl.load(tt + ({k0} + k{cw})[None, :] * {self.pp} + pp[:, None])"
+                    tab = f"tl.load(tt + ({k0} + k{cw})[None, :] * {self.stride} + pp[:, None])"
                     w(f"acc{j} = {self.dot('h', tab, f'acc{j}')}")
             self.store(tchunks, tkp)
         return w.text()
@@ -197,6 +201,6 @@ def emit_gemm_producer(problem: GauntProblem, spec: str, dtype: str = "float32",
     if problem.implementation not in ("grid", "fft"):
         raise ValueError(f"emit_gemm_producer handles grid and fft, not {problem.implementation!r}")
     block_p = block_p or default_block_p(problem)
-    if block_p < DOT_MIN or block_p & (block_p - 1):
-        raise ValueError(f"block_p must be a power of two >= {DOT_MIN}, got {block_p}")
+    if block_p < DOT_MIN or block_p > TABLE_ALIGN or block_p & (block_p - 1):
+        raise ValueError(f"block_p must be a power of two in {DOT_MIN}..{TABLE_ALIGN}, got {block_p}")
     return _Emitter(problem, spec, dtype, block_p).emit()

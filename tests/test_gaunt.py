@@ -120,6 +120,14 @@ def test_compile_spelling_batch_broadcast_and_auto():
     assert rel(y, gaunt_reference(gp.problem, x1, x2)) < 1e-12
 
 
+def test_module_dtype_casts_keep_the_tables_exact():
+    gp = compile_gaunt("2x0e+2x1o+2x2e", "0e+1o", implementation="fft", backend="triton").float()
+    x1, x2 = inputs(gp)
+    assert rel(gp(x1, x2), gaunt_reference(gp.problem, x1, x2)) < 1e-10  # fp64 tables survived .float()
+    gp.double()
+    assert gp._t32_out.dtype == torch.float32 and gp._t64_out.dtype == F64 and gp._idx_out.dtype == torch.int32
+
+
 def test_bad_input_raises_clear_errors():
     with pytest.raises(GauntError, match="implementation='fast'"):
         tritp.compile("4x0e", "0e", mode="gaunt", implementation="fast")

@@ -118,7 +118,7 @@ def test_opcheck(impl):
     gp = compile_gaunt("2x0e+2x1o", "0e+1o", lmax_out=2, implementation=impl)
     x1 = torch.randn(3, gp.irreps_in1.dim, dtype=F64, requires_grad=True)
     x2 = torch.randn(3, gp.irreps_in2.dim, dtype=F64, requires_grad=True)
-    torch.library.opcheck(torch.ops.tritp.gaunt.default, (gp.key, FORWARD, 3, F64, [x1, x2]))
+    torch.library.opcheck(torch.ops.tritp.gaunt.default, (gp.key, FORWARD, 3, F64, [x1, x2] + gp._tables(F64)))
 
 
 def test_torch_compile_fullgraph_forward_backward():

@@ -30,11 +30,14 @@ import torch
 
 from . import gaunt_ops
 from .codegen.gaunt_problem import FORWARD, IMPLEMENTATIONS, ROLES, GauntError, GauntProblem, size_rule
+from .gaunt_kernels import role_tensors
 from .gaunt_reference import gaunt_reference
 from .kernels import interpreter_active
 from .module import BACKENDS, _rows, warn_once
 
 WEIGHT_ROLES = {"in1": "x1", "in2": "x2", "out": "out"}
+_TABLE_ORDER = {f"_{tag}_{r}": (3 if tag == "idx" else 0) + i
+                for tag in ("t32", "t64", "idx") for i, r in enumerate(ROLES)}
 
 
 def default_precision() -> str:
@@ -112,6 +115,17 @@ class GauntProduct(torch.nn.Module):
             self.register_buffer(f"_xidx_{name}", x_idx if expand else None, persistent=False)
         self.kernel_problem = kernel
         self.key = kernel.key
+        # grid/fft tables ride along as op arguments: fp32 and fp64 copies, so that neither a
+        # cast per call nor module.float() can cost the fp64 path its exactness (see _apply)
+        self._table_names = ()
+        if kernel.implementation in ("grid", "fft"):
+            t64 = role_tensors(kernel, torch.float64, "cpu")
+            names = []
+            for tag, ts in (("t32", [t.float() for t in t64[:3]]), ("t64", t64[:3]), ("idx", t64[3:])):
+                for role, t in zip(ROLES, ts):
+                    self.register_buffer(f"_{tag}_{role}", t, persistent=False)
+                    names.append(f"_{tag}_{role}")
+            self._table_names = tuple(names)
 
     def extra_repr(self) -> str:
         return (f"{self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out} | {self.implementation} | "
@@ -120,6 +134,23 @@ class GauntProduct(torch.nn.Module):
     def flops(self, implementation: str = None) -> int:
         """Forward FLOPs per (sample, channel); see :meth:`GauntProblem.flops`."""
         return self.kernel_problem.flops(implementation)
+
+    def _apply(self, fn, recurse=True):
+        # tables follow the module's device but keep their dtypes (module.double() must not
+        # round-trip the fp32 copy, module.float() must not round the fp64 one)
+        dtypes = {n: getattr(self, n).dtype for n in self._table_names}
+        super()._apply(fn, recurse)
+        for n, dt in dtypes.items():
+            t = getattr(self, n)
+            if t.dtype != dt:
+                setattr(self, n, role_tensors(self.kernel_problem, torch.float64, t.device)[_TABLE_ORDER[n]].to(dt))
+        return self
+
+    def _tables(self, dtype) -> list:
+        if not self._table_names:
+            return []
+        tag = "_t64_" if dtype == torch.float64 else "_t32_"
+        return [getattr(self, tag + r) for r in ROLES] + [getattr(self, "_idx_" + r) for r in ROLES]
 
     def _check(self, x1, x2):
         for name, x, d, irr in (("x1", x1, self._dims[0], self.irreps_in1), ("x2", x2, self._dims[1], self.irreps_in2)):
@@ -165,7 +196,7 @@ class GauntProduct(torch.nn.Module):
             bshape = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
             Z = math.prod(bshape)
             args = [_rows(x1, bshape, d1, Z), _rows(x2, bshape, d2, Z)]
-            y = gaunt_ops.run(self.key, FORWARD, Z, x1.dtype, args).reshape(*bshape, do)
+            y = gaunt_ops.run(self.key, FORWARD, Z, x1.dtype, args + self._tables(x1.dtype)).reshape(*bshape, do)
         return self._scale("out", y)
 
 

@@ -4,8 +4,8 @@ fused GEMM kernel of :mod:`tritp.codegen.gaunt_emit`.
 A producer is named by a spec ``"target:role_a,role_b"`` (:mod:`tritp.codegen.gaunt_problem`):
 the forward is ``"out:x1,x2"``, the gradient for ``x1`` is ``"x1:x2,out"`` with the output's
 cotangent in role ``out``, and so on to any order (the product is trilinear). Sources are
-cached by content hash like the CG kernels (:mod:`tritp.kernels`); the float64 tables are
-built once per process and problem, then copied once per device and dtype.
+cached by content hash like the CG kernels (:mod:`tritp.kernels`). The grid and fft tables are
+tensor arguments of the op (the module's buffers), never created inside it.
 
 Example:
     >>> import torch
@@ -32,7 +32,6 @@ from .kernels import INT32_LIMIT, acc_dtype, interpreter_active, produce, triton
 
 GENERATOR_FILES = ("gaunt_emit.py", "gaunt_problem.py", "gaunt_tables.py", "writer.py")
 _kernels: dict = {}
-_tables: dict = {}
 
 
 @lru_cache(maxsize=None)
@@ -68,14 +67,12 @@ def get_gemm_kernel(problem: GauntProblem, spec: str, dtype: str, block_p: int):
     return k
 
 
-def tables(problem: GauntProblem, role: str, block_p: int, dtype: torch.dtype, device) -> tuple:
-    """``(table, index)`` tensors of ``role`` on ``device``."""
-    key = (problem.key, role, block_p, dtype, str(device))
-    t = _tables.get(key)
-    if t is None:
-        t = _tables[key] = (torch.from_numpy(role_table(problem, role, block_p)).to(device=device, dtype=dtype),
-                            torch.from_numpy(role_index(problem, role)).reshape(-1).to(device))
-    return t
+def role_tensors(problem: GauntProblem, dtype: torch.dtype, device) -> list:
+    """The six table tensors the grid and fft kernels read, in the order the ops carry them:
+    ``[T_x1, T_x2, T_out]`` (``dtype``) then ``[I_x1, I_x2, I_out]`` (int32), see
+    :func:`~tritp.codegen.gaunt_emit.role_table` and :func:`~tritp.codegen.gaunt_emit.role_index`."""
+    ts = [torch.from_numpy(role_table(problem, r)).to(device=device, dtype=dtype) for r in ROLES]
+    return ts + [torch.from_numpy(role_index(problem, r).reshape(-1)).to(device) for r in ROLES]
 
 
 def cg_spec(spec: str) -> ProducerSpec:
@@ -87,12 +84,14 @@ def cg_spec(spec: str) -> ProducerSpec:
     return ProducerSpec(target, roles, (tuple(term),))
 
 
-def block_rows(n_rows: int) -> int:
-    """Rows per program: one program per 256 rows under the interpreter (its cost is per
-    program), 32 on a GPU (the heuristic until the autotuner covers these kernels)."""
+def launch_shape(problem: GauntProblem, n_rows: int) -> tuple:
+    """``(BLOCK_R, num_warps)``. Interpreter: up to 256 rows per program (its cost is per
+    program). GPU heuristic until the autotuner covers these kernels: 64 rows, 8 warps when the
+    operand and accumulator tiles are wide (K > 64 in total), else 4."""
     if interpreter_active():
-        return max(16, min(256, 1 << max(0, (n_rows - 1).bit_length())))
-    return 32
+        return max(16, min(256, 1 << max(0, (n_rows - 1).bit_length()))), 1
+    k = sum(sum(2 * l + 1 for l in problem.degrees(r)) for r in ROLES)
+    return 64, 8 if k > 64 else 4
 
 
 def target_dim(problem: GauntProblem, role: str) -> int:
@@ -100,42 +99,46 @@ def target_dim(problem: GauntProblem, role: str) -> int:
 
 
 def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtype=None, wrap=None) -> torch.Tensor:
-    """Run producer ``spec`` on ``[Z or 1, dim]`` tensors (a one-row tensor is broadcast over
-    the batch); returns ``[Z, dim_target]``. ``wrap`` is ``wrap_triton`` inside a ``triton_op``."""
+    """Run producer ``spec`` on ``tensors = [a, b]`` or ``[a, b, *role_tensors]`` (``[Z or 1,
+    dim]`` operands; a one-row operand is broadcast over the batch); returns ``[Z, dim_target]``.
+    Grid and fft need the tables: built here when not given (eager use only: the module passes
+    its buffers, so nothing is created while torch traces the op). ``wrap`` is ``wrap_triton``."""
     target, roles = parse_spec(spec)
+    a, b = tensors[0], tensors[1]
     if out_dtype is None:
-        out_dtype = torch.promote_types(tensors[0].dtype, tensors[1].dtype)
-    device = tensors[0].device
+        out_dtype = torch.promote_types(a.dtype, b.dtype)
+    device = a.device
     dim = target_dim(problem, target)
     if Z == 0 or not problem.paths:
         return torch.zeros((Z, dim), dtype=out_dtype, device=device)
     if problem.implementation == "sparse":
-        return produce(problem.cg_problem(), cg_spec(spec), tensors, Z, out_dtype=out_dtype, wrap=wrap)
-    acc = acc_dtype(tensors)
-    dname = "float64" if acc == torch.float64 else "float32"
-    block_p = default_block_p(problem)
+        return produce(problem.cg_problem(), cg_spec(spec), [a, b], Z, out_dtype=out_dtype, wrap=wrap)
+    acc = acc_dtype([a, b])
+    tabs = list(tensors[2:]) or role_tensors(problem, acc, device)
+    pick = [ROLES.index(r) for r in roles + (target,)]
+    t = [tabs[i] if tabs[i].dtype == acc else tabs[i].to(acc) for i in pick]
+    idx = [tabs[3 + i] for i in pick]
     args, strides = [], []
-    for t in tensors:
-        if t.stride(-1) != 1:
-            t = t.contiguous()
-        strides.append(t.stride(0) if t.shape[0] != 1 else 0)
-        args.append(t)
+    for x in (a, b):
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        strides.append(x.stride(0) if x.shape[0] != 1 else 0)
+        args.append(x)
     C = problem.channels
     R = Z * C
     bcast = problem.mul(target) == 1 and C > 1
     g = torch.empty((R if bcast else Z, dim), dtype=acc if bcast else out_dtype, device=device)
-    tabs = [tables(problem, r, block_p, acc, device) for r in roles + (target,)]
-    big = max([R * dim, Z * max(strides)] + [t.numel() for t in args]) >= INT32_LIMIT
-    block_r = block_rows(R)
-    kernel = get_gemm_kernel(problem, spec, dname, block_p)
+    big = max([R * dim, Z * max(strides)] + [x.numel() for x in args]) >= INT32_LIMIT
+    block_r, warps = launch_shape(problem, R)
+    kernel = get_gemm_kernel(problem, spec, "float64" if acc == torch.float64 else "float32",
+                             default_block_p(problem))
     if wrap is not None:
         kernel = wrap(kernel)
-    kernel[(triton_cdiv(R, block_r),)](args[0], args[1], g, tabs[0][0], tabs[1][0], tabs[2][0], tabs[0][1],
-                                       tabs[1][1], tabs[2][1], strides[0], strides[1], dim, R, IDX64=big,
-                                       BLOCK_R=block_r, num_warps=4)
+    kernel[(triton_cdiv(R, block_r),)](args[0], args[1], g, *t, *idx, strides[0], strides[1], dim, R, IDX64=big,
+                                       BLOCK_R=block_r, num_warps=warps)
     if bcast:  # the kernel wrote one row per (sample, channel): sum the channels here
         return g.view(Z, C, dim).sum(1).to(out_dtype)
     return g
 
 
-__all__ = ["gaunt_produce", "get_gemm_kernel", "tables", "cg_spec", "target_dim", "ROLES"]
+__all__ = ["gaunt_produce", "get_gemm_kernel", "role_tensors", "cg_spec", "target_dim", "launch_shape"]

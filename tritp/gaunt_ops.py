@@ -3,7 +3,9 @@ implementation and derivative.
 
 ``tritp::gaunt(str key, str spec, SymInt Z, ScalarType out_dtype, Tensor[] tensors)`` runs the
 Gaunt producer ``spec`` (``"target:role_a,role_b"``) of the problem whose canonical key is
-``key`` (:class:`~tritp.codegen.gaunt_problem.GauntProblem`; the key names the implementation).
+``key`` (:class:`~tritp.codegen.gaunt_problem.GauntProblem`; the key names the implementation)
+on ``tensors = [a, b]`` (sparse) or ``[a, b, *tables]`` (grid and fft: the six tensors of
+:func:`~tritp.gaunt_kernels.role_tensors`, constants for autograd).
 Two registrations share the schema:
 
 * ``tritp::gaunt`` -- a ``custom_op``, opaque to Inductor, works everywhere (the interpreter too);
@@ -64,17 +66,16 @@ def _setup(ctx, inputs, output):
 
 def _make_backward(op):
     def backward(ctx, grad):
-        a, b = ctx.saved_tensors
+        a, b, *tabs = ctx.saved_tensors
         needs = ctx.needs_input_grad[4]
-        grads = []
+        grads = [None] * (2 + len(tabs))  # the tables are constants
         for i, (t, other) in enumerate(((a, b), (b, a))):
             if not needs[i]:
-                grads.append(None)
                 continue
-            r = op(ctx.key, derivative_spec(ctx.spec, i), ctx.Z, t.dtype, [other, grad])
+            r = op(ctx.key, derivative_spec(ctx.spec, i), ctx.Z, t.dtype, [other, grad, *tabs])
             if t.shape[0] == 1 and r.shape[0] != 1:  # a row broadcast over the batch
                 r = r.sum(0, keepdim=True)
-            grads.append(r)
+            grads[i] = r
         return None, None, None, None, grads
 
     return backward
