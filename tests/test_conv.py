@@ -15,7 +15,7 @@ import tritp.kernels
 from tritp.codegen import Problem
 from tritp.codegen.cg_spec import forward_spec
 from tritp.codegen.conv_emit import ConvEmitter, emit_conv_producer
-from tritp.conv_graph import conv_graph
+from tritp.conv_index import conv_graph
 from tritp.conv_module import TensorProductConv, compile_conv
 from tritp.tuning import Config
 
@@ -134,6 +134,18 @@ def test_shared_internal_weights_bipartite_int32(scatter):
     assert rel(y, yr) <= 1e-10
     for a, b in ((x.grad, x2.grad), (ea.grad, ea2.grad), (conv.weight.grad, w2.grad)):
         assert rel(a, b) <= 1e-10
+
+
+def test_non_contiguous_inputs():
+    """Column slices (row stride > width), a transposed view and a strided shared-weight view."""
+    conv = compile_conv("2x0e+1x1o", "0e+1o", "2x0e+1x1o", mode="uvw", internal_weights=False)
+    src, dst = graph(n=4, e=8)
+    x = torch.randn(4, 9, dtype=F64)[:, 2:7]
+    ea = torch.randn(4, 8, dtype=F64).t()
+    w = torch.randn(2 * conv.weight_numel, dtype=F64)[::2]
+    assert not (x.is_contiguous() or ea.is_contiguous() or w.is_contiguous())
+    y = conv(x, ea, w, src, dst, 4)
+    assert rel(y, conv.unfused(x, ea, w, src, dst, 4, backend="reference")) <= 1e-10
 
 
 def test_weightless_problem():

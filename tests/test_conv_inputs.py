@@ -6,7 +6,7 @@ import torch
 
 import tritp.conv_kernels
 import tritp.conv_ops
-from tritp.conv_graph import ConvGraph, conv_graph
+from tritp.conv_index import ConvGraph, conv_graph
 from tritp.conv_module import compile_conv
 
 F64 = torch.float64

@@ -89,7 +89,7 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
     """Run conv producer ``spec``: node-role tensors (``x1``, ``out``) are ``[n_in or n_out,
     dim]``, edge-role tensors ``[E, dim]`` (shared weights ``[numel]``). ``graph`` is
     ``[src, dst]`` (atomic) or :meth:`ConvGraph.tensors` (deterministic). Indices are trusted:
-    validate them first (:func:`tritp.conv_graph.check_ranges`).
+    validate them first (:func:`tritp.conv_index.check_ranges`).
 
     Returns the target: ``[n_in or n_out, dim]`` for node roles, ``[E, dim]`` for edge roles,
     ``[numel]`` for shared weights.
@@ -114,7 +114,7 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
     strides = []
     args = []
     for t in tensors:
-        if t.dim() == 2 and t.stride(-1) != 1:
+        if t.stride(-1) != 1:  # rows may be strided, channels must be contiguous
             t = t.contiguous()
         strides.append(0 if t.dim() == 1 or t.shape[0] == 1 else t.stride(0))
         args.append(t)

@@ -41,7 +41,7 @@ import torch
 from . import conv_ops
 from .codegen import Problem
 from .codegen.cg_spec import forward_spec
-from .conv_graph import ConvGraph, check_index_tensors, conv_graph
+from .conv_index import ConvGraph, check_index_tensors, conv_graph
 from .conv_kernels import SCATTERS
 from .kernels import interpreter_active
 from .module import BACKENDS, TensorProduct, warn_once
@@ -180,7 +180,7 @@ def compile_conv(irreps_in1, irreps_in2, irreps_out=None, instructions=None, *, 
     Example:
         >>> conv = compile_conv("16x0e+16x1o", "0e+1o+2e", "0e+1o", mode="channelwise", scatter="deterministic")
         >>> conv.weight_numel, conv.shared_weights, str(conv.irreps_out)
-        (64, False, '16x0e+16x1o+16x1o+16x0e')
+        (80, False, '16x0e+16x0e+16x1o+16x1o+16x1o')
     """
     from .api import compile as compile_tp
 
