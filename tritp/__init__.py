@@ -23,6 +23,10 @@ _LAZY = {
     "TensorProduct": "module",
     "from_e3nn": "e3nn_compat",
     "reference_tp": "reference",
+    "compile_conv": "conv_module",
+    "TensorProductConv": "conv_module",
+    "conv_graph": "conv_index",
+    "ConvGraph": "conv_index",
 }
 
 __all__ = ["Irrep", "Irreps", "Problem", "Instruction", "ProblemError", "__version__", *_LAZY]
