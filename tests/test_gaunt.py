@@ -59,6 +59,15 @@ def function_values(x, irreps, r):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_inputs_compute_in_fp32(impl):
+    gp = compile_gaunt("2x0e+2x1o", "0e+1o", lmax_out=2, implementation=impl, backend="triton")
+    x1, x2 = inputs(gp)
+    y = gp(x1.bfloat16(), x2.bfloat16())
+    assert y.dtype == torch.bfloat16
+    assert rel(y, gaunt_reference(gp.problem, x1.bfloat16().double(), x2.bfloat16().double())) < 1e-2
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 def test_pointwise_product_of_functions(impl):
     gp = compile_gaunt("2x0e+2x1o+2x2e", "0e+1o", lmax_out=3, implementation=impl, backend="triton")
     x1, x2 = inputs(gp, batch=(1,))

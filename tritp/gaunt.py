@@ -36,6 +36,7 @@ from .kernels import interpreter_active
 from .module import BACKENDS, _rows, warn_once
 
 WEIGHT_ROLES = {"in1": "x1", "in2": "x2", "out": "out"}
+AUTO_BATCH = 10_000  # the batch "auto" asks the autotune cache about (compile time knows none)
 _TABLE_ORDER = {f"_{tag}_{r}": (3 if tag == "idx" else 0) + i
                 for tag in ("t32", "t64", "idx") for i, r in enumerate(ROLES)}
 
@@ -46,14 +47,22 @@ def default_precision() -> str:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
-def choose_implementation(problem: GauntProblem) -> str:
-    """``auto``: a tuned choice if :mod:`tritp.tuning` offers one for Gaunt products, else
-    :func:`~tritp.codegen.gaunt_problem.size_rule`."""
-    from . import tuning
+def choose_implementation(problem: GauntProblem, batch: int = AUTO_BATCH, device=None) -> str:
+    """``auto``: the tuned choice (``Config.impl``) when :mod:`tritp.tuning` has a ``"gaunt"``
+    family registered and an entry for this product, else
+    :func:`~tritp.codegen.gaunt_problem.size_rule`. The entry is looked up for the forward
+    producer, fp32, ``batch`` samples, under the problem at ``implementation="grid"`` and the
+    exact grid (the implementation-neutral name a Gaunt tuner should store its choice under)."""
+    from .tuning import lookup
+    from .tuning.space import families
 
-    lookup = getattr(tuning, "choose_gaunt_implementation", None)
-    choice = lookup(problem) if lookup is not None else None
-    return choice if choice in IMPLEMENTATIONS else size_rule(problem)
+    if "gaunt" in families():
+        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        neutral = problem.replace(implementation="grid", grid=None)
+        found = lookup(neutral, FORWARD, "float32", batch, device, interpreter_active(), family="gaunt")
+        if found is not None and getattr(found[0], "impl", None) in IMPLEMENTATIONS:
+            return found[0].impl
+    return size_rule(problem)
 
 
 def _weight_roles(weights) -> tuple:
