@@ -71,8 +71,9 @@ class ConvEmitter(CGEmitter):
     def kernel_args(self) -> list:
         n = len(self.spec.roles)
         graph = ["ptr", "eid", "nbr"] if self.mode == "segment" else ["src", "dst"]
+        # tok: never read; it makes the launch depend on the index range check (see conv_ops)
         return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)] + ["g", "sg"] + graph
-                + ["Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr"])
+                + ["tok", "Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr"])
 
     def _cast(self, names):
         # int32 arithmetic unless some offset can pass 2**31; index arrays may be int32 or int64
@@ -159,11 +160,11 @@ def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float
                        block_c: int = DEFAULT_BLOCK_C, mode: str = "atomic") -> str:
     """Triton source of the convolution producer ``spec`` for ``problem`` in write ``mode``.
 
-    Kernel signature ``tp_producer(t0.., s0.., g, sg, <graph>, Z, IDX64, BLOCK_Z)``: one pointer
-    and row stride per tensor argument, the target and its row stride, then ``src, dst`` (edge
-    and atomic modes; ``Z`` = number of edges) or ``ptr, eid, nbr`` (segment mode: CSR pointers
-    of the target's endpoint, edge ids in that order, and each edge's other endpoint; ``Z`` =
-    number of target nodes).
+    Kernel signature ``tp_producer(t0.., s0.., g, sg, <graph>, tok, Z, IDX64, BLOCK_Z)``: one
+    pointer and row stride per tensor argument, the target and its row stride, then ``src, dst``
+    (edge and atomic modes; ``Z`` = number of edges) or ``ptr, eid, nbr`` (segment mode: CSR
+    pointers of the target's endpoint, edge ids in that order, and each edge's other endpoint;
+    ``Z`` = number of target nodes), and an unread ``tok`` pointer (a data dependency only).
     """
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f"block_c must be a power of two, got {block_c}")

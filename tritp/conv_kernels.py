@@ -85,11 +85,12 @@ def target_shape(problem: Problem, target: str, num_edges, n_in, n_out) -> tuple
 
 
 def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, graph, n_in: int, n_out: int, *,
-                 out_dtype=None, config=None, wrap=None) -> torch.Tensor:
+                 token=None, out_dtype=None, config=None, wrap=None) -> torch.Tensor:
     """Run conv producer ``spec``: node-role tensors (``x1``, ``out``) are ``[n_in or n_out,
     dim]``, edge-role tensors ``[E, dim]`` (shared weights ``[numel]``). ``graph`` is
     ``[src, dst]`` (atomic) or :meth:`ConvGraph.tensors` (deterministic). Indices are trusted:
-    validate them first (:func:`tritp.conv_index.check_ranges`).
+    validate them first (:func:`tritp.conv_index.check_ranges`). ``token`` (default ``src``) is
+    passed to the kernel unread, so that a compiler keeps whatever produced it before the launch.
 
     Returns the target: ``[n_in or n_out, dim]`` for node roles, ``[E, dim]`` for edge roles,
     ``[numel]`` for shared weights.
@@ -135,7 +136,8 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
     kernel = get_conv_kernel(problem, spec, dtype_name, config.block_c, mode)
     if wrap is not None:
         kernel = wrap(kernel)
-    kernel[(nprog,)](*args, *strides, g, sg, *gargs, nrows, IDX64=big, BLOCK_Z=config.block_z,
+    tok = graph[0] if token is None else token
+    kernel[(nprog,)](*args, *strides, g, sg, *gargs, tok, nrows, IDX64=big, BLOCK_Z=config.block_z,
                      num_warps=config.num_warps, num_stages=config.num_stages)
     if len(shape) == 1:
         return g.sum(0).to(out_dtype)

@@ -4,16 +4,18 @@ and scatter strategy, the same pattern as :mod:`tritp.ops`.
 ``tritp::conv_produce(str key, str spec, str scatter, SymInt n_in, SymInt n_out,
 ScalarType out_dtype, Tensor[] tensors, Tensor[] graph)`` runs conv producer ``spec`` of the
 problem ``key`` (:func:`tritp.conv_kernels.produce_conv`). ``graph`` holds the index tensors:
-``[src, dst]`` (atomic) or :meth:`ConvGraph.tensors` (deterministic), optionally followed by
-the empty *token* of ``tritp::conv_check_indices``, which the launcher ignores. Registrations:
+``[src, dst]`` (atomic) or :meth:`ConvGraph.tensors` (deterministic), followed by a *token*:
+the output of ``tritp::conv_check_indices``, or any tensor (e.g. ``src``) when the range check
+is off. Registrations:
 
 * ``tritp::conv_produce`` -- ``custom_op``: opaque, runs everywhere incl. the interpreter;
 * ``tritp::conv_produce_triton`` -- ``triton_op``: Inductor sees the kernels (CUDA);
 * ``tritp::conv_check_indices(src, dst, n_in, n_out) -> Tensor`` -- the range check. It is a
   separate opaque op so that it also runs, on real tensors, inside a ``torch.compile``-d graph
-  (a data-dependent check in Python would break the graph). It returns an empty tensor that
-  the forward op takes as an input, so the compiler can neither drop the check nor move the
-  kernel before it.
+  (a data-dependent check in Python would break the graph). It returns a one-element token
+  that the producer passes to its kernel as an (unread) argument: a real data dependency, so
+  a compiler can neither drop the check nor launch the kernel before it, even where Inductor
+  looks through the ``triton_op``.
 
 Both producer ops have fake implementations and autograd: a derivative is again a
 ``conv_produce`` of the derived spec with the same graph and strategy, so backward, double
@@ -25,6 +27,7 @@ Example:
     >>> p = tritp.Problem.channelwise("4x0e", "0e", "0e", shared_weights=False)
     >>> ts = [torch.randn(2, 4), torch.randn(3, 1), torch.randn(3, 4)]
     >>> g = [torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1])]
+    >>> g = g + [g[0]]  # no range check: any tensor is the token
     >>> torch.ops.tritp.conv_produce(p.key, forward_spec().to_str(), "atomic", 2, 2, torch.float32,
     ...                              ts, g).shape  # doctest: +SKIP
     torch.Size([2, 4])
@@ -38,7 +41,7 @@ import torch
 from torch.library import custom_op, triton_op, wrap_triton
 
 from .codegen.cg_spec import compact
-from .conv_graph import check_ranges
+from .conv_index import check_ranges
 from .conv_kernels import produce_conv, target_shape
 from .ops import problem_from_key, spec_from_str
 
@@ -46,26 +49,26 @@ from .ops import problem_from_key, spec_from_str
 @custom_op("tritp::conv_check_indices", mutates_args=())
 def check_indices_op(src: torch.Tensor, dst: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
     check_ranges(src, dst, n_in, n_out)
-    return src.new_empty(0)
+    return src.new_zeros(1)  # one element: an empty tensor may have no valid pointer to pass
 
 
 @check_indices_op.register_fake
 def _check_fake(src, dst, n_in, n_out):
-    return src.new_empty(0)
+    return src.new_empty(1)
 
 
 @custom_op("tritp::conv_produce", mutates_args=())
 def conv_produce_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
                     tensors: List[torch.Tensor], graph: List[torch.Tensor]) -> torch.Tensor:
-    return produce_conv(problem_from_key(key), spec_from_str(spec), scatter, tensors, graph, n_in, n_out,
-                        out_dtype=out_dtype)
+    return produce_conv(problem_from_key(key), spec_from_str(spec), scatter, tensors, graph[:-1], n_in, n_out,
+                        token=graph[-1], out_dtype=out_dtype)
 
 
 @triton_op("tritp::conv_produce_triton", mutates_args=())
 def conv_produce_triton_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
                            tensors: List[torch.Tensor], graph: List[torch.Tensor]) -> torch.Tensor:
-    return produce_conv(problem_from_key(key), spec_from_str(spec), scatter, tensors, graph, n_in, n_out,
-                        out_dtype=out_dtype, wrap=wrap_triton)
+    return produce_conv(problem_from_key(key), spec_from_str(spec), scatter, tensors, graph[:-1], n_in, n_out,
+                        token=graph[-1], out_dtype=out_dtype, wrap=wrap_triton)
 
 
 def _fake(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph):
