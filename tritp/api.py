@@ -40,7 +40,7 @@ def compile(irreps_in1, irreps_in2, irreps_out=None, instructions=None, *, mode=
     Example:
         >>> tp = compile("8x0e+8x1o", "8x0e+8x1o", "8x0e+8x1o")  # fully connected, internal weights
         >>> tp.internal_weights, tp.weight_numel
-        (True, 320)
+        (True, 2048)
     """
     if isinstance(instructions, str):
         if mode is not None and mode != instructions:

@@ -43,8 +43,11 @@ _TABLE_ORDER = {f"_{tag}_{r}": (3 if tag == "idx" else 0) + i
 
 def default_precision() -> str:
     """``tl.dot`` precision for fp32 following torch: ``"ieee"`` under the default
-    ``torch.get_float32_matmul_precision() == "highest"``, else ``"tf32"``."""
-    return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+    ``torch.get_float32_matmul_precision() == "highest"``, else ``"tf32"`` (the CG kernels'
+    rule, :func:`tritp.kernels.dot_precision`)."""
+    from .kernels import dot_precision
+
+    return dot_precision()
 
 
 def choose_implementation(problem: GauntProblem, batch: int = AUTO_BATCH, device=None) -> str:
@@ -80,7 +83,7 @@ def _weight_roles(weights) -> tuple:
 def _index(irreps, channels: int, n_deg: int, src_mul: int, src_irreps) -> tuple:
     """Gather indices over the ``channels``-channel layout: ``(weight index c*n_deg + j,
     source index into an input whose multiplicity is src_mul)``."""
-    w_idx, x_idx, off = [], [], 0
+    w_idx, x_idx = [], []
     offs = src_irreps.offsets()
     for j, (_, ir) in enumerate(irreps):
         for c in range(channels):

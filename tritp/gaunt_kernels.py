@@ -17,8 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.gaunt_emit import KERNEL_NAME, default_block_p, emit_gemm_producer, role_index, role_table
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
-from .kernels import INT32_LIMIT, acc_dtype, interpreter_active, produce, triton_cdiv
+from .kernels import INT32_LIMIT, acc_dtype, interpreter_active, load_generated, produce, triton_cdiv
 
 GENERATOR_FILES = ("gaunt_emit.py", "gaunt_problem.py", "gaunt_tables.py", "writer.py")
 _kernels: dict = {}
@@ -42,19 +40,6 @@ def generator_hash() -> str:
     return content_hash(*(p.read_bytes() for p in (root / f for f in GENERATOR_FILES)))
 
 
-def _import(path: Path):
-    # tritp.kernels.get_kernel does this for CG sources only (it is keyed by a CG spec); the same
-    # five lines here until a shared "import generated file" helper exists there.
-    name = f"tritp_gen_{path.stem}"
-    mod = sys.modules.get(name)
-    if mod is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        sys.modules[name] = mod
-    return mod
-
-
 def get_gemm_kernel(problem: GauntProblem, spec: str, dtype: str, block_p: int):
     key = (problem.key, spec, dtype, block_p)
     k = _kernels.get(key)
@@ -63,7 +48,7 @@ def get_gemm_kernel(problem: GauntProblem, spec: str, dtype: str, block_p: int):
         path = cache_dir("kernels") / f"gaunt_{problem.implementation}_{spec.split(':')[0]}_{h}.py"
         if not path.exists():
             atomic_write(path, emit_gemm_producer(problem, spec, dtype, block_p).encode())
-        k = _kernels[key] = getattr(_import(path), KERNEL_NAME)
+        k = _kernels[key] = getattr(load_generated(path), KERNEL_NAME)
     return k
 
 

@@ -66,18 +66,24 @@ def kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int
     return path, src
 
 
+def load_generated(path: Path):
+    """Import a generated source file once per process (Triton reads kernels from real files)."""
+    name = f"tritp_gen_{path.stem}"
+    mod = sys.modules.get(name)
+    if mod is None:
+        s = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(s)
+        s.loader.exec_module(mod)
+        sys.modules[name] = mod
+    return mod
+
+
 def get_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int):
     key = (problem.key, spec, dtype, block_c, dot_precision())
     k = _loaded.get(key)
     if k is None:
         path, _ = kernel_source(problem, spec, dtype, block_c)
-        name = f"tritp_gen_{path.stem}"
-        mod = sys.modules.get(name)
-        if mod is None:
-            s = importlib.util.spec_from_file_location(name, path)
-            mod = importlib.util.module_from_spec(s)
-            s.loader.exec_module(mod)
-            sys.modules[name] = mod
+        mod = load_generated(path)
         k = _loaded[key] = mod.tp_producer
         k.tritp_min_block_z = getattr(mod, "MIN_BLOCK_Z", 1)
     return k
