@@ -121,8 +121,8 @@ def build(variant, torch, problem, dtype, device, src, dst, n):
     import cuequivariance_torch as cuet
 
     keep = [ir for _, ir in cue.Irreps("O3", "+".join(sorted({str(ir) for _, ir in problem.irreps_out})))]
-    tp = cuet.ChannelWiseTensorProduct(cue.Irreps("O3", str(problem.irreps_in1)), cue.Irreps("O3", str(problem.irreps_in2)),
-                                       keep, layout=cue.mul_ir, shared_weights=False, internal_weights=False,
+    in1, in2 = cue.Irreps("O3", str(problem.irreps_in1)), cue.Irreps("O3", str(problem.irreps_in2))
+    tp = cuet.ChannelWiseTensorProduct(in1, in2, keep, layout=cue.mul_ir, shared_weights=False, internal_weights=False,
                                        device=device, dtype=dtype, math_dtype=dtype)
     if tp.weight_numel != problem.weight_numel:
         raise ValueError(f"cuEquivariance built {tp.weight_numel} weights, tritp {problem.weight_numel}")
@@ -209,7 +209,8 @@ def main(argv=None) -> int:
     if "diamond" in args.graphs:
         graphs["diamond"] = diamond_graph(torch, 1 if args.quick else args.cells, 1.7 if args.quick else args.cutoff)
     if "random" in args.graphs:
-        graphs["random"] = random_graph(torch, 12 if args.quick else args.random_nodes, 3 if args.quick else args.degree)
+        n, k = (12, 3) if args.quick else (args.random_nodes, args.degree)
+        graphs["random"] = random_graph(torch, n, k)
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or 'unknown'})"
     report = {"gpu": gpu, "device": str(device), "versions": versions(), "date": datetime.datetime.now().isoformat(),
               "command": " ".join([sys.executable] + sys.argv), "problem": problem.key, "interpreter": args.quick,
@@ -248,8 +249,8 @@ def main(argv=None) -> int:
                             elif direction in refs and v != "cueq":
                                 row["max_rel_err_vs_unfused"] = max_rel(torch, res, refs[direction])
                             again = run()  # determinism: is a second run bit-identical?
-                            row["bit_identical_rerun"] = all(torch.equal(a, b) for a, b in zip(
-                                res if isinstance(res, tuple) else [res], again if isinstance(again, tuple) else [again]))
+                            pairs = zip(*(r if isinstance(r, tuple) else [r] for r in (res, again)))
+                            row["bit_identical_rerun"] = all(torch.equal(a, b) for a, b in pairs)
                             row["peak_extra_mb"] = peak_mb(torch, run, device)
                             row["ms"] = timer(torch, run, device, args.quick)
                             row["status"] = "ok"
@@ -264,7 +265,8 @@ def main(argv=None) -> int:
     notes = {}
     for row in report["results"]:
         if row["status"] != "ok":
-            notes.setdefault((row["variant"], row["status"]), []).append(f"{row['graph']}/{row['dtype']}/{row['direction']}")
+            where = f"{row['graph']}/{row['dtype']}/{row['direction']}"
+            notes.setdefault((row["variant"], row["status"]), []).append(where)
     for (variant, status), where in notes.items():
         print(f"note: {variant}: {status} ({len(where)} cases, first {where[0]})")
     out = args.out or (ROOT / "benchmarks" / "results" if device.type == "cuda" else Path("/tmp/tritp-bench"))

@@ -45,7 +45,8 @@ BAD = [
     ("dst too large", lambda a: a[4].__setitem__(5, 9), IndexError, r"dst\[5\] = 9 is out of range for 4 nodes"),
     ("int node_feats", lambda a: a.__setitem__(0, a[0].long()), TypeError, "node_feats: expected a floating-point"),
     ("dtype mismatch", lambda a: a.__setitem__(1, a[1].float()), TypeError, "edge_attrs: dtype/device"),
-    ("node_feats width", lambda a: a.__setitem__(0, a[0][:, :3]), ValueError, r"node_feats: expected shape \[rows, 5\]"),
+    ("node_feats width", lambda a: a.__setitem__(0, a[0][:, :3]), ValueError,
+     r"node_feats: expected shape \[rows, 5\]"),
 ]
 
 

@@ -54,7 +54,18 @@ class TensorProductConv(torch.nn.Module):
     ``conv(node_feats [n_src, dim1], edge_attrs [E, dim2], edge_weights [E, weight_numel] (or
     [weight_numel] if shared, or None), src [E], dst [E], num_nodes, graph=None)`` returns
     ``[num_nodes, dim_out]``. ``src`` indexes the rows of ``node_feats`` (usually
-    ``n_src == num_nodes``), ``dst`` the output rows.
+    ``n_src == num_nodes``), ``dst`` the output rows. ``graph``: a :func:`tritp.conv_graph` of
+    these same ``src``/``dst`` (only counts are checked), reused by the deterministic strategy;
+    the atomic strategy ignores it.
+
+    Example:
+        >>> import torch, tritp
+        >>> conv = tritp.compile_conv("4x0e", "0e", "0e", mode="channelwise", scatter="deterministic",
+        ...                           backend="reference")
+        >>> src, dst = torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1])
+        >>> g = tritp.conv_graph(src, dst, 2)  # once per graph
+        >>> conv(torch.randn(2, 4), torch.randn(3, 1), torch.randn(3, 4), src, dst, 2, graph=g).shape
+        torch.Size([2, 4])
     """
 
     def __init__(self, problem: Problem, *, scatter: str = "atomic", check_indices: bool = True,
@@ -77,6 +88,7 @@ class TensorProductConv(torch.nn.Module):
             raise ValueError("internal_weights=True needs shared_weights=True (one weight vector for all edges)")
         self._dims = (problem.irreps_in1.dim, problem.irreps_in2.dim, problem.irreps_out.dim)
         self._spec = forward_spec(self.weight_numel > 0).to_str()
+        self._unfused_tp = {}  # backend -> TensorProduct, for unfused() only (never in forward)
         if self.internal_weights:
             self.weight = torch.nn.Parameter(torch.randn(self.weight_numel))
         else:
@@ -90,11 +102,13 @@ class TensorProductConv(torch.nn.Module):
         d1, d2, _ = self._dims
         for name, t, d in (("node_feats", x, d1), ("edge_attrs", ea, d2)):
             if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-                raise TypeError(f"{name}: expected a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+                got = getattr(t, "dtype", type(t).__name__)
+                raise TypeError(f"{name}: expected a floating-point tensor, got {got}")
             if t.dim() != 2 or t.shape[1] != d:
                 raise ValueError(f"{name}: expected shape [rows, {d}], got {list(t.shape)}")
             if t.dtype != x.dtype or t.device != x.device:
-                raise TypeError(f"{name}: dtype/device {t.dtype}/{t.device} differ from node_feats' {x.dtype}/{x.device}")
+                raise TypeError(f"{name}: dtype/device {t.dtype}/{t.device} differ from node_feats' "
+                                f"{x.dtype}/{x.device}")
         check_index_tensors(src, dst, num_nodes)
         E = src.shape[0]
         if ea.shape[0] != E:
@@ -137,7 +151,8 @@ class TensorProductConv(torch.nn.Module):
         return False
 
     def forward(self, node_feats: torch.Tensor, edge_attrs: torch.Tensor, edge_weights: Optional[torch.Tensor],
-                src: torch.Tensor, dst: torch.Tensor, num_nodes: int, graph: Optional[ConvGraph] = None) -> torch.Tensor:
+                src: torch.Tensor, dst: torch.Tensor, num_nodes: int,
+                graph: Optional[ConvGraph] = None) -> torch.Tensor:
         w = self._check(node_feats, edge_attrs, edge_weights, src, dst, num_nodes, graph)
         n_in = node_feats.shape[0]
         if not self._use_triton(node_feats.device):
@@ -164,7 +179,10 @@ class TensorProductConv(torch.nn.Module):
         if backend == "reference":
             y = reference_tp(self.problem, x, edge_attrs, edge_weights)
         else:
-            y = TensorProduct(self.problem, backend=backend)(x, edge_attrs, edge_weights)
+            tp = self._unfused_tp.get(backend)
+            if tp is None:
+                tp = self._unfused_tp[backend] = TensorProduct(self.problem, backend=backend)
+            y = tp(x, edge_attrs, edge_weights)
         out = y.new_zeros(num_nodes, self._dims[2])
         return out.index_add(0, dst.long(), y)
 
