@@ -105,6 +105,8 @@ def reference_tp(problem: Problem, x1: torch.Tensor, x2: torch.Tensor, weight=No
         }[ins.mode]
         if ins.has_weight:
             y = torch.einsum(f"{spec[0]},{wz}{spec[1]}->{spec[2]}", a, b, c, w)
+        elif ins.mode == "uuw":  # no weights: e3nn sums over u into its single output channel
+            y = torch.einsum(f"{spec[0]}->zk", a, b, c)
         else:
             y = torch.einsum(f"{spec[0]}->{spec[2]}", a, b, c)
         outs[ins.i_out].append(ins.coefficient * y.reshape(z, mo * ro.dim))
