@@ -308,8 +308,13 @@ def main(argv=None) -> int:
 
         twin = copy.deepcopy(model).use_e3nn().to(device)
         inputs = (data["species"], data["src"], data["dst"], data["mol"], data["n_mols"])
-        e_t, f_t = energy_and_forces(model, data["pos"].detach().requires_grad_(), *inputs)
-        e_e, f_e = energy_and_forces(twin, data["pos"].detach().requires_grad_(), *inputs)
+        precision = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")  # compare without tf32 (tritp's tl.dot honours this)
+        try:
+            e_t, f_t = energy_and_forces(model, data["pos"].detach().requires_grad_(), *inputs)
+            e_e, f_e = energy_and_forces(twin, data["pos"].detach().requires_grad_(), *inputs)
+        finally:
+            torch.set_float32_matmul_precision(precision)
         de, df = (e_t - e_e).abs().max().item(), (f_t - f_e).abs().max().item()
         print(f"\nsame model with e3nn.o3.TensorProduct (same weights): max |E_tritp - E_e3nn| = {de:.2e}, "
               f"max |F_tritp - F_e3nn| = {df:.2e}")
