@@ -83,6 +83,17 @@ def test_space_rules_prune_what_cannot_win():
     assert w.hash == space_for("cg", wide(), _fwd(wide()), "float32", 40_000).hash != t.hash
 
 
+def test_a_family_registers_its_space_and_source_identity():
+    from tritp.tuning.space import SearchSpace, register_family
+
+    register_family("toy-family", identity=lambda p, s, d: f"toy:{s}:{d}")(
+        lambda p, s, d, b: SearchSpace("toy-family", (Config(impl="grid"), Config(impl="fft"))))
+    key = cache.make_key(tiny(), "spec-a", "float32", 100, "gpu", family="toy-family")
+    assert key["source"] == "toy:spec-a:float32" and key["batch"] == 128 and key["direction"] == "spec-a"
+    with pytest.raises(ValueError, match="unknown kernel family"):
+        space_for("no-such-family", tiny(), "s", "float32", 1)
+
+
 def test_fake_timer_picks_the_predicted_best_and_choose_uses_it():
     p, spec = wide(), _fwd(wide())
     cands = tuner.candidates_for(p, spec, "float32", 256, interpreted=True)

@@ -39,6 +39,12 @@ from .cli_show import FORMS, make_console, problem_from_args
 from .codegen import MODES, Problem
 
 DEFAULT_BATCH, INTERPRET_BATCH = 50_000, 64
+PROBLEMS_HELP = """--problems FILE: a JSON list; each item a preset or irreps with a mode or instructions:
+  [{"preset": "mace-large"},
+   {"name": "layer0", "in1": "128x0e+128x1o", "in2": "0e+1o+2e+3o", "out": "0e+1o+2e",
+    "mode": "channelwise", "batch": 20000},
+   {"in1": "8x0e", "in2": "0e", "out": "8x0e", "instructions": [[0, 0, 0, "uvu", true]],
+    "shared_weights": false}]"""
 NO_GPU = ("tritp: autotune needs a CUDA GPU and none was found (--interpret tunes the Triton "
           "interpreter on CPU, for testing only)")
 
@@ -46,7 +52,8 @@ NO_GPU = ("tritp: autotune needs a CUDA GPU and none was found (--interpret tune
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Attach ``autotune`` to the ``tritp`` parser (the protocol of :mod:`tritp.cli`)."""
     p = subparsers.add_parser("autotune", help="tune kernel launch configurations on this GPU",
-                              description="Tune the kernels of tensor products; write the user cache.")
+                              description="Tune the kernels of tensor products; write the user cache.",
+                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PROBLEMS_HELP)
     p.add_argument("in1", metavar="IN1", nargs="?", help="irreps of input 1")
     p.add_argument("in2", metavar="IN2", nargs="?", help="irreps of input 2")
     p.add_argument("out", metavar="OUT", nargs="?", help="irreps of the output (a filter for channelwise/full)")
@@ -55,7 +62,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     w.add_argument("--shared", dest="shared", action="store_const", const=True, default=None)
     w.add_argument("--per-sample", dest="shared", action="store_const", const=False)
     p.add_argument("--preset", action="append", default=[], metavar="NAME", help="a named problem, or 'all'")
-    p.add_argument("--problems", metavar="FILE", help="JSON list of problems (see tritp autotune --help)")
+    p.add_argument("--problems", metavar="FILE", help="JSON list of problems (format below)")
     p.add_argument("--batch", action="append", default=[], help="batch rows; repeatable or comma list")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--direction", default="fwd,bwd,dbl", help="comma list of fwd, bwd, dbl (default all)")

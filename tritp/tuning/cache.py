@@ -40,7 +40,7 @@ from pathlib import Path
 
 from ..codegen.diskcache import atomic_write, cache_root, content_hash
 from . import Config, _memo
-from .space import p2, space_for
+from .space import identity_for, p2, space_for
 
 SCHEMA = 1
 INTERPRETER_GPU = "cpu-interpreter"
@@ -96,9 +96,10 @@ def source_hash(problem, spec, dtype: str) -> str:
 def make_key(problem, spec, dtype: str, n_rows: int, gpu: str, family: str = "cg") -> dict:
     """The cache key of one kernel launch (see the module docstring)."""
     b = bucket(n_rows)
-    return {"gpu": gpu, "triton": triton_version(), "family": family, "source": source_hash(problem, spec, dtype),
+    ident = identity_for(family) or source_hash
+    return {"gpu": gpu, "triton": triton_version(), "family": family, "source": ident(problem, spec, dtype),
             "space": space_for(family, problem, spec, dtype, b).hash, "dtype": dtype,
-            "direction": spec.to_str(), "batch": b}
+            "direction": spec.to_str() if hasattr(spec, "to_str") else str(spec), "batch": b}
 
 
 def key_hash(key: dict) -> str:

@@ -67,10 +67,15 @@ class SearchSpace:
 
 
 _FAMILIES: dict = {}
+_IDENTITIES: dict = {}
 
 
-def register_family(name: str):
+def register_family(name: str, identity: Callable | None = None):
     """Decorator: register ``fn(problem, spec, dtype, batch) -> SearchSpace`` as family ``name``.
+
+    ``identity(problem, spec, dtype) -> str`` is the family's source identity for the cache
+    key (its generator's hash, the problem, the spec, the dtype: everything the source depends
+    on but the tuned knobs); without it, the sparse-CG generator's identity is used.
 
     Example:
         >>> @register_family("toy")
@@ -81,8 +86,15 @@ def register_family(name: str):
     """
     def deco(fn: Callable) -> Callable:
         _FAMILIES[name] = fn
+        if identity is not None:
+            _IDENTITIES[name] = identity
         return fn
     return deco
+
+
+def identity_for(family: str):
+    """The registered source-identity function of ``family``, or None (sparse CG's)."""
+    return _IDENTITIES.get(family)
 
 
 def families() -> tuple:
