@@ -80,19 +80,16 @@ def test_opcheck_forward_bf16():
 @pytest.mark.parametrize("weights", ["per_sample", "shared"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck_derivative(dtype, weights, label, spec):
-    # BUG (1-D tensors read as contiguous): with shared weights, the "d/dw" specs return a 1-D
-    # [numel] tensor; opcheck back-propagates an expanded (stride-0) cotangent into it, and
-    # tritp.kernels.produce passes 1-D tensors to the kernel without making them contiguous, so
-    # the kernel reads past the storage (garbage / nan gradients in eager). See
-    # test_noncontiguous_shared_weights below for the direct reproducer.
+    # Regression (fixed in f3e8191): with shared weights the "d/dw" specs return a 1-D [numel]
+    # tensor; opcheck back-propagates an expanded (stride-0) cotangent into it, which the kernel
+    # used to read as contiguous (garbage / nan gradients). See test_noncontiguous_shared_weights.
     opcheck(op_args(PROBLEMS[weights], spec, dtype))
 
 
 @pytest.mark.parametrize("make", ["strided", "expanded"])
 def test_noncontiguous_shared_weights(make):
-    # BUG (1-D tensors read as contiguous): a 1-D shared weight vector that is a strided view
-    # (w[::2]) or an expanded scalar gives wrong outputs; kernels.produce only makes 2-D
-    # tensors contiguous.
+    # Regression (fixed in f3e8191): a 1-D shared weight vector that is a strided view (w[::2])
+    # or an expanded scalar gave wrong outputs; kernels.produce only made 2-D tensors contiguous.
     tp = tritp.compile("2x0e+2x1o", "0e+1o", "2x0e+2x1o", internal_weights=False)
     g = torch.Generator().manual_seed(0)
     x1 = torch.randn(Z, tp.irreps_in1.dim, dtype=torch.float64, generator=g)
@@ -250,9 +247,8 @@ def test_autocast_shared_weights_bf16():
 
 
 def test_autocast_fp64_inputs_stay_fp64():
-    # BUG (autocast policy casts float64): the module's comment says its policy is "as for
-    # matmul", but torch's autocast never casts float64 tensors (matmul on fp64 inputs stays
-    # fp64 under autocast), while TensorProduct.forward casts every input to the autocast dtype.
+    # Regression (fixed in f3e8191): the policy is "as for matmul", and torch's autocast never
+    # casts float64 tensors; TensorProduct.forward used to cast them to the autocast dtype.
     a = torch.randn(3, 3, dtype=torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert (a @ a).dtype == torch.float64  # torch's rule
