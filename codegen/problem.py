@@ -164,6 +164,9 @@ class Problem:
         in1 = as_irreps(irreps_in1, "irreps_in1")
         in2 = as_irreps(irreps_in2, "irreps_in2")
         out = as_irreps(irreps_out, "irreps_out")
+        # None means the default, as in e3nn
+        irrep_normalization = "component" if irrep_normalization is None else irrep_normalization
+        path_normalization = "element" if path_normalization is None else path_normalization
         _check_choice("irrep_normalization", irrep_normalization, IRREP_NORMALIZATIONS)
         _check_choice("path_normalization", path_normalization, PATH_NORMALIZATIONS)
         _check_choice("layout", layout, LAYOUTS)

@@ -11,11 +11,12 @@ Example:
     >>> p = Problem.channelwise("4x0e+4x1o", "0e+1o", "0e+1o")
     >>> x1, x2 = torch.randn(10, 16), torch.randn(10, 4)
     >>> reference_tp(p, x1, x2, torch.randn(10, p.weight_numel)).shape
-    torch.Size([10, 16])
+    torch.Size([10, 32])
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
@@ -70,15 +71,16 @@ def reference_tp(problem: Problem, x1: torch.Tensor, x2: torch.Tensor, weight=No
     out_dtype = torch.promote_types(x1.dtype, x2.dtype)
     dtype = _UPCAST.get(out_dtype, out_dtype)
     bshape = batch_shape(p, x1, x2, weight)
-    x1 = x1.to(dtype).expand(*bshape, -1).reshape(-1, x1.shape[-1])
-    x2 = x2.to(dtype).expand(*bshape, -1).reshape(-1, x2.shape[-1])
+    z = math.prod(bshape)
+    # explicit sizes: reshape(-1, 0) and reshape(0, -1) are ambiguous for empty tensors
+    x1 = x1.to(dtype).expand(*bshape, -1).reshape(z, x1.shape[-1])
+    x2 = x2.to(dtype).expand(*bshape, -1).reshape(z, x2.shape[-1])
     if p.layout == "ir_mul":
         x1, x2 = to_mul_ir(x1, p.irreps_in1), to_mul_ir(x2, p.irreps_in2)
-    z = x1.shape[0]
     if weight is not None and p.weight_numel > 0:
         weight = weight.to(dtype)
         if not p.shared_weights:
-            weight = weight.expand(*bshape, -1).reshape(z, -1)
+            weight = weight.expand(*bshape, -1).reshape(z, weight.shape[-1])
     seg1 = [x1[:, s].reshape(z, m, ir.dim) for s, (m, ir) in zip(p.irreps_in1.slices(), p.irreps_in1)]
     seg2 = [x2[:, s].reshape(z, m, ir.dim) for s, (m, ir) in zip(p.irreps_in2.slices(), p.irreps_in2)]
     outs = [[] for _ in p.irreps_out]
