@@ -26,25 +26,13 @@ from .cg_spec import MODE_LETTERS, ROLE_INDEX, ProducerSpec
 from .coupling import sparse_coupling
 from .problem import Problem
 from .writer import SourceWriter
+from .cg_gemm import GemmMixin, _flatten, _p2
 
 KERNEL_NAME = "tp_producer"
 DEFAULT_BLOCK_C = 64
 
 
-def _p2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _flatten(letters: str, sizes: dict, vals: dict) -> str:
-    """Row-major flat index of ``letters`` given the value expression of each letter."""
-    expr = ""
-    for ch in letters:
-        v = vals[ch]
-        expr = v if not expr else f"({expr}) * {sizes[ch]} + {v}"
-    return expr or "0"
-
-
-class CGEmitter:
+class CGEmitter(GemmMixin):
     """Writes one producer kernel; subclasses override the row/store hooks below."""
 
     def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, dot_precision: str = "ieee"):
@@ -266,75 +254,6 @@ class CGEmitter:
         for ctx in reversed(depth_ctx):
             ctx.__exit__(None, None, None)
 
-    # -- channel mixing on tensor cores -----------------------------------------------------------
-    def dot_letter(self, ins):
-        """The contraction letter K when this term is a GEMM ``T[z, K] @ W[K, n]``: shared weights,
-        a target whose only letter ``n`` is carried by the weights alone (uvw for every target,
-        uuw for the output), and K of at least 16 channels. None otherwise."""
-        target = self.spec.target
-        if target == "w" or not ins.has_weight or not self.p.shared_weights:
-            return None
-        lt, sizes = self.letters(ins)
-        n = lt[target]
-        srcs = [r for r in ("x1", "x2", "out") if r != target]
-        if len(n) != 1 or sizes[n] < 16 or any(n in lt[r] for r in srcs):
-            return None
-        cands = [ch for ch in "uvw" if ch != n and ch in lt["w"] and sizes[ch] >= 16
-                 and any(ch in lt[r] for r in srcs)]
-        return max(cands, key=lambda ch: (sizes[ch], ch)) if cands else None
-
-    def emit_dot_term(self, k, ins, term, accs, K):
-        self.uses_dot = True
-        target = self.spec.target
-        lt, sizes = self.letters(ins)
-        n = lt[target]
-        src_roles = [r for r in ("x1", "x2", "out") if r != target]
-        a_role, b_role = src_roles
-        l1, l2, l3 = (self.p.irreps_in1[ins.i_in1].ir.l, self.p.irreps_in2[ins.i_in2].ir.l,
-                      self.p.irreps_out[ins.i_out].ir.l)
-        ri = {r: i for i, r in enumerate(("x1", "x2", "out"))}
-        entries = [(e[ri[a_role]], e[ri[b_role]], e[ri[target]], e[3] * ins.coefficient)
-                   for e in sparse_coupling(l1, l2, l3)]
-        self.w(f"# instruction {k}: {ins.mode} {l1}x{l2}->{l3}, term {term}: GEMM over {K}")
-        vals = {ch: "0" for ch in "uvw" if sizes[ch] == 1}
-        loops = [ch for ch in "uvw" if ch not in (n, K) and sizes[ch] > 1
-                 and any(ch in lt[r] for r in src_roles + ["w"])]
-        ctxs = []
-        for ch in loops:
-            vals[ch] = f"L{ch}{self.uid}"
-            ctxs.append(self.w.block(f"for {vals[ch]} in range({sizes[ch]}):"))
-            ctxs[-1].__enter__()
-        bk = min(_p2(sizes[K]), 64)
-        kv = f"kk{self.uid}"
-        chunked = sizes[K] > bk
-        if chunked:
-            ctxs.append(self.w.block(f"for k0 in range(0, {sizes[K]}, {bk}):"))
-            ctxs[-1].__enter__()
-        else:
-            self.w("k0 = 0")
-        self.w(f"{kv} = k0 + tl.arange(0, {bk})")
-        self.w(f"km = {kv} < {sizes[K]}")
-        self.w("mk = zm[:, None] & km[None, :]")
-        vals[K] = kv
-        ops = {}
-        for role, ms in ((a_role, {e[0] for e in entries}), (b_role, {e[1] for e in entries})):
-            ch = _flatten(lt[role], sizes, vals)
-            ops[role] = {m: self.load(term[ROLE_INDEX[role]], role, self.elem(ins, role, ch, m), K in lt[role],
-                                      mask="mk") for m in sorted(ms)}
-        touched = sorted({e[2] for e in entries})
-        tv = {mt: self.fresh("T") for mt in touched}
-        for mt in touched:
-            self.w(f"{tv[mt]} = tl.zeros([BLOCK_Z, {bk}], DT)")
-        self.emit_contraction(entries, ops[a_role], ops[b_role], None, tv)
-        wvals = dict(vals, **{K: f"{kv}[:, None]", n: "c[None, :]"})
-        wt = self.fresh("W")
-        self.w(f"{wt} = tl.load(t{term[ROLE_INDEX['w']]} + ({self.woffs[k]} + {_flatten(lt['w'], sizes, wvals)}), "
-               "mask=km[:, None] & cm[None, :], other=0.0).to(DT)")
-        for mt in touched:
-            self.w(f"{accs[mt]} += tl.dot({tv[mt]}, {wt}, input_precision=DOT_PREC, out_dtype=DT)")
-        for ctx in reversed(ctxs):
-            ctx.__exit__(None, None, None)
-
     def emit_contraction(self, entries, A, B, W, accs):
         a_kind = next(iter(A.values()))[1]
         b_kind = next(iter(B.values()))[1]
@@ -421,51 +340,6 @@ class CGEmitter:
                     self.store_shared_weight(addr, "accw")
                 else:
                     self.store_tile(addr, "accw")
-
-    def weight_gemm_ok(self, ins, sizes) -> bool:
-        """Shared-weight gradient of a channel-mixing path as a GEMM over the batch rows:
-        ``dW[(u, v), w] += P[z, (u, v)]^T @ g[z, w]`` (uvw) or ``dW[u, w]`` (uuw)."""
-        if ins.mode not in ("uvw", "uuw"):
-            return False
-        rows = sizes["u"] * (sizes["v"] if ins.mode == "uvw" else 1)
-        return rows >= 16 and sizes["w"] >= 16
-
-    def emit_weight_gemm(self, k, ins, lt, sizes, nz):
-        self.uses_dot = True
-        rows = sizes["u"] * (sizes["v"] if ins.mode == "uvw" else 1)
-        br, bn = min(_p2(rows), 64), min(_p2(sizes["w"]), 64)
-        with self.w.block(f"for wr0 in range(0, {rows}, {br}):"):  # r<i> are row offsets
-            self.w(f"rr = wr0 + tl.arange(0, {br})")
-            self.w(f"rm = rr < {rows}")
-            self.w("mr = zm[:, None] & rm[None, :]")
-            with self.w.block(f"for wn0 in range(0, {sizes['w']}, {bn}):"):
-                self.w(f"nn = wn0 + tl.arange(0, {bn})")
-                self.w(f"nm = nn < {sizes['w']}")
-                self.w("mn = zm[:, None] & nm[None, :]")
-                self.w(f"accw = tl.zeros([{br}, {bn}], DT)")
-                if ins.mode == "uvw":
-                    vals = {"u": f"(rr // {sizes['v']})", "v": f"(rr % {sizes['v']})", "w": "nn"}
-                else:
-                    vals = {"u": "rr", "w": "nn"}
-                for term in self.spec.terms:
-                    ops = {}
-                    for role, ms in (("x1", {e[0] for e in nz}), ("x2", {e[1] for e in nz}),
-                                     ("out", {e[2] for e in nz})):
-                        ch = _flatten(lt[role], sizes, vals)
-                        mask = "mn" if role == "out" else "mr"
-                        ops[role] = {m: self.load(term[ROLE_INDEX[role]], role, self.elem(ins, role, ch, m), True,
-                                                  mask=mask)[0] for m in sorted(ms)}
-                    by_k = defaultdict(list)
-                    for i, j, kk, c in nz:
-                        by_k[kk].append((i, j, c))
-                    for kk, es in sorted(by_k.items()):
-                        pv = self.fresh("P")
-                        self.w(f"{pv} = " + " + ".join(f"{self.const(c)} * {ops['x1'][i]} * {ops['x2'][j]}"
-                                                      for i, j, c in es))
-                        self.w(f"accw += tl.dot(tl.trans({pv}), {ops['out'][kk]}, input_precision=DOT_PREC, "
-                               "out_dtype=DT)")
-                self.w(f"tl.store(g + pid * sg + ({self.woffs[k]} + rr[:, None] * {sizes['w']} + nn[None, :]), "
-                       "accw.to(g.dtype.element_ty), mask=rm[:, None] & nm[None, :])")
 
 
 def _as2d(expr: str, kind: str) -> str:

@@ -333,7 +333,7 @@ def main(argv=None) -> int:
     print(f"  tritp ({'Triton kernels' if cuda else 'Triton interpreter on CPU'}, compiled, {backend}): "
           f"{t_tritp:9.1f} ms")
     print(f"  e3nn ({label}): {t_e3nn:9.1f} ms")
-    print(f"  speedup of tritp over e3nn: {t_e3nn / t_tritp:.2f}x")
+    print(f"  speedup of tritp over e3nn: {t_e3nn / t_tritp:.3g}x")
     if not cuda:
         print("  (on CPU tritp's kernels run through the Triton interpreter, which emulates each program in "
               "Python; this ratio says nothing about GPU speed)")

@@ -189,3 +189,13 @@ def test_emitter_modes():
         ConvEmitter(p, f, "float32", 64, "edge")
     with pytest.raises(ValueError, match="mode must be"):
         emit_conv_producer(p, f, "float32", mode="scatter")
+
+
+@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
+def test_tensor_core_path_with_shared_weights(scatter):
+    """A fully connected (uvw) convolution with shared weights and 16 channels takes the
+    tl.dot path (16-row minimum enforced by the launcher) in both scatter strategies."""
+    conv = compile_conv("16x0e", "0e", "16x0e", mode="uvw", scatter=scatter)
+    assert conv.shared_weights
+    src, dst = graph()
+    compare(conv, F64, src, dst, 6, second=False)

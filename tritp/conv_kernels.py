@@ -26,8 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import torch
@@ -36,7 +34,7 @@ from . import kernels
 from .codegen import Problem, conv_emit
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
-from .kernels import acc_dtype, generator_hash, interpreter_active, target_dim, triton_cdiv
+from .kernels import acc_dtype, generator_hash, interpreter_active, load_generated, target_dim, triton_cdiv
 from .tuning import Config, heuristic
 
 SCATTERS = ("atomic", "deterministic")
@@ -57,14 +55,9 @@ def get_conv_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: i
         path = conv_source_path(problem, spec, dtype, block_c, mode)
         if not path.exists():
             atomic_write(path, conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode).encode())
-        name = f"tritp_gen_{path.stem}"
-        mod = sys.modules.get(name)
-        if mod is None:
-            s = importlib.util.spec_from_file_location(name, path)
-            mod = importlib.util.module_from_spec(s)
-            s.loader.exec_module(mod)
-            sys.modules[name] = mod
+        mod = load_generated(path)
         k = _loaded[key] = mod.tp_producer
+        k.tritp_min_block_z = getattr(mod, "MIN_BLOCK_Z", 1)
     return k
 
 
@@ -119,7 +112,9 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
             t = t.contiguous()
         strides.append(0 if t.dim() == 1 or t.shape[0] == 1 else t.stride(0))
         args.append(t)
-    nprog = nrows if mode == "segment" else triton_cdiv(E, config.block_z)
+    kernel = get_conv_kernel(problem, spec, dtype_name, config.block_c, mode)
+    block_z = max(config.block_z, kernel.tritp_min_block_z)  # tl.dot paths need 16 rows
+    nprog = nrows if mode == "segment" else triton_cdiv(E, block_z)
     if mode == "atomic":
         g = torch.zeros(shape, dtype=acc, device=device)  # atomics accumulate at full precision
     elif len(shape) == 1:
@@ -133,11 +128,10 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
     else:
         gargs = graph[:2]
     big = max([g.numel()] + [t.numel() for t in args]) >= kernels.INT32_LIMIT
-    kernel = get_conv_kernel(problem, spec, dtype_name, config.block_c, mode)
     if wrap is not None:
         kernel = wrap(kernel)
     tok = graph[0] if token is None else token
-    kernel[(nprog,)](*args, *strides, g, sg, *gargs, tok, nrows, IDX64=big, BLOCK_Z=config.block_z,
+    kernel[(nprog,)](*args, *strides, g, sg, *gargs, tok, nrows, IDX64=big, BLOCK_Z=block_z,
                      num_warps=config.num_warps, num_stages=config.num_stages)
     if len(shape) == 1:
         return g.sum(0).to(out_dtype)

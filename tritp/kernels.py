@@ -29,7 +29,7 @@ from .codegen import Problem
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
 
-GENERATOR_FILES = ("cg_emit.py", "cg_spec.py", "coupling.py", "problem.py", "writer.py")
+GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "coupling.py", "problem.py", "writer.py")
 INT32_LIMIT = 2**31  # offsets at or past this switch the kernel to int64 addressing (tests lower it)
 _loaded: dict = {}
 

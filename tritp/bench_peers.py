@@ -1,0 +1,152 @@
+"""Adapters that build each implementation the benchmark times: tritp, and the peers e3nn,
+cuEquivariance and OpenEquivariance with the same problem, inputs and weights in e3nn's layout.
+
+A peer is used only when it imports and can express the problem; otherwise the reason is
+recorded (:func:`peer_status`) and the run goes on.
+
+Example:
+    >>> from tritp.presets import preset
+    >>> fn, note = build_impl("e3nn", preset("tiny")[0], "cpu", torch.float32)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .codegen import Problem
+
+PEERS = ("e3nn", "cueq", "oeq")
+
+# -- implementations --------------------------------------------------------------------------
+_PEER_STATUS: dict = {}
+
+
+def peer_status() -> dict:
+    """``{peer: "ok" or the reason it could not be used}`` for every peer tried so far."""
+    return dict(_PEER_STATUS)
+
+
+def _form(problem: Problem) -> Optional[str]:
+    """``"channelwise"`` or ``"fully_connected"`` when ``problem`` is exactly what that
+    constructor builds (the two forms cuEquivariance's layers offer), else None."""
+    p = problem
+    keep = "+".join(sorted({str(ir) for _, ir in p.irreps_out}))
+    forms = (("channelwise", Problem.channelwise, keep), ("fully_connected", Problem.fully_connected, p.irreps_out))
+    for form, build, out in forms:
+        try:
+            if build(p.irreps_in1, p.irreps_in2, out, shared_weights=p.shared_weights) == p:
+                return form
+        except ValueError:
+            pass
+    return None
+
+
+def _cue_group(cue):
+    """cuEquivariance's O3 with e3nn's coupling (the adapter MACE and SevenNet use), built
+    from tritp's own coefficients, which equal ``e3nn.o3.wigner_3j``."""
+    import numpy as np
+
+    from .codegen.coupling import dense_coupling
+
+    class O3e3nn(cue.O3):
+        def __mul__(a, b):  # noqa: N805
+            return [O3e3nn(l=ir.l, p=ir.p) for ir in cue.O3.__mul__(a, b)]
+
+        @classmethod
+        def clebsch_gordan(cls, a, b, c):
+            a, b, c = cls._from(a), cls._from(b), cls._from(c)
+            if a.p * b.p != c.p:
+                return np.zeros((0, a.dim, b.dim, c.dim))
+            return dense_coupling(a.l, b.l, c.l)[None] * np.sqrt(c.dim)
+
+        def __lt__(a, b):  # noqa: N805
+            b = a._from(b)
+            return (a.l, a.p) < (b.l, b.p)
+
+        @classmethod
+        def iterator(cls):
+            l = 0  # noqa: E741
+            while True:
+                yield O3e3nn(l=l, p=(-1) ** l)
+                yield O3e3nn(l=l, p=-((-1) ** l))
+                l += 1  # noqa: E741
+
+    return O3e3nn
+
+
+def _default_norms(p: Problem) -> bool:
+    return (p.irrep_normalization, p.path_normalization, p.layout) == ("component", "element", "mul_ir") and all(
+        v == 1.0 for v in p.in1_var + p.in2_var + p.out_var)
+
+
+def build_impl(impl: str, problem: Problem, device, dtype) -> tuple:
+    """``(fn, note)`` with ``fn(x1, x2, w) -> out`` in e3nn's layout; raises when ``impl``
+    cannot run ``problem`` here (the reason is recorded by the caller)."""
+    p = problem
+    if impl == "tritp":
+        from .module import TensorProduct
+
+        tp = TensorProduct(p, backend="triton")
+        return (lambda a, b, c: tp(a, b, c)), None
+    try:
+        return _build_peer(impl, p, device, dtype)
+    except (ImportError, OSError) as e:  # a missing package, or a missing/broken shared library
+        _PEER_STATUS[impl] = f"not importable: {type(e).__name__}: {e}"
+        raise
+    finally:
+        _PEER_STATUS.setdefault(impl, "ok")
+
+
+def _build_peer(impl: str, p: Problem, device, dtype) -> tuple:
+    if impl == "e3nn":
+        from e3nn import o3
+
+        if p.layout != "mul_ir":
+            raise ValueError("e3nn runs the mul_ir layout only")
+        tp = o3.TensorProduct(str(p.irreps_in1), str(p.irreps_in2), str(p.irreps_out),
+                              [i.as_tuple() for i in p.instructions], in1_var=list(p.in1_var),
+                              in2_var=list(p.in2_var), out_var=list(p.out_var),
+                              irrep_normalization=p.irrep_normalization, path_normalization=p.path_normalization,
+                              shared_weights=p.shared_weights, internal_weights=False).to(device=device, dtype=dtype)
+        return (lambda a, b, c: tp(a, b, c)), None
+    if impl == "cueq":
+        import cuequivariance as cue
+        import cuequivariance_torch as cuet
+
+        form = _form(p)
+        if form is None or not _default_norms(p):
+            raise ValueError("cuEquivariance's layers build channelwise (uvu) and fully connected (uvw) "
+                             "products with default normalization only")
+        G = _cue_group(cue)
+        kw = dict(layout=cue.mul_ir, shared_weights=p.shared_weights, internal_weights=False,
+                  device=device, dtype=dtype, math_dtype=dtype)
+        in1, in2 = cue.Irreps(G, str(p.irreps_in1)), cue.Irreps(G, str(p.irreps_in2))
+        if form == "channelwise":
+            keep = [ir for _, ir in cue.Irreps(G, "+".join(sorted({str(ir) for _, ir in p.irreps_out})))]
+            mod = cuet.ChannelWiseTensorProduct(in1, in2, keep, **kw)
+        else:
+            mod = cuet.FullyConnectedTensorProduct(in1, in2, cue.Irreps(G, str(p.irreps_out)), **kw)
+        if mod.weight_numel != p.weight_numel:
+            raise ValueError(f"cuEquivariance built {mod.weight_numel} weights, tritp {p.weight_numel}")
+        shared = p.shared_weights
+        return (lambda a, b, c: mod(a, b, c.reshape(1, -1) if shared else c)), f"cuet {form}, layout mul_ir"
+    if impl == "oeq":
+        import numpy as np
+        import openequivariance as oeq
+
+        modes = {i.mode for i in p.instructions}
+        if not (modes <= {"uvu"} or modes <= {"uvw"}) or p.layout != "mul_ir":
+            raise ValueError(f"OpenEquivariance runs pure uvu or pure uvw products; this one has {sorted(modes)}")
+        npdt = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+        irreps = [oeq.Irreps(str(x)) for x in (p.irreps_in1, p.irreps_in2, p.irreps_out)]
+        tpp = oeq.TPProblem(*irreps, [i.as_tuple() for i in p.instructions], in1_var=list(p.in1_var),
+                            in2_var=list(p.in2_var), out_var=list(p.out_var),
+                            irrep_normalization=p.irrep_normalization, path_normalization=p.path_normalization,
+                            shared_weights=p.shared_weights, internal_weights=False,
+                            irrep_dtype=npdt, weight_dtype=npdt)
+        tp = oeq.TensorProduct(tpp, torch_op=True)
+        note = "uvw weights are in OpenEquivariance's own order: its error is not comparable" if "uvw" in modes else None
+        return (lambda a, b, c: tp(a, b, c)), note
+    raise ValueError(f"unknown implementation {impl!r}; expected tritp or one of {', '.join(PEERS)}")
