@@ -181,9 +181,8 @@ MODE_CASES = [(m, hw, sw) for m in MODE_IRREPS for hw in (True, False) for sw in
                          ids=[f"{m}-{'w' if hw else 'now'}-{'shared' if sw else 'batch'}"
                               for m, hw, sw in MODE_CASES])
 def test_single_mode_fp32(mode, has_weight, shared):
-    # uuw-now-shared fails on a library bug, not in the kernels: tritp.reference_tp has no
-    # einsum for mode uuw without weights ("zui,zuj,ijk->zwk", 'w' not among the inputs ->
-    # ValueError). test_uuw_unweighted_against_e3nn checks the kernels for that mode.
+    # uuw-now-shared is also a regression test of the reference: it once had no einsum for
+    # mode uuw without weights (fixed in this session).
     in1, in2, out = MODE_IRREPS[mode]
     ins = paths(in1, in2, out, mode, has_weight)
     tri, ref = pair(in1, in2, out, ins, shared_weights=shared)
@@ -562,8 +561,7 @@ def test_equivariance():
 
 
 def test_uuw_unweighted_against_e3nn():
-    """Mode uuw without weights, mixed with every other mode, against e3nn (the package's
-    reference cannot compute this mode; see test_single_mode_fp32)."""
+    """Mode uuw without weights, mixed with every other mode, against e3nn directly."""
     for shared in (True, False):
         tri = tritp.compile(*UUW_UNWEIGHTED, backend="triton", shared_weights=shared, internal_weights=False)
         e3 = e3nn_tp(*UUW_UNWEIGHTED, shared_weights=shared, internal_weights=False)

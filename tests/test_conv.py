@@ -165,7 +165,8 @@ def test_int64_addressing(monkeypatch):
         compare(conv, F64, src, dst, 4)
 
 
-def test_opcheck(scatter="deterministic"):
+@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
+def test_opcheck(scatter):
     """Schema, fake and autograd registrations of the opaque ops (``conv_produce_triton`` is
     the CUDA path: its aot-dispatch check needs a GPU, see design notes §4)."""
     p = Problem.channelwise("2x0e+1x1o", "0e+1o", "0e+1o", shared_weights=False)

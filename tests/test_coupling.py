@@ -235,8 +235,10 @@ def fresh_cache(tmp_path, monkeypatch):
     """An empty TRITP_CACHE_DIR and an empty in-memory table cache; restored afterwards."""
     monkeypatch.setenv("TRITP_CACHE_DIR", str(tmp_path))
     tables._load.cache_clear()
+    tables._loaded_sizes.clear()
     yield tmp_path
     tables._load.cache_clear()
+    tables._loaded_sizes.clear()
 
 
 def _npz_files(root):
@@ -302,7 +304,7 @@ def test_truncated_table_is_recomputed(fresh_cache):
 def test_unusable_cache_dir_does_not_stop_computation(tmp_path, monkeypatch):
     # tables.py: "a read-only cache must not stop the computation". Here the cache root lies
     # below a regular file, so it can be neither created nor written (the same happens with a
-    # read-only $HOME). LIBRARY BUG (reported): table_path() -> cache_dir() calls mkdir outside
+    # read-only $HOME). Regression test (a bug this found was fixed in this session): table_path() -> cache_dir() calls mkdir outside
     # the try/except in tables._load, so NotADirectoryError escapes from sparse_coupling.
     blocker = tmp_path / "file"
     blocker.write_bytes(b"")

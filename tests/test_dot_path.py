@@ -39,9 +39,10 @@ def test_dot_path_matches_reference(case):
     x1 = torch.randn(5, tp.irreps_in1.dim, dtype=dtype, requires_grad=True)
     x2 = torch.randn(5, tp.irreps_in2.dim, dtype=dtype, requires_grad=True)
     x1r, x2r = (x.detach().double().requires_grad_() for x in (x1, x2))
-    for a, b in zip(_run(tp, x1, x2, double), _run(ref, x1r, x2r, double)):
+    for k, (a, b) in enumerate(zip(_run(tp, x1, x2, double), _run(ref, x1r, x2r, double))):
         err = (a.double() - b).abs().max() / b.abs().max()
-        assert err < tol, err
+        # design section 6: fp32 forward 1e-5, derivatives 1e-4; fp64 1e-10 throughout
+        assert err < (min(tol, 1e-5) if k == 0 else tol), (k, err)
 
 
 def test_dot_path_is_taken_and_forces_16_rows():

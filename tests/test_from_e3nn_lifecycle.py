@@ -9,7 +9,6 @@ import io
 import os
 import pickle
 import random
-import socket
 import subprocess
 import sys
 import textwrap
@@ -322,7 +321,8 @@ DDP_WORKER = textwrap.dedent('''
     sys.path.insert(0, os.path.dirname(out))
     from ddp_model import Net, batch_for, loss_fn, LR, STEPS
 
-    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
+    # a file store: no port to race for with other processes
+    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"file://{port}")
     torch.manual_seed(100 + rank)  # different initial weights per rank: DDP must broadcast rank 0's
     model = DDP(Net())
     opt = torch.optim.SGD(model.parameters(), lr=LR)
@@ -365,12 +365,6 @@ DDP_MODEL = textwrap.dedent('''
 ''')
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ddp_two_processes_gloo(tmp_path):
     (tmp_path / "ddp_model.py").write_text(DDP_MODEL)
     (tmp_path / "worker.py").write_text(DDP_WORKER)
@@ -378,7 +372,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", TRITP_CACHE_DIR=str(tmp_path / "cache"), MASTER_ADDR="127.0.0.1",
                PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
-    port = str(free_port())
+    port = str(tmp_path / "ddp-store")  # the worker's rendezvous file (argument kept positional)
     outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
     procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(r), "2", port, str(outs[r])],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

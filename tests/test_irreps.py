@@ -134,7 +134,7 @@ def test_algebra_and_indexing_match_e3nn(a, b, n, i, j):
 
 def test_lmax_with_zero_multiplicity():
     # e3nn's lmax is max(ls), so a segment of multiplicity 0 does not count:
-    # o3.Irreps("0e+0x1e").lmax == 0. LIBRARY BUG (reported): tritp's Irreps.lmax takes the
+    # o3.Irreps("0e+0x1e").lmax == 0. Regression test (a bug this found was fixed in this session): tritp's Irreps.lmax takes the
     # max over all segments and returns 1 here.
     assert o3.Irreps("0e+0x1e").lmax == 0
     assert Irreps("0e+0x1e").lmax == 0
@@ -207,7 +207,7 @@ def test_from_irrep_and_mulir():
 
 def test_from_e3nn_irrep():
     # e3nn.o3.Irreps(o3.Irrep("1o")) == 1x1o, and tritp's docstring says it accepts what
-    # e3nn accepts ("one Irrep"). LIBRARY BUG (reported): tritp iterates the e3nn Irrep as a
+    # e3nn accepts ("one Irrep"). Regression test (a bug this found was fixed in this session): tritp iterates the e3nn Irrep as a
     # tuple (1, -1) and raises "unable to interpret 1 as a (mul, irrep) pair".
     ref = o3.Irreps(o3.Irrep("1o"))
     assert as_list(Irreps(o3.Irrep("1o"))) == as_list(ref)

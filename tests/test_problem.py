@@ -208,7 +208,7 @@ def test_replace():
 
 def test_replace_irreps_with_default_vars():
     # The vars of `a` were never given (all 1.0, one per segment); changing irreps_out should
-    # give the same problem as building it afresh. LIBRARY BUG (reported): Problem.replace
+    # give the same problem as building it afresh. Regression test (a bug this found was fixed in this session): Problem.replace
     # forwards the old out_var tuple (8 entries), so the new 9-segment irreps_out raises
     # ProblemError "out_var has 8 entries; expected one per segment (9)".
     a = Problem(IN1, IN2, OUT, [GOOD])
@@ -365,7 +365,7 @@ def test_elementwise_matches_e3nn(pair, filt):
 ])
 def test_full_and_elementwise_simplify_inputs_like_e3nn(ctor, args):
     # e3nn's FullTensorProduct and ElementwiseTensorProduct call Irreps.simplify() on both
-    # inputs first (merging neighbours, dropping zero multiplicities). LIBRARY BUG (reported):
+    # inputs first (merging neighbours, dropping zero multiplicities). Regression test (a bug this found was fixed in this session):
     # codegen/forms.py full() and elementwise() do not, so irreps_in1/irreps_out and the
     # instruction list differ from e3nn's whenever an input is not already simplified.
     p = getattr(Problem, ctor)(*args)

@@ -194,7 +194,7 @@ def test_random_problems_cover_every_mode_and_option():
 @pytest.mark.parametrize("seed", range(8))
 def test_matches_e3nn_unweighted_uuw(seed):
     # uuw without weights (allowed by e3nn when mul_out == 1: the sum over u of uuu).
-    # LIBRARY BUG (reported): tritp/reference.py reference_tp builds the einsum
+    # Regression test (a bug this found was fixed in this session): tritp/reference.py reference_tp builds the einsum
     # "zui,zuj,ijk->zwk" for unweighted uuw, whose output index w appears in no input, so it
     # raises ValueError("Output character 'w' did not appear in the input").
     problem, args = random_problem(500 + seed, unweighted_uuw="force")
@@ -380,7 +380,7 @@ def test_broadcasting_shared_weights():
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_empty_batch(shared):
-    # LIBRARY BUG (reported) for shared=False: tritp/reference.py reference_tp does
+    # Regression test (a bug this found was fixed in this session) for shared=False: tritp/reference.py reference_tp does
     # weight.expand(*bshape, -1).reshape(z, -1) with z == 0, which torch rejects ("cannot
     # reshape tensor of 0 elements into shape [0, -1] ..."); e3nn returns a [0, dim_out] output.
     problem, args = random_problem(13, zero_mul=False)
@@ -452,7 +452,7 @@ def test_doctests(module):
 @pytest.mark.parametrize("in1", ["0x1o", "0x0e+0x1o"])
 def test_zero_dimensional_input(in1):
     # An input irreps of dimension 0 (all multiplicities 0) is valid in e3nn, which returns
-    # zeros of the output's shape. LIBRARY BUG (reported): tritp/reference.py reference_tp does
+    # zeros of the output's shape. Regression test (a bug this found was fixed in this session): tritp/reference.py reference_tp does
     # x1.expand(...).reshape(-1, x1.shape[-1]) with x1.shape[-1] == 0, which torch rejects
     # ("cannot reshape tensor of 0 elements into shape [-1, 0] ...").
     p = Problem(in1, "1x1o", "2x1e+1x0e", [(0, 0, 1, "uvw", True)] if in1 == "0x1o" else [(1, 0, 0, "uvw", True)])
