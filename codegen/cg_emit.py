@@ -99,6 +99,11 @@ class CGEmitter(GemmMixin):
         w("@triton.jit")
         with w.block(f"def {KERNEL_NAME}({', '.join(self.kernel_args())}):"):
             self.emit_prologue()
+            if spec.target == "w" and self.p.shared_weights:
+                with w.block("if IDX64:"):  # shared-weight partials: row pid of [programs, numel]
+                    w("pg = pid.to(tl.int64) * sg")
+                with w.block("else:"):
+                    w("pg = pid * sg")
             if spec.target == "w":
                 self.emit_weight_target()
             else:
@@ -135,7 +140,7 @@ class CGEmitter(GemmMixin):
 
     def store_shared_weight(self, addr: str, value: str):
         """Store this program's batch-reduced partial of a shared-weight gradient."""
-        self.w(f"tl.store(g + pid * sg + ({addr}), tl.sum({value}, axis=0).to(g.dtype.element_ty), mask=cm)")
+        self.w(f"tl.store(g + pg + ({addr}), tl.sum({value}, axis=0).to(g.dtype.element_ty), mask=cm)")
 
     def row_block(self, accs: list, bc: int):
         """Context around one target segment's tile accumulation (mask, zeroed ``accs``, all
@@ -152,11 +157,10 @@ class CGEmitter(GemmMixin):
             if any(self.dot_letter(i) for i in inss):
                 bc = max(bc, 16)
             self.w(f"# target segment {seg}: {mul}x{ir}")
-            loop = mul > bc
-            ctx = self.w.block(f"for c0 in range(0, {mul}, {bc}):") if loop else nullcontext()
-            if not loop:
-                self.w("c0 = 0")
-            with ctx:
+            # always a loop, even of one trip: names defined in its body (c, cm, m2d, acc*) stay
+            # local to it, so a later segment with another tile width is not a loop-carried
+            # type change (which Triton's compiler rejects and the interpreter does not notice)
+            with self.w.block(f"for c0 in range(0, {mul}, {bc}):"):
                 self.w(f"c = c0 + tl.arange(0, {bc})")
                 self.w(f"cm = c < {mul}")
                 accs = [f"acc{m}" for m in range(ir.dim)]
@@ -307,11 +311,7 @@ class CGEmitter(GemmMixin):
             if shared and self.weight_gemm_ok(ins, sizes):
                 self.emit_weight_gemm(k, ins, lt, sizes, nz)
                 continue
-            loop = n > bc
-            ctx = self.w.block(f"for c0 in range(0, {n}, {bc}):") if loop else nullcontext()
-            if not loop:
-                self.w("c0 = 0")
-            with ctx:
+            with self.w.block(f"for c0 in range(0, {n}, {bc}):"):  # always a loop: see above
                 self.w(f"c = c0 + tl.arange(0, {bc})")
                 self.w(f"cm = c < {n}")
                 self.w("m2d = zm[:, None] & cm[None, :]")

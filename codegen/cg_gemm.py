@@ -75,12 +75,9 @@ class GemmMixin:
             ctxs[-1].__enter__()
         bk = min(_p2(sizes[K]), 64)
         kv = f"kk{self.uid}"
-        chunked = sizes[K] > bk
-        if chunked:
-            ctxs.append(self.w.block(f"for k0 in range(0, {sizes[K]}, {bk}):"))
-            ctxs[-1].__enter__()
-        else:
-            self.w("k0 = 0")
+        # always a loop (names inside stay local; see CGEmitter.emit_segment_target)
+        ctxs.append(self.w.block(f"for k0 in range(0, {sizes[K]}, {bk}):"))
+        ctxs[-1].__enter__()
         self.w(f"{kv} = k0 + tl.arange(0, {bk})")
         self.w(f"km = {kv} < {sizes[K]}")
         self.w("mk = zm[:, None] & km[None, :]")
@@ -146,5 +143,5 @@ class GemmMixin:
                                                       for i, j, c in es))
                         self.w(f"accw += tl.dot(tl.trans({pv}), {ops['out'][kk]}, input_precision=DOT_PREC, "
                                "out_dtype=DT)")
-                self.w(f"tl.store(g + pid * sg + ({self.woffs[k]} + rr[:, None] * {sizes['w']} + nn[None, :]), "
+                self.w(f"tl.store(g + pg + ({self.woffs[k]} + rr[:, None] * {sizes['w']} + nn[None, :]), "
                        "accw.to(g.dtype.element_ty), mask=rm[:, None] & nm[None, :])")

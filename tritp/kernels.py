@@ -29,7 +29,7 @@ from .codegen import Problem
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
 
-GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "coupling.py", "problem.py", "writer.py")
+GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "coupling.py", "irreps.py", "problem.py", "writer.py")
 INT32_LIMIT = 2**31  # offsets at or past this switch the kernel to int64 addressing (tests lower it)
 _loaded: dict = {}
 
@@ -141,7 +141,7 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
         args.append(t)
     # shared-weight gradients: one partial row per program, summed below (deterministic)
     g = torch.empty((nprog, dim) if shared_w else (Z, dim), dtype=acc if shared_w else out_dtype, device=device)
-    big = max([Z * max(strides + [dim])] + [t.numel() for t in args]) >= INT32_LIMIT
+    big = bool(max([Z * max(strides + [dim]), nprog * dim] + [t.numel() for t in args]) >= INT32_LIMIT)
     if wrap is not None:
         kernel = wrap(kernel)
     kernel[(nprog,)](*args, *strides, g, dim, Z, IDX64=big, BLOCK_Z=block_z,

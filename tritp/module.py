@@ -114,6 +114,9 @@ class TensorProduct(torch.nn.Module):
             raise TypeError(f"weight: expected a floating-point tensor, got {getattr(weight, 'dtype', type(weight))}")
         if weight.device != x1.device:
             raise ValueError(f"weight: device {weight.device} does not match x1's device {x1.device}")
+        if weight.dtype != x1.dtype and not torch.is_autocast_enabled(x1.device.type):
+            # a silent promotion would compile and run a float64 kernel for float32 inputs
+            raise TypeError(f"weight: dtype {weight.dtype} does not match x1's dtype {x1.dtype}")
         if self.shared_weights and tuple(weight.shape) != (self.weight_numel,):
             raise ValueError(f"weight: expected shape [{self.weight_numel}] (shared weights), got {list(weight.shape)}")
         if not self.shared_weights and (weight.dim() < 2 or weight.shape[-1] != self.weight_numel):

@@ -140,8 +140,12 @@ def valid_entry(e) -> bool:
 
 def to_config(d: dict) -> Config:
     cfg = Config(**{k: d[k] for k in Config._fields if k in d})
-    if not all(isinstance(getattr(cfg, f), int) and getattr(cfg, f) > 0 for f in Config._fields[:4]):
+    ints = [getattr(cfg, f) for f in Config._fields[:4]]
+    if not all(isinstance(v, int) and v > 0 for v in ints):
         raise ValueError(f"bad config {d!r}")
+    # block sizes and warps must be powers of two (tl.arange), else the entry is unusable
+    if any(v & (v - 1) for v in (cfg.block_z, cfg.block_c, cfg.num_warps)):
+        raise ValueError(f"bad config {d!r}: block_z, block_c and num_warps must be powers of two")
     return cfg
 
 
