@@ -188,8 +188,10 @@ def tune(problem, spec: ProducerSpec, batch: int, *, dtype="float32", device=Non
                 continue
             try:
                 ms = float(timer(Launch(problem, spec, tensors, batch, cfg)))
-            except Exception as e:  # out of resources, compile failure: the candidate loses
-                ms, errors[cfg] = math.inf, f"{type(e).__name__}: {e}"
+            except Exception as e:
+                if type(e).__name__ == "CompilationError":
+                    raise  # a generator bug, not a bad candidate: never hide it in the search
+                ms, errors[cfg] = math.inf, f"{type(e).__name__}: {e}"  # e.g. out of resources
             times[cfg] = ms if ms == ms else math.inf
             if progress is not None:
                 progress(len(times), total, cfg, times[cfg])
