@@ -165,16 +165,17 @@ def test_int64_addressing(monkeypatch):
         compare(conv, F64, src, dst, 4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
-def test_opcheck(scatter):
+def test_opcheck(scatter, dtype):
     """Schema, fake and autograd registrations of the opaque ops (``conv_produce_triton`` is
     the CUDA path: its aot-dispatch check needs a GPU, see design notes §4)."""
     p = Problem.channelwise("2x0e+1x1o", "0e+1o", "0e+1o", shared_weights=False)
     src, dst = graph(n=4, e=6)
-    ts = [torch.randn(4, 5, dtype=F64), torch.randn(6, 4, dtype=F64), torch.randn(6, p.weight_numel, dtype=F64)]
+    ts = [torch.randn(4, 5, dtype=dtype), torch.randn(6, 4, dtype=dtype), torch.randn(6, p.weight_numel, dtype=dtype)]
     ts = [t.requires_grad_() for t in ts]
     gl = [src, dst] if scatter == "atomic" else conv_graph(src, dst, 4).tensors()
-    args = (p.key, forward_spec().to_str(), scatter, 4, 4, F64, ts, gl + [src])
+    args = (p.key, forward_spec().to_str(), scatter, 4, 4, dtype, ts, gl + [src])
     torch.library.opcheck(torch.ops.tritp.conv_produce.default, args)
     torch.library.opcheck(torch.ops.tritp.conv_check_indices.default, (src, dst, 4, 4))
 

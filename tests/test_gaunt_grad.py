@@ -113,12 +113,14 @@ def test_batch_broadcast_row_gradient(impl):
         assert rel(u, v) < 1e-10
 
 
-@pytest.mark.parametrize("impl", ["grid", "sparse"])
-def test_opcheck(impl):
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("impl", ["grid", "sparse", "fft"])
+def test_opcheck(impl, dtype):
     gp = compile_gaunt("2x0e+2x1o", "0e+1o", lmax_out=2, implementation=impl)
-    x1 = torch.randn(3, gp.irreps_in1.dim, dtype=F64, requires_grad=True)
-    x2 = torch.randn(3, gp.irreps_in2.dim, dtype=F64, requires_grad=True)
-    torch.library.opcheck(torch.ops.tritp.gaunt.default, (gp.key, FORWARD, 3, F64, [x1, x2] + gp._tables(F64)))
+    x1 = torch.randn(3, gp.irreps_in1.dim, dtype=dtype, requires_grad=True)
+    x2 = torch.randn(3, gp.irreps_in2.dim, dtype=dtype, requires_grad=True)
+    torch.library.opcheck(torch.ops.tritp.gaunt.default,
+                          (gp.key, FORWARD, 3, dtype, [x1, x2] + gp._tables(dtype)))
 
 
 def test_torch_compile_fullgraph_forward_backward():

@@ -70,10 +70,17 @@ def test_opcheck_forward(dtype, weights):
     opcheck(op_args(PROBLEMS[weights], forward_spec(), dtype))
 
 
-def test_opcheck_forward_bf16():
-    # opcheck compares eager, fake and AOT-dispatch results in bf16; it passes here, so bf16
-    # gets the same full check as fp32/fp64.
-    opcheck(op_args(PER_SAMPLE, forward_spec(), torch.bfloat16))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_opcheck_forward_half(dtype):
+    # opcheck compares eager, fake and AOT-dispatch results in half precision; it passes here,
+    # so bf16 and fp16 get the same full check as fp32/fp64.
+    opcheck(op_args(PER_SAMPLE, forward_spec(), dtype))
+
+
+@pytest.mark.parametrize("label,spec", derivative_specs(), ids=[s[0] for s in derivative_specs()])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_opcheck_derivative_half(dtype, label, spec):
+    opcheck(op_args(PER_SAMPLE, spec, dtype))
 
 
 @pytest.mark.parametrize("label,spec", derivative_specs(), ids=[s[0] for s in derivative_specs()])
