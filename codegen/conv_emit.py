@@ -38,7 +38,6 @@ from .problem import Problem
 MODES = ("edge", "atomic", "segment")
 EDGE_ROLES = ("x2", "w")
 # which endpoint of an edge indexes a node-role tensor
-ENDPOINT = {"x1": "src", "out": "dst"}
 
 
 def write_mode(target: str, scatter: str) -> str:

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 _INT = re.compile(r"\s*(\d+)\s*$")
 _IRREP = re.compile(r"\s*(\d+)([eoy])\s*$")
@@ -270,7 +270,3 @@ def as_irreps(x, name: str) -> Irreps:
     except (ValueError, TypeError) as e:
         raise ValueError(f"{name}: {e}") from None
 
-
-def irreps_product(a: Iterable, b: Iterable) -> list:
-    """All irreps in ``a (x) b`` with their source segments ``(i1, i2, ir_out)``, in e3nn order."""
-    return [(i, j, ir) for i, (_, ia) in enumerate(a) for j, (_, ib) in enumerate(b) for ir in ia * ib]

@@ -43,8 +43,7 @@ from .codegen import Problem
 from .codegen.cg_spec import forward_spec
 from .conv_index import ConvGraph, check_index_tensors, conv_graph
 from .conv_kernels import SCATTERS
-from .kernels import interpreter_active
-from .module import BACKENDS, TensorProduct, warn_once
+from .module import BACKENDS, TensorProduct, use_triton
 from .reference import reference_tp
 
 
@@ -138,17 +137,8 @@ class TensorProductConv(torch.nn.Module):
                                  f"{graph.num_nodes} nodes; this call has {E} edges, {x.shape[0]} -> {num_nodes}")
         return w
 
-    def _use_triton(self, device: torch.device) -> bool:
-        if self.backend == "reference":
-            return False
-        if device.type == "cuda" or interpreter_active():
-            return True
-        if self.backend == "triton":
-            raise RuntimeError(f"backend='triton' needs CUDA tensors (got device {device}); set TRITON_INTERPRET=1 "
-                               "before importing triton to run the kernels on CPU, or use backend='reference'")
-        warn_once(f"conv-cpu-{device}", f"tritp: inputs on {device}, no GPU kernel: using the unfused PyTorch "
-                  "reference convolution (slow); pass backend='reference' to silence this")
-        return False
+    def _use_triton(self, device) -> bool:
+        return use_triton(self.backend, device, "unfused convolution")
 
     def forward(self, node_feats: torch.Tensor, edge_attrs: torch.Tensor, edge_weights: Optional[torch.Tensor],
                 src: torch.Tensor, dst: torch.Tensor, num_nodes: int,

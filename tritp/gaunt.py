@@ -33,7 +33,7 @@ from .codegen.gaunt_problem import FORWARD, IMPLEMENTATIONS, ROLES, GauntError, 
 from .gaunt_kernels import role_tensors
 from .gaunt_reference import gaunt_reference
 from .kernels import interpreter_active
-from .module import BACKENDS, _rows, warn_once
+from .module import BACKENDS, _rows, use_triton
 
 WEIGHT_ROLES = {"in1": "x1", "in2": "x2", "out": "out"}
 AUTO_BATCH = 10_000  # the batch "auto" asks the autotune cache about (compile time knows none)
@@ -187,16 +187,7 @@ class GauntProduct(torch.nn.Module):
         return x * w
 
     def _use_triton(self, device) -> bool:
-        if self.backend == "reference":
-            return False
-        if device.type == "cuda" or interpreter_active():
-            return True
-        if self.backend == "triton":
-            raise RuntimeError(f"backend='triton' needs CUDA tensors (got device {device}); set TRITON_INTERPRET=1 "
-                               "before importing triton to run the kernels on CPU, or use backend='reference'")
-        warn_once(f"gaunt-cpu-{device}", f"tritp: inputs on {device}, no GPU kernel: using the PyTorch reference "
-                  "Gaunt product (slow); pass backend='reference' to silence this")
-        return False
+        return use_triton(self.backend, device, "Gaunt product")
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         self._check(x1, x2)

@@ -54,6 +54,28 @@ def warn_once(key: str, message: str) -> None:
         warnings.warn(message, stacklevel=3)
 
 
+def use_triton(backend: str, device: torch.device, what: str) -> bool:
+    """Whether a tritp module with ``backend`` runs its Triton kernels for inputs on
+    ``device``: always on CUDA, on CPU under ``TRITON_INTERPRET=1``; ``backend="triton"``
+    elsewhere raises; ``"auto"`` elsewhere falls back to the PyTorch reference of ``what``,
+    warning once (an error under ``TRITP_STRICT=1``).
+
+    Example:
+        >>> use_triton("reference", torch.device("cpu"), "tensor product")
+        False
+    """
+    if backend == "reference":
+        return False
+    if device.type == "cuda" or interpreter_active():
+        return True
+    if backend == "triton":
+        raise RuntimeError(f"backend='triton' needs CUDA tensors (got device {device}); set TRITON_INTERPRET=1 "
+                           "before importing triton to run the kernels on CPU, or use backend='reference'")
+    warn_once(f"{what}-{device}", f"tritp: inputs on {device}, no GPU kernel: using the PyTorch reference "
+              f"{what} (slow); pass backend='reference' to silence this")
+    return False
+
+
 class TensorProduct(torch.nn.Module):
     """An E(3)-equivariant tensor product running generated Triton kernels.
 
@@ -125,18 +147,7 @@ class TensorProduct(torch.nn.Module):
         return weight
 
     def _use_triton(self, device: torch.device) -> bool:
-        if self.backend == "reference":
-            return False
-        if device.type == "cuda":
-            return True
-        if interpreter_active():
-            return True
-        if self.backend == "triton":
-            raise RuntimeError(f"backend='triton' needs CUDA tensors (got device {device}); set TRITON_INTERPRET=1 "
-                               "before importing triton to run the kernels on CPU, or use backend='reference'")
-        warn_once(f"cpu-{device}", f"tritp: inputs on {device}, no GPU kernel: using the PyTorch reference "
-                  "implementation (slow); pass backend='reference' to silence this")
-        return False
+        return use_triton(self.backend, device, "tensor product")
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
         weight = self._check(x1, x2, weight)
