@@ -47,6 +47,18 @@ def content_hash(*parts) -> str:
     return h.hexdigest()[:20]
 
 
+def sources_hash(*names: str) -> str:
+    """:func:`content_hash` of the named files of this folder, in order: the generator code a
+    cached kernel source depends on (any edit to one of them names new cache files).
+
+    Example:
+        >>> len(sources_hash("diskcache.py"))
+        20
+    """
+    root = Path(__file__).parent  # the generator's folder, wherever tritp.codegen is installed
+    return content_hash(*((root / n).read_bytes() for n in names))
+
+
 def atomic_write(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; safe against concurrent writers of any content."""
     path = Path(path)

@@ -18,12 +18,11 @@ Example:
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 
 from .codegen.cg_spec import ProducerSpec
-from .codegen.diskcache import atomic_write, cache_dir, content_hash
+from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
 from .codegen.gaunt_emit import KERNEL_NAME, default_block_p, emit_gemm_producer, role_index, role_table
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
 from .kernels import INT32_LIMIT, acc_dtype, interpreter_active, load_generated, produce, triton_cdiv
@@ -34,10 +33,7 @@ _kernels: dict = {}
 
 @lru_cache(maxsize=None)
 def generator_hash() -> str:
-    from . import codegen
-
-    root = Path(codegen.__file__).parent
-    return content_hash(*(p.read_bytes() for p in (root / f for f in GENERATOR_FILES)))
+    return sources_hash(*GENERATOR_FILES)
 
 
 def get_gemm_kernel(problem: GauntProblem, spec: str, dtype: str, block_p: int):

@@ -27,7 +27,7 @@ import torch
 
 from .codegen import Problem
 from .codegen.cg_spec import ProducerSpec
-from .codegen.diskcache import atomic_write, cache_dir, content_hash
+from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
 
 GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "coupling.py", "irreps.py", "problem.py", "writer.py")
 INT32_LIMIT = 2**31  # offsets at or past this switch the kernel to int64 addressing (tests lower it)
@@ -36,12 +36,7 @@ _loaded: dict = {}
 
 @lru_cache(maxsize=None)
 def generator_hash() -> str:
-    root = Path(__file__).resolve().parent / "codegen"
-    if not root.exists():  # editable install maps tritp.codegen to the top-level codegen/
-        from . import codegen
-
-        root = Path(codegen.__file__).parent
-    return content_hash(*(p.read_bytes() for p in (root / f for f in GENERATOR_FILES)))
+    return sources_hash(*GENERATOR_FILES)
 
 
 def dot_precision() -> str:
