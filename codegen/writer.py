@@ -35,13 +35,5 @@ class SourceWriter:
         finally:
             self._depth -= 1
 
-    @contextmanager
-    def indented(self):
-        self._depth += 1
-        try:
-            yield self
-        finally:
-            self._depth -= 1
-
     def text(self) -> str:
         return "\n".join(self._lines) + "\n"
