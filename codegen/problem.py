@@ -20,104 +20,14 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from .instructions import MODES  # noqa: F401  (re-exported: tritp.codegen.problem.MODES)
+from .instructions import Instruction, ProblemError, check_instruction, num_elements, path_shape
 from .irreps import Irreps, as_irreps
 
-MODES = ("uvw", "uvu", "uvv", "uuw", "uuu", "uvuv")
 IRREP_NORMALIZATIONS = ("component", "norm", "none")
 PATH_NORMALIZATIONS = ("element", "path", "none")
 LAYOUTS = ("mul_ir", "ir_mul")
 KEY_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Instruction:
-    """One coupling path, as e3nn's ``Instruction`` after construction.
-
-    ``path_weight`` is what the user gave (e3nn's sixth tuple element, default 1.0);
-    ``coefficient`` is e3nn's final normalization factor ``sqrt(alpha)``, which e3nn stores
-    in its own ``Instruction.path_weight``.
-    """
-
-    i_in1: int
-    i_in2: int
-    i_out: int
-    mode: str
-    has_weight: bool
-    path_weight: float
-    path_shape: tuple
-    coefficient: float
-
-    @property
-    def connection_mode(self) -> str:
-        return self.mode
-
-    def as_tuple(self) -> tuple:
-        return (self.i_in1, self.i_in2, self.i_out, self.mode, self.has_weight, self.path_weight)
-
-
-class ProblemError(ValueError):
-    """An invalid tensor product description."""
-
-
-def _describe(k: int, ins) -> str:
-    return f"instruction {k} {tuple(ins)!r}"
-
-
-def _path_shape(mode: str, m1: int, m2: int, mo: int) -> tuple:
-    return {
-        "uvw": (m1, m2, mo),
-        "uvu": (m1, m2),
-        "uvv": (m1, m2),
-        "uuw": (m1, mo),
-        "uuu": (m1,),
-        "uvuv": (m1, m2),
-    }[mode]
-
-
-def _num_elements(mode: str, m1: int, m2: int) -> int:
-    return {"uvw": m1 * m2, "uvu": m2, "uvv": m1, "uuw": m1, "uuu": 1, "uvuv": 1}[mode]
-
-
-def _check_instruction(k, raw, in1, in2, out) -> tuple:
-    if not isinstance(raw, (tuple, list)) or len(raw) not in (5, 6):
-        raise ProblemError(
-            f"{_describe(k, raw if isinstance(raw, (tuple, list)) else (raw,))}: expected "
-            "(i_in1, i_in2, i_out, mode, has_weight[, path_weight])"
-        )
-    i1, i2, io, mode, has_weight = raw[:5]
-    pw = raw[5] if len(raw) == 6 else 1.0
-    what = _describe(k, raw)
-    for name, i, irreps in (("i_in1", i1, in1), ("i_in2", i2, in2), ("i_out", io, out)):
-        if not isinstance(i, int) or isinstance(i, bool):
-            raise ProblemError(f"{what}: {name} must be an int, got {i!r}")
-        if not 0 <= i < len(irreps):
-            raise ProblemError(f"{what}: {name}={i} is out of range for {len(irreps)} segments ({irreps})")
-    if mode not in MODES:
-        raise ProblemError(f"{what}: unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    if not isinstance(has_weight, bool):
-        raise ProblemError(f"{what}: has_weight must be True or False, got {has_weight!r}")
-    if isinstance(pw, bool) or not isinstance(pw, (int, float)) or not math.isfinite(pw) or pw < 0:
-        raise ProblemError(f"{what}: path_weight must be a finite non-negative float, got {pw!r}")
-    (m1, r1), (m2, r2), (mo, ro) = in1[i1], in2[i2], out[io]
-    if r1.p * r2.p != ro.p:
-        raise ProblemError(f"{what}: parity rule violated: {r1} x {r2} cannot give {ro}")
-    if not abs(r1.l - r2.l) <= ro.l <= r1.l + r2.l:
-        raise ProblemError(f"{what}: triangle rule violated: {r1} x {r2} cannot give {ro}")
-    rule = {
-        "uvw": (True, ""),
-        "uvu": (m1 == mo, f"mode uvu needs mul_in1 == mul_out, got {m1} and {mo}"),
-        "uvv": (m2 == mo, f"mode uvv needs mul_in2 == mul_out, got {m2} and {mo}"),
-        "uuw": (m1 == m2, f"mode uuw needs mul_in1 == mul_in2, got {m1} and {m2}"),
-        "uuu": (m1 == m2 == mo, f"mode uuu needs equal multiplicities, got {m1}, {m2}, {mo}"),
-        "uvuv": (m1 * m2 == mo, f"mode uvuv needs mul_out == mul_in1 * mul_in2, got {mo} != {m1}*{m2}"),
-    }[mode]
-    if not rule[0]:
-        raise ProblemError(f"{what}: {rule[1]}")
-    if mode == "uvw" and not has_weight:
-        raise ProblemError(f"{what}: mode uvw needs has_weight=True (the weights mix the channels)")
-    if mode == "uuw" and not has_weight and mo != 1:
-        raise ProblemError(f"{what}: mode uuw without weight needs mul_out == 1, got {mo}")
-    return i1, i2, io, mode, has_weight, float(pw)
 
 
 def _check_choice(name, value, choices):
@@ -174,13 +84,13 @@ class Problem:
             raise ProblemError(f"shared_weights must be True or False, got {shared_weights!r}")
         if isinstance(instructions, str) or not hasattr(instructions, "__iter__"):
             raise ProblemError(f"instructions must be a list of tuples, got {instructions!r}")
-        raw = [_check_instruction(k, ins, in1, in2, out) for k, ins in enumerate(instructions)]
+        raw = [check_instruction(k, ins, in1, in2, out) for k, ins in enumerate(instructions)]
         v1 = _check_vars("in1_var", in1_var, len(in1))
         v2 = _check_vars("in2_var", in2_var, len(in2))
         vo = _check_vars("out_var", out_var, len(out))
 
         def elems(r):
-            return _num_elements(r[3], in1[r[0]].mul, in2[r[1]].mul)
+            return num_elements(r[3], in1[r[0]].mul, in2[r[1]].mul)
 
         built = []
         for r in raw:
@@ -200,7 +110,7 @@ class Problem:
                 alpha /= x
             alpha *= vo[io]
             alpha *= pw
-            shape = _path_shape(mode, in1[i1].mul, in2[i2].mul, out[io].mul)
+            shape = path_shape(mode, in1[i1].mul, in2[i2].mul, out[io].mul)
             built.append(Instruction(i1, i2, io, mode, hw, pw, shape, math.sqrt(alpha)))
         set_ = object.__setattr__
         set_(self, "irreps_in1", in1)
