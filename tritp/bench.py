@@ -5,9 +5,10 @@ of x1, x2 and w) and ``dbl`` (energy -> forces: the gradient of x2 with ``create
 the gradients of x1 and w of a loss on it) -- every implementation is first checked against
 the float64 reference (:func:`tritp.reference_tp` on float64 copies of the first rows), then
 timed: ``triton.testing.do_bench`` (median) on CUDA, a wall-clock median elsewhere (any
-``timer(fn) -> ms`` can be passed). Peers are used only when they import and build; a peer that
-fails is recorded with its reason, never fatal. The copy bandwidth measured in the same run
-gives each direction's I/O floor (:func:`io_bytes`). It reports; it never asserts a time.
+``timer(fn) -> ms`` can be passed; the timers are :mod:`tritp.bench_timing`'s). Peers are used
+only when they import and build; a peer that fails is recorded with its reason, never fatal.
+The copy bandwidth measured in the same run gives each direction's I/O floor
+(:func:`io_bytes`). It reports; it never asserts a time.
 
 Example:
     >>> import torch
@@ -22,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -30,71 +30,12 @@ from typing import Callable, Optional
 import torch
 
 from .codegen import Problem
-from .kernels import interpreter_active
+from .kernels import interpreter_active  # noqa: F401  (re-exported)
 from .bench_peers import PEERS, build_impl, peer_status  # noqa: F401  (re-exported)
+from .bench_timing import copy_bandwidth, cuda_timer, default_timer, wall_timer  # noqa: F401  (re-exported)
 from .presets import ANCHOR_DBL_BATCH, PEER_ANCHORS_H100
 
 DIRECTIONS = ("fwd", "fwdbwd", "dbl")
-
-
-# -- timers -----------------------------------------------------------------------------------
-def wall_timer(reps: int = 5, warmup: int = 1) -> Callable:
-    """``timer(fn) -> ms``: median of ``reps`` wall-clock runs after ``warmup`` runs
-    (synchronizing CUDA around each run). Works everywhere, the Triton interpreter included.
-
-    Example:
-        >>> wall_timer(reps=3)(lambda: sum(range(10))) >= 0
-        True
-    """
-    def sync():
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-
-    def timer(fn) -> float:
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(max(1, reps)):
-            sync()
-            t = time.perf_counter()
-            fn()
-            sync()
-            times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
-
-    return timer
-
-
-def cuda_timer(warmup_ms: int = 25, rep_ms: int = 100) -> Callable:
-    """``timer(fn) -> ms`` from ``triton.testing.do_bench`` (median; needs a GPU driver)."""
-    from triton.testing import do_bench
-
-    def timer(fn) -> float:
-        return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
-
-    return timer
-
-
-def default_timer(device: torch.device, quick: bool = False) -> Callable:
-    """``do_bench`` on CUDA without the interpreter, else :func:`wall_timer` (``quick``: two
-    runs, no warm-up, since the correctness check has already run every kernel once)."""
-    if device.type == "cuda" and not interpreter_active():
-        return cuda_timer(rep_ms=50 if quick else 100)
-    return wall_timer(reps=2, warmup=0) if quick else wall_timer(reps=5, warmup=1)  # quick: the check warmed up
-
-
-def copy_bandwidth(device: torch.device, timer: Callable, nbytes: Optional[int] = None) -> float:
-    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written.
-
-    Example:
-        >>> copy_bandwidth(torch.device("cpu"), wall_timer(reps=1), 1 << 20) > 0
-        True
-    """
-    n = nbytes or ((1 << 30) if device.type == "cuda" else (1 << 26))
-    src = torch.rand(n // 4, device=device)
-    dst = torch.empty_like(src)
-    ms = timer(lambda: dst.copy_(src))
-    return 2 * src.numel() * 4 / (ms * 1e-3)
 
 
 # -- problem arithmetic -----------------------------------------------------------------------
