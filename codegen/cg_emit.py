@@ -67,13 +67,13 @@ class CGEmitter(GemmMixin):
             return f"{off} + ({ch}) * {ir.dim} + {m}"
         return f"{off + m * mul} + ({ch})"
 
-    def load(self, t: int, role: str, addr: str, tile: bool, mask: str = "m2d") -> tuple:
+    def load(self, t: int, role: str, addr: str, tile: bool, mask: str = "m2d", lane_mask: str = "cm") -> tuple:
         """Emit a load; returns (variable, kind) with kind in '2d', 'z', 's'."""
         v = self.fresh("v")
         shared_w = role == "w" and self.p.shared_weights
         if shared_w:
             if tile:
-                self.w(f"{v} = tl.load(t{t} + ({addr}), mask=cm, other=0.0).to(DT)[None, :]")
+                self.w(f"{v} = tl.load(t{t} + ({addr}), mask={lane_mask}, other=0.0).to(DT)[None, :]")
                 return v, "2d"
             self.w(f"{v} = tl.load(t{t} + ({addr})).to(DT)")
             return v, "s"
@@ -164,16 +164,27 @@ class CGEmitter(GemmMixin):
                 self.w(f"c = c0 + tl.arange(0, {bc})")
                 self.w(f"cm = c < {mul}")
                 accs = [f"acc{m}" for m in range(ir.dim)]
+                # a one-channel target (e.g. the gradient of mul-1 edge harmonics) would leave a
+                # [rows, 1] tile and loop serially over the other operands' channels: instead
+                # those channels become lanes of [rows, lanes] accumulators, summed once at the end
+                red = {id(i): self.reduction_letter(i) for i in inss} if mul == 1 else {}
+                lanes = max([self.letters(i)[1][ch] for i in inss if (ch := red.get(id(i)))] + [0])
+                self.lanes = min(_p2(lanes), self.block_c) if lanes else 0
                 with self.row_block(accs, bc):
                     self.w("m2d = zm[:, None] & cm[None, :]")
                     for a in accs:
                         self.w(f"{a} = tl.zeros([BLOCK_Z, {bc}], DT)")
+                        if self.lanes:
+                            self.w(f"q{a} = tl.zeros([BLOCK_Z, {self.lanes}], DT)")
                     for ins in inss:
                         k = self.p.instructions.index(ins)
                         for term in self.spec.terms:
                             if not ins.has_weight and term[4]:
                                 continue
-                            self.emit_term(k, ins, term, accs)
+                            self.emit_term(k, ins, term, accs, red.get(id(ins)))
+                    if self.lanes:
+                        for a in accs:
+                            self.w(f"{a} += tl.sum(q{a}, axis=1)[:, None]")
                 for m, a in enumerate(accs):
                     addr = self._target_addr(role, seg, m)
                     self.store_tile(addr, a)
@@ -198,8 +209,25 @@ class CGEmitter(GemmMixin):
             inner *= sizes[ch]
         return vals
 
-    def emit_term(self, k, ins, term, accs):
-        """Add one (instruction, term) contribution to the target accumulators."""
+    def term_loops(self, ins) -> list:
+        """Channel letters a term loops over: used by a source operand, absent from the target."""
+        target = self.spec.target
+        lt, sizes = self.letters(ins)
+        src_roles = [r for r in ("x1", "x2", "out") if r != target]
+        used = set("".join(lt[r] for r in src_roles) + (lt["w"] if ins.has_weight else ""))
+        return [ch for ch in "uvw" if ch in used and ch not in lt[target] and sizes[ch] > 1]
+
+    def reduction_letter(self, ins):
+        """The loop letter a one-channel target vectorizes over (the largest), or None."""
+        if self.dot_letter(ins) is not None:
+            return None
+        sizes = self.letters(ins)[1]
+        loops = self.term_loops(ins)
+        return max(loops, key=lambda ch: (sizes[ch], ch)) if loops else None
+
+    def emit_term(self, k, ins, term, accs, red=None):
+        """Add one (instruction, term) contribution to the target accumulators; ``red`` is a
+        loop letter run as ``self.lanes`` vector lanes into the ``q``-accumulators."""
         K = self.dot_letter(ins)
         if K is not None:
             return self.emit_dot_term(k, ins, term, accs, K)
@@ -210,7 +238,10 @@ class CGEmitter(GemmMixin):
         vec = {ch for ch in lt[target] if sizes[ch] > 1}
         src_roles = [r for r in ("x1", "x2", "out") if r != target]
         used = set("".join(lt[r] for r in src_roles) + (lt["w"] if ins.has_weight else ""))
-        loops = [ch for ch in "uvw" if ch in used and ch not in lt[target] and sizes[ch] > 1]
+        loops = self.term_loops(ins)
+        if red is not None:  # the lane loop goes outermost
+            loops = [red] + [ch for ch in loops if ch != red]
+            accs = [f"q{a}" for a in accs]
         for ch in used:
             if ch not in vals and sizes[ch] == 1:
                 vals[ch] = "0"
@@ -238,19 +269,31 @@ class CGEmitter(GemmMixin):
                 if deps(role) - vec <= opened:
                     t = term[ROLE_INDEX[role]]
                     ch = _flatten(lt[role], sizes, vals)
-                    tile = bool(deps(role) & vec)
+                    laned = red in deps(role)
+                    tile = bool(deps(role) & vec) or laned
+                    kw = {"mask": mq, "lane_mask": qm} if laned else {}
                     if role == "w":
-                        loaded["w"] = self.load(t, "w", f"{self.woffs[k]} + {ch}", tile)
+                        loaded["w"] = self.load(t, "w", f"{self.woffs[k]} + {ch}", tile, **kw)
                     else:
-                        loaded[role] = {m: self.load(t, role, self.elem(ins, role, ch, m), tile)
+                        loaded[role] = {m: self.load(t, role, self.elem(ins, role, ch, m), tile, **kw)
                                         for m in pending[role]}
                     del pending[role]
 
+        mq = qm = None
         flush()
         for ch in loops:
-            vals[ch] = f"L{ch}{self.uid}"
-            ctx = self.w.block(f"for {vals[ch]} in range({sizes[ch]}):")
-            ctx.__enter__()
+            if ch == red:
+                q, qm, mq = self.fresh("q"), self.fresh("qm"), self.fresh("mq")
+                ctx = self.w.block(f"for {q}_0 in range(0, {sizes[ch]}, {self.lanes}):")
+                ctx.__enter__()
+                self.w(f"{q} = {q}_0 + tl.arange(0, {self.lanes})")
+                self.w(f"{qm} = {q} < {sizes[ch]}")
+                self.w(f"{mq} = zm[:, None] & {qm}[None, :]")
+                vals[ch] = q
+            else:
+                vals[ch] = f"L{ch}{self.uid}"
+                ctx = self.w.block(f"for {vals[ch]} in range({sizes[ch]}):")
+                ctx.__enter__()
             depth_ctx.append(ctx)
             opened.add(ch)
             flush()

@@ -435,6 +435,22 @@ def test_int64_addressing(monkeypatch, shared):
     assert rel(big[0], ref(x1.double(), x2.double(), w.double())) <= 1e-5
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "batch"])
+def test_one_channel_target_runs_lanes_in_chunks(monkeypatch, shared):
+    """A one-channel target segment (the gradient of mul-1 edge harmonics: the forces) runs the
+    other operands' channels as vector lanes, summed at the end: block_c = 4 < 6 channels gives
+    two lane chunks with a masked tail; the uvw path also keeps a serial loop over w."""
+    from tritp.tuning import Config
+
+    monkeypatch.setattr(tritp.tuning, "choose", lambda *a, **k: Config(block_z=4, block_c=4, num_warps=1))
+    in1, in2, out = "6x0e+3x1o", "0e+1o", "6x0e+3x1o+2x1o"
+    ins = paths(in1, in2, "6x0e+3x1o", "uvu", True) + [(1, 0, 2, "uvw", True, 0.9), (0, 1, 2, "uvw", True)]
+    tri, ref = pair(in1, in2, out, ins, shared_weights=shared)
+    spec = forward_spec().derivative(1)
+    assert "tl.sum(qacc0, axis=1)" in tritp.kernels.kernel_source(tri.problem, spec, "float64", 4)[0].read_text()
+    check_against_reference(tri, ref, batch=(7,), dtype=torch.float64)
+
+
 # -- determinism -----------------------------------------------------------------------------
 
 
