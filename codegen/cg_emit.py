@@ -46,6 +46,9 @@ class CGEmitter(GemmMixin):
         self.segs = {"x1": problem.irreps_in1, "x2": problem.irreps_in2, "out": problem.irreps_out}
         self.offs = {r: s.offsets() for r, s in self.segs.items()}
         self.woffs = problem.weight_offsets()
+        # shared-weight gradients sum over the whole batch: a fixed grid of programs strides
+        # over the row blocks and writes one partial row each (split-K), not one per block
+        self.split_rows = spec.target == "w" and problem.shared_weights
 
     def fresh(self, stem: str) -> str:
         self.uid += 1
@@ -99,7 +102,7 @@ class CGEmitter(GemmMixin):
         w("@triton.jit")
         with w.block(f"def {KERNEL_NAME}({', '.join(self.kernel_args())}):"):
             self.emit_prologue()
-            if spec.target == "w" and self.p.shared_weights:
+            if self.split_rows:
                 with w.block("if IDX64:"):  # shared-weight partials: row pid of [programs, numel]
                     w("pg = pid.to(tl.int64) * sg")
                 with w.block("else:"):
@@ -121,10 +124,24 @@ class CGEmitter(GemmMixin):
                 + ["g", "sg", "Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr"])
 
     def emit_prologue(self):
-        """Rows of this program: ``z``, mask ``zm``, and row offsets ``r<i>`` / ``rg``."""
+        """The program id ``pid``, and unless rows are split (see :meth:`row_loop`) this
+        program's rows (:meth:`emit_rows`)."""
+        self.w("pid = tl.program_id(0)")
+        if not self.split_rows:
+            self.emit_rows("pid * BLOCK_Z")
+
+    def row_loop(self):
+        """Context of a shared-weight gradient's accumulation: a loop over this program's row
+        blocks (every ``num_programs``-th), each opened by :meth:`emit_rows`."""
+        if not self.split_rows:
+            return nullcontext()
+        return _Then(self.w.block("for zb in range(pid * BLOCK_Z, Z, tl.num_programs(0) * BLOCK_Z):"),
+                     lambda: self.emit_rows("zb"))
+
+    def emit_rows(self, first: str):
+        """Rows ``first + arange(BLOCK_Z)``: ``z``, mask ``zm``, row offsets ``r<i>`` / ``rg``."""
         w = self.w
-        w("pid = tl.program_id(0)")
-        w("z = pid * BLOCK_Z + tl.arange(0, BLOCK_Z)")
+        w(f"z = {first} + tl.arange(0, BLOCK_Z)")
         w("zm = z < Z")
         with w.block("if IDX64:"):
             w("zz = z.to(tl.int64)")
@@ -357,11 +374,13 @@ class CGEmitter(GemmMixin):
             with self.w.block(f"for c0 in range(0, {n}, {bc}):"):  # always a loop: see above
                 self.w(f"c = c0 + tl.arange(0, {bc})")
                 self.w(f"cm = c < {n}")
-                self.w("m2d = zm[:, None] & cm[None, :]")
                 self.w(f"accw = tl.zeros([BLOCK_Z, {bc}], DT)")
                 vals = self.vector_letters(lt["w"], sizes)
                 for ch in "uvw":
                     vals.setdefault(ch, "0")
+                zloop = self.row_loop()
+                zloop.__enter__()
+                self.w("m2d = zm[:, None] & cm[None, :]")
                 for term in spec.terms:
                     ops = {}
                     for role, ms in (("x1", {e[0] for e in nz}), ("x2", {e[1] for e in nz}),
@@ -378,11 +397,26 @@ class CGEmitter(GemmMixin):
                                        f"{_as2d(ops['x2'][j][0], ops['x2'][j][1])}" for i, j, c in es)
                         g = ops["out"][kk]
                         self.w(f"accw += ({s}) * {_as2d(g[0], g[1])}")
+                zloop.__exit__(None, None, None)
                 addr = f"{self.woffs[k]} + c"
                 if shared:
                     self.store_shared_weight(addr, "accw")
                 else:
                     self.store_tile(addr, "accw")
+
+
+class _Then:
+    """A context manager that runs ``after_enter`` once ``ctx`` is entered."""
+
+    def __init__(self, ctx, after_enter):
+        self.ctx, self.after_enter = ctx, after_enter
+
+    def __enter__(self):
+        self.ctx.__enter__()
+        self.after_enter()
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc)
 
 
 def _as2d(expr: str, kind: str) -> str:

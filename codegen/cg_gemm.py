@@ -116,12 +116,14 @@ class GemmMixin:
         with self.w.block(f"for wr0 in range(0, {rows}, {br}):"):  # r<i> are row offsets
             self.w(f"rr = wr0 + tl.arange(0, {br})")
             self.w(f"rm = rr < {rows}")
-            self.w("mr = zm[:, None] & rm[None, :]")
             with self.w.block(f"for wn0 in range(0, {sizes['w']}, {bn}):"):
                 self.w(f"nn = wn0 + tl.arange(0, {bn})")
                 self.w(f"nm = nn < {sizes['w']}")
-                self.w("mn = zm[:, None] & nm[None, :]")
                 self.w(f"accw = tl.zeros([{br}, {bn}], DT)")
+                zloop = self.row_loop()  # the GEMM's K: this program's row blocks
+                zloop.__enter__()
+                self.w("mr = zm[:, None] & rm[None, :]")
+                self.w("mn = zm[:, None] & nm[None, :]")
                 if ins.mode == "uvw":
                     vals = {"u": f"(rr // {sizes['v']})", "v": f"(rr % {sizes['v']})", "w": "nn"}
                 else:
@@ -143,5 +145,6 @@ class GemmMixin:
                                                       for i, j, c in es))
                         self.w(f"accw += tl.dot(tl.trans({pv}), {ops['out'][kk]}, input_precision=DOT_PREC, "
                                "out_dtype=DT)")
+                zloop.__exit__(None, None, None)
                 self.w(f"tl.store(g + pg + ({self.woffs[k]} + rr[:, None] * {sizes['w']} + nn[None, :]), "
                        "accw.to(g.dtype.element_ty), mask=rm[:, None] & nm[None, :])")

@@ -104,9 +104,14 @@ class ConvEmitter(CGEmitter):
             w("nsel = node")
             self._cast(["nsel"])
             w("rg = nsel * sg")
-            return
+        elif not self.split_rows:
+            self.emit_rows("pid * BLOCK_Z")
+
+    def emit_rows(self, first: str):
+        """Edges ``first + arange(BLOCK_Z)`` and the rows of their endpoints (edge modes)."""
+        w = self.w
         need = self._needed() | {self.row_var(self.spec.target)}
-        w("z = pid * BLOCK_Z + tl.arange(0, BLOCK_Z)")
+        w(f"z = {first} + tl.arange(0, BLOCK_Z)")
         w("zm = z < Z")
         w("ze = z")
         names = ["ze"]

@@ -492,6 +492,13 @@ def test_shared_weight_gradient_is_deterministic(monkeypatch):
     (ref(x1.double(), x2.double(), wr) * gy.double()).sum().backward()
     assert rel(g1, wr.grad) <= 1e-4
     assert rel(tri(x1, x2, w), ref(x1.double(), x2.double(), w.double())) <= 1e-5
+    # split-K: one program strides over both row blocks into a single partial row
+    monkeypatch.setattr(tritp.kernels, "SPLIT_PROGRAMS_PER_SM", 1)
+    monkeypatch.setattr(tritp.kernels, "_sm_count", lambda device: 1)
+    nprog.clear()
+    g3, g4 = wgrad(), wgrad()
+    assert 1 in nprog and torch.equal(g3, g4)
+    assert rel(g3, wr.grad) <= 1e-4
 
 
 # -- source cache ----------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from . import kernels
 from .codegen import Problem, conv_emit
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
-from .kernels import acc_dtype, generator_hash, interpreter_active, load_generated, target_dim, triton_cdiv
+from .kernels import (acc_dtype, generator_hash, interpreter_active, load_generated, split_programs, target_dim,
+                      triton_cdiv)
 from .tuning import Config, heuristic
 
 SCATTERS = ("atomic", "deterministic")
@@ -115,6 +116,8 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
     kernel = get_conv_kernel(problem, spec, dtype_name, config.block_c, mode)
     block_z = max(config.block_z, kernel.tritp_min_block_z)  # tl.dot paths need 16 rows
     nprog = nrows if mode == "segment" else triton_cdiv(E, block_z)
+    if len(shape) == 1:  # shared-weight gradient: rows split over a fixed grid (see split_programs)
+        nprog = split_programs(nprog, device)
     if mode == "atomic":
         g = torch.zeros(shape, dtype=acc, device=device)  # atomics accumulate at full precision
     elif len(shape) == 1:

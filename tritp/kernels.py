@@ -124,7 +124,7 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
         config = choose(problem, spec, dtype_name, Z, device, interpreter_active())
     kernel = get_kernel(problem, spec, dtype_name, config.block_c)
     block_z = max(config.block_z, kernel.tritp_min_block_z)
-    nprog = triton_cdiv(Z, block_z)
+    nprog = split_programs(triton_cdiv(Z, block_z), device) if shared_w else triton_cdiv(Z, block_z)
     args, strides = [], []
     for t in tensors:
         if t.dim() == 1:
@@ -143,6 +143,24 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     kernel[(nprog,)](*args, *strides, g, dim, Z, IDX64=big, BLOCK_Z=block_z,
                      num_warps=config.num_warps, num_stages=config.num_stages)
     return g.sum(0).to(out_dtype) if shared_w else g
+
+
+#: Programs per SM of a shared-weight gradient; each strides over the row blocks (split-K).
+SPLIT_PROGRAMS_PER_SM = 4
+
+
+@lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1  # the interpreter runs programs one after another
+
+
+def split_programs(nblocks: int, device: torch.device) -> int:
+    """Grid of a shared-weight gradient kernel: a few programs per SM, each summing every
+    ``grid``-th block of rows into one partial row (fewer, longer partials than one per block;
+    the fixed assignment keeps the sum deterministic on a given GPU)."""
+    return max(1, min(nblocks, SPLIT_PROGRAMS_PER_SM * _sm_count(device)))
 
 
 def triton_cdiv(a: int, b: int) -> int:
