@@ -40,9 +40,9 @@ from typing import List
 import torch
 from torch.library import custom_op, triton_op, wrap_triton
 
-from .codegen.cg_spec import compact
 from .conv_index import check_ranges
 from .conv_kernels import produce_conv, target_shape
+from .op_pair import cg_gradients, pick, register
 from .ops import problem_from_key, spec_from_str
 
 
@@ -85,35 +85,24 @@ def _setup(ctx, inputs, output):
 
 def _make_backward(op):
     def backward(ctx, grad):
-        key, spec_s, scatter, n_in, n_out = ctx.args
+        key, spec, scatter, n_in, n_out = ctx.args
         saved = ctx.saved_tensors
         tensors, graph = saved[:ctx.n_tensors], list(saved[ctx.n_tensors:])
-        args = tensors + (grad,)
-        spec = spec_from_str(spec_s)
-        needs = ctx.needs_input_grad[6]
-        grads = []
-        for i, t in enumerate(tensors):
-            if not needs[i]:
-                grads.append(None)
-                continue
-            dspec, kept = compact(spec.derivative(i))
-            if not dspec.terms:  # e.g. a weightless problem's weight tangent
-                grads.append(torch.zeros_like(t))
-                continue
-            grads.append(op(key, dspec.to_str(), scatter, n_in, n_out, t.dtype, [args[k] for k in kept], graph))
+
+        def call(t, dspec, args):
+            return op(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
+
+        grads = cg_gradients(spec_from_str(spec), tensors, grad, ctx.needs_input_grad[6], call)
         return None, None, None, None, None, None, grads, [None] * len(graph)
 
     return backward
 
 
-for _op in (conv_produce_op, conv_produce_triton_op):
-    _op.register_fake(_fake)
-    _op.register_autograd(_make_backward(_op), setup_context=_setup)
+register((conv_produce_op, conv_produce_triton_op), _fake, _setup, _make_backward)
 
 
 def run(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype, tensors: list,
         graph: list) -> torch.Tensor:
     """Dispatch to the op Inductor can see on CUDA, and to the opaque op elsewhere."""
-    if tensors[0].device.type == "cuda":
-        return conv_produce_triton_op(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph)
-    return conv_produce_op(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph)
+    return pick(conv_produce_op, conv_produce_triton_op, tensors)(key, spec, scatter, n_in, n_out, out_dtype,
+                                                                  tensors, graph)

@@ -35,6 +35,7 @@ from torch.library import custom_op, triton_op, wrap_triton
 
 from .codegen.gaunt_problem import GauntProblem, derivative_spec, parse_spec
 from .gaunt_kernels import gaunt_produce, target_dim
+from .op_pair import pick, register, save_inputs, unbroadcast
 
 
 @lru_cache(maxsize=512)
@@ -58,36 +59,23 @@ def _fake(key, spec, Z, out_dtype, tensors):
     return tensors[0].new_empty((Z, target_dim(problem_from_key(key), target)), dtype=out_dtype)
 
 
-def _setup(ctx, inputs, output):
-    key, spec, Z, _, tensors = inputs
-    ctx.key, ctx.spec, ctx.Z = key, spec, Z
-    ctx.save_for_backward(*tensors)
-
-
 def _make_backward(op):
     def backward(ctx, grad):
         a, b, *tabs = ctx.saved_tensors
         needs = ctx.needs_input_grad[4]
         grads = [None] * (2 + len(tabs))  # the tables are constants
         for i, (t, other) in enumerate(((a, b), (b, a))):
-            if not needs[i]:
-                continue
-            r = op(ctx.key, derivative_spec(ctx.spec, i), ctx.Z, t.dtype, [other, grad, *tabs])
-            if t.shape[0] == 1 and r.shape[0] != 1:  # a row broadcast over the batch
-                r = r.sum(0, keepdim=True)
-            grads[i] = r
+            if needs[i]:
+                grads[i] = unbroadcast(t, op(ctx.key, derivative_spec(ctx.spec, i), ctx.Z, t.dtype,
+                                             [other, grad, *tabs]))
         return None, None, None, None, grads
 
     return backward
 
 
-for _op in (gaunt_op, gaunt_triton_op):
-    _op.register_fake(_fake)
-    _op.register_autograd(_make_backward(_op), setup_context=_setup)
+register((gaunt_op, gaunt_triton_op), _fake, save_inputs, _make_backward)
 
 
 def run(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: list) -> torch.Tensor:
     """Dispatch to the op Inductor can see on CUDA, and to the opaque op elsewhere."""
-    if tensors[0].device.type == "cuda":
-        return gaunt_triton_op(key, spec, Z, out_dtype, tensors)
-    return gaunt_op(key, spec, Z, out_dtype, tensors)
+    return pick(gaunt_op, gaunt_triton_op, tensors)(key, spec, Z, out_dtype, tensors)

@@ -30,8 +30,9 @@ import torch
 from torch.library import custom_op, triton_op, wrap_triton
 
 from .codegen import Problem
-from .codegen.cg_spec import ProducerSpec, compact
+from .codegen.cg_spec import ProducerSpec
 from .kernels import produce, target_dim
+from .op_pair import cg_gradients, pick, register, save_inputs, unbroadcast
 
 
 @lru_cache(maxsize=512)
@@ -62,43 +63,20 @@ def _fake(key, spec, Z, out_dtype, tensors):
     return tensors[0].new_empty(shape, dtype=out_dtype)
 
 
-def _setup(ctx, inputs, output):
-    key, spec, Z, _, tensors = inputs
-    ctx.key, ctx.spec, ctx.Z = key, spec, Z
-    ctx.save_for_backward(*tensors)
-
-
 def _make_backward(op):
     def backward(ctx, grad):
-        tensors = ctx.saved_tensors
-        args = tensors + (grad,)
-        spec = spec_from_str(ctx.spec)
-        needs = ctx.needs_input_grad[4]
-        grads = []
-        for i, t in enumerate(tensors):
-            if not needs[i]:
-                grads.append(None)
-                continue
-            dspec, kept = compact(spec.derivative(i))
-            if not dspec.terms:
-                grads.append(torch.zeros_like(t))
-                continue
-            r = op(ctx.key, dspec.to_str(), ctx.Z, t.dtype, [args[k] for k in kept])
-            if t.dim() == 2 and t.shape[0] == 1 and r.shape[0] != 1:  # a row broadcast over the batch
-                r = r.sum(0, keepdim=True)
-            grads.append(r)
+        def call(t, dspec, args):
+            return unbroadcast(t, op(ctx.key, dspec, ctx.Z, t.dtype, args))
+
+        grads = cg_gradients(spec_from_str(ctx.spec), ctx.saved_tensors, grad, ctx.needs_input_grad[4], call)
         return None, None, None, None, grads
 
     return backward
 
 
-for _op in (produce_op, produce_triton_op):
-    _op.register_fake(_fake)
-    _op.register_autograd(_make_backward(_op), setup_context=_setup)
+register((produce_op, produce_triton_op), _fake, save_inputs, _make_backward)
 
 
 def run(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: list) -> torch.Tensor:
     """Dispatch to the op Inductor can see on CUDA, and to the opaque op elsewhere."""
-    if tensors[0].device.type == "cuda":
-        return produce_triton_op(key, spec, Z, out_dtype, tensors)
-    return produce_op(key, spec, Z, out_dtype, tensors)
+    return pick(produce_op, produce_triton_op, tensors)(key, spec, Z, out_dtype, tensors)

@@ -1,0 +1,106 @@
+"""What the three op families (:mod:`tritp.ops`, :mod:`tritp.gaunt_ops`, :mod:`tritp.conv_ops`)
+share: each registers one schema twice -- a ``custom_op`` that is opaque to Inductor and runs
+everywhere, the Triton interpreter included (where ``triton_op`` tracing fails), and a
+``triton_op`` whose kernels Inductor sees on CUDA -- with one fake implementation and one
+autograd formula whose derivative is again a call of the same op.
+
+The schemas and the kernels stay in each family's module; this one holds the plumbing:
+:func:`register` (fake and autograd for both registrations), :func:`save_inputs` (the
+``setup_context`` of the ``(key, spec, Z, out_dtype, tensors)`` schema), :func:`cg_gradients`
+(the derivative loop of a CG producer spec), :func:`unbroadcast` and :func:`pick`.
+
+Example:
+    >>> import torch
+    >>> unbroadcast(torch.ones(1, 3), torch.ones(4, 3))  # one row broadcast over 4
+    tensor([[4., 4., 4.]])
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .codegen.cg_spec import ProducerSpec, compact
+
+
+def register(ops: Sequence, fake: Callable, setup_context: Callable, make_backward: Callable) -> None:
+    """Give every op of ``ops`` the fake implementation ``fake`` and the autograd formula
+    ``make_backward(op)``. Each backward calls its own op, so a derivative stays on the
+    registration (opaque or Inductor-visible) that the forward ran on.
+
+    Example (what :mod:`tritp.ops` runs at import)::
+
+        register((produce_op, produce_triton_op), _fake, save_inputs, _make_backward)
+    """
+    for op in ops:
+        op.register_fake(fake)
+        op.register_autograd(make_backward(op), setup_context=setup_context)
+
+
+def save_inputs(ctx, inputs, output) -> None:
+    """``setup_context`` of the ``(key, spec, Z, out_dtype, tensors)`` schema: keeps the strings
+    and the batch on ``ctx`` and saves the tensors.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> ctx = SimpleNamespace(save_for_backward=lambda *ts: setattr(ctx, "saved", ts))
+        >>> save_inputs(ctx, ("k", "s", 3, torch.float32, [torch.ones(1)]), None)
+        >>> ctx.key, ctx.spec, ctx.Z, len(ctx.saved)
+        ('k', 's', 3, 1)
+    """
+    key, spec, Z, _, tensors = inputs
+    ctx.key, ctx.spec, ctx.Z = key, spec, Z
+    ctx.save_for_backward(*tensors)
+
+
+def unbroadcast(t: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``grad`` summed over the batch when ``t`` was one row broadcast over it (a ``[1, dim]``
+    operand of a ``[Z, dim]`` product), else ``grad`` itself.
+
+    Example:
+        >>> unbroadcast(torch.ones(2, 3), torch.ones(2, 3)).shape
+        torch.Size([2, 3])
+    """
+    if t.dim() == 2 and t.shape[0] == 1 and grad.shape[0] != 1:
+        return grad.sum(0, keepdim=True)
+    return grad
+
+
+def cg_gradients(spec: ProducerSpec, tensors: Sequence, grad: torch.Tensor, needs: Sequence,
+                 call: Callable) -> list:
+    """The gradient of each of ``tensors`` (a producer ``spec``'s arguments) from the output
+    cotangent ``grad``: ``None`` where ``needs`` is false, zeros where the derivative has no
+    term (e.g. a weightless problem's weight tangent), else ``call(t, dspec, args)`` -- the
+    op run on the derivative spec's text and the arguments it keeps.
+
+    Example:
+        >>> from tritp.codegen.cg_spec import forward_spec
+        >>> ts = [torch.ones(2, 4), torch.ones(2, 1), torch.ones(2, 4)]
+        >>> gs = cg_gradients(forward_spec(), ts, torch.ones(2, 4), (True, False, False),
+        ...                   lambda t, dspec, args: print(dspec, len(args)))
+        x1|x2,w,out|-.0.1.2.0 3
+    """
+    args = tuple(tensors) + (grad,)
+    grads = []
+    for i, t in enumerate(tensors):
+        if not needs[i]:
+            grads.append(None)
+            continue
+        dspec, kept = compact(spec.derivative(i))
+        if not dspec.terms:
+            grads.append(torch.zeros_like(t))
+            continue
+        grads.append(call(t, dspec.to_str(), [args[k] for k in kept]))
+    return grads
+
+
+def pick(opaque, visible, tensors: Sequence):
+    """The registration to run: the Inductor-visible ``triton_op`` on CUDA, the opaque
+    ``custom_op`` elsewhere.
+
+    Example:
+        >>> pick("custom_op", "triton_op", [torch.ones(1)])
+        'custom_op'
+    """
+    return visible if tensors[0].device.type == "cuda" else opaque
