@@ -33,7 +33,7 @@ from .codegen.gaunt_problem import FORWARD, IMPLEMENTATIONS, ROLES, GauntError, 
 from .gaunt_kernels import role_tensors
 from .gaunt_reference import gaunt_reference
 from .kernels import interpreter_active
-from .module import BACKENDS, _rows, use_triton
+from .module import BACKENDS, _rows, check_operands, use_triton
 
 WEIGHT_ROLES = {"in1": "x1", "in2": "x2", "out": "out"}
 AUTO_BATCH = 10_000  # the batch "auto" asks the autotune cache about (compile time knows none)
@@ -164,19 +164,6 @@ class GauntProduct(torch.nn.Module):
         tag = "_t64_" if dtype == torch.float64 else "_t32_"
         return [getattr(self, tag + r) for r in ROLES] + [getattr(self, "_idx_" + r) for r in ROLES]
 
-    def _check(self, x1, x2):
-        for name, x, d, irr in (("x1", x1, self._dims[0], self.irreps_in1), ("x2", x2, self._dims[1], self.irreps_in2)):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-            if not x.is_floating_point():
-                raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-            if x.dim() == 0 or x.shape[-1] != d:
-                raise ValueError(f"{name}: expected shape [..., {d}] (irreps {irr}), got {list(x.shape)}")
-        if x2.dtype != x1.dtype:
-            raise TypeError(f"x2: dtype {x2.dtype} does not match x1's dtype {x1.dtype}")
-        if x2.device != x1.device:
-            raise ValueError(f"x2: device {x2.device} does not match x1's device {x1.device}")
-
     def _scale(self, name: str, x: torch.Tensor) -> torch.Tensor:
         if name not in self.weight_roles:
             return x
@@ -190,7 +177,7 @@ class GauntProduct(torch.nn.Module):
         return use_triton(self.backend, device, "Gaunt product")
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        self._check(x1, x2)
+        check_operands(x1, x2, self._dims, (self.irreps_in1, self.irreps_in2))
         x1, x2 = self._scale("in1", x1), self._scale("in2", x2)
         if not self._use_triton(x1.device):
             y = gaunt_reference(self.kernel_problem, x1, x2)

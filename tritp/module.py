@@ -76,6 +76,30 @@ def use_triton(backend: str, device: torch.device, what: str) -> bool:
     return False
 
 
+def check_operands(x1, x2, dims, irreps) -> None:
+    """Raise a TypeError or ValueError naming the argument unless ``x1`` and ``x2`` are
+    floating-point tensors of one dtype and device with last dimensions ``dims`` (the sizes of
+    ``irreps``, which the message quotes).
+
+    Example:
+        >>> check_operands(torch.ones(2, 4), torch.ones(2, 2), (4, 3), ("4x0e", "1o"))
+        Traceback (most recent call last):
+        ...
+        ValueError: x2: expected shape [..., 3] (irreps 1o), got [2, 2]
+    """
+    for name, x, d, irr in zip(("x1", "x2"), (x1, x2), dims, irreps):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != d:
+            raise ValueError(f"{name}: expected shape [..., {d}] (irreps {irr}), got {list(x.shape)}")
+    if x2.dtype != x1.dtype:
+        raise TypeError(f"x2: dtype {x2.dtype} does not match x1's dtype {x1.dtype}")
+    if x2.device != x1.device:
+        raise ValueError(f"x2: device {x2.device} does not match x1's device {x1.device}")
+
+
 class TensorProduct(torch.nn.Module):
     """An E(3)-equivariant tensor product running generated Triton kernels.
 
@@ -113,18 +137,7 @@ class TensorProduct(torch.nn.Module):
                 f"{self.weight_numel} weights | backend={self.backend}")
 
     def _check(self, x1, x2, weight) -> Optional[torch.Tensor]:
-        d1, d2, _ = self._dims
-        for name, x, d, irr in (("x1", x1, d1, self.irreps_in1), ("x2", x2, d2, self.irreps_in2)):
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-            if not x.is_floating_point():
-                raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
-            if x.dim() == 0 or x.shape[-1] != d:
-                raise ValueError(f"{name}: expected shape [..., {d}] (irreps {irr}), got {list(x.shape)}")
-        if x2.dtype != x1.dtype:
-            raise TypeError(f"x2: dtype {x2.dtype} does not match x1's dtype {x1.dtype}")
-        if x2.device != x1.device:
-            raise ValueError(f"x2: device {x2.device} does not match x1's device {x1.device}")
+        check_operands(x1, x2, self._dims[:2], (self.irreps_in1, self.irreps_in2))
         if self.weight_numel == 0:
             return None
         if weight is None:
