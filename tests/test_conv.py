@@ -201,3 +201,17 @@ def test_tensor_core_path_with_shared_weights(scatter):
     assert conv.shared_weights
     src, dst = graph()
     compare(conv, F64, src, dst, 6, second=False)
+
+
+def test_tensor_core_precision_follows_torch(monkeypatch):
+    """Shared-weight uvw convolutions mix channels with tl.dot: tf32 by default, full fp32
+    under ``torch.set_float32_matmul_precision("highest")`` -- and the two are different sources."""
+    p = compile_conv("16x0e", "0e", "16x0e", mode="uvw", scatter="atomic").problem
+    paths = {}
+    for prec, want in (("high", "tf32"), ("highest", "ieee")):
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda prec=prec: prec)
+        paths[want] = tritp.conv_kernels.conv_source_path(p, forward_spec(), "float32", 64, "atomic")
+        tritp.conv_kernels.get_conv_kernel(p, forward_spec(), "float32", 64, "atomic")
+        src = paths[want].read_text()
+        assert "tl.dot(" in src and f"DOT_PREC = tl.constexpr('{want}')" in src
+    assert paths["tf32"] != paths["ieee"]

@@ -34,7 +34,7 @@ from . import kernels
 from .codegen import Problem, conv_emit
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
-from .kernels import (acc_dtype, generator_hash, interpreter_active, load_generated, split_programs, target_dim,
+from .kernels import (acc_dtype, dot_precision, generator_hash, interpreter_active, load_generated, split_programs, target_dim,
                       triton_cdiv)
 from .tuning import Config, heuristic
 
@@ -44,18 +44,19 @@ _loaded: dict = {}
 
 def conv_source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str) -> Path:
     h = content_hash(generator_hash(), Path(conv_emit.__file__).read_bytes(), problem.key, repr(spec), dtype,
-                     block_c, mode)
+                     block_c, mode, dot_precision())
     return cache_dir("kernels") / f"conv_{mode}_{spec.target}_{h}.py"
 
 
 def get_conv_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str):
     """The loaded ``tp_producer`` of one conv source; generated and written on first use."""
-    key = (problem.key, spec, dtype, block_c, mode)
+    key = (problem.key, spec, dtype, block_c, mode, dot_precision())
     k = _loaded.get(key)
     if k is None:
         path = conv_source_path(problem, spec, dtype, block_c, mode)
         if not path.exists():
-            atomic_write(path, conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode).encode())
+            src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision())
+            atomic_write(path, src.encode())
         mod = load_generated(path)
         k = _loaded[key] = mod.tp_producer
         k.tritp_min_block_z = getattr(mod, "MIN_BLOCK_Z", 1)
