@@ -35,8 +35,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .cli_show import FORMS, make_console, problem_from_args
-from .codegen import MODES, Problem
+from .cli_show import add_problem_options, make_console, problem_from_args
+from .codegen import Problem
 
 DEFAULT_BATCH, INTERPRET_BATCH = 50_000, 64
 PROBLEMS_HELP = """--problems FILE: a JSON list; each item a preset or irreps with a mode or instructions:
@@ -57,10 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("in1", metavar="IN1", nargs="?", help="irreps of input 1")
     p.add_argument("in2", metavar="IN2", nargs="?", help="irreps of input 2")
     p.add_argument("out", metavar="OUT", nargs="?", help="irreps of the output (a filter for channelwise/full)")
-    p.add_argument("--mode", default="uvw", choices=MODES + FORMS, help="connection mode (default uvw)")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--shared", dest="shared", action="store_const", const=True, default=None)
-    w.add_argument("--per-sample", dest="shared", action="store_const", const=False)
+    add_problem_options(p)
     p.add_argument("--preset", action="append", default=[], metavar="NAME", help="a named problem, or 'all'")
     p.add_argument("--problems", metavar="FILE", help="JSON list of problems (format below)")
     p.add_argument("--batch", action="append", default=[], help="batch rows; repeatable or comma list")

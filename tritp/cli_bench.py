@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cli_show import make_console
+from .cli_show import add_problem_options, make_console
 
 DEFAULT_BATCH = 50_000
 QUICK_BATCH = 16
@@ -36,15 +36,9 @@ DISTRIBUTIONS = ("torch", "triton", "e3nn", "cuequivariance", "cuequivariance-to
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``tritp bench`` (shared with ``benchmarks/harness.py``)."""
-    from .codegen import MODES
-
     p.add_argument("irreps", nargs="*", metavar="IRREPS",
                    help="three irreps IN1 IN2 OUT: one problem instead of presets")
-    p.add_argument("--mode", default="channelwise", choices=MODES + ("channelwise", "full"),
-                   help="connection mode of IN1 IN2 OUT (default channelwise)")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--shared", dest="shared", action="store_const", const=True, default=None)
-    w.add_argument("--per-sample", dest="shared", action="store_const", const=False)
+    add_problem_options(p, default_mode="channelwise")
     p.add_argument("--preset", action="append", metavar="NAME", help="a named problem (repeatable), or 'all'")
     p.add_argument("--batch", type=int, help="rows for every direction (default: each preset's, dbl capped at 20000)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))

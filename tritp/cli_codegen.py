@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 
-from .codegen import MODES, Problem
+from .cli_show import add_problem_options, problem_from_args
+from .codegen import Problem
 from .codegen.cg_emit import DEFAULT_BLOCK_C
 from .codegen.cg_spec import ProducerSpec, compact, forward_spec
 
 DIRECTIONS = ("fwd", "bwd", "dbl")
 DTYPES = ("float32", "float64")
-FORMS = ("channelwise", "full")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,12 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("irreps", nargs="*", metavar="IRREPS",
                    help="three irreps IN1 IN2 OUT (OUT is a filter for channelwise/full)")
     p.add_argument("--preset", metavar="NAME", help="a named problem (see tritp.presets) instead of irreps")
-    p.add_argument("--mode", default="uvw", choices=MODES + FORMS, help="connection mode (default uvw)")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--shared", dest="shared", action="store_const", const=True, default=None,
-                   help="one weight vector for the whole batch")
-    w.add_argument("--per-sample", dest="shared", action="store_const", const=False,
-                   help="one weight vector per batch row")
+    add_problem_options(p)
     p.add_argument("--direction", default="fwd", choices=DIRECTIONS,
                    help="fwd: forward; bwd: the gradient producers; dbl: the double-backward producers")
     p.add_argument("--dtype", default="float32", choices=DTYPES, help="accumulation dtype (default float32)")
@@ -99,8 +94,6 @@ def producer_specs(problem: Problem, direction: str) -> list:
 def resolve_problem(args) -> Problem:
     """The Problem named by ``--preset`` or by the three irreps and ``--mode``; ValueError
     (exit 2 on the command line) when both or neither are given."""
-    from .cli_show import problem_from_args
-
     if args.preset is not None:
         if args.irreps:
             raise ValueError("give either IN1 IN2 OUT or --preset NAME, not both")

@@ -48,18 +48,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("in1", metavar="IN1", help="irreps of input 1, e.g. 128x0e+128x1o")
     p.add_argument("in2", metavar="IN2", help="irreps of input 2, e.g. 0e+1o+2e")
     p.add_argument("out", metavar="OUT", help="irreps of the output (a filter for channelwise/full)")
-    p.add_argument("--mode", default="uvw", choices=MODES + FORMS, help="connection mode (default uvw)")
+    add_problem_options(p)
+    p.add_argument("--irrep-normalization", default="component", choices=IRREP_NORMALIZATIONS)
+    p.add_argument("--path-normalization", default="element", choices=PATH_NORMALIZATIONS)
+    p.add_argument("--path", type=int, metavar="K", help="list the coupling coefficients of path K")
+    p.add_argument("--exact", action="store_true", help="with --path: exact sympy expressions")
+    return p
+
+
+def add_problem_options(p: argparse.ArgumentParser, default_mode: str = "uvw") -> None:
+    """``--mode`` and ``--shared``/``--per-sample``: the options of every subcommand that builds
+    its problem from three irreps with :func:`problem_from_args`.
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> add_problem_options(p, default_mode="channelwise")
+        >>> vars(p.parse_args(["--per-sample"]))
+        {'mode': 'channelwise', 'shared': False}
+    """
+    p.add_argument("--mode", default=default_mode, choices=MODES + FORMS,
+                   help=f"connection mode (default {default_mode})")
     w = p.add_mutually_exclusive_group()
     # None: each constructor keeps its own default (channelwise is per-sample, uvw shared).
     w.add_argument("--shared", dest="shared", action="store_const", const=True, default=None,
                    help="one weight vector for the whole batch")
     w.add_argument("--per-sample", dest="shared", action="store_const", const=False,
                    help="one weight vector per batch row")
-    p.add_argument("--irrep-normalization", default="component", choices=IRREP_NORMALIZATIONS)
-    p.add_argument("--path-normalization", default="element", choices=PATH_NORMALIZATIONS)
-    p.add_argument("--path", type=int, metavar="K", help="list the coupling coefficients of path K")
-    p.add_argument("--exact", action="store_true", help="with --path: exact sympy expressions")
-    return p
 
 
 def problem_from_args(in1: str, in2: str, out: str, mode: str = "uvw", shared=None,
