@@ -215,3 +215,34 @@ def test_tensor_core_precision_follows_torch(monkeypatch):
         src = paths[want].read_text()
         assert "tl.dot(" in src and f"DOT_PREC = tl.constexpr('{want}')" in src
     assert paths["tf32"] != paths["ieee"]
+
+
+def test_int64_check_counts_row_strides(monkeypatch):
+    """Few rows far apart (a strided view) need int64 offsets even though the tensor is small."""
+    seen = []
+    real = tritp.conv_kernels.get_conv_kernel
+
+    def spy(*a, **k):
+        kernel = real(*a, **k)
+
+        class Launcher:
+            tritp_min_block_z = kernel.tritp_min_block_z
+
+            def __getitem__(self, grid):
+                def launch(*args, **kw):
+                    seen.append(kw["IDX64"])
+                    return kernel[grid](*args, **kw)
+                return launch
+
+        return Launcher()
+
+    p = Problem.channelwise(*SMALL, shared_weights=False)
+    src, dst = graph(n=4, e=6)
+    x = torch.randn(4, 100, dtype=F64)[:, :p.irreps_in1.dim]  # rows 100 apart: reach 308
+    ea, w = torch.randn(6, 4, dtype=F64), torch.randn(6, p.weight_numel, dtype=F64)
+    plain = tritp.conv_kernels.produce_conv(p, forward_spec(), "atomic", [x.contiguous(), ea, w], [src, dst], 4, 4)
+    monkeypatch.setattr(tritp.conv_kernels, "get_conv_kernel", spy)
+    monkeypatch.setattr(tritp.kernels, "INT32_LIMIT", 200)  # above every numel, below x's reach
+    y = tritp.conv_kernels.produce_conv(p, forward_spec(), "atomic", [x, ea, w], [src, dst], 4, 4)
+    assert seen == [True]
+    assert torch.allclose(y, plain, rtol=1e-12, atol=1e-12)

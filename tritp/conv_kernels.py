@@ -131,7 +131,9 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
         gargs = graph[off:off + 3]
     else:
         gargs = graph[:2]
-    big = max([g.numel()] + [t.numel() for t in args]) >= kernels.INT32_LIMIT
+    # element offsets reach (rows - 1) * row stride + dim: strided rows can pass 2**31 with few elements
+    reach = [t.numel() if st == 0 else (t.shape[0] - 1) * st + t.shape[-1] for t, st in zip(args, strides)]
+    big = max([g.numel()] + reach) >= kernels.INT32_LIMIT
     if wrap is not None:
         kernel = wrap(kernel)
     tok = graph[0] if token is None else token
