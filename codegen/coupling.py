@@ -163,6 +163,7 @@ def dense_coupling(l1: int, l2: int, l3: int):
     """Dense float64 numpy array ``[2l1+1, 2l2+1, 2l3+1]`` equal to ``e3nn.o3.wigner_3j``."""
     import numpy as np
 
+    _check_triple(l1, l2, l3)  # before sizing the array: numpy's own error would name no degree
     c = np.zeros((2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1))
     for m1, m2, m3, v in sparse_coupling(l1, l2, l3):
         c[m1, m2, m3] = v

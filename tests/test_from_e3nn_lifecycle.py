@@ -193,7 +193,7 @@ def test_from_e3nn_unsupported_mode_names_feature():
 def test_from_e3nn_rejects_non_e3nn_module():
     with pytest.raises(TypeError, match="Linear"):
         tritp.from_e3nn(torch.nn.Linear(3, 3))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="expected an e3nn.o3.TensorProduct"):
         tritp.from_e3nn(o3.Linear("2x0e", "2x0e"))
 
 

@@ -377,7 +377,7 @@ def test_full_and_elementwise_simplify_inputs_like_e3nn(ctor, args):
 
 
 def test_elementwise_needs_same_number_of_irreps():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="same number of irreps on both inputs, got 2 and 3"):
         Problem.elementwise("2x0e", "3x0e")
 
 
@@ -447,9 +447,9 @@ def test_all_paths_matches_filter_by_hand(mode):
 
 
 def test_all_paths_rejects_unknown_mode_and_empty():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="mode='uvx' is not one of"):
         Problem.all_paths("1x0e", "1x0e", "1x0e", "uvx")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no uvw path couples"):
         Problem.all_paths("1x0e", "1x0e", "1x1o", "uvw")
 
 
