@@ -225,14 +225,15 @@ def rel_err(y, ref):
     return float((y - ref).norm() / ref.norm())
 
 
-def test_autocast_bf16_output_and_accuracy():
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_autocast_half_output_and_accuracy(half):
     tp = tritp.compile("2x0e+2x1o", "0e+1o", "0e+1o", mode="channelwise")
     x1, x2, w = (t.requires_grad_() for t in module_inputs(tp))
     y32 = tp(x1, x2, w)
     assert y32.dtype == torch.float32  # outside autocast fp32 stays fp32
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=half):
         y16 = tp(x1, x2, w)
-    assert y16.dtype == torch.bfloat16
+    assert y16.dtype == half
     assert rel_err(y16, y32) <= 1e-2
     assert (y16.double() - y32.double()).abs().max() <= 1e-2 * y32.abs().max() * 4
     # gradients flow back through the casts to the fp32 leaves, in fp32
