@@ -27,7 +27,9 @@ from .codegen.gaunt_emit import KERNEL_NAME, default_block_p, emit_gemm_producer
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
 from .kernels import INT32_LIMIT, acc_dtype, interpreter_active, load_generated, produce, triton_cdiv
 
-GENERATOR_FILES = ("gaunt_emit.py", "gaunt_problem.py", "gaunt_tables.py", "writer.py")
+# every codegen module the Gaunt sources depend on (gaunt_problem imports coupling, irreps, problem)
+GENERATOR_FILES = ("gaunt_emit.py", "gaunt_problem.py", "gaunt_tables.py", "writer.py", "coupling.py", "irreps.py",
+                   "problem.py", "instructions.py")
 _kernels: dict = {}
 
 
