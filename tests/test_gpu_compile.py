@@ -2,8 +2,14 @@
 
 The Triton interpreter runs kernels the GPU compiler rejects (a loop-carried variable that
 changes type, say), so the interpreter tests alone cannot vouch for the GPU. Triton's NVIDIA
-backend compiles to cubin here without a driver (its bundled ptxas), so a few representative
-kernels are compiled all the way in a subprocess with the interpreter off."""
+backend compiles to cubin here without a driver (its bundled ptxas), so representative kernels
+of every family are compiled all the way in a subprocess with the interpreter off.
+
+The kernels are not named by hand: each goes through its real launcher (``produce``,
+``produce_conv``, ``gaunt_produce``) on CPU tensors, whose launch is recorded instead of run,
+and the record is bound the way ``JITFunction.run`` binds a launch (Triton 3.9's binder). So
+the compiled signature -- pointer dtypes, int widths, ``1`` as a constexpr, 16-divisibility
+hints, ``IDX64``, block sizes, warps -- is the one a GPU launch of the same tensors compiles."""
 
 import os
 import subprocess
@@ -11,56 +17,135 @@ import sys
 import textwrap
 
 SCRIPT = textwrap.dedent('''
-    import importlib.util, sys
-    import triton
+    import re
+    from contextlib import contextmanager
+    import torch, triton
+    import tritp.gaunt_kernels
+    import tritp.kernels
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
     from tritp.codegen import Problem
     from tritp.codegen.cg_spec import compact, forward_spec
-    from tritp.codegen import conv_emit
-    from tritp.kernels import kernel_source
+    from tritp.codegen.gaunt_problem import GauntProblem
+    from tritp.cli_codegen import producer_specs
+    from tritp.conv_index import conv_graph
+    from tritp.conv_kernels import produce_conv
+    from tritp.gaunt_kernels import gaunt_produce
+    from tritp.kernels import produce, target_dim
 
-    def compile_file(path, block_z=16):
-        s = importlib.util.spec_from_file_location("k" + str(abs(hash(str(path)))), path)
-        m = importlib.util.module_from_spec(s)
-        s.loader.exec_module(m)
-        fn = m.tp_producer
-        names = [p.name for p in fn.params]
-        cx = {"IDX64": False, "BLOCK_Z": max(block_z, getattr(m, "MIN_BLOCK_Z", 1))}
-        ptrs = {"g", "ptr", "eid", "nbr", "src", "dst", "tok"}
-        sig = {}
-        for n in names:
-            if n in cx:
-                sig[n] = "constexpr"
-            elif (n[0] == "t" and n[1:].isdigit()) or n == "g":
-                sig[n] = "*fp32"
-            elif n in ptrs:
-                sig[n] = "*i32"
-            else:
-                sig[n] = "i32"
-        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cx.items() if k in names})
-        ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
-        assert ck.asm["cubin"], path
-        return ck
+    TARGET = GPUTarget("cuda", 90, 32)
+    BACKEND = make_backend(TARGET)
+    failures, done, idx64 = [], 0, False
 
-    done = 0
+    class Recorder:
+        """Stands in for ``wrap_triton``: ``kernel[grid](...)`` records instead of launching."""
+        def __init__(self):
+            self.calls = []
+        def __call__(self, fn):
+            rec = self
+            class Launch:
+                def __getitem__(self, grid):
+                    return lambda *args, **kw: rec.calls.append((fn, args, kw))
+            return Launch()
+
+    def compile_launches(label, launch, expect=()):
+        """Run ``launch(wrap)`` and compile what it launched; ``expect``: ops (regexes) the ttgir must hold."""
+        global done
+        rec = Recorder()
+        launch(rec)
+        assert rec.calls, label
+        for fn, args, kw in rec.calls:
+            try:
+                assert kw["IDX64"] == idx64, f"launched with IDX64={kw['IDX64']}"
+                bound, spec, opts = create_function_from_signature(fn.signature, fn.params, BACKEND)(*args, **kw)
+                options, sig, cx, attrs = fn._pack_args(BACKEND, kw, bound, spec, opts)
+                ck = triton.compile(ASTSource(fn, sig, cx, attrs), target=TARGET, options=options.__dict__)
+                assert ck.asm["cubin"], "empty cubin"
+                for e in expect:
+                    assert re.search(e, ck.asm["ttgir"]), f"no {e} in the ttgir"
+                done += 1
+            except Exception as exc:
+                failures.append(f"{label}: {type(exc).__name__}: {str(exc)[:1500]}")
+
+    @contextmanager
+    def int64_offsets():
+        """Launch as if some tensor had 2**31 elements (IDX64=True) without allocating one."""
+        global idx64
+        old = tritp.kernels.INT32_LIMIT, tritp.gaunt_kernels.INT32_LIMIT
+        tritp.kernels.INT32_LIMIT = tritp.gaunt_kernels.INT32_LIMIT = 1
+        idx64 = True
+        try:
+            yield
+        finally:
+            tritp.kernels.INT32_LIMIT, tritp.gaunt_kernels.INT32_LIMIT = old
+            idx64 = False
+
+    def tensors(problem, spec, Z, dtype=torch.float32, nodes=None):
+        """One tensor per role of ``spec``: ``Z`` rows, ``nodes`` rows for a conv's node roles."""
+        out = []
+        for r in spec.roles:
+            dim = target_dim(problem, r)
+            rows = nodes if nodes and r in ("x1", "out") else Z
+            out.append(torch.randn(dim, dtype=dtype) if r == "w" and problem.shared_weights else
+                       torch.randn(rows, dim, dtype=dtype))
+        return out
+
+    def cg(label, problem, spec, Z=40, dtype=torch.float32, expect=()):
+        compile_launches(label, lambda w: produce(problem, spec, tensors(problem, spec, Z, dtype), Z, wrap=w), expect)
+
+    DOT = (r"= (tt\\.dot|ttng\\.warp_group_dot) ",)
+    fwd = forward_spec()
     # segments of different widths (32 then 128 lanes): the loop-carried-type trap
     p = Problem.channelwise("32x0e+128x1o", "0e+1o", "0e+1o", shared_weights=False)
-    fwd = forward_spec()
-    specs = [fwd] + [compact(fwd.derivative(i))[0] for i in range(3)]
-    for spec in specs:
-        compile_file(kernel_source(p, spec, "float32", 64)[0]); done += 1
-    # tensor-core paths: uvw with shared weights, forward and the weight gradient GEMM
+    bwd = [compact(fwd.derivative(i))[0] for i in range(3)]
+    for s in [fwd] + bwd:
+        cg(f"cw {s.to_str()}", p, s)
+    dbl = dict(producer_specs(p, "dbl"))
+    cg("cw double backward d(grad w)/d x1", p, dbl["double backward: d(grad w)/d x1"])
+    # tensor-core paths: uvw with shared weights, forward and the weight-gradient GEMM; fp64 dot
     q = Problem.all_paths("16x0e+16x1o", "16x0e+16x1o", "16x0e+16x1o", "uvw")
-    for spec in (fwd, compact(fwd.derivative(2))[0]):
-        ck = compile_file(kernel_source(q, spec, "float32", 64)[0]); done += 1
-        assert "dot" in ck.asm["ttgir"]
-    # fused convolution, deterministic (segment) forward
-    path = kernel_source(p, fwd, "float32", 64)[0].with_name("conv_seg_check.py")
-    path.write_text(conv_emit.emit_conv_producer(p, fwd, "float32", 64, "segment"))
-    compile_file(path); done += 1
+    cg("uvw forward", q, fwd, expect=DOT)
+    cg("uvw grad w", q, compact(fwd.derivative(2))[0], expect=DOT)
+    cg("uvw forward fp64", q, fwd, dtype=torch.float64, expect=DOT)
+
+    # fused convolution: 24 edges on 10 nodes, int64 (atomic) and int32 (segment) indices
+    E, N = 24, 10
+    src, dst = torch.randint(0, N, (E,)), torch.randint(0, N, (E,))
+    graph32 = list(conv_graph(src.int(), dst.int(), N).tensors())
+
+    def conv(label, spec, scatter, graph, expect=()):
+        compile_launches(label, lambda w: produce_conv(p, spec, scatter, tensors(p, spec, E, nodes=N),
+                                                       graph, N, N, wrap=w), expect)
+
+    conv("conv segment forward", fwd, "deterministic", graph32)
+    conv("conv atomic forward", fwd, "atomic", [src, dst], expect=(r"= tt\\.atomic_rmw ",))
+    conv("conv atomic grad x1", bwd[0], "atomic", [src, dst], expect=(r"= tt\\.atomic_rmw ",))
+    with int64_offsets():
+        cg("cw forward int64", p, fwd)
+        conv("conv segment forward int64", fwd, "deterministic", graph32)
+
+    # Gaunt grid and fft: one fused GEMM kernel per producer (sparse: a CG kernel without
+    # weights); x2 has one channel, broadcast over the 16 of x1
+    def gaunt(label, impl, spec, dtype=torch.float32, precision="ieee", expect=DOT):
+        g = GauntProblem("16x0e+16x1o+16x2e", "0e+1o+2e", lmax_out=2, implementation=impl, precision=precision)
+        Z = 40
+        dims = {r: g.irreps(r).dim for r in ("x1", "x2", "out")}
+        args = [torch.randn(1 if r == "x2" else Z, dims[r], dtype=dtype) for r in spec.split(":")[1].split(",")]
+        compile_launches(label, lambda w: gaunt_produce(g, spec, args, Z, wrap=w), expect)
+
+    gaunt("gaunt grid forward bf16", "grid", "out:x1,x2", torch.bfloat16)
+    gaunt("gaunt grid grad x2 (summed over channels)", "grid", "x2:x1,out")
+    gaunt("gaunt fft grad x1 tf32", "fft", "x1:x2,out", precision="tf32", expect=(r"= ttng\\.warp_group_dot ",))
+    gaunt("gaunt fft forward fp64", "fft", "out:x1,x2", torch.float64)
+    gaunt("gaunt sparse grad x2", "sparse", "x2:x1,out", expect=())
+    with int64_offsets():
+        gaunt("gaunt grid forward int64", "grid", "out:x1,x2")
+    print("\\n".join(failures))
     print("compiled", done)
 ''')
+
+EXPECTED = 19
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):
@@ -68,4 +153,4 @@ def test_generated_kernels_compile_for_sm90(tmp_path):
     env["TRITP_CACHE_DIR"] = str(tmp_path)
     r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert "compiled 7" in r.stdout
+    assert f"compiled {EXPECTED}" in r.stdout, r.stdout[-4000:]
