@@ -10,6 +10,13 @@ mode or an instruction list::
      {"in1": "8x0e", "in2": "0e", "out": "8x0e", "instructions": [[0, 0, 0, "uvu", true]],
       "shared_weights": false}]
 
+``--mode gaunt`` tunes a Gaunt product's implementation choice instead (``IN1 IN2 [OUT]``, or
+``--lmax-out N``; ``--normalization``; in a problems file ``"mode": "gaunt"`` with ``"lmax_out"``
+/ ``"normalization"``): sparse, fft and grid are timed on one step of the directions (forward,
+plus gradients, plus double backward) and the fastest is stored where
+``compile(..., mode="gaunt", implementation="auto")`` looks (:mod:`tritp.gaunt_tuning`; ``auto``
+asks at batch 10,000, the default here for Gaunt products).
+
 Every kernel a direction launches (``--direction fwd,bwd,dbl``) is tuned at every ``--batch``;
 results go to the user cache, ``--export DIR`` also merges them into the shipped format
 (``autotune_cache/``). Without a CUDA GPU it exits 2, unless ``--interpret`` (the Triton
@@ -20,6 +27,7 @@ Example (shell)::
     tritp autotune --preset mace-large --batch 50000 --direction fwd,bwd
     tritp autotune --preset all --strategy staged --export autotune_cache/
     tritp autotune 8x0e+8x1o 0e+1o 0e+1o --mode channelwise --batch 16 --interpret
+    tritp autotune 32x0e+32x1o+32x2e 0e+1o+2e --mode gaunt --lmax-out 4 --direction fwd,bwd
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from rich.table import Table
 
 from .cli_show import add_problem_options, make_console, problem_from_args
 from .codegen import Problem
+from .codegen.gaunt_problem import GauntProblem
 
 DEFAULT_BATCH, INTERPRET_BATCH = 50_000, 64
 PROBLEMS_HELP = """--problems FILE: a JSON list; each item a preset or irreps with a mode or instructions:
@@ -44,7 +53,9 @@ PROBLEMS_HELP = """--problems FILE: a JSON list; each item a preset or irreps wi
    {"name": "layer0", "in1": "128x0e+128x1o", "in2": "0e+1o+2e+3o", "out": "0e+1o+2e",
     "mode": "channelwise", "batch": 20000},
    {"in1": "8x0e", "in2": "0e", "out": "8x0e", "instructions": [[0, 0, 0, "uvu", true]],
-    "shared_weights": false}]"""
+    "shared_weights": false},
+   {"in1": "32x0e+32x1o+32x2e", "in2": "0e+1o+2e", "mode": "gaunt", "lmax_out": 4}]"""
+GAUNT_BATCH = 10_000  # what compile(..., mode="gaunt", implementation="auto") asks the cache about
 NO_GPU = ("tritp: autotune needs a CUDA GPU and none was found (--interpret tunes the Triton "
           "interpreter on CPU, for testing only)")
 
@@ -56,8 +67,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=PROBLEMS_HELP)
     p.add_argument("in1", metavar="IN1", nargs="?", help="irreps of input 1")
     p.add_argument("in2", metavar="IN2", nargs="?", help="irreps of input 2")
-    p.add_argument("out", metavar="OUT", nargs="?", help="irreps of the output (a filter for channelwise/full)")
-    add_problem_options(p)
+    p.add_argument("out", metavar="OUT", nargs="?",
+                   help="irreps of the output (a filter for channelwise/full; optional for gaunt)")
+    add_problem_options(p, extra_modes=("gaunt",))
+    p.add_argument("--lmax-out", type=int, metavar="N", help="gaunt: output degrees 0..N (instead of OUT)")
+    p.add_argument("--normalization", default="orthonormal", choices=("orthonormal", "integral"),
+                   help="gaunt: coefficient normalization (default orthonormal)")
     p.add_argument("--preset", action="append", default=[], metavar="NAME", help="a named problem, or 'all'")
     p.add_argument("--problems", metavar="FILE", help="JSON list of problems (format below)")
     p.add_argument("--batch", action="append", default=[], help="batch rows; repeatable or comma list")
@@ -84,6 +99,10 @@ def _problem_of(item: dict, where: str) -> tuple:
     if missing:
         raise ValueError(f"{where}: missing {missing[0]!r}")
     kw = {k: item[k] for k in ("irrep_normalization", "path_normalization") if k in item}
+    if item.get("mode") == "gaunt":
+        problem = gaunt_problem(item["in1"], item["in2"], item.get("out"), item.get("lmax_out"),
+                                item.get("normalization", "orthonormal"))
+        return item.get("name", f"{item['in1']} x {item['in2']} (gaunt)"), problem, item.get("batch")
     if "instructions" in item:
         ins = [tuple(i) for i in item["instructions"]]
         problem = Problem(item["in1"], item["in2"], item.get("out"), ins,
@@ -94,12 +113,34 @@ def _problem_of(item: dict, where: str) -> tuple:
     return item.get("name", f"{item['in1']} x {item['in2']}"), problem, item.get("batch")
 
 
+def gaunt_problem(in1, in2, out=None, lmax_out=None, normalization="orthonormal") -> GauntProblem:
+    """The Gaunt product ``compile(in1, in2, out, lmax_out=..., mode="gaunt")`` builds (its
+    fp32 ``tl.dot`` precision following torch's, as there); GauntError (a ValueError) if bad.
+
+    Example:
+        >>> str(gaunt_problem("4x0e+4x1o", "0e+1o", lmax_out=2).irreps_out)
+        '4x0e+4x1o+4x2e'
+    """
+    from .gaunt import default_precision
+
+    return GauntProblem(in1, in2, out, lmax_out=lmax_out, normalization=normalization, precision=default_precision())
+
+
 def collect_problems(args) -> list:
-    """``[(label, Problem, default batch or None)]`` from the arguments; ValueError if none."""
+    """``[(label, Problem or GauntProblem, default batch or None)]`` from the arguments;
+    ValueError if none."""
     from .presets import BENCH_PRESETS, preset
 
     out = []
-    if any(x is not None for x in (args.in1, args.in2, args.out)):
+    gaunt = getattr(args, "mode", None) == "gaunt"
+    if getattr(args, "lmax_out", None) is not None and not gaunt:
+        raise ValueError("--lmax-out is for --mode gaunt")
+    if gaunt and any(x is not None for x in (args.in1, args.in2, args.out)):
+        if None in (args.in1, args.in2):
+            raise ValueError("give IN1 IN2 (and OUT or --lmax-out) for --mode gaunt")
+        out.append((f"{args.in1} x {args.in2} (gaunt)",
+                    gaunt_problem(args.in1, args.in2, args.out, args.lmax_out, args.normalization), None))
+    elif any(x is not None for x in (args.in1, args.in2, args.out)):
         if None in (args.in1, args.in2, args.out):
             raise ValueError("give all three of IN1 IN2 OUT")
         out.append((f"{args.in1} x {args.in2} -> {args.out}",
@@ -138,17 +179,28 @@ def _fmt(c) -> str:
     return f"z{c.block_z} c{c.block_c} w{c.num_warps} s{c.num_stages}" + ("" if c.impl == "sparse" else f" {c.impl}")
 
 
+def _row(r) -> tuple:
+    """``(dir, kernel, best, timed)`` cells of one result: a kernel's config, or a Gaunt
+    product's implementation (kernel ``gaunt``, every direction timed in one step)."""
+    from .gaunt_tuning import GauntTuneResult
+
+    if isinstance(r, GauntTuneResult):
+        return ",".join(r.directions), "gaunt", r.config.impl, len(r.times)
+    return r.direction, r.spec.tag, _fmt(r.config), r.candidates
+
+
 def results_table(results) -> Table:
-    """The final table: one row per tuned kernel."""
+    """The final table: one row per tuned kernel (per batch for a Gaunt product)."""
     t = Table(title="autotune results")
     for name, j in (("problem", "left"), ("dir", "left"), ("kernel", "left"), ("batch", "right"),
                     ("best", "left"), ("ms", "right"), ("default ms", "right"), ("speedup", "right"),
                     ("timed", "right")):
         t.add_column(name, justify=j)
     for r in results:
-        t.add_row(r.label, r.direction, r.spec.tag, str(r.batch), _fmt(r.config), f"{r.ms:.4g}",
+        d, kernel, best, timed = _row(r)
+        t.add_row(r.label, d, kernel, str(r.batch), best, f"{r.ms:.4g}",
                   f"{r.default_ms:.4g}" if math.isfinite(r.default_ms) else "failed",
-                  f"{r.speedup:.2f}x" if math.isfinite(r.speedup) else "-", str(r.candidates))
+                  f"{r.speedup:.2f}x" if math.isfinite(r.speedup) else "-", str(timed))
     return t
 
 
@@ -159,8 +211,9 @@ def run(args) -> int:
     if not args.interpret and not torch.cuda.is_available():
         print(NO_GPU, file=sys.stderr)
         return 2
+    from .gaunt_tuning import tune_gaunt
     from .tuning import tuner
-    from .tuning.cache import export
+    from .tuning.cache import bucket, export
 
     directions = tuple(d.strip() for d in args.direction.split(",") if d.strip())
     problems = collect_problems(args)
@@ -170,9 +223,10 @@ def run(args) -> int:
         device, timer = torch.device("cpu"), tuner.wallclock_timer(1)
     else:
         device, timer = torch.device("cuda"), tuner.cuda_timer(rep=args.rep)
-    plan = [(label, p, b, d, s) for label, p, b0 in problems
-            for b in (batches or [b0 or (INTERPRET_BATCH if args.interpret else DEFAULT_BATCH)])
-            for d, s in tuner.direction_specs(p, directions)]
+    def default_batch(p):
+        return INTERPRET_BATCH if args.interpret else GAUNT_BATCH if isinstance(p, GauntProblem) else DEFAULT_BATCH
+    plan = [(label, p, b, d, s) for label, p, b0 in problems for b in (batches or [b0 or default_batch(p)])
+            for d, s in ([(directions, None)] if isinstance(p, GauntProblem) else tuner.direction_specs(p, directions))]
     console = make_console()
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -180,12 +234,22 @@ def run(args) -> int:
         kernels = bar.add_task("kernels", total=len(plan))
         cands = bar.add_task("candidates", total=None)
         for label, p, b, d, s in plan:
-            bar.update(cands, description=f"{label} {d} {s.tag} @ {b}", completed=0, total=None)
-            results.append(tuner.tune(p, s, b, dtype=args.dtype, device=device, timer=timer, direction=d, label=label,
-                                      strategy=args.strategy,
-                                      progress=lambda n, total, cfg, ms: bar.update(cands, completed=n, total=total)))
+            progress = lambda n, total, cfg, ms: bar.update(cands, completed=n, total=total)  # noqa: E731
+            if s is None:  # a Gaunt product: its implementations compete, one step of all directions
+                bar.update(cands, description=f"{label} gaunt @ {b}", completed=0, total=None)
+                results.append(tune_gaunt(p, b, directions=d, dtype=args.dtype, device=device, timer=timer,
+                                          label=label, progress=progress))
+            else:
+                bar.update(cands, description=f"{label} {d} {s.tag} @ {b}", completed=0, total=None)
+                results.append(tuner.tune(p, s, b, dtype=args.dtype, device=device, timer=timer, direction=d,
+                                          label=label, strategy=args.strategy, progress=progress))
             bar.advance(kernels)
     console.print(results_table(results))
+    if any(isinstance(p, GauntProblem) and (bucket(b) != bucket(GAUNT_BATCH) or args.dtype != "float32")
+           for _, p, b, _, _ in plan):
+        console.print(f"note: compile(..., mode='gaunt', implementation='auto') reads the float32 entry at batch "
+                      f"{GAUNT_BATCH} (bucket {bucket(GAUNT_BATCH)}); tritp.gaunt.choose_implementation(problem, "
+                      "batch) reads other float32 batches", markup=False, soft_wrap=True)
     if args.export:
         for path in export([r.entry for r in results], args.export):
             console.print(f"exported to {path}", markup=False, soft_wrap=True)

@@ -45,7 +45,9 @@ def entries_table(rows) -> Table:
         k, c = e["key"], e["config"]
         cfg = " ".join(f"{a}{c.get(f, '?')}" for a, f in (("z", "block_z"), ("c", "block_c"), ("w", "num_warps"),
                                                         ("s", "num_stages")))
-        if c.get("impl", "sparse") != "sparse":
+        if k.get("family") == "gaunt":  # a Gaunt product's implementation choice (tritp.gaunt_tuning)
+            cfg = str(c.get("impl"))
+        elif c.get("impl", "sparse") != "sparse":
             cfg += f" {c['impl']}"
         t.add_row(where, str(k.get("gpu")), str(k.get("triton")), str(k.get("dtype")), str(e.get("label", "")),
                   str(e.get("spec_tag", k.get("direction"))), str(k.get("batch")), cfg,

@@ -56,9 +56,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def add_problem_options(p: argparse.ArgumentParser, default_mode: str = "uvw") -> None:
+def add_problem_options(p: argparse.ArgumentParser, default_mode: str = "uvw", extra_modes: tuple = ()) -> None:
     """``--mode`` and ``--shared``/``--per-sample``: the options of every subcommand that builds
-    its problem from three irreps with :func:`problem_from_args`.
+    its problem from three irreps with :func:`problem_from_args`; ``extra_modes`` are further
+    ``--mode`` choices the subcommand handles itself (``autotune``: ``gaunt``).
 
     Example:
         >>> p = argparse.ArgumentParser()
@@ -66,7 +67,7 @@ def add_problem_options(p: argparse.ArgumentParser, default_mode: str = "uvw") -
         >>> vars(p.parse_args(["--per-sample"]))
         {'mode': 'channelwise', 'shared': False}
     """
-    p.add_argument("--mode", default=default_mode, choices=MODES + FORMS,
+    p.add_argument("--mode", default=default_mode, choices=MODES + FORMS + tuple(extra_modes),
                    help=f"connection mode (default {default_mode})")
     w = p.add_mutually_exclusive_group()
     # None: each constructor keeps its own default (channelwise is per-sample, uvw shared).

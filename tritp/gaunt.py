@@ -9,8 +9,11 @@ Three generated implementations compute the same function:
 * ``grid``: Gauss-Legendre x uniform sphere grid at the exact size, GEMMs fused in one kernel;
 * ``fft``: the 2D Fourier (torus) form with analytic tables, DFTs folded into the GEMM tables.
 
-``implementation="auto"`` asks the autotune cache when it knows Gaunt products, else applies
+``implementation="auto"`` asks the autotune cache (family ``"gaunt"``, registered by
+:mod:`tritp.gaunt_tuning` when this module is imported), else applies
 :func:`~tritp.codegen.gaunt_problem.size_rule` (sparse while every active degree is <= 3).
+``gp.autotune()`` or :func:`tritp.gaunt_tuning.tune_gaunt` (``tritp autotune IN1 IN2 --mode
+gaunt``) times the three and stores the fastest for ``auto``.
 
 Example:
     >>> import torch, tritp
@@ -28,7 +31,7 @@ import math
 
 import torch
 
-from . import gaunt_ops
+from . import gaunt_ops, gaunt_tuning  # gaunt_tuning registers the "gaunt" autotune family
 from .codegen.gaunt_problem import FORWARD, IMPLEMENTATIONS, ROLES, GauntError, GauntProblem, size_rule
 from .gaunt_kernels import role_tensors
 from .gaunt_reference import gaunt_reference
@@ -146,6 +149,23 @@ class GauntProduct(torch.nn.Module):
     def flops(self, implementation: str = None) -> int:
         """Forward FLOPs per (sample, channel); see :meth:`GauntProblem.flops`."""
         return self.kernel_problem.flops(implementation)
+
+    def autotune(self, batch=AUTO_BATCH, directions=("fwd",), timer=None) -> list:
+        """Time the three implementations of this product (with this module's weights) on this
+        GPU, or the interpreter, and store the fastest where ``implementation="auto"`` looks
+        (see :mod:`tritp.gaunt_tuning`); this module keeps its implementation: compile again.
+        ``batch`` is one size or a list (``auto`` asks at :data:`AUTO_BATCH`); ``directions``
+        some of ``fwd``, ``bwd``, ``dbl`` timed together; returns one
+        :class:`~tritp.gaunt_tuning.GauntTuneResult` per batch.
+
+        Example:
+            >>> gp = tritp.compile("32x0e+32x1o+32x2e", "0e+1o+2e", mode="gaunt")  # doctest: +SKIP
+            >>> [r.implementation for r in gp.autotune(directions=("fwd", "bwd"))]  # doctest: +SKIP
+            ['grid']
+        """
+        batches = [batch] if isinstance(batch, int) else list(batch)
+        return [gaunt_tuning.tune_gaunt(self.problem, b, directions=directions, timer=timer, weights=self.weight_roles)
+                for b in batches]
 
     def _apply(self, fn, recurse=True):
         # tables follow the module's device but keep their dtypes (module.double() must not

@@ -1,0 +1,194 @@
+"""Tuning the Gaunt product's implementation choice (:mod:`tritp.gaunt_tuning`), on CPU.
+
+Fake timers score an implementation without running it, so the choice is known in advance;
+the tests then check that ``implementation="auto"`` follows the stored entry in this process,
+falls back to the size rule without one (or with a stale one), and that the tuned module still
+computes the product. One test runs the real kernels of all three implementations (forward
+and backward) under the Triton interpreter, at a batch of 4.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import tritp
+from tritp import gaunt_kernels, kernels
+from tritp.cli import main
+from tritp.codegen.gaunt_problem import FORWARD, GauntProblem, size_rule
+from tritp.gaunt import AUTO_BATCH, choose_implementation, compile_gaunt
+from tritp.gaunt_reference import gaunt_reference
+from tritp.gaunt_tuning import gaunt_identity, neutral_problem, tune_gaunt
+from tritp.tuning import Config, clear_memo, lookup
+from tritp.tuning import cache, tuner
+from tritp.tuning.space import families, identity_for
+
+CPU = torch.device("cpu")
+SMALL = ("4x0e+4x1o", "0e+1o")  # size rule: sparse (every degree <= 3)
+F64 = torch.float64
+
+
+def prefer(impl: str):
+    """A fake timer under which ``impl`` is fastest (records what it was asked to time)."""
+    def timer(thunk):
+        timer.seen.append(thunk.config.impl)
+        return 1.0 if thunk.config.impl == impl else 2.0 + len(thunk.config.impl)
+    timer.seen = []
+    return timer
+
+
+def auto(*irreps, **kw):
+    return compile_gaunt(*irreps, lmax_out=2, implementation="auto", **kw)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches(tmp_path, monkeypatch):
+    """A fresh user autotune folder and an empty shipped folder per test."""
+    monkeypatch.setattr(cache, "user_dir", lambda: tmp_path / "cache" / "autotune")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(cache, "shipped_dir", lambda: shipped)
+    clear_memo()
+    yield
+    clear_memo()
+
+
+def test_the_family_is_registered_on_import_without_compiling_or_touching_a_gpu(tmp_path):
+    code = ("import os, torch, tritp.gaunt\n"
+            "from tritp.tuning.space import families, identity_for\n"
+            "from tritp.gaunt_tuning import gaunt_identity\n"
+            "assert 'gaunt' in families() and identity_for('gaunt') is gaunt_identity\n"
+            "assert not torch.cuda.is_initialized()\n"
+            "assert not os.path.exists(os.path.join(os.environ['TRITP_CACHE_DIR'], 'kernels'))\n")
+    env = dict(os.environ, TRITP_CACHE_DIR=str(tmp_path / "fresh"))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "gaunt" in families() and identity_for("gaunt") is gaunt_identity
+
+
+def test_auto_takes_the_size_rule_when_nothing_is_tuned():
+    assert auto(*SMALL).implementation == "sparse"
+    big = compile_gaunt("4x0e+4x1o+4x2e+4x3o+4x4e", "0e", implementation="auto")
+    assert big.implementation == "grid" == size_rule(big.problem)
+
+
+def test_tuned_choice_is_stored_where_auto_looks_and_flips_with_the_timer():
+    gp = auto(*SMALL)
+    assert gp.implementation == "sparse"
+    timer = prefer("fft")
+    r = tune_gaunt(gp.problem, AUTO_BATCH, timer=timer)
+    assert sorted(timer.seen) == ["fft", "grid", "sparse"] and timer.seen[0] == "sparse"  # size rule first
+    assert r.implementation == "fft" and r.default == Config(impl="sparse") and r.speedup == 8.0
+    key = cache.make_key(neutral_problem(gp.problem), FORWARD, "float32", AUTO_BATCH, cache.INTERPRETER_GPU, "gaunt")
+    assert r.entry["key"] == key and json.loads(cache.entry_path(key).read_text()) == r.entry
+    assert r.entry["config"]["impl"] == "fft" and r.entry["default"]["impl"] == "sparse"
+    assert r.entry["ms"] == 1.0 and r.entry["default_ms"] == 8.0 and r.entry["timed"] == 3
+    clear_memo()
+    assert lookup(neutral_problem(gp.problem), FORWARD, "float32", AUTO_BATCH, CPU, True, family="gaunt") == \
+        (Config(impl="fft"), "user")
+    assert auto(*SMALL).implementation == "fft"
+    assert tritp.compile(*SMALL, lmax_out=2, mode="gaunt").implementation == "fft"
+    assert choose_implementation(gp.problem, batch=100) == "sparse"  # another bucket: untuned
+    assert auto(*SMALL, normalization="integral").implementation == "sparse"  # another product
+    # a second tuning overwrites the first, and auto sees it at once
+    assert tune_gaunt(gp.problem, AUTO_BATCH, timer=prefer("grid")).implementation == "grid"
+    assert auto(*SMALL).implementation == "grid"
+    # float64 entries are kept apart (auto asks for float32)
+    tune_gaunt(gp.problem, AUTO_BATCH, dtype="float64", timer=prefer("sparse"))
+    assert auto(*SMALL).implementation == "grid"
+
+
+def test_an_entry_from_another_generator_is_stale(monkeypatch):
+    for module in (gaunt_kernels, kernels):  # the Gaunt generator, and the CG one (sparse)
+        problem = auto(*SMALL).problem
+        with monkeypatch.context() as m:
+            m.setattr(module, "generator_hash", lambda: "an-older-generator")
+            tune_gaunt(problem, AUTO_BATCH, timer=prefer("grid"))
+            clear_memo()
+            assert auto(*SMALL).implementation == "grid"  # found while that generator is current
+        clear_memo()
+        assert auto(*SMALL).implementation == "sparse"  # today's generator: the entry is stale
+        cache.clear_user()
+
+
+def test_tuned_auto_module_matches_the_float64_reference():
+    problem = GauntProblem("3x0e+3x1o+3x2e", "0e+1o", lmax_out=2)
+    tune_gaunt(problem, AUTO_BATCH, timer=prefer("fft"))
+    gp = compile_gaunt("3x0e+3x1o+3x2e", "0e+1o", lmax_out=2, backend="triton")
+    assert gp.implementation == "fft" != size_rule(problem)
+    x1, x2 = torch.randn(5, gp.irreps_in1.dim, dtype=F64), torch.randn(5, gp.irreps_in2.dim, dtype=F64)
+    ref = gaunt_reference(gp.problem, x1, x2)
+    assert ((gp(x1, x2) - ref).abs().max() / ref.abs().max()).item() < 1e-10
+
+
+def test_module_autotune_runs_every_implementation_forward_and_backward():
+    gp = compile_gaunt("2x0e+2x1o", "0e+1o", lmax_out=2, weights=("in2", "out"), backend="triton")
+    ran = []
+
+    def timer(thunk):
+        x1, x2 = thunk.tensors[:2]
+        g1, g2 = thunk()  # forward and both input gradients, really run
+        ref = gaunt_reference(thunk.problem, x1.detach().double(), x2.detach().double())
+        assert g1.shape == x1.shape and g2.shape == x2.shape and torch.isfinite(g1).all()
+        ran.append((thunk.config.impl, ref.shape))
+        return {"grid": 1.0}.get(thunk.config.impl, 3.0)
+
+    (r,) = gp.autotune(batch=4, directions=("fwd", "bwd"), timer=timer)
+    assert sorted(i for i, _ in ran) == ["fft", "grid", "sparse"] and not r.errors
+    assert r.implementation == "grid" and r.entry["directions"] == ["fwd", "bwd"]
+    assert r.entry["weights"] == ["in2", "out"] and r.entry["key"]["batch"] == 4
+    assert choose_implementation(gp.problem, batch=4) == "grid"
+    assert choose_implementation(gp.problem) == "sparse"  # auto's batch was not tuned
+
+
+def test_failures_and_bad_arguments(monkeypatch):
+    problem = GauntProblem(*SMALL, lmax_out=2)
+
+    def flaky(thunk):
+        if thunk.config.impl != "fft":
+            raise RuntimeError("out of resources")
+        return 5.0
+
+    r = tune_gaunt(problem, 16, timer=flaky, store=False)
+    assert r.implementation == "fft" and set(r.errors) == {"sparse", "grid"} and r.entry["times"]["grid"] is None
+    assert not cache.user_dir().exists()  # store=False wrote nothing
+    with pytest.raises(RuntimeError, match="every Gaunt implementation failed"):
+        tune_gaunt(problem, 16, timer=lambda t: 1 / 0, store=False)
+    with pytest.raises(ValueError, match="unknown direction 'backward'"):
+        tune_gaunt(problem, 16, directions=("fwd", "backward"), timer=prefer("fft"))
+    with pytest.raises(ValueError, match="dtype"):
+        tune_gaunt(problem, 16, dtype="float16", timer=prefer("fft"))
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+            tune_gaunt(problem, 16, timer=prefer("fft"))
+
+
+def test_cli_tunes_a_gaunt_product(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tuner, "wallclock_timer", lambda *a, **k: prefer("fft"))
+    rc = main(["autotune", *SMALL, "--mode", "gaunt", "--lmax-out", "2", "--batch", str(AUTO_BATCH), "--direction",
+               "fwd,bwd", "--interpret", "--export", str(tmp_path / "exp")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "gaunt" in out and "fft" in out and "fwd,bwd" in out and "note:" not in out
+    assert auto(*SMALL).implementation == "fft"
+    (f,) = json.loads((tmp_path / "exp" / "index.json").read_text())["files"]
+    assert f["entries"] == 1
+    assert main(["cache", "list"]) == 0
+    assert "gaunt fwd+bwd" in capsys.readouterr().out
+    for argv in (["autotune", "4x0e", "--mode", "gaunt", "--interpret"],
+                 ["autotune", *SMALL, "0e", "--lmax-out", "2", "--interpret"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("tritp: error:"), err
+    from tritp.cli import build_parser
+    from tritp.cli_autotune import collect_problems
+
+    items = tmp_path / "p.json"
+    items.write_text(json.dumps([{"name": "g", "in1": "4x0e+4x1o", "in2": "0e", "mode": "gaunt", "lmax_out": 1,
+                                  "normalization": "integral", "batch": 7}]))
+    ((label, p, b),) = collect_problems(build_parser().parse_args(["autotune", "--problems", str(items)]))
+    assert (label, b, p.normalization, str(p.irreps_out)) == ("g", 7, "integral", "4x0e+4x1o")
