@@ -451,6 +451,85 @@ def test_one_channel_target_runs_lanes_in_chunks(monkeypatch, shared):
     check_against_reference(tri, ref, batch=(7,), dtype=torch.float64)
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "batch"])
+def test_pieces_compute_the_whole_kernel(monkeypatch, shared):
+    """A big producer is emitted as pieces over disjoint target segments (instructions for a
+    weight target) launched into one output: with a tiny budget every direction of MIXED runs
+    in several pieces and still matches the float64 reference."""
+    import tritp.codegen.cg_pieces as cg_pieces
+
+    monkeypatch.setattr(cg_pieces, "PIECE_BUDGET", 40)
+    pieces = []
+    real = tritp.kernels.get_kernel
+
+    def spy(problem, spec, dtype, block_c, piece=None):
+        pieces.append((spec.target, piece))
+        return real(problem, spec, dtype, block_c, piece)
+
+    monkeypatch.setattr(tritp.kernels, "get_kernel", spy)
+    tri, ref = pair(*MIXED, shared_weights=shared)
+    check_against_reference(tri, ref, batch=(5,), dtype=torch.float64)
+    split = {t for t, piece in pieces if piece is not None}
+    assert split == {"out", "x1", "x2", "w"}, pieces
+
+
+def test_piece_plan_partitions_the_target():
+    from tritp.codegen.cg_pieces import plan_pieces, unit_costs
+
+    tri = tritp.compile(*MIXED, backend="reference", shared_weights=False)
+    fwd = forward_spec()
+    for spec in [fwd] + [fwd.derivative(i) for i in range(3)]:
+        costs = unit_costs(tri.problem, spec)
+        for budget in (1, 25, 60, sum(costs) - 1):
+            plan = plan_pieces(tri.problem, spec, budget)
+            assert [u for p in plan for u in p] == list(range(len(costs)))  # contiguous, in order
+            assert all(sum(costs[u] for u in p) <= budget or sum(1 for u in p if costs[u]) == 1 for p in plan)
+        assert plan_pieces(tri.problem, spec, sum(costs)) == (None,)
+    # a one-channel target (mul-1 edge harmonics' gradient) stays whole: pieces would re-read x1
+    mace = tritp.compile("8x0e+8x1o+8x2e", "0e+1o+2e+3o", "0e+1o+2e+3o", mode="channelwise",
+                         backend="reference").problem
+    assert len(plan_pieces(mace, fwd, 30)) > 1 and plan_pieces(mace, fwd.derivative(1), 30) == (None,)
+    with pytest.raises(ValueError, match="budget must be a positive"):
+        plan_pieces(mace, fwd, 0)
+
+
+def test_launch_pieces_compiles_in_parallel_once(monkeypatch):
+    """On a GPU the pieces of a kernel are compiled in parallel threads before the first launch
+    (Triton's warmup), then launched in order; later launches skip the warmup, and a failing
+    parallel compile warns and leaves compiling to the launches. Fake kernels stand in here."""
+    import threading
+
+    log = []
+
+    class Fake:
+        def __init__(self, name, fail=False):
+            self.name, self.fail = name, fail
+
+        def warmup(self, *args, grid, **kw):
+            log.append(("warm", self.name, threading.current_thread() is threading.main_thread()))
+            if self.fail:
+                raise RuntimeError("boom")
+
+        def __getitem__(self, grid):
+            return lambda *args, **kw: log.append(("launch", self.name, kw["BLOCK_Z"]))
+
+    monkeypatch.setattr(tritp.kernels, "interpreter_active", lambda: False)
+    ks = [Fake("a"), Fake("b")]
+    for _ in range(2):
+        tritp.kernels.launch_pieces(ks, (3,), (torch.zeros(2), 5), {"BLOCK_Z": 16})
+    warms = [e for e in log if e[0] == "warm"]
+    assert sorted(e[1] for e in warms) == ["a", "b"] and not any(e[2] for e in warms)  # once each, in threads
+    assert [e for e in log if e[0] == "launch"] == [("launch", "a", 16), ("launch", "b", 16)] * 2
+    log.clear()
+    with pytest.warns(UserWarning, match="compiling kernel pieces in parallel failed"):
+        tritp.kernels.launch_pieces([Fake("c", fail=True), Fake("d")], (3,), (5,), {"BLOCK_Z": 16})
+    assert [e[1] for e in log if e[0] == "launch"] == ["c", "d"]
+    log.clear()
+    monkeypatch.setenv("TRITP_PARALLEL_COMPILE", "0")
+    tritp.kernels.launch_pieces([Fake("e"), Fake("f")], (3,), (5,), {"BLOCK_Z": 16})
+    assert [e[0] for e in log] == ["launch", "launch"]
+
+
 # -- determinism -----------------------------------------------------------------------------
 
 

@@ -122,6 +122,7 @@ def header(k: int, n: int, label: str, spec: ProducerSpec, path) -> str:
 
 def run(args) -> int:
     """Execute ``tritp codegen`` (the protocol of :mod:`tritp.cli`)."""
+    from .codegen.cg_pieces import plan_pieces
     from .kernels import kernel_source  # imports torch: only when the command runs
 
     if args.block_c < 1 or args.block_c & (args.block_c - 1):
@@ -131,8 +132,10 @@ def run(args) -> int:
     print(f"# tritp codegen --direction {args.direction} --dtype {args.dtype}: {problem!r}")
     print(f"# problem key: {problem.key}")
     for k, (label, spec) in enumerate(specs, 1):
-        path, src = kernel_source(problem, spec, args.dtype, args.block_c)
-        print()
-        print(header(k, len(specs), label, spec, path))
-        print(src.rstrip("\n"))
+        pieces = plan_pieces(problem, spec)  # a big kernel is emitted as pieces (cg_pieces)
+        for j, piece in enumerate(pieces, 1):
+            path, src = kernel_source(problem, spec, args.dtype, args.block_c, piece)
+            print()
+            print(header(k, len(specs), label + (f" (piece {j}/{len(pieces)})" if len(pieces) > 1 else ""), spec, path))
+            print(src.rstrip("\n"))
     return 0

@@ -34,28 +34,30 @@ from . import kernels
 from .codegen import Problem, conv_emit
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
-from .kernels import (acc_dtype, dot_precision, generator_hash, interpreter_active, load_generated, split_programs, target_dim,
-                      triton_cdiv)
+from .codegen.cg_pieces import plan_pieces
+from .kernels import (acc_dtype, dot_precision, generator_hash, interpreter_active, launch_pieces, load_generated,
+                      split_programs, target_dim, triton_cdiv)
 from .tuning import Config, heuristic
 
 SCATTERS = ("atomic", "deterministic")
 _loaded: dict = {}
 
 
-def conv_source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str) -> Path:
+def conv_source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str, piece=None) -> Path:
     h = content_hash(generator_hash(), Path(conv_emit.__file__).read_bytes(), problem.key, repr(spec), dtype,
-                     block_c, mode, dot_precision())
+                     block_c, mode, dot_precision(), *(() if piece is None else (tuple(piece),)))
     return cache_dir("kernels") / f"conv_{mode}_{spec.target}_{h}.py"
 
 
-def get_conv_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str):
-    """The loaded ``tp_producer`` of one conv source; generated and written on first use."""
-    key = (problem.key, spec, dtype, block_c, mode, dot_precision())
+def get_conv_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str, piece=None):
+    """The loaded ``tp_producer`` of one conv source (one ``piece`` of it, see
+    :mod:`tritp.codegen.cg_pieces`); generated and written on first use."""
+    key = (problem.key, spec, dtype, block_c, mode, dot_precision(), piece)
     k = _loaded.get(key)
     if k is None:
-        path = conv_source_path(problem, spec, dtype, block_c, mode)
+        path = conv_source_path(problem, spec, dtype, block_c, mode, piece)
         if not path.exists():
-            src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision())
+            src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision(), piece)
             atomic_write(path, src.encode())
         mod = load_generated(path)
         k = _loaded[key] = mod.tp_producer
@@ -114,8 +116,9 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
             t = t.contiguous()
         strides.append(0 if t.dim() == 1 or t.shape[0] == 1 else t.stride(0))
         args.append(t)
-    kernel = get_conv_kernel(problem, spec, dtype_name, config.block_c, mode)
-    block_z = max(config.block_z, kernel.tritp_min_block_z)  # tl.dot paths need 16 rows
+    kerns = [get_conv_kernel(problem, spec, dtype_name, config.block_c, mode, piece)
+             for piece in plan_pieces(problem, spec)]
+    block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # tl.dot paths need 16 rows
     nprog = nrows if mode == "segment" else triton_cdiv(E, block_z)
     if len(shape) == 1:  # shared-weight gradient: rows split over a fixed grid (see split_programs)
         nprog = split_programs(nprog, device)
@@ -134,11 +137,9 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
     # element offsets reach (rows - 1) * row stride + dim: strided rows can pass 2**31 with few elements
     reach = [t.numel() if st == 0 else (t.shape[0] - 1) * st + t.shape[-1] for t, st in zip(args, strides)]
     big = max([g.numel()] + reach) >= kernels.INT32_LIMIT
-    if wrap is not None:
-        kernel = wrap(kernel)
     tok = graph[0] if token is None else token
-    kernel[(nprog,)](*args, *strides, g, sg, *gargs, tok, nrows, IDX64=big, BLOCK_Z=block_z,
-                     num_warps=config.num_warps, num_stages=config.num_stages)
+    launch_pieces(kerns, (nprog,), (*args, *strides, g, sg, *gargs, tok, nrows),
+                  dict(IDX64=big, BLOCK_Z=block_z, num_warps=config.num_warps, num_stages=config.num_stages), wrap)
     if len(shape) == 1:
         return g.sum(0).to(out_dtype)
     return g.to(out_dtype)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from .codegen import Problem
+from .codegen.cg_pieces import plan_pieces
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
 
@@ -45,19 +46,21 @@ def dot_precision() -> str:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
-def source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int) -> Path:
-    h = content_hash(generator_hash(), problem.key, repr(spec), dtype, block_c, dot_precision())
+def source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None) -> Path:
+    parts = (generator_hash(), problem.key, repr(spec), dtype, block_c, dot_precision())
+    h = content_hash(*parts, *(() if piece is None else (tuple(piece),)))
     return cache_dir("kernels") / f"cg_{spec.target}_{h}.py"
 
 
-def kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int) -> tuple:
-    """``(path, source_text)``; generates and writes the file only when it is missing."""
-    path = source_path(problem, spec, dtype, block_c)
+def kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None) -> tuple:
+    """``(path, source_text)`` of one kernel (one ``piece`` of it, see
+    :mod:`tritp.codegen.cg_pieces`); generates and writes the file only when it is missing."""
+    path = source_path(problem, spec, dtype, block_c, piece)
     if path.exists():
         return path, path.read_text()
     from .codegen.cg_emit import emit_producer
 
-    src = emit_producer(problem, spec, dtype, block_c, dot_precision())
+    src = emit_producer(problem, spec, dtype, block_c, dot_precision(), piece)
     atomic_write(path, src.encode())
     return path, src
 
@@ -74,11 +77,11 @@ def load_generated(path: Path):
     return mod
 
 
-def get_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int):
-    key = (problem.key, spec, dtype, block_c, dot_precision())
+def get_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None):
+    key = (problem.key, spec, dtype, block_c, dot_precision(), piece)
     k = _loaded.get(key)
     if k is None:
-        path, _ = kernel_source(problem, spec, dtype, block_c)
+        path, _ = kernel_source(problem, spec, dtype, block_c, piece)
         mod = load_generated(path)
         k = _loaded[key] = mod.tp_producer
         k.tritp_min_block_z = getattr(mod, "MIN_BLOCK_Z", 1)
@@ -122,8 +125,8 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
         from .tuning import choose
 
         config = choose(problem, spec, dtype_name, Z, device, interpreter_active())
-    kernel = get_kernel(problem, spec, dtype_name, config.block_c)
-    block_z = max(config.block_z, kernel.tritp_min_block_z)
+    kerns = [get_kernel(problem, spec, dtype_name, config.block_c, piece) for piece in plan_pieces(problem, spec)]
+    block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # one grid for every piece
     nprog = split_programs(triton_cdiv(Z, block_z), device) if shared_w else triton_cdiv(Z, block_z)
     args, strides = [], []
     for t in tensors:
@@ -138,10 +141,8 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     # shared-weight gradients: one partial row per program, summed below (deterministic)
     g = torch.empty((nprog, dim) if shared_w else (Z, dim), dtype=acc if shared_w else out_dtype, device=device)
     big = bool(max([Z * max(strides + [dim]), nprog * dim] + [t.numel() for t in args]) >= INT32_LIMIT)
-    if wrap is not None:
-        kernel = wrap(kernel)
-    kernel[(nprog,)](*args, *strides, g, dim, Z, IDX64=big, BLOCK_Z=block_z,
-                     num_warps=config.num_warps, num_stages=config.num_stages)
+    launch_pieces(kerns, (nprog,), (*args, *strides, g, dim, Z),
+                  dict(IDX64=big, BLOCK_Z=block_z, num_warps=config.num_warps, num_stages=config.num_stages), wrap)
     return g.sum(0).to(out_dtype) if shared_w else g
 
 
@@ -165,3 +166,32 @@ def split_programs(nblocks: int, device: torch.device) -> int:
 
 def triton_cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
+
+
+#: (kernels, argument dtypes, launch options) whose pieces are compiled (see launch_pieces).
+_warm: set = set()
+
+
+def launch_pieces(kernels: list, grid: tuple, args: tuple, options: dict, wrap=None) -> None:
+    """Launch the pieces of one producer, in order, into the same target. On first use of a
+    signature the pieces are compiled in parallel threads first (Triton releases the GIL in its
+    compiler passes and ptxas is a subprocess), so a split kernel compiles in about the time of
+    its largest piece (``TRITP_PARALLEL_COMPILE=0``: one by one). ``wrap`` (``wrap_triton``)
+    leaves compiling to Inductor."""
+    parallel = os.environ.get("TRITP_PARALLEL_COMPILE", "1") != "0"
+    if wrap is None and len(kernels) > 1 and parallel and not interpreter_active():
+        sig = (tuple(map(id, kernels)), tuple(getattr(a, "dtype", type(a)) for a in args), tuple(sorted(options.items())))
+        if sig not in _warm:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _warm.add(sig)
+            try:
+                with ThreadPoolExecutor(min(len(kernels), os.cpu_count() or 1)) as ex:
+                    list(ex.map(lambda k: k.warmup(*args, grid=grid, **options), kernels))
+            except Exception as e:  # the launches below compile one by one and raise real errors
+                from .module import warn_once
+
+                warn_once("parallel-compile", f"tritp: compiling kernel pieces in parallel failed ({type(e).__name__}: "
+                          f"{e}); compiling them one by one (TRITP_PARALLEL_COMPILE=0 skips the attempt)")
+    for k in kernels:
+        (k if wrap is None else wrap(k))[grid](*args, **options)

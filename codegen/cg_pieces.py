@@ -1,0 +1,106 @@
+"""Split one big producer kernel into *pieces*: kernels over disjoint parts of the target.
+
+Triton's compile time grows faster than linearly with the size of one kernel (its coalescing
+pass walks the whole dependence slice of every memory access), so a large unrolled kernel --
+NequIP's forward has 2,000 unrolled loads and coupling terms -- takes minutes to compile, while
+the same work in pieces of a few hundred takes seconds each, and the pieces compile in
+parallel. A piece is a set of target segments (or, for a weight target, of instructions): it
+writes only those, so the pieces of one producer launch one after another into the same output
+and together compute exactly what the whole kernel does. Pieces are contiguous runs in the
+order of the segments (for MACE- and NequIP-style products that groups the paths of one input
+segment, which the pieces then do not read twice). A one-channel target stays whole: each of its
+segments reads all the wide operands, so pieces would read them once per piece.
+
+Example:
+    >>> from tritp.codegen import Problem
+    >>> from tritp.codegen.cg_spec import forward_spec
+    >>> small = Problem.channelwise("8x0e+8x1o", "0e+1o", "0e+1o")
+    >>> plan_pieces(small, forward_spec())
+    (None,)
+    >>> big = Problem.channelwise("8x0e+8x1o+8x2e+8x3o", "0e+1o+2e+3o", "0e+1o+2e+3o")
+    >>> pieces = plan_pieces(big, forward_spec(), budget=100)
+    >>> len(pieces) > 1 and sorted(u for p in pieces for u in p) == list(range(len(big.irreps_out)))
+    True
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .cg_spec import ProducerSpec
+from .coupling import sparse_coupling
+from .problem import Problem
+
+#: Most work units (unrolled loads + coupling terms, see :func:`unit_costs`) in one piece.
+PIECE_BUDGET = 256
+#: Extra cost of one ``tl.dot`` GEMM term (its tiles, layouts and loops compile slowly).
+DOT_COST = 32
+
+
+def _units(problem: Problem, target: str) -> int:
+    if target == "w":
+        return len(problem.instructions)
+    return len({"x1": problem.irreps_in1, "x2": problem.irreps_in2, "out": problem.irreps_out}[target])
+
+
+def _unit_of(ins, k: int, target: str) -> int:
+    return k if target == "w" else {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[target]
+
+
+def unit_costs(problem: Problem, spec: ProducerSpec) -> list:
+    """Cost of each unit of the target (segment, or instruction for ``w``): per instruction and
+    term, the operand components loaded plus the nonzero coupling terms unrolled, plus
+    :data:`DOT_COST` per ``tl.dot`` GEMM; a unit no instruction writes costs 0 (zeros)."""
+    from .cg_emit import CGEmitter  # the emitter knows which terms become GEMMs
+
+    em = CGEmitter(problem, spec, "float32", 64)
+    costs = [0] * _units(problem, spec.target)
+    for k, ins in enumerate(problem.instructions):
+        if 0 in ins.path_shape or (spec.target == "w" and not ins.has_weight):
+            continue
+        ls = (problem.irreps_in1[ins.i_in1].ir.l, problem.irreps_in2[ins.i_in2].ir.l,
+              problem.irreps_out[ins.i_out].ir.l)
+        nnz = len(sparse_coupling(*ls))
+        if spec.target == "w":
+            dots = (2 * ls[2] + 1) if problem.shared_weights and em.weight_gemm_ok(ins, em.letters(ins)[1]) else 0
+        else:
+            dots = (2 * ls[("x1", "x2", "out").index(spec.target)] + 1) if em.dot_letter(ins) else 0
+        per_term = sum(2 * l + 1 for l in ls) + 1 + nnz + DOT_COST * dots
+        costs[_unit_of(ins, k, spec.target)] += per_term * len(spec.terms)
+    return costs
+
+
+def _one_channel(problem: Problem, target: str) -> bool:
+    # a one-channel target (the edge harmonics' gradient) reads the wide operands in every
+    # segment: pieces would read them once each, and that kernel runs every training step
+    if target == "w":
+        return False
+    segs = {"x1": problem.irreps_in1, "x2": problem.irreps_in2, "out": problem.irreps_out}[target]
+    return all(mul <= 1 for mul, _ in segs)
+
+
+def plan_pieces(problem: Problem, spec: ProducerSpec, budget: int | None = None) -> tuple:
+    """The pieces of producer ``spec``: ``(None,)`` (one whole kernel) when its cost fits
+    ``budget`` (default :data:`PIECE_BUDGET`), else a tuple of unit-index tuples, contiguous
+    and in order, each as close to ``budget`` as whole units allow (a unit never splits)."""
+    budget = PIECE_BUDGET if budget is None else budget
+    if budget < 1:
+        raise ValueError(f"budget must be a positive number of work units, got {budget}")
+    return _plan(problem, spec, budget)
+
+
+@lru_cache(maxsize=1024)
+def _plan(problem: Problem, spec: ProducerSpec, budget: int) -> tuple:
+    costs = unit_costs(problem, spec)
+    if sum(costs) <= budget or _one_channel(problem, spec.target):
+        return (None,)
+    pieces, cur, acc = [], [], 0
+    for u, c in enumerate(costs):
+        if cur and acc + c > budget and c > 0:
+            pieces.append(tuple(cur))
+            cur, acc = [], 0
+        cur.append(u)
+        acc += c
+    if cur:
+        pieces.append(tuple(cur))
+    return tuple(pieces)
