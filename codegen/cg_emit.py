@@ -104,7 +104,9 @@ class CGEmitter(GemmMixin):
         w(f"DOT_PREC = tl.constexpr({self.dot_precision!r})")
         w("")
         w("")
-        w("@triton.jit")
+        # Z (rows) is only compared with: specializing it (Z % 16 == 0, Z == 1) would compile a
+        # second copy the first time a batch size crosses that line, and keep precompile honest
+        w('@triton.jit(do_not_specialize=["Z"])')
         with w.block(f"def {KERNEL_NAME}({', '.join(self.kernel_args())}):"):
             self.emit_prologue()
             if self.split_rows:

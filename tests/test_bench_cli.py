@@ -121,3 +121,32 @@ def test_bench_quick_writes_json(tmp_path):
     assert all(rec["errors"]["tritp"][d] <= tol[d] for d in tol), rec["errors"]
     assert Problem.from_key(rec["problem"]).irreps_out.dim == 4 + 4  # 4x0e from two paths
     assert "tritp" in r.stdout and "I/O floor" in r.stdout  # the table
+
+
+def test_precompile_suite_compiles_each_kernel_once(monkeypatch):
+    """Before timing on a GPU the harness compiles every tritp kernel the suite will launch,
+    once per (problem, producer), in parallel; fake kernels stand in for Triton's here."""
+    import torch
+
+    import tritp.kernels
+    from tritp.bench import BenchConfig, precompile_suite
+
+    warmed = []
+
+    class Fake:
+        tritp_min_block_z = 1
+
+        def __init__(self, key):
+            self.key = key
+
+        def warmup(self, *args, grid, **kw):
+            warmed.append(self.key)
+
+    monkeypatch.setattr(tritp.kernels, "get_kernel", lambda p, spec, dt, bc, piece=None: Fake((p.key, spec, piece)))
+    monkeypatch.setattr(tritp.kernels, "interpreter_active", lambda: False)
+    entries = [("tiny", *preset("tiny")), ("mace-small", preset("mace-small")[0], 64)]
+    logs = []
+    cfg = BenchConfig(device=torch.device("cpu"), directions=("fwd", "fwdbwd", "dbl"))
+    n = precompile_suite(entries, cfg, logs.append)
+    assert n == len(warmed) == len(set(warmed)) == 2 * (1 + 3 + 9)  # per problem: fwd, 3 grads, 9 double
+    assert "precompiled 26 tritp kernels" in logs[-1]

@@ -530,6 +530,37 @@ def test_launch_pieces_compiles_in_parallel_once(monkeypatch):
     assert [e[0] for e in log] == ["launch", "launch"]
 
 
+def test_precompile_warms_every_piece_of_every_direction(monkeypatch):
+    """TensorProduct.precompile compiles (Triton's warmup, in threads) every piece of every
+    kernel of the chosen directions once, launching nothing; a no-op under the interpreter."""
+    import tritp.codegen.cg_pieces as cg_pieces
+
+    tri, _ = pair(*MIXED, shared_weights=True)
+    assert tri.precompile(batch=8, directions=("fwd",)) == 0  # interpreter: nothing to compile
+    monkeypatch.setattr(cg_pieces, "PIECE_BUDGET", 40)
+    warmed = []
+
+    class Fake:
+        tritp_min_block_z = 1
+
+        def __init__(self, key):
+            self.key = key
+
+        def warmup(self, *args, grid, **kw):
+            warmed.append((self.key, args[-1], grid, kw["BLOCK_Z"]))
+
+        def __getitem__(self, grid):
+            raise AssertionError("precompile launched a kernel")
+
+    monkeypatch.setattr(tritp.kernels, "get_kernel", lambda p, spec, dt, bc, piece=None: Fake((spec, piece)))
+    monkeypatch.setattr(tritp.kernels, "interpreter_active", lambda: False)
+    n = tri.precompile(batch=8, directions=("fwd", "bwd", "dbl"))
+    keys = [w[0] for w in warmed]
+    assert n == len(warmed) == len(set(keys)) > 8  # every piece once
+    assert {spec.target for spec, _ in keys} == {"out", "x1", "x2", "w"}
+    assert all(w[1] == 8 for w in warmed)  # the batch is the last argument
+
+
 # -- determinism -----------------------------------------------------------------------------
 
 

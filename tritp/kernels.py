@@ -22,6 +22,7 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -110,6 +111,28 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     :class:`tritp.tuning.Config`) overrides the tuned or heuristic launch configuration.
     ``wrap`` (``wrap_triton`` inside a ``triton_op``) wraps the kernel so that Inductor sees it.
     """
+    plan = launch_plan(problem, spec, tensors, Z, out_dtype=out_dtype, config=config)
+    if not plan.kernels:
+        return plan.g
+    launch_pieces(plan.kernels, plan.grid, plan.args, plan.options, wrap)
+    return plan.g.sum(0).to(plan.out_dtype) if plan.shared_w else plan.g
+
+
+class LaunchPlan(NamedTuple):
+    """What one producer launch needs: its piece kernels, grid, arguments and options; ``g``
+    is the output buffer (the result itself when there is nothing to launch)."""
+
+    kernels: list
+    grid: tuple
+    args: tuple
+    options: dict
+    g: torch.Tensor
+    shared_w: bool
+    out_dtype: torch.dtype
+
+
+def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=None, config=None) -> LaunchPlan:
+    """Everything :func:`produce` launches, without launching (see :func:`precompile`)."""
     acc = acc_dtype(tensors)
     dtype_name = "float64" if acc == torch.float64 else "float32"
     if out_dtype is None:
@@ -120,7 +143,8 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     dim = target_dim(problem, spec.target)
     shared_w = spec.target == "w" and problem.shared_weights
     if Z == 0 or dim == 0:
-        return torch.zeros((dim,) if shared_w else (Z, dim), dtype=out_dtype, device=device)
+        zeros = torch.zeros((dim,) if shared_w else (Z, dim), dtype=out_dtype, device=device)
+        return LaunchPlan([], (0,), (), {}, zeros, False, out_dtype)
     if config is None:
         from .tuning import choose
 
@@ -138,12 +162,31 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
                 t = t.contiguous()
             strides.append(t.stride(0) if t.shape[0] != 1 else 0)
         args.append(t)
-    # shared-weight gradients: one partial row per program, summed below (deterministic)
+    # shared-weight gradients: one partial row per program, summed by produce (deterministic)
     g = torch.empty((nprog, dim) if shared_w else (Z, dim), dtype=acc if shared_w else out_dtype, device=device)
     big = bool(max([Z * max(strides + [dim]), nprog * dim] + [t.numel() for t in args]) >= INT32_LIMIT)
-    launch_pieces(kerns, (nprog,), (*args, *strides, g, dim, Z),
-                  dict(IDX64=big, BLOCK_Z=block_z, num_warps=config.num_warps, num_stages=config.num_stages), wrap)
-    return g.sum(0).to(out_dtype) if shared_w else g
+    options = dict(IDX64=big, BLOCK_Z=block_z, num_warps=config.num_warps, num_stages=config.num_stages)
+    return LaunchPlan(kerns, (nprog,), (*args, *strides, g, dim, Z), options, g, shared_w, out_dtype)
+
+
+def precompile(plans) -> int:
+    """Compile the kernels of many launch plans (:func:`launch_plan`) in parallel threads
+    without running them; returns how many kernels were compiled (0 under the interpreter,
+    which compiles nothing). Kernels are specialized on their arguments' dtypes, alignments and
+    strides but not on the batch size, so one compile serves every batch.
+
+    Example:
+        >>> precompile([])
+        0
+    """
+    jobs = [(k, p) for p in plans for k in p.kernels]
+    if not jobs or interpreter_active():
+        return 0
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as ex:
+        list(ex.map(lambda j: j[0].warmup(*j[1].args, grid=j[1].grid, **j[1].options), jobs))
+    return len(jobs)
 
 
 #: Programs per SM of a shared-weight gradient; each strides over the row blocks (split-K).

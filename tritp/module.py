@@ -203,6 +203,30 @@ class TensorProduct(torch.nn.Module):
                             strategy=strategy)
 
 
+    def precompile(self, batch=50_000, directions=("fwd", "bwd", "dbl"), dtype=torch.float32, device=None) -> int:
+        """Compile this module's kernels now, all at once in parallel threads, rather than one
+        after another on their first launches (a force-training step launches a dozen).
+
+        Kernels are specialized on dtype and layout, not on the batch size, but the launch
+        configuration (tuned or heuristic) depends on ``batch``: pass the batch you will run.
+        Returns the number of kernels compiled (0 under the Triton interpreter).
+
+        Example:
+            >>> tp = tritp.compile("128x0e+128x1o", "0e+1o+2e", "0e+1o", mode="channelwise")  # doctest: +SKIP
+            >>> tp.precompile(batch=50_000, directions=("fwd", "bwd"))  # doctest: +SKIP
+            4
+        """
+        from .kernels import launch_plan, precompile
+        from .tuning.tuner import direction_specs, make_inputs
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device)
+        plans = [launch_plan(self.problem, spec, make_inputs(self.problem, spec, batch, dtype, device), batch)
+                 for _, spec in direction_specs(self.problem, tuple(directions))]
+        return precompile(plans)
+
+
 def _rows(x: torch.Tensor, bshape, d: int, Z: int) -> torch.Tensor:
     """``x`` as ``[Z, d]`` rows, or one ``[1, d]`` row when it is broadcast over the whole batch."""
     if math.prod(x.shape[:-1]) == 1:
