@@ -8,8 +8,11 @@ producer); each is compared with torch autograd through the float64 dense refere
 import pytest
 import torch
 
-from tritp.codegen.gaunt_problem import FORWARD
+import tritp.gaunt_kernels as gaunt_kernels
+from tritp.codegen.gaunt_emit import reduces_channels
+from tritp.codegen.gaunt_problem import FORWARD, GauntProblem, derivative_spec
 from tritp.gaunt import compile_gaunt
+from tritp.gaunt_kernels import gaunt_produce
 from tritp.gaunt_reference import gaunt_reference
 
 F64 = torch.float64
@@ -111,6 +114,69 @@ def test_batch_broadcast_row_gradient(impl):
     assert a[1].shape == (1, 4)
     for u, v in zip(a, b):
         assert rel(u, v) < 1e-10
+
+
+def produce_spied(problem, spec, tensors, Z):
+    """``gaunt_produce`` that also returns the shapes of the buffers its kernel launches wrote."""
+    shapes = []
+
+    def wrap(kernel):
+        class Launch:
+            def __getitem__(self, grid):
+                def launch(*args, **kw):
+                    shapes.append(tuple(args[2].shape))
+                    return kernel[grid](*args, **kw)
+                return launch
+        return Launch()
+
+    return gaunt_produce(problem, spec, tensors, Z, wrap=wrap), shapes
+
+
+@pytest.mark.parametrize("impl", ["grid", "fft"])
+@pytest.mark.parametrize("C, role, block, summed", [
+    (4, "x2", None, True),  # power of two: 8 samples a program (5 of them real)
+    (32, "x2", 16, True),  # power of two above the row tile: 2 tiles a sample (the GPU's C=128)
+    (48, "x1", None, True),  # multiple of 16: 3 tiles of 16 rows a sample
+    (3, "x2", None, False),  # neither: partial rows, summed by the launcher
+], ids=["C4", "C32-tiles", "C48-x1", "C3-partial"])
+def test_broadcast_gradient_sums_channels_in_the_kernel(impl, C, role, block, summed, monkeypatch):
+    """The gradient for a one-channel input sums its C channels: in the kernel whenever whole
+    samples fit the row tiles (no [Z * C, dim] buffer), deterministic either way."""
+    if block:
+        monkeypatch.setattr(gaunt_kernels, "launch_shape", lambda problem, rows, target="out": (block, 1))
+    per, one = f"{C}x0e+{C}x1o+{C}x2e", "0e+1o"
+    problem = GauntProblem(one if role == "x1" else per, one if role == "x2" else per, lmax_out=2,
+                           implementation=impl)
+    assert reduces_channels(problem, role) == summed
+    Z, i = (5 if C < 8 else 2), ("x1", "x2").index(role)
+    x = [torch.randn(Z, problem.irreps(r).dim, dtype=F64) for r in ("x1", "x2", "out")]
+    dim = problem.irreps(role).dim
+    for dtype, tol in ((F64, 1e-10), (torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        xr = [t.to(dtype).to(F64).requires_grad_() for t in x]
+        (want,) = torch.autograd.grad((gaunt_reference(problem, xr[0], xr[1]) * xr[2]).sum(), [xr[i]])
+        args = [x[1 - i].to(dtype), x[2].to(dtype)]
+        got, shapes = produce_spied(problem, derivative_spec(FORWARD, i), args, Z)
+        assert shapes == [(Z if summed else Z * C, dim)]
+        assert got.dtype == dtype and got.shape == (Z, dim)
+        assert rel(got, want) < tol, dtype
+        if dtype == torch.float32:
+            again, _ = produce_spied(problem, derivative_spec(FORWARD, i), args, Z)
+            assert torch.equal(got, again)  # bit-identical run to run
+
+
+@pytest.mark.parametrize("impl", ["grid", "fft"])
+def test_broadcast_input_derivatives_fp64(impl):
+    """Backward and double backward of a product with a one-channel x2 over 4 channels: every
+    producer that targets x2 sums the channels in the kernel."""
+    tri, ref = pair("4x0e+4x1o", "0e+1o", lmax_out=2, implementation=impl)
+    tri.double(), ref.double()
+    assert reduces_channels(tri.kernel_problem, "x2")
+    x1 = torch.randn(3, tri.irreps_in1.dim, dtype=F64, requires_grad=True)
+    x2 = torch.randn(3, tri.irreps_in2.dim, dtype=F64, requires_grad=True)
+    cot = torch.randn(3, tri.irreps_out.dim, dtype=F64)
+    (d, dd), (dr, ddr) = grads(tri, x1, x2, cot), grads(ref, x1, x2, cot)
+    for a, b in zip(d + dd, dr + ddr):
+        assert rel(a, b) < 1e-10
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])

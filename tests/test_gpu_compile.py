@@ -126,27 +126,35 @@ SCRIPT = textwrap.dedent('''
         conv("conv segment forward int64", fwd, "deterministic", graph32)
 
     # Gaunt grid and fft: one fused GEMM kernel per producer (sparse: a CG kernel without
-    # weights); x2 has one channel, broadcast over the 16 of x1
-    def gaunt(label, impl, spec, dtype=torch.float32, precision="ieee", expect=DOT):
-        g = GauntProblem("16x0e+16x1o+16x2e", "0e+1o+2e", lmax_out=2, implementation=impl, precision=precision)
+    # weights); x2 has one channel, broadcast over the C (16 unless given) of x1. Gradients for
+    # x2 sum the channels: in the kernel (tl.reshape + tl.sum) when whole samples fit its row
+    # tiles -- C=16 (4 samples a program), C=128 (two 64-row tiles a sample), C=48 (three 16-row
+    # tiles) -- else through partial rows (C=3)
+    SUM = (r"= tt\\.reshape ", r"tt\\.reduce")
+    def gaunt(label, impl, spec, dtype=torch.float32, precision="ieee", expect=DOT, C=16):
+        g = GauntProblem(f"{C}x0e+{C}x1o+{C}x2e", "0e+1o+2e", lmax_out=2, implementation=impl, precision=precision)
         Z = 40
         dims = {r: g.irreps(r).dim for r in ("x1", "x2", "out")}
         args = [torch.randn(1 if r == "x2" else Z, dims[r], dtype=dtype) for r in spec.split(":")[1].split(",")]
         compile_launches(label, lambda w: gaunt_produce(g, spec, args, Z, wrap=w), expect)
 
     gaunt("gaunt grid forward bf16", "grid", "out:x1,x2", torch.bfloat16)
-    gaunt("gaunt grid grad x2 (summed over channels)", "grid", "x2:x1,out")
+    gaunt("gaunt grid grad x2 (summed over channels)", "grid", "x2:x1,out", expect=DOT + SUM)
+    gaunt("gaunt fft grad x2 C=128 fp64", "fft", "x2:x1,out", torch.float64, expect=DOT + SUM, C=128)
+    gaunt("gaunt grid grad x2 C=48 bf16", "grid", "x2:x1,out", torch.bfloat16, expect=DOT + SUM, C=48)
+    gaunt("gaunt grid grad x2 C=3 (partial rows)", "grid", "x2:x1,out", C=3)
     gaunt("gaunt fft grad x1 tf32", "fft", "x1:x2,out", precision="tf32", expect=(r"= ttng\\.warp_group_dot ",))
     gaunt("gaunt fft forward fp64", "fft", "out:x1,x2", torch.float64)
     gaunt("gaunt sparse grad x2", "sparse", "x2:x1,out", expect=())
     with int64_offsets():
         gaunt("gaunt grid forward int64", "grid", "out:x1,x2")
+        gaunt("gaunt grid grad x2 int64 C=128", "grid", "x2:x1,out", expect=DOT + SUM, C=128)
     print("\\n".join(failures))
     print("compiled", done)
 ''')
 
-# 19 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces (cg_pieces)
-EXPECTED = 22
+# 23 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces (cg_pieces)
+EXPECTED = 26
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):

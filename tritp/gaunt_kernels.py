@@ -23,7 +23,8 @@ import torch
 
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
-from .codegen.gaunt_emit import KERNEL_NAME, default_block_p, emit_gemm_producer, role_index, role_table
+from .codegen.gaunt_emit import (KERNEL_NAME, channel_block, channel_tiles, default_block_p, emit_gemm_producer,
+                                  reduces_channels, role_index, role_table)
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
 from .kernels import INT32_LIMIT, acc_dtype, interpreter_active, load_generated, produce, triton_cdiv
 
@@ -67,14 +68,21 @@ def cg_spec(spec: str) -> ProducerSpec:
     return ProducerSpec(target, roles, (tuple(term),))
 
 
-def launch_shape(problem: GauntProblem, n_rows: int) -> tuple:
+def launch_shape(problem: GauntProblem, n_rows: int, target: str = "out") -> tuple:
     """``(BLOCK_R, num_warps)``. Interpreter: up to 256 rows per program (its cost is per
     program). GPU heuristic until the autotuner covers these kernels: 64 rows, 8 warps when the
-    operand and accumulator tiles are wide (K > 64 in total), else 4."""
+    operand and accumulator tiles are wide (K > 64 in total), else 4. A producer that sums a
+    broadcast ``target`` over the channels in the kernel (``reduces_channels``) takes a tile
+    that whole samples fit or split into evenly (``channel_block``: the same unless ``C`` is a
+    multiple of 16 that neither divides nor is divided by it)."""
     if interpreter_active():
-        return max(16, min(256, 1 << max(0, (n_rows - 1).bit_length()))), 1
-    k = sum(sum(2 * l + 1 for l in problem.degrees(r)) for r in ROLES)
-    return 64, 8 if k > 64 else 4
+        block, warps = max(16, min(256, 1 << max(0, (n_rows - 1).bit_length()))), 1
+    else:
+        k = sum(sum(2 * l + 1 for l in problem.degrees(r)) for r in ROLES)
+        block, warps = 64, 8 if k > 64 else 4
+    if reduces_channels(problem, target):
+        block = channel_block(problem.channels, block)
+    return block, warps
 
 
 def target_dim(problem: GauntProblem, role: str) -> int:
@@ -109,17 +117,28 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
         args.append(x)
     C = problem.channels
     R = Z * C
-    bcast = problem.mul(target) == 1 and C > 1
-    g = torch.empty((R if bcast else Z, dim), dtype=acc if bcast else out_dtype, device=device)
+    block_r, warps = launch_shape(problem, R, target)
+    rows = block_r  # rows one program covers
+    # A broadcast target (one channel, shared by the C channels of the other operand) is the sum
+    # over the channels. The kernel sums them itself when its power-of-two row tiles hold whole
+    # samples or split them evenly (reduces_channels: C a power of two or a multiple of 16); one
+    # program then covers block_r * TILES rows and writes [Z, dim] directly. Any other C (3, 24,
+    # 40, ...) would need each sample's channels padded to a power of two (up to twice the GEMM
+    # work) or samples split between programs (atomics: not deterministic), so there the kernel
+    # writes one partial row per (sample, channel), [Z * C, dim] in the compute dtype, and torch
+    # sums them below: correct and deterministic, only the extra traffic is paid.
+    partial = problem.mul(target) == 1 and C > 1
+    if reduces_channels(problem, target):
+        partial, rows = False, block_r * channel_tiles(C, block_r)
+    g = torch.empty((R if partial else Z, dim), dtype=acc if partial else out_dtype, device=device)
     big = max([R * dim, Z * max(strides)] + [x.numel() for x in args]) >= INT32_LIMIT
-    block_r, warps = launch_shape(problem, R)
     kernel = get_gemm_kernel(problem, spec, "float64" if acc == torch.float64 else "float32",
                              default_block_p(problem))
     if wrap is not None:
         kernel = wrap(kernel)
-    kernel[(triton_cdiv(R, block_r),)](args[0], args[1], g, *t, *idx, strides[0], strides[1], dim, R, IDX64=big,
-                                       BLOCK_R=block_r, num_warps=warps)
-    if bcast:  # the kernel wrote one row per (sample, channel): sum the channels here
+    kernel[(triton_cdiv(R, rows),)](args[0], args[1], g, *t, *idx, strides[0], strides[1], dim, R, IDX64=big,
+                                    BLOCK_R=block_r, num_warps=warps)
+    if partial:
         return g.view(Z, C, dim).sum(1).to(out_dtype)
     return g
 
