@@ -26,7 +26,8 @@ from .cg_spec import MODE_LETTERS, ROLE_INDEX, ProducerSpec
 from .coupling import sparse_coupling
 from .problem import Problem
 from .writer import SourceWriter
-from .cg_gemm import GemmMixin, _flatten, _p2
+from .cg_gemm import GemmMixin, _flatten
+from .intmath import p2
 
 KERNEL_NAME = "tp_producer"
 DEFAULT_BLOCK_C = 64
@@ -177,7 +178,7 @@ class CGEmitter(GemmMixin):
             if mul == 0 or (self.piece is not None and seg not in self.piece):
                 continue
             inss = [i for i in self.p.instructions if self.seg_index(i, role) == seg and 0 not in i.path_shape]
-            bc = min(_p2(mul), self.block_c)
+            bc = min(p2(mul), self.block_c)
             if any(self.dot_letter(i) for i in inss):
                 bc = max(bc, 16)
             self.w(f"# target segment {seg}: {mul}x{ir}")
@@ -193,7 +194,7 @@ class CGEmitter(GemmMixin):
                 # those channels become lanes of [rows, lanes] accumulators, summed once at the end
                 red = {id(i): self.reduction_letter(i) for i in inss} if mul == 1 else {}
                 lanes = max([self.letters(i)[1][ch] for i in inss if (ch := red.get(id(i)))] + [0])
-                self.lanes = min(_p2(lanes), self.block_c) if lanes else 0
+                self.lanes = min(p2(lanes), self.block_c) if lanes else 0
                 with self.row_block(accs, bc):
                     self.w("m2d = zm[:, None] & cm[None, :]")
                     for a in accs:
@@ -371,7 +372,7 @@ class CGEmitter(GemmMixin):
             n = 1
             for s in ins.path_shape:
                 n *= s
-            bc = min(_p2(n), self.block_c)
+            bc = min(p2(n), self.block_c)
             l1, l2, l3 = (p.irreps_in1[ins.i_in1].ir.l, p.irreps_in2[ins.i_in2].ir.l, p.irreps_out[ins.i_out].ir.l)
             nz = [(e[0], e[1], e[2], e[3] * ins.coefficient) for e in sparse_coupling(l1, l2, l3)]
             self.w(f"# weights of instruction {k}: {ins.mode} {l1}x{l2}->{l3}, shape {ins.path_shape}")

@@ -7,7 +7,7 @@ path is a GEMM over batch rows, ``dW[(u, v), w] += P[z, (u, v)]^T @ g[z, w]``. M
 :class:`~tritp.codegen.cg_emit.CGEmitter`; kernels that use it set ``MIN_BLOCK_Z = 16``.
 
 Example:
-    >>> _p2(17), _flatten("uv", {"u": 3, "v": 4}, {"u": "a", "v": "b"})
+    >>> p2(17), _flatten("uv", {"u": 3, "v": 4}, {"u": "a", "v": "b"})
     (32, '(a) * 4 + b')
 """
 
@@ -17,10 +17,7 @@ from collections import defaultdict
 
 from .cg_spec import ROLE_INDEX
 from .coupling import sparse_coupling
-
-
-def _p2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+from .intmath import p2
 
 
 def _flatten(letters: str, sizes: dict, vals: dict) -> str:
@@ -73,7 +70,7 @@ class GemmMixin:
             vals[ch] = f"L{ch}{self.uid}"
             ctxs.append(self.w.block(f"for {vals[ch]} in range({sizes[ch]}):"))
             ctxs[-1].__enter__()
-        bk = min(_p2(sizes[K]), 64)
+        bk = min(p2(sizes[K]), 64)
         kv = f"kk{self.uid}"
         # always a loop (names inside stay local; see CGEmitter.emit_segment_target)
         ctxs.append(self.w.block(f"for k0 in range(0, {sizes[K]}, {bk}):"))
@@ -112,7 +109,7 @@ class GemmMixin:
     def emit_weight_gemm(self, k, ins, lt, sizes, nz):
         self.uses_dot = True
         rows = sizes["u"] * (sizes["v"] if ins.mode == "uvw" else 1)
-        br, bn = min(_p2(rows), 64), min(_p2(sizes["w"]), 64)
+        br, bn = min(p2(rows), 64), min(p2(sizes["w"]), 64)
         with self.w.block(f"for wr0 in range(0, {rows}, {br}):"):  # r<i> are row offsets
             self.w(f"rr = wr0 + tl.arange(0, {br})")
             self.w(f"rm = rr < {rows}")

@@ -39,15 +39,12 @@ import numpy as np
 
 from .gaunt_problem import ROLES, GauntProblem, parse_spec
 from .gaunt_tables import grid_tables, torus_tables
+from .intmath import p2
 from .writer import SourceWriter
 
 KERNEL_NAME = "gaunt_producer"
 DOT_MIN = 16
 TABLE_ALIGN = 64  # the largest BLOCK_P
-
-
-def _p2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def chunk_width(k: int) -> int:
@@ -57,7 +54,7 @@ def chunk_width(k: int) -> int:
 
 def default_block_p(problem: GauntProblem) -> int:
     nb, na = problem.grid_size
-    return min(64, max(DOT_MIN, _p2(nb * na)))
+    return min(64, max(DOT_MIN, p2(nb * na)))
 
 
 def reduces_channels(problem: GauntProblem, target: str) -> bool:

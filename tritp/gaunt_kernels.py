@@ -30,7 +30,7 @@ from .kernels import INT32_LIMIT, acc_dtype, interpreter_active, load_generated,
 
 # every codegen module the Gaunt sources depend on (gaunt_problem imports coupling, irreps, problem)
 GENERATOR_FILES = ("gaunt_emit.py", "gaunt_problem.py", "gaunt_tables.py", "writer.py", "coupling.py", "irreps.py",
-                   "problem.py", "instructions.py")
+                   "problem.py", "instructions.py", "intmath.py")
 _kernels: dict = {}
 
 

@@ -28,11 +28,12 @@ import torch
 
 from .codegen import Problem
 from .codegen.cg_pieces import plan_pieces
+from .codegen.intmath import cdiv as triton_cdiv
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
 
-GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "coupling.py", "instructions.py", "irreps.py", "problem.py",
-                   "writer.py")
+GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "coupling.py", "instructions.py", "intmath.py", "irreps.py",
+                   "problem.py", "writer.py")
 INT32_LIMIT = 2**31  # offsets at or past this switch the kernel to int64 addressing (tests lower it)
 _loaded: dict = {}
 
@@ -207,8 +208,6 @@ def split_programs(nblocks: int, device: torch.device) -> int:
     return max(1, min(nblocks, SPLIT_PROGRAMS_PER_SM * _sm_count(device)))
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 #: (kernels, argument dtypes, launch options) whose pieces are compiled (see launch_pieces).
