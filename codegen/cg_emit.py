@@ -177,9 +177,12 @@ class CGEmitter(GemmMixin):
         for seg, (mul, ir) in enumerate(self.segs[role]):
             if mul == 0 or (self.piece is not None and seg not in self.piece):
                 continue
-            inss = [i for i in self.p.instructions if self.seg_index(i, role) == seg and 0 not in i.path_shape]
+            # (index, instruction): a problem may hold equal instructions twice (e3nn allows it),
+            # each with its own weights, so never look an instruction up by equality
+            inss = [(k, i) for k, i in enumerate(self.p.instructions)
+                    if self.seg_index(i, role) == seg and 0 not in i.path_shape]
             bc = min(p2(mul), self.block_c)
-            if any(self.dot_letter(i) for i in inss):
+            if any(self.dot_letter(i) for _, i in inss):
                 bc = max(bc, 16)
             self.w(f"# target segment {seg}: {mul}x{ir}")
             # always a loop, even of one trip: names defined in its body (c, cm, m2d, acc*) stay
@@ -192,8 +195,8 @@ class CGEmitter(GemmMixin):
                 # a one-channel target (e.g. the gradient of mul-1 edge harmonics) would leave a
                 # [rows, 1] tile and loop serially over the other operands' channels: instead
                 # those channels become lanes of [rows, lanes] accumulators, summed once at the end
-                red = {id(i): self.reduction_letter(i) for i in inss} if mul == 1 else {}
-                lanes = max([self.letters(i)[1][ch] for i in inss if (ch := red.get(id(i)))] + [0])
+                red = {k: self.reduction_letter(i) for k, i in inss} if mul == 1 else {}
+                lanes = max([self.letters(i)[1][ch] for k, i in inss if (ch := red.get(k))] + [0])
                 self.lanes = min(p2(lanes), self.block_c) if lanes else 0
                 with self.row_block(accs, bc):
                     self.w("m2d = zm[:, None] & cm[None, :]")
@@ -201,12 +204,11 @@ class CGEmitter(GemmMixin):
                         self.w(f"{a} = tl.zeros([BLOCK_Z, {bc}], DT)")
                         if self.lanes:
                             self.w(f"q{a} = tl.zeros([BLOCK_Z, {self.lanes}], DT)")
-                    for ins in inss:
-                        k = self.p.instructions.index(ins)
+                    for k, ins in inss:
                         for term in self.spec.terms:
                             if not ins.has_weight and term[4]:
                                 continue
-                            self.emit_term(k, ins, term, accs, red.get(id(ins)))
+                            self.emit_term(k, ins, term, accs, red.get(k))
                     if self.lanes:
                         for a in accs:
                             self.w(f"{a} += tl.sum(q{a}, axis=1)[:, None]")

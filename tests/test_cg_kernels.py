@@ -561,6 +561,14 @@ def test_precompile_warms_every_piece_of_every_direction(monkeypatch):
     assert all(w[1] == 8 for w in warmed)  # the batch is the last argument
 
 
+def test_duplicate_instructions_keep_their_own_weights():
+    """e3nn accepts the same path twice, each with its own weights; the kernels once looked
+    instructions up by equality and gave both copies the first one's weights (off by 2x)."""
+    ins = [(0, 0, 0, "uvu", True), (0, 0, 0, "uvu", True), (1, 1, 0, "uvu", True), (1, 1, 0, "uvu", True, 0.5)]
+    tri, ref = pair("4x0e+4x1o", "1x0e+1x1o", "4x0e", ins, shared_weights=False)
+    check_against_reference(tri, ref, batch=(3,), dtype=torch.float64)
+
+
 # -- determinism -----------------------------------------------------------------------------
 
 
