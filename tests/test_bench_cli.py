@@ -142,7 +142,12 @@ def test_precompile_suite_compiles_each_kernel_once(monkeypatch):
         def warmup(self, *args, grid, **kw):
             warmed.append(self.key)
 
-    monkeypatch.setattr(tritp.kernels, "get_kernel", lambda p, spec, dt, bc, piece=None: Fake((p.key, spec, piece)))
+    fakes = {}  # like the real get_kernel: one kernel object per source
+
+    def get_kernel(p, spec, dt, bc, piece=None):
+        return fakes.setdefault((p.key, spec, piece), Fake((p.key, spec, piece)))
+
+    monkeypatch.setattr(tritp.kernels, "get_kernel", get_kernel)
     monkeypatch.setattr(tritp.kernels, "interpreter_active", lambda: False)
     entries = [("tiny", *preset("tiny")), ("mace-small", preset("mace-small")[0], 64)]
     logs = []

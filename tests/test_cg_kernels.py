@@ -524,6 +524,18 @@ def test_launch_pieces_compiles_in_parallel_once(monkeypatch):
     with pytest.warns(UserWarning, match="compiling kernel pieces in parallel failed"):
         tritp.kernels.launch_pieces([Fake("c", fail=True), Fake("d")], (3,), (5,), {"BLOCK_Z": 16})
     assert [e[1] for e in log if e[0] == "launch"] == ["c", "d"]
+    # the CUDA path launches through wrap_triton: still compiled ahead, unless tensors are fake
+    # (a traced triton_op, whose kernels Inductor compiles)
+    log.clear()
+    tritp.kernels.launch_pieces([Fake("g"), Fake("h")], (3,), (torch.zeros(2),), {"BLOCK_Z": 16}, wrap=lambda k: k)
+    assert sorted(e[1] for e in log if e[0] == "warm") == ["g", "h"]
+    log.clear()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        fake = torch.zeros(2)
+    tritp.kernels.launch_pieces([Fake("i"), Fake("j")], (3,), (fake,), {"BLOCK_Z": 16}, wrap=lambda k: k)
+    assert [e[0] for e in log] == ["launch", "launch"]
     log.clear()
     monkeypatch.setenv("TRITP_PARALLEL_COMPILE", "0")
     tritp.kernels.launch_pieces([Fake("e"), Fake("f")], (3,), (5,), {"BLOCK_Z": 16})

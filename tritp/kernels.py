@@ -130,10 +130,14 @@ class LaunchPlan(NamedTuple):
     g: torch.Tensor
     shared_w: bool
     out_dtype: torch.dtype
+    device: torch.device
 
 
-def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=None, config=None) -> LaunchPlan:
-    """Everything :func:`produce` launches, without launching (see :func:`precompile`)."""
+def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=None, config=None,
+                dry: bool = False) -> LaunchPlan:
+    """Everything :func:`produce` launches, without launching. ``dry`` (for :func:`precompile`):
+    ``tensors`` may have as few as 2 rows while ``Z`` is the real batch (configuration and
+    int64 addressing follow ``Z``), and no output buffer is allocated."""
     acc = acc_dtype(tensors)
     dtype_name = "float64" if acc == torch.float64 else "float32"
     if out_dtype is None:
@@ -145,7 +149,7 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
     shared_w = spec.target == "w" and problem.shared_weights
     if Z == 0 or dim == 0:
         zeros = torch.zeros((dim,) if shared_w else (Z, dim), dtype=out_dtype, device=device)
-        return LaunchPlan([], (0,), (), {}, zeros, False, out_dtype)
+        return LaunchPlan([], (0,), (), {}, zeros, False, out_dtype, device)
     if config is None:
         from .tuning import choose
 
@@ -164,30 +168,64 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
             strides.append(t.stride(0) if t.shape[0] != 1 else 0)
         args.append(t)
     # shared-weight gradients: one partial row per program, summed by produce (deterministic)
-    g = torch.empty((nprog, dim) if shared_w else (Z, dim), dtype=acc if shared_w else out_dtype, device=device)
+    shape = (0,) if dry else (nprog, dim) if shared_w else (Z, dim)  # dry: only the dtype matters
+    g = torch.empty(shape, dtype=acc if shared_w else out_dtype, device=device)
     big = bool(max([Z * max(strides + [dim]), nprog * dim] + [t.numel() for t in args]) >= INT32_LIMIT)
     options = dict(IDX64=big, BLOCK_Z=block_z, num_warps=config.num_warps, num_stages=config.num_stages)
-    return LaunchPlan(kerns, (nprog,), (*args, *strides, g, dim, Z), options, g, shared_w, out_dtype)
+    return LaunchPlan(kerns, (nprog,), (*args, *strides, g, dim, Z), options, g, shared_w, out_dtype, device)
 
 
 def precompile(plans) -> int:
-    """Compile the kernels of many launch plans (:func:`launch_plan`) in parallel threads
-    without running them; returns how many kernels were compiled (0 under the interpreter,
-    which compiles nothing). Kernels are specialized on their arguments' dtypes, alignments and
-    strides but not on the batch size, so one compile serves every batch.
+    """Compile the kernels of many launch plans (:func:`launch_plan`, best ``dry``) in parallel
+    threads without running them; returns how many kernels were compiled (0 under the
+    interpreter, which compiles nothing). Kernels are specialized on their arguments' dtypes,
+    alignments and strides but not on the batch size, so one compile serves every batch.
+    Under ``torch.compile`` Inductor compiles the kernels it launches itself.
 
     Example:
         >>> precompile([])
         0
     """
-    jobs = [(k, p) for p in plans for k in p.kernels]
-    if not jobs or interpreter_active():
+    if interpreter_active():
         return 0
+    jobs, seen = [], set()
+    for p in plans:
+        # tensors as dtypes: Triton's warmup treats them as aligned pointers, allocating nothing
+        args = tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in p.args)
+        for k in p.kernels:
+            key = (id(k), tuple(sorted(p.options.items())), tuple(map(str, args)))
+            if key not in seen:
+                seen.add(key)
+                jobs.append((k, args, p.grid, p.options, p.device))
+    compile_all(jobs)
+    return len(jobs)
+
+
+def compile_all(jobs) -> None:
+    """Run Triton's ``warmup`` (compile, do not launch) of ``(kernel, args, grid, options,
+    device)`` jobs in parallel threads -- Triton releases the GIL in its passes and ptxas is a
+    subprocess -- each under its job's CUDA device (the current device is per thread);
+    ``TRITP_PARALLEL_COMPILE=0``: one after another in this thread."""
+    from contextlib import nullcontext
+
+    def one(job):
+        k, args, grid, options, device = job
+        with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+            k.warmup(*args, grid=grid, **options)
+
+    if len(jobs) < 2 or not parallel_compile():
+        for j in jobs:
+            one(j)
+        return
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as ex:
-        list(ex.map(lambda j: j[0].warmup(*j[1].args, grid=j[1].grid, **j[1].options), jobs))
-    return len(jobs)
+        list(ex.map(one, jobs))
+
+
+def parallel_compile() -> bool:
+    """False under ``TRITP_PARALLEL_COMPILE=0``."""
+    return os.environ.get("TRITP_PARALLEL_COMPILE", "1") != "0"
 
 
 #: Programs per SM of a shared-weight gradient; each strides over the row blocks (split-K).
@@ -205,9 +243,8 @@ def split_programs(nblocks: int, device: torch.device) -> int:
     """Grid of a shared-weight gradient kernel: a few programs per SM, each summing every
     ``grid``-th block of rows into one partial row (fewer, longer partials than one per block;
     the fixed assignment keeps the sum deterministic on a given GPU)."""
-    return max(1, min(nblocks, SPLIT_PROGRAMS_PER_SM * _sm_count(device)))
-
-
+    # sym_min: a symbolic batch under torch.compile gets no guard (min() would add one)
+    return torch.sym_min(nblocks, SPLIT_PROGRAMS_PER_SM * _sm_count(device))
 
 
 #: (kernels, argument dtypes, launch options) whose pieces are compiled (see launch_pieces).
@@ -216,20 +253,17 @@ _warm: set = set()
 
 def launch_pieces(kernels: list, grid: tuple, args: tuple, options: dict, wrap=None) -> None:
     """Launch the pieces of one producer, in order, into the same target. On first use of a
-    signature the pieces are compiled in parallel threads first (Triton releases the GIL in its
-    compiler passes and ptxas is a subprocess), so a split kernel compiles in about the time of
-    its largest piece (``TRITP_PARALLEL_COMPILE=0``: one by one). ``wrap`` (``wrap_triton``)
-    leaves compiling to Inductor."""
-    parallel = os.environ.get("TRITP_PARALLEL_COMPILE", "1") != "0"
-    if wrap is None and len(kernels) > 1 and parallel and not interpreter_active():
+    signature outside tracing the pieces are first compiled in parallel (:func:`compile_all`),
+    so a split kernel compiles in about the time of its largest piece; ``wrap``
+    (``wrap_triton``) still wraps the launches (inside a traced ``triton_op`` the tensors are
+    fake, and Inductor compiles the kernels itself)."""
+    if len(kernels) > 1 and parallel_compile() and not interpreter_active() and _eager(args):
         sig = (tuple(map(id, kernels)), tuple(getattr(a, "dtype", type(a)) for a in args), tuple(sorted(options.items())))
         if sig not in _warm:
-            from concurrent.futures import ThreadPoolExecutor
-
             _warm.add(sig)
+            device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
             try:
-                with ThreadPoolExecutor(min(len(kernels), os.cpu_count() or 1)) as ex:
-                    list(ex.map(lambda k: k.warmup(*args, grid=grid, **options), kernels))
+                compile_all([(k, args, grid, options, device) for k in kernels])
             except Exception as e:  # the launches below compile one by one and raise real errors
                 from .module import warn_once
 
@@ -237,3 +271,10 @@ def launch_pieces(kernels: list, grid: tuple, args: tuple, options: dict, wrap=N
                           f"{e}); compiling them one by one (TRITP_PARALLEL_COMPILE=0 skips the attempt)")
     for k in kernels:
         (k if wrap is None else wrap(k))[grid](*args, **options)
+
+
+def _eager(args) -> bool:
+    """Plain tensors, not tracing: compiling ahead of the launch is safe and useful."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(type(a) in (torch.Tensor, torch.nn.Parameter) for a in args if isinstance(a, torch.Tensor))

@@ -209,7 +209,9 @@ class TensorProduct(torch.nn.Module):
 
         Kernels are specialized on dtype and layout, not on the batch size, but the launch
         configuration (tuned or heuristic) depends on ``batch``: pass the batch you will run.
-        Returns the number of kernels compiled (0 under the Triton interpreter).
+        Nothing of batch size is allocated. Returns the number of kernels compiled (0 under the
+        Triton interpreter). For eager use: under ``torch.compile`` Inductor compiles the
+        kernels it launches itself.
 
         Example:
             >>> tp = tritp.compile("128x0e+128x1o", "0e+1o+2e", "0e+1o", mode="channelwise")  # doctest: +SKIP
@@ -222,7 +224,8 @@ class TensorProduct(torch.nn.Module):
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
-        plans = [launch_plan(self.problem, spec, make_inputs(self.problem, spec, batch, dtype, device), batch)
+        # two rows of data suffice (nothing runs); the configuration follows the real batch
+        plans = [launch_plan(self.problem, spec, make_inputs(self.problem, spec, 2, dtype, device), batch, dry=True)
                  for _, spec in direction_specs(self.problem, tuple(directions))]
         return precompile(plans)
 
