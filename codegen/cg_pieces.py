@@ -6,9 +6,9 @@ NequIP's forward has 2,000 unrolled loads and coupling terms -- takes minutes to
 the same work in pieces of a few hundred takes seconds each, and the pieces compile in
 parallel. A piece is a set of target segments (or, for a weight target, of instructions): it
 writes only those, so the pieces of one producer launch one after another into the same output
-and together compute exactly what the whole kernel does. Pieces are contiguous runs in the
-order of the segments (for MACE- and NequIP-style products that groups the paths of one input
-segment, which the pieces then do not read twice). A one-channel target stays whole: each of its
+and together compute exactly what the whole kernel does. For the output and the weights, the
+units that read one x1 segment stay in one piece where the budget allows, so that no two pieces
+read it; other units are taken in order. A one-channel target stays whole: each of its
 segments reads all the wide operands, so pieces would read them once per piece.
 
 Example:
@@ -81,12 +81,25 @@ def _one_channel(problem: Problem, target: str) -> bool:
 
 def plan_pieces(problem: Problem, spec: ProducerSpec, budget: int | None = None) -> tuple:
     """The pieces of producer ``spec``: ``(None,)`` (one whole kernel) when its cost fits
-    ``budget`` (default :data:`PIECE_BUDGET`), else a tuple of unit-index tuples, contiguous
-    and in order, each as close to ``budget`` as whole units allow (a unit never splits)."""
+    ``budget`` (default :data:`PIECE_BUDGET`), else a partition of the units into sorted
+    tuples, each as close to ``budget`` as whole units (and whole x1 groups, see
+    :func:`unit_groups`, where they fit) allow; a unit never splits."""
     budget = PIECE_BUDGET if budget is None else budget
     if budget < 1:
         raise ValueError(f"budget must be a positive number of work units, got {budget}")
     return _plan(problem, spec, budget)
+
+
+def unit_groups(problem: Problem, spec: ProducerSpec) -> list:
+    """The x1 segment each unit reads (None when it reads none or is itself an x1 segment):
+    for the output and the weights, runs of units reading one x1 segment are kept in one piece
+    where the budget allows, so that no two pieces read it."""
+    keys = [None] * _units(problem, spec.target)
+    if spec.target in ("out", "w"):
+        for k, ins in enumerate(problem.instructions):
+            u = _unit_of(ins, k, spec.target)
+            keys[u] = ins.i_in1 if keys[u] is None else min(keys[u], ins.i_in1)
+    return keys
 
 
 @lru_cache(maxsize=1024)
@@ -94,13 +107,33 @@ def _plan(problem: Problem, spec: ProducerSpec, budget: int) -> tuple:
     costs = unit_costs(problem, spec)
     if sum(costs) <= budget or _one_channel(problem, spec.target):
         return (None,)
+    keys = unit_groups(problem, spec)
+    runs, where = [], {}  # units by group key, in order of first appearance (None: alone)
+    for u in range(len(costs)):
+        if keys[u] is None:
+            runs.append([u])
+        elif keys[u] in where:
+            runs[where[keys[u]]].append(u)
+        else:
+            where[keys[u]] = len(runs)
+            runs.append([u])
     pieces, cur, acc = [], [], 0
-    for u, c in enumerate(costs):
+
+    def add(units, c):
+        nonlocal cur, acc
         if cur and acc + c > budget and c > 0:
             pieces.append(tuple(cur))
             cur, acc = [], 0
-        cur.append(u)
+        cur.extend(units)
         acc += c
+
+    for run in runs:
+        c = sum(costs[u] for u in run)
+        if c <= budget:
+            add(run, c)
+        else:  # a group larger than a piece: split it unit by unit
+            for u in run:
+                add([u], costs[u])
     if cur:
         pieces.append(tuple(cur))
-    return tuple(pieces)
+    return tuple(tuple(sorted(p)) for p in pieces)

@@ -474,7 +474,7 @@ def test_pieces_compute_the_whole_kernel(monkeypatch, shared):
 
 
 def test_piece_plan_partitions_the_target():
-    from tritp.codegen.cg_pieces import plan_pieces, unit_costs
+    from tritp.codegen.cg_pieces import plan_pieces, unit_costs, unit_groups
 
     tri = tritp.compile(*MIXED, backend="reference", shared_weights=False)
     fwd = forward_spec()
@@ -482,13 +482,22 @@ def test_piece_plan_partitions_the_target():
         costs = unit_costs(tri.problem, spec)
         for budget in (1, 25, 60, sum(costs) - 1):
             plan = plan_pieces(tri.problem, spec, budget)
-            assert [u for p in plan for u in p] == list(range(len(costs)))  # contiguous, in order
+            assert sorted(u for p in plan for u in p) == list(range(len(costs)))  # a partition
             assert all(sum(costs[u] for u in p) <= budget or sum(1 for u in p if costs[u]) == 1 for p in plan)
         assert plan_pieces(tri.problem, spec, sum(costs)) == (None,)
     # a one-channel target (mul-1 edge harmonics' gradient) stays whole: pieces would re-read x1
     mace = tritp.compile("8x0e+8x1o+8x2e", "0e+1o+2e+3o", "0e+1o+2e+3o", mode="channelwise",
                          backend="reference").problem
     assert len(plan_pieces(mace, fwd, 30)) > 1 and plan_pieces(mace, fwd.derivative(1), 30) == (None,)
+    # output segments are sorted by irrep, not by the x1 segment they read; a piece takes whole
+    # x1 groups where they fit, so no x1 segment is read by two pieces
+    groups = unit_groups(mace, fwd)
+    group_cost = max(sum(c for c, g in zip(unit_costs(mace, fwd), groups) if g == k) for k in set(groups))
+    plan = plan_pieces(mace, fwd, group_cost)
+    owners = {}
+    for u, g in enumerate(groups):
+        owners.setdefault(g, set()).update(i for i, p in enumerate(plan) if u in p)
+    assert len(plan) > 1 and all(len(o) == 1 for o in owners.values())
     with pytest.raises(ValueError, match="budget must be a positive"):
         plan_pieces(mace, fwd, 0)
 
