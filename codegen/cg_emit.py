@@ -19,21 +19,20 @@ Example:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from contextlib import nullcontext
 
-from .cg_spec import MODE_LETTERS, ROLE_INDEX, ProducerSpec
-from .coupling import sparse_coupling
+from .cg_gemm import GemmMixin
+from .cg_spec import MODE_LETTERS, ProducerSpec
+from .cg_terms import TermMixin
+from .intmath import p2
 from .problem import Problem
 from .writer import SourceWriter
-from .cg_gemm import GemmMixin, _flatten
-from .intmath import p2
 
 KERNEL_NAME = "tp_producer"
 DEFAULT_BLOCK_C = 64
 
 
-class CGEmitter(GemmMixin):
+class CGEmitter(TermMixin, GemmMixin):
     """Writes one producer kernel; subclasses override the row/store hooks below."""
 
     def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, dot_precision: str = "ieee",
@@ -236,185 +235,6 @@ class CGEmitter(GemmMixin):
             inner *= sizes[ch]
         return vals
 
-    def term_loops(self, ins) -> list:
-        """Channel letters a term loops over: used by a source operand, absent from the target."""
-        target = self.spec.target
-        lt, sizes = self.letters(ins)
-        src_roles = [r for r in ("x1", "x2", "out") if r != target]
-        used = set("".join(lt[r] for r in src_roles) + (lt["w"] if ins.has_weight else ""))
-        return [ch for ch in "uvw" if ch in used and ch not in lt[target] and sizes[ch] > 1]
-
-    def reduction_letter(self, ins):
-        """The loop letter a one-channel target vectorizes over (the largest), or None."""
-        if self.dot_letter(ins) is not None:
-            return None
-        sizes = self.letters(ins)[1]
-        loops = self.term_loops(ins)
-        return max(loops, key=lambda ch: (sizes[ch], ch)) if loops else None
-
-    def emit_term(self, k, ins, term, accs, red=None):
-        """Add one (instruction, term) contribution to the target accumulators; ``red`` is a
-        loop letter run as ``self.lanes`` vector lanes into the ``q``-accumulators."""
-        K = self.dot_letter(ins)
-        if K is not None:
-            return self.emit_dot_term(k, ins, term, accs, K)
-        spec = self.spec
-        target = spec.target
-        lt, sizes = self.letters(ins)
-        vals = self.vector_letters(lt[target], sizes)
-        vec = {ch for ch in lt[target] if sizes[ch] > 1}
-        src_roles = [r for r in ("x1", "x2", "out") if r != target]
-        used = set("".join(lt[r] for r in src_roles) + (lt["w"] if ins.has_weight else ""))
-        loops = self.term_loops(ins)
-        if red is not None:  # the lane loop goes outermost
-            loops = [red] + [ch for ch in loops if ch != red]
-            accs = [f"q{a}" for a in accs]
-        for ch in used:
-            if ch not in vals and sizes[ch] == 1:
-                vals[ch] = "0"
-        l1, l2, l3 = (self.p.irreps_in1[ins.i_in1].ir.l, self.p.irreps_in2[ins.i_in2].ir.l,
-                      self.p.irreps_out[ins.i_out].ir.l)
-        nz = [(e[0], e[1], e[2], e[3] * ins.coefficient) for e in sparse_coupling(l1, l2, l3)]
-        ri = {r: i for i, r in enumerate(("x1", "x2", "out"))}
-        a_role, b_role = src_roles
-        entries = [(e[ri[a_role]], e[ri[b_role]], e[ri[target]], e[3]) for e in nz]
-        self.w(f"# instruction {k}: {ins.mode} {l1}x{l2}->{l3}, term {term}")
-
-        def deps(role):
-            return {ch for ch in lt[role] if sizes[ch] > 1}
-
-        # open loops, hoisting each operand's loads to the shallowest depth that defines it
-        pending = {a_role: sorted({e[0] for e in entries}), b_role: sorted({e[1] for e in entries})}
-        if ins.has_weight:
-            pending["w"] = None
-        loaded = {}
-        opened = set()
-        depth_ctx = []
-
-        def flush():
-            for role in list(pending):
-                if deps(role) - vec <= opened:
-                    t = term[ROLE_INDEX[role]]
-                    ch = _flatten(lt[role], sizes, vals)
-                    laned = red in deps(role)
-                    tile = bool(deps(role) & vec) or laned
-                    kw = {"mask": mq, "lane_mask": qm} if laned else {}
-                    if role == "w":
-                        loaded["w"] = self.load(t, "w", f"{self.woffs[k]} + {ch}", tile, **kw)
-                    else:
-                        loaded[role] = {m: self.load(t, role, self.elem(ins, role, ch, m), tile, **kw)
-                                        for m in pending[role]}
-                    del pending[role]
-
-        mq = qm = None
-        flush()
-        for ch in loops:
-            if ch == red:
-                q, qm, mq = self.fresh("q"), self.fresh("qm"), self.fresh("mq")
-                ctx = self.w.block(f"for {q}_0 in range(0, {sizes[ch]}, {self.lanes}):")
-                ctx.__enter__()
-                self.w(f"{q} = {q}_0 + tl.arange(0, {self.lanes})")
-                self.w(f"{qm} = {q} < {sizes[ch]}")
-                self.w(f"{mq} = zm[:, None] & {qm}[None, :]")
-                vals[ch] = q
-            else:
-                vals[ch] = f"L{ch}{self.uid}"
-                ctx = self.w.block(f"for {vals[ch]} in range({sizes[ch]}):")
-                ctx.__enter__()
-            depth_ctx.append(ctx)
-            opened.add(ch)
-            flush()
-        self.emit_contraction(entries, loaded[a_role], loaded[b_role], loaded.get("w"), accs)
-        for ctx in reversed(depth_ctx):
-            ctx.__exit__(None, None, None)
-
-    def emit_contraction(self, entries, A, B, W, accs):
-        a_kind = next(iter(A.values()))[1]
-        b_kind = next(iter(B.values()))[1]
-        if a_kind != "2d" and b_kind == "2d":  # make A the lane operand
-            entries = [(e[1], e[0], e[2], e[3]) for e in entries]
-            A, B, a_kind, b_kind = B, A, b_kind, a_kind
-        by_t = defaultdict(list)
-        for ma, mb, mt, c in entries:
-            by_t[mt].append((ma, mb, c))
-        for mt, es in sorted(by_t.items()):
-            if a_kind == "2d" and b_kind == "2d":
-                expr = " + ".join(f"{self.const(c)} * {A[ma][0]} * {B[mb][0]}" for ma, mb, c in es)
-                kind = "2d"
-            elif a_kind == "2d":
-                groups = defaultdict(list)
-                for ma, mb, c in es:
-                    groups[ma].append((mb, c))
-                parts = []
-                for ma, gs in sorted(groups.items()):
-                    y = self.fresh("y")
-                    self.w(f"{y} = " + " + ".join(f"{self.const(c)} * {B[mb][0]}" for mb, c in gs))
-                    parts.append(f"{A[ma][0]} * {y}[:, None]" if B[gs[0][0]][1] == "z" else f"{A[ma][0]} * {y}")
-                expr, kind = " + ".join(parts), "2d"
-            else:
-                expr = " + ".join(f"{self.const(c)} * {A[ma][0]} * {B[mb][0]}" for ma, mb, c in es)
-                kind = "z" if "z" in (a_kind, b_kind) else "s"
-            if W is not None:
-                wv, wk = W
-                if kind == "2d" or wk == "2d":
-                    expr = f"{_as2d(wv, wk)} * ({_as2d(f'({expr})', kind)})"
-                    kind = "2d"
-                else:
-                    expr = f"{wv} * ({expr})"
-                    kind = "z" if "z" in (kind, wk) else "s"
-            self.w(f"{accs[mt]} += {_as2d(f'({expr})', kind)}")
-
-    def emit_weight_target(self):
-        spec, p = self.spec, self.p
-        shared = p.shared_weights
-        for k, ins in enumerate(p.instructions):
-            if not ins.has_weight or 0 in ins.path_shape or (self.piece is not None and k not in self.piece):
-                continue
-            lt, sizes = self.letters(ins)
-            n = 1
-            for s in ins.path_shape:
-                n *= s
-            bc = min(p2(n), self.block_c)
-            l1, l2, l3 = (p.irreps_in1[ins.i_in1].ir.l, p.irreps_in2[ins.i_in2].ir.l, p.irreps_out[ins.i_out].ir.l)
-            nz = [(e[0], e[1], e[2], e[3] * ins.coefficient) for e in sparse_coupling(l1, l2, l3)]
-            self.w(f"# weights of instruction {k}: {ins.mode} {l1}x{l2}->{l3}, shape {ins.path_shape}")
-            if shared and self.weight_gemm_ok(ins, sizes):
-                self.emit_weight_gemm(k, ins, lt, sizes, nz)
-                continue
-            with self.w.block(f"for c0 in range(0, {n}, {bc}):"):  # always a loop: see above
-                self.w(f"c = c0 + tl.arange(0, {bc})")
-                self.w(f"cm = c < {n}")
-                self.w(f"accw = tl.zeros([BLOCK_Z, {bc}], DT)")
-                vals = self.vector_letters(lt["w"], sizes)
-                for ch in "uvw":
-                    vals.setdefault(ch, "0")
-                zloop = self.row_loop()
-                zloop.__enter__()
-                self.w("m2d = zm[:, None] & cm[None, :]")
-                for term in spec.terms:
-                    ops = {}
-                    for role, ms in (("x1", {e[0] for e in nz}), ("x2", {e[1] for e in nz}),
-                                     ("out", {e[2] for e in nz})):
-                        t = term[ROLE_INDEX[role]]
-                        ch = _flatten(lt[role], sizes, vals)
-                        tile = any(sizes[x] > 1 for x in lt[role])
-                        ops[role] = {m: self.load(t, role, self.elem(ins, role, ch, m), tile) for m in sorted(ms)}
-                    by_k = defaultdict(list)
-                    for i, j, kk, c in nz:
-                        by_k[kk].append((i, j, c))
-                    for kk, es in sorted(by_k.items()):
-                        s = " + ".join(f"{self.const(c)} * {_as2d(ops['x1'][i][0], ops['x1'][i][1])} * "
-                                       f"{_as2d(ops['x2'][j][0], ops['x2'][j][1])}" for i, j, c in es)
-                        g = ops["out"][kk]
-                        self.w(f"accw += ({s}) * {_as2d(g[0], g[1])}")
-                zloop.__exit__(None, None, None)
-                addr = f"{self.woffs[k]} + c"
-                if shared:
-                    self.store_shared_weight(addr, "accw")
-                else:
-                    self.store_tile(addr, "accw")
-
-
 class _Then:
     """A context manager that runs ``after_enter`` once ``ctx`` is entered."""
 
@@ -427,10 +247,6 @@ class _Then:
 
     def __exit__(self, *exc):
         return self.ctx.__exit__(*exc)
-
-
-def _as2d(expr: str, kind: str) -> str:
-    return f"{expr}[:, None]" if kind == "z" else expr
 
 
 def emit_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",

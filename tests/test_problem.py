@@ -455,7 +455,7 @@ def test_all_paths_rejects_unknown_mode_and_empty():
 
 
 @pytest.mark.parametrize("module", ["tritp.codegen.problem", "tritp.codegen.instructions", "tritp.codegen.forms",
-                                    "tritp.codegen.cg_pieces", "tritp.codegen.intmath",
+                                    "tritp.codegen.cg_pieces", "tritp.codegen.intmath", "tritp.codegen.cg_terms",
                                     "tritp.codegen"])
 def test_doctests(module):
     import doctest
