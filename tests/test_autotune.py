@@ -83,6 +83,94 @@ def test_space_rules_prune_what_cannot_win():
     assert w.hash == space_for("cg", wide(), _fwd(wide()), "float32", 40_000).hash != t.hash
 
 
+def _grads(p):
+    """``{"out": fwd, "x1": grad x1, "x2": grad x2, "w": grad w}`` specs of ``p``."""
+    return {s.target: s for _, s in tuner.direction_specs(p, ("fwd", "bwd"))}
+
+
+# (preset, kernel target, dtype) -> (block_c, num_warps) of the register-aware GPU default; the
+# grad-x1 kernels are the ones the fixed 16:64:4 spilled with (ptxas for sm_90, benchmarks/ptxas_audit.py)
+GPU_DEFAULTS = {  # comments: estimate at each rung, 40 + (tiles + groups / 4) x elements per thread,
+    # where groups counts the segments of the largest piece (codegen/cg_pieces.py) of the kernel
+    ("mace-large", "out", "float32"): (64, 4),       # 13 tiles, pieces of 10 and 7 segments: 158
+    ("mace-large", "x1", "float32"): (32, 8),        # 43 tiles alone in its piece: 386, 213, then 126
+    ("mace-medium", "x1", "float32"): (64, 8),       # 25 tiles, 2 segments: 244, then 142
+    ("sevennet-l2", "x1", "float32"): (64, 8),       # 33 tiles: 306, then 173
+    ("nequip-benzene", "x1", "float32"): (32, 8),    # 67 tiles: 578, 309, then 174
+    ("nequip-benzene", "out", "float32"): (64, 4),   # 15 tiles, 11 pieces (the worst: 6 segments): 172
+    ("nequip-l2", "x1", "float32"): (64, 4),         # 32 lanes: 4 elements per thread, 173
+    ("uvu-128x3e", "w", "float32"): (64, 4),         # per-sample weight gradient, 15 tiles: 162
+    ("mace-medium", "out", "float32"): (64, 4),      # 9 tiles, 8 segments: 128
+    ("mace-medium", "out", "float64"): (64, 8),      # the same in two words: 216, then 128
+    ("tiny", "out", "float32"): (64, 4),
+}
+
+
+@pytest.mark.parametrize("key", sorted(GPU_DEFAULTS))
+def test_gpu_default_keeps_the_register_estimate_in_budget(key):
+    from tritp.presets import preset
+    from tritp.tuning import GPU_LADDER
+    from tritp.tuning.registers import REGISTER_BUDGET, estimate_registers
+
+    name, target, dtype = key
+    p = preset(name)[0]
+    spec = _grads(p)[target]
+    c = heuristic(50_000, False, p, spec, dtype)
+    assert (c.block_z, c.num_stages, c.impl) == (16, 1, "sparse") and (c.block_c, c.num_warps) == GPU_DEFAULTS[key]
+    assert estimate_registers(p, spec, dtype, c) <= REGISTER_BUDGET
+    for bc, nw in GPU_LADDER[:GPU_LADDER.index((c.block_c, c.num_warps))]:  # every earlier rung is over budget
+        assert estimate_registers(p, spec, dtype, c._replace(block_c=bc, num_warps=nw)) > REGISTER_BUDGET
+    assert heuristic(50_000, False, p, spec, dtype) is c  # memoized
+    assert tuner.candidates_for(p, spec, dtype, 50_000, interpreted=False)[0] == c  # the tuner times it first
+
+
+def test_register_estimate_matches_its_calibration():
+    """The formula of tritp.tuning.registers on the kernels it was calibrated on (ptxas registers
+    in the comments: sm_90, Triton 3.9; the spill boundary lies between 212 and 304)."""
+    from tritp.presets import preset
+    from tritp.tuning.registers import estimate_registers, groups
+
+    p = preset("mace-large")[0]
+    x1 = _grads(p)["x1"]
+    assert max(g.tiles for g in groups(p, x1)) == 43 and len(groups(p, x1)) == 3  # 2e: 5 accumulators + 38
+    whole = (None,)  # as one kernel, the form the calibration compiled
+    est = lambda bc, nw, z=16, dt="float32": estimate_registers(p, x1, dt, Config(z, bc, nw), whole)
+    assert est(64, 4) == 390     # 255 registers + 1072 bytes of spill stores
+    assert est(64, 8) == est(32, 4) == 215  # 233 registers, no spill / 255 + spills
+    assert est(32, 8) == 128     # 248 registers, no spill
+    assert est(16, 8) == 84 and est(16, 8, z=128) == est(64, 4)  # 8 elements per thread either way
+    assert est(32, 8, dt="float64") == est(64, 8) == 40 + 4 * 43.75  # 2 elements x 2 words = 4 words
+    assert estimate_registers(p, x1, "float32", Config(16, 64, 4)) == 386  # in pieces: 2e alone, 43.25 tiles
+    q = preset("mace-medium")[0]
+    assert estimate_registers(q, _grads(q)["x1"], "float32", Config(16, 64, 4)) == 244  # 240 registers, no spill
+    b = preset("nequip-benzene")[0]  # 68 segments of at most 15 tiles, one kernel: 255 registers + 1408 bytes
+    fwd, c = _grads(b)["out"], Config(16, 64, 4)
+    assert estimate_registers(b, fwd, "float32", c, whole) == 296
+    assert estimate_registers(b, fwd, "float32", c) == 40 + 8 * (15 + 6 / 4)  # in pieces: 15 tiles among 6 segments
+
+
+def test_heuristic_without_a_problem_and_under_the_interpreter():
+    assert heuristic(100_000, False) == Config(block_z=16, block_c=64, num_warps=4)  # other kernel families
+    p = Problem.channelwise("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
+    assert heuristic(100, True, p, _grads(p)["x1"]) == Config(block_z=128, block_c=64, num_warps=1)
+
+
+def test_rule_4_prunes_what_the_estimate_says_spills():
+    from tritp.presets import preset
+    from tritp.tuning.registers import estimate_registers
+    from tritp.tuning.space import CG_VERSION, REGISTER_WORDS
+
+    p = preset("mace-large")[0]
+    x1 = _grads(p)["x1"]
+    s = space_for("cg", p, x1, "float32", 50_000)
+    cfgs = {(c.block_z, c.block_c, c.num_warps) for c in s.candidates}
+    assert (16, 64, 4) not in cfgs and (16, 64, 8) in cfgs and (16, 32, 8) in cfgs  # 390 > 256 spilled
+    assert all(estimate_registers(p, x1, "float32", c) <= REGISTER_WORDS for c in s.candidates)
+    assert s.version == CG_VERSION == 2
+    fwd = space_for("cg", p, _grads(p)["out"], "float32", 50_000)
+    assert (16, 64, 4) in {(c.block_z, c.block_c, c.num_warps) for c in fwd.candidates} and len(fwd) > len(s)
+
+
 def test_a_family_registers_its_space_and_source_identity():
     from tritp.tuning.space import SearchSpace, register_family
 

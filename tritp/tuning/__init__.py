@@ -42,27 +42,64 @@ class Config(NamedTuple):
     impl: str = "sparse"
 
 
-def heuristic(n_rows: int, interpreted: bool) -> Config:
+#: The GPU defaults the heuristic tries, in order, for a kernel of known structure:
+#: (block_c, num_warps) with 8, 4, 2 and 1 tile elements per thread at 16 rows.
+GPU_LADDER = ((64, 4), (64, 8), (32, 8), (16, 8))
+#: Heuristic configs by (problem key, spec, dtype): the estimate walks the problem once.
+_heuristic_memo: dict = {}
+
+
+def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: str = "float32") -> Config:
     """The default when nothing is tuned.
 
-    On a GPU: ``block_z=16`` batch rows x ``block_c=64`` channel lanes per program (a segment
-    narrower than 64 channels uses the next power of two of its multiplicity), ``num_warps=4``,
-    ``num_stages=1``: 8 lanes per thread. Compiled for sm_90 offline (ptxas, no GPU), 32 rows
-    spilled registers on every design preset and 16 removed the spills of the MACE forward
-    kernels; kernels with ``tl.dot`` raise ``block_z`` to their ``MIN_BLOCK_Z`` (16). Under the Triton interpreter, whose
-    cost is per program launched, as few programs as possible: ``block_z`` = the batch rounded
-    up to a power of two, at most 128, one warp.
+    On a GPU: ``block_z=16`` batch rows per program, ``num_stages=1``, and the first
+    ``(block_c, num_warps)`` of :data:`GPU_LADDER` -- ``(64, 4)``, ``(64, 8)``, ``(32, 8)``,
+    ``(16, 8)``: 8, 4, 2, 1 tile elements per thread -- whose register estimate
+    (:func:`tritp.tuning.registers.estimate_registers`: 40 + (tiles alive at once + a quarter
+    per segment of the kernel's piece) x elements per thread, x2 in float64) is at most
+    :data:`~tritp.tuning.registers.REGISTER_BUDGET` (200); the last rung when none is. A
+    segment narrower than ``block_c`` uses the next power of two of its multiplicity; kernels
+    with ``tl.dot`` raise ``block_z`` to their ``MIN_BLOCK_Z`` (16). Calibrated against ptxas
+    for sm_90 offline (``benchmarks/ptxas_audit.py``): 32 rows spilled on every design preset;
+    at 16 rows the fixed ``(64, 4)`` spilled in the grad-x1 kernels of mace-large (760 bytes),
+    sevennet-l2 (208) and nequip-benzene (8228), which the ladder runs at ``(32, 8)``,
+    ``(64, 8)`` and ``(32, 8)``: 236, 181 and 180 registers, no spill; no forward, grad-x1 or
+    grad-w kernel of the presets spills at its default. Without ``problem`` and ``spec``
+    (kernels outside the sparse-CG family): ``Config(block_z=16)``, i.e. ``(64, 4)``.
+    Deterministic, compiles nothing, and memoized per (problem, spec, dtype).
+
+    Under the Triton interpreter, whose cost is per program launched, as few programs as
+    possible: ``block_z`` = the batch rounded up to a power of two, at most 128, one warp.
 
     Example:
         >>> heuristic(10, interpreted=True).block_z
         16
+        >>> from tritp.codegen import Problem
+        >>> from tritp.codegen.cg_spec import compact, forward_spec
+        >>> p = Problem.channelwise("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")  # mace-large
+        >>> heuristic(50_000, False, p, forward_spec(), "float32")  # 40 + (13 tiles + 7/4) x 8 = 158
+        Config(block_z=16, block_c=64, num_warps=4, num_stages=1, impl='sparse')
+        >>> heuristic(50_000, False, p, compact(forward_spec().derivative(0))[0]).block_c  # grad x1: 43 tiles
+        32
     """
     if interpreted:
         rows = 1
         while rows < min(max(n_rows, 1), 128):
             rows *= 2
         return Config(block_z=rows, block_c=64, num_warps=1, num_stages=1)
-    return Config(block_z=16)
+    if problem is None or spec is None:
+        return Config(block_z=16)
+    key = (problem.key, spec, dtype)
+    found = _heuristic_memo.get(key)
+    if found is None:
+        from .registers import REGISTER_BUDGET, estimate_registers
+
+        for block_c, num_warps in GPU_LADDER:
+            found = Config(block_z=16, block_c=block_c, num_warps=num_warps, num_stages=1)
+            if estimate_registers(problem, spec, dtype, found) <= REGISTER_BUDGET:
+                break
+        _heuristic_memo[key] = found
+    return found
 
 
 #: Rows assumed for a symbolic batch size without a hint (unbacked SymInt).
@@ -92,6 +129,7 @@ def rows_hint(n_rows) -> int:
 def clear_memo() -> None:
     """Forget every memoized lookup (after writing or removing cache files by hand)."""
     _memo.clear()
+    _heuristic_memo.clear()
     import sys
 
     cache = sys.modules.get(f"{__name__}.cache")
@@ -134,7 +172,7 @@ def choose(problem, spec, dtype: str, n_rows: int, device, interpreted: bool) ->
     found = lookup(problem, spec, dtype, n_rows, device, interpreted)
     if found is not None:
         return found[0]
-    return heuristic(n_rows, interpreted)
+    return heuristic(n_rows, interpreted, problem, spec, dtype)
 
 
 def __getattr__(name):  # tritp.tuning.tune etc. without importing torch-heavy code up front

@@ -8,14 +8,21 @@ The space's :attr:`SearchSpace.hash` is part of the cache key, so changing an ax
 invalidates the entries tuned over the old space.
 
 Rules of the ``cg`` family (``lanes`` = the widest channel extent of the target's segments,
-``bc`` = ``min(block_c, p2(lanes))`` the lanes a segment really uses, ``live`` = tiles alive at
-once: the target's ``2l+1`` accumulators plus the widest operand irrep):
+``bc`` = ``min(block_c, p2(lanes))`` the lanes a segment really uses):
 
 1. ``block_c`` above ``p2(lanes)`` generates the same source as ``p2(lanes)``: dropped;
 2. ``block_z`` above ``p2(batch)`` only adds masked rows: dropped (16 is always kept);
 3. ``block_z * bc < 32 * num_warps`` leaves whole warps idle: dropped;
-4. ``block_z * bc * live * words / (32 * num_warps) > 256`` (32-bit words per thread, fp64
-   counts two) cannot stay in registers: dropped;
+4. an estimate above :data:`REGISTER_WORDS` (256) 32-bit registers per thread cannot stay in
+   registers: dropped. The estimate is :func:`tritp.tuning.registers.estimate_registers`:
+   ``40 + words * (tiles + groups / 4) * block_z * bc / (32 * num_warps)`` for the worst
+   tile group, where ``tiles`` counts the accumulators plus the operand tiles of *every*
+   instruction writing the group (Triton hoists their loads, so they are alive together),
+   ``groups`` is the number of tile groups (segments) of the kernel's piece and ``words`` is
+   2 in float64. Calibrated with ptxas for sm_90 (``benchmarks/ptxas_audit.py``): the compiles
+   estimated above 256 all spilled (296, 310, 390); of those at or below 244, two did (215, 216).
+   In version 1 the rule counted only the accumulators plus the widest operand irrep, which
+   for mace-large's grad x1 was 12 tiles where 43 are alive (the kept ``16:64:4`` spilled);
 5. ``num_stages > 1`` pipelines loads across loop iterations: only kept when the kernel loops
    (over channel chunks or over a channel letter the target does not carry).
 
@@ -45,8 +52,10 @@ AXES = {
     "num_warps": (1, 2, 4, 8),
     "num_stages": (1, 2, 3),
 }
-#: Most 32-bit registers per thread a candidate's live tiles may need (rule 4).
+#: Most 32-bit registers per thread a candidate's estimate may need (rule 4).
 REGISTER_WORDS = 256
+#: Version of the ``cg`` rules (part of the space hash): 2 since rule 4 counts every tile alive.
+CG_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -125,12 +134,13 @@ def _touches(ins, role: str, seg: int) -> bool:
 
 
 def cg_shape(problem, spec: ProducerSpec) -> dict:
-    """What the ``cg`` rules need: ``lanes``, ``live`` (tiles), ``loops`` (bool), ``nnz``."""
+    """What the ``cg`` rules need: ``lanes``, ``tiles`` (most tiles alive at once, see
+    :func:`tritp.tuning.registers.groups`), ``loops`` (bool), ``nnz``."""
     from ..codegen.coupling import sparse_coupling
+    from .registers import groups
 
     p, target = problem, spec.target
-    max_ir = max([mi.ir.dim for irr in (p.irreps_in1, p.irreps_in2, p.irreps_out) for mi in irr] + [1])
-    lanes, acc, loops, nnz = 1, 1, False, 0
+    lanes, loops, nnz = 1, False, 0
     sizes = lambda ins: {"u": p.irreps_in1[ins.i_in1].mul, "v": p.irreps_in2[ins.i_in2].mul,
                          "w": p.irreps_out[ins.i_out].mul}
     for ins in p.instructions:
@@ -150,11 +160,12 @@ def cg_shape(problem, spec: ProducerSpec) -> dict:
     if target != "w":
         for seg, mi in enumerate(_segments(p, target)):
             if any(_touches(i, target, seg) for i in p.instructions):
-                lanes, acc = max(lanes, mi.mul), max(acc, mi.ir.dim)
-    return {"lanes": lanes, "live": acc + max_ir, "loops": loops, "nnz": nnz}
+                lanes = max(lanes, mi.mul)
+    tiles = max([g.tiles for g in groups(p, spec)] + [1])
+    return {"lanes": lanes, "tiles": tiles, "loops": loops, "nnz": nnz}
 
 
-def _cg_keep(c: Config, shape: dict, batch: int, words: int) -> bool:
+def _cg_keep(c: Config, shape: dict, batch: int, registers: Callable) -> bool:
     bc = min(c.block_c, p2(shape["lanes"]))
     if c.block_c > max(AXES["block_c"][0], p2(shape["lanes"])):  # rule 1
         return False
@@ -162,7 +173,7 @@ def _cg_keep(c: Config, shape: dict, batch: int, words: int) -> bool:
         return False
     if c.num_warps > 1 and c.block_z * bc < 32 * c.num_warps:  # rule 3
         return False
-    if c.block_z * bc * shape["live"] * words > REGISTER_WORDS * 32 * c.num_warps:  # rule 4
+    if registers(c) > REGISTER_WORDS:  # rule 4
         return False
     loops = shape["loops"] or shape["lanes"] > bc
     return c.num_stages == 1 or loops  # rule 5
@@ -171,13 +182,15 @@ def _cg_keep(c: Config, shape: dict, batch: int, words: int) -> bool:
 @register_family("cg")
 def cg_space(problem, spec: ProducerSpec, dtype: str, batch: int) -> SearchSpace:
     """The sparse-CG producer space: :data:`AXES` pruned by the five rules of this module."""
+    from .registers import estimate_registers
+
     shape = cg_shape(problem, spec)
-    words = 2 if dtype == "float64" else 1
+    registers = lambda c: estimate_registers(problem, spec, dtype, c)
     every = [Config(block_z=z, block_c=c, num_warps=nw, num_stages=ns, impl=i)
              for i, z, c, nw, ns in product(AXES["impl"], AXES["block_z"], AXES["block_c"],
                                             AXES["num_warps"], AXES["num_stages"])]
-    kept = tuple(c for c in every if _cg_keep(c, shape, batch, words))
+    kept = tuple(c for c in every if _cg_keep(c, shape, batch, registers))
     if not kept:  # everything spills: keep the smallest tile, one warp and up
         z0, c0 = AXES["block_z"][0], AXES["block_c"][0]
         kept = tuple(c for c in every if c.block_z == z0 and c.block_c == c0 and c.num_stages == 1)
-    return SearchSpace("cg", kept)
+    return SearchSpace("cg", kept, CG_VERSION)

@@ -132,7 +132,8 @@ def make_inputs(problem, spec: ProducerSpec, batch: int, dtype: torch.dtype, dev
 
 def candidates_for(problem, spec, dtype: str, batch: int, interpreted: bool, family: str = "cg") -> list:
     """The configurations :func:`tune` times, the heuristic default first."""
-    default = heuristic(batch, interpreted)
+    structure = (problem, spec) if family == "cg" else ()  # the register estimate is sparse CG's
+    default = heuristic(batch, interpreted, *structure, dtype=dtype)
     return [default] + [c for c in space_for(family, problem, spec, dtype, bucket(batch)).candidates if c != default]
 
 

@@ -1,0 +1,194 @@
+"""Registers per thread of a sparse-CG producer kernel, estimated from the problem's structure.
+
+A generated kernel walks the *tile groups* of its target (a target segment; for a weight
+gradient, one weight path), each as a loop over ``[BLOCK_Z, bc]`` tiles (``bc`` = the group's
+lanes rounded up to a power of two, at most ``block_c``). Within a group, Triton and ptxas
+hoist the loads of every instruction that writes the group ahead of the arithmetic, so what is
+alive at once is not one instruction's operands but all of them:
+
+    tiles(group) = accumulators (2l+1 of the target)
+                 + sum over the instructions writing the group, straight-line operands:
+                       one tile per component m of each operand that varies along the lanes
+                 + max over the instructions' loops of the tiles loaded inside one loop
+
+(a one-channel target, such as the gradient of mul-1 edge harmonics, runs the loop letter of
+its instructions as lanes instead, each instruction in its own loop).
+Operands that do not vary along the lanes (``[BLOCK_Z]`` rows: the edge harmonics of a MACE
+product) are left out: on the sm_90 data below they changed the fit by less than its noise.
+Long kernels cost more than their worst group: the segment loops are short (one or two trips)
+and are unrolled into one straight-line block, and ptxas's register use grows with the number
+of groups at the same worst group (15 tiles, 8 elements per thread: 8 groups 182 registers; 28
+groups 255 and 320 bytes of spills; nequip-benzene's forward, 68 groups, 255 and 1408 bytes).
+That is :data:`PER_GROUP` (a quarter) of a tile per group of the kernel, alive throughout.
+A big producer is emitted as *pieces*, kernels over disjoint segments that share one launch
+configuration (``codegen/cg_pieces.py``, at most about 10 segments each on the presets), so
+``groups`` counts the groups of one piece and the estimate is the largest over the pieces.
+Each tile costs ``BLOCK_Z * bc / (32 * num_warps)`` elements per thread (at least 1), each
+one 32-bit register (two in float64), and the registers per thread are
+
+    estimate = OVERHEAD + words * max over groups ((tiles + groups / 4) * elements per thread)
+
+with ``OVERHEAD = 40`` (row offsets, pointers, masks, loop state).
+
+Calibration (Triton 3.9, ptxas for sm_90, no GPU: ``benchmarks/ptxas_audit.py``). Compiled
+as whole kernels (before producers were split into pieces; the estimates quoted here are of
+whole kernels, ``pieces=(None,)``): fp32 forward, grad x1 and per-sample grad w of the
+mace-large, mace-medium, mace-small, sevennet-l2, nequip-l2, uvu-128x3e and diffdock-L2
+presets at BLOCK_Z 16 and (block_c, num_warps) in (64, 4), (32, 4), (64, 8), (32, 8), (16, 8):
+105 compiles; plus the long forwards above. Registers = estimate + residual, residual mean
+-10, standard deviation 27: ptxas spends spare registers on scheduling, so small kernels land
+above the estimate and the count is noisy near the ceiling. The three spilling compiles of the
+105 had estimates 215 (mace-large grad x1 at 16:32:4; at 16:64:8, same estimate, 233
+registers and no spill), 310 (sevennet-l2 grad x1, 16:64:4) and 390 (mace-large grad x1,
+16:64:4); the largest estimate that did not spill was 244 (mace-medium grad x1, 16:64:4, 240
+registers); the long forwards that spilled are estimated 216 (28 groups) and 296 (68
+groups). Hence :data:`REGISTER_BUDGET` (200) for the launch default, with a margin, and
+``> 256`` for "will spill" in the search-space pruning (:mod:`tritp.tuning.space`, rule 4).
+The model is least accurate for tensor-core (``tl.dot``) paths and gathered lanes (per-sample
+``uvw`` weight gradients), which ptxas ran at up to 120 registers above it, all below 255;
+fc-32x012's forward (``tl.dot``) stores 8 bytes to local memory at 168 registers at 16:64:4
+(and at 16:32:4; none at 16:64:8), which is not register pressure and not modelled.
+
+Example:
+    >>> from tritp.codegen import Problem
+    >>> from tritp.codegen.cg_spec import forward_spec
+    >>> from tritp.tuning import Config
+    >>> p = Problem.channelwise("128x0e+128x1o", "0e+1o", "0e+1o")
+    >>> [g.tiles for g in groups(p, forward_spec())]
+    [3, 5, 5, 7]
+    >>> estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4))  # 40 + (7 + 4/4) * 8
+    104
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+from ..codegen.cg_spec import MODE_LETTERS
+
+#: Registers per thread that do not scale with the tiles (row offsets, pointers, masks, loops).
+OVERHEAD = 40
+#: Tiles each tile group of a kernel keeps alive for the whole (unrolled, straight-line) kernel.
+PER_GROUP = 0.25
+#: Estimated registers the heuristic default stays within (ptxas's ceiling is 255).
+REGISTER_BUDGET = 200
+
+
+class Group(NamedTuple):
+    """One tile group of a kernel: a target segment, or one weight path of a weight gradient."""
+
+    lanes: int   # channel extent of its tiles (their width is min(p2(lanes), block_c))
+    tiles: int   # [BLOCK_Z, width] tiles alive at once
+    min_bc: int  # 16 where a tl.dot needs 16 lanes, else 1
+    unit: int    # its target segment (for a weight gradient, its instruction): what pieces split
+
+
+def _p2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@lru_cache(maxsize=None)
+def _ms(l1: int, l2: int, l3: int) -> tuple:
+    """How many components of (x1, x2, out) the nonzero couplings of (l1, l2, l3) touch."""
+    from ..codegen.coupling import sparse_coupling
+
+    nz = sparse_coupling(l1, l2, l3)
+    return tuple(len({e[i] for e in nz}) for i in range(3))
+
+
+def _info(p, ins):
+    lt = MODE_LETTERS[ins.mode]
+    sizes = {"u": p.irreps_in1[ins.i_in1].mul, "v": p.irreps_in2[ins.i_in2].mul, "w": p.irreps_out[ins.i_out].mul}
+    ls = (p.irreps_in1[ins.i_in1].ir.l, p.irreps_in2[ins.i_in2].ir.l, p.irreps_out[ins.i_out].ir.l)
+    ms = dict(zip(("x1", "x2", "out"), _ms(*ls)), w=1)
+    return lt, sizes, ms
+
+
+def _dot_letter(p, target, ins, lt, sizes):
+    """The GEMM contraction letter of a term, by the rule of ``codegen/cg_gemm.py``, or None."""
+    if target == "w" or not ins.has_weight or not p.shared_weights:
+        return None
+    n = lt[target]
+    srcs = [r for r in ("x1", "x2", "out") if r != target]
+    if len(n) != 1 or sizes[n] < 16 or any(n in lt[r] for r in srcs):
+        return None
+    cands = [ch for ch in "uvw" if ch != n and ch in lt["w"] and sizes[ch] >= 16 and any(ch in lt[r] for r in srcs)]
+    return max(cands, key=lambda ch: (sizes[ch], ch)) if cands else None
+
+
+def groups(problem, spec) -> tuple:
+    """The :class:`Group` of every tile group of ``spec``'s kernel, in kernel order."""
+    p, target = problem, spec.target
+    out = []
+    if target == "w":
+        for k, ins in enumerate(p.instructions):
+            if not ins.has_weight or 0 in ins.path_shape:
+                continue
+            lt, sizes, ms = _info(p, ins)
+            n = 1
+            for s in ins.path_shape:
+                n *= s
+            tiles = 1 + sum(ms[r] for _ in spec.terms for r in ("x1", "x2", "out")
+                            if any(sizes[x] > 1 for x in lt[r]))
+            out.append(Group(n, tiles, 1, k))
+        return tuple(out)
+    segs = {"x1": p.irreps_in1, "x2": p.irreps_in2, "out": p.irreps_out}[target]
+    seg_of = lambda ins: {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[target]
+    srcs = [r for r in ("x1", "x2", "out") if r != target]
+    for seg, (mul, ir) in enumerate(segs):
+        inss = [i for i in p.instructions if seg_of(i) == seg and 0 not in i.path_shape]
+        if mul == 0 or not inss:
+            continue
+        straight = looped = red_lanes = 0
+        min_bc = 1
+        for ins in inss:
+            lt, sizes, ms = _info(p, ins)
+            used = set("".join(lt[r] for r in srcs) + (lt["w"] if ins.has_weight else ""))
+            loops = [ch for ch in "uvw" if ch in used and ch not in lt[target] and sizes[ch] > 1]
+            K = _dot_letter(p, target, ins, lt, sizes)
+            vec = {ch for ch in lt[target] if sizes[ch] > 1}
+            red = mul == 1 and K is None and bool(loops)  # a one-channel target: a loop letter as lanes
+            if red:
+                ch = max(loops, key=lambda ch: (sizes[ch], ch))
+                vec, red_lanes = {ch}, max(red_lanes, sizes[ch])
+            if K is not None:
+                min_bc = 16
+            for term in spec.terms:
+                if not ins.has_weight and term[4]:
+                    continue
+                inner = ms[target] + 1 if K is not None else 0  # GEMM: the [rows, K] tiles and W
+                for role in srcs + (["w"] if ins.has_weight else []):
+                    deps = {ch for ch in lt[role] if sizes[ch] > 1}
+                    if not deps & (vec | {K}):
+                        continue  # a [BLOCK_Z] row or a scalar, not a tile
+                    if red or K is not None or deps - vec:
+                        inner += ms[role]  # loaded inside this term's own loop
+                    else:
+                        straight += ms[role]
+                looped = max(looped, inner)
+        lanes = red_lanes or mul
+        out.append(Group(lanes, ir.dim + straight + looped, min_bc, seg))
+    return tuple(out)
+
+
+def estimate_registers(problem, spec, dtype: str, config, pieces=None) -> int:
+    """Estimated 32-bit registers per thread of ``spec``'s kernel launched with ``config``:
+    ``OVERHEAD + words * max over groups of (tiles + PER_GROUP * groups) * elements per
+    thread``, where ``groups`` counts the groups of one piece (a big producer is emitted as
+    several kernels over disjoint segments, :mod:`tritp.codegen.cg_pieces`; ``pieces``
+    defaults to its plan), and the largest over the pieces, which share the launch config."""
+    if pieces is None:
+        from ..codegen.cg_pieces import plan_pieces
+
+        pieces = plan_pieces(problem, spec)
+    words = 2 if dtype == "float64" else 1
+    every = groups(problem, spec)
+    worst = 0.0
+    for piece in pieces:
+        gs = every if piece is None else [g for g in every if g.unit in piece]
+        for g in gs:
+            bc = max(min(_p2(g.lanes), config.block_c), g.min_bc)
+            per_thread = max(1.0, config.block_z * bc / (32 * config.num_warps))
+            worst = max(worst, (g.tiles + PER_GROUP * len(gs)) * per_thread)
+    return int(round(OVERHEAD + words * worst))
