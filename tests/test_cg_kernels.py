@@ -551,6 +551,23 @@ def test_launch_pieces_compiles_in_parallel_once(monkeypatch):
     assert [e[0] for e in log] == ["launch", "launch"]
 
 
+def test_compile_all_stops_waiting_at_its_timeout(monkeypatch):
+    """A time-budgeted warm-up (the bench harness gives it half its time limit) cancels the
+    compiles not yet started and reports how many finished."""
+    import time
+
+    class Slow:
+        def warmup(self, *args, grid, **kw):
+            time.sleep(0.3)
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    jobs = [(Slow(), (), (1,), {}, torch.device("cpu"))] * 6
+    t0 = time.monotonic()
+    assert tritp.kernels.compile_all(jobs, timeout=0.05) < 6
+    assert time.monotonic() - t0 < 0.3  # did not wait for the queue
+    assert tritp.kernels.compile_all(jobs[:3]) == 3
+
+
 def test_precompile_warms_every_piece_of_every_direction(monkeypatch):
     """TensorProduct.precompile compiles (Triton's warmup, in threads) every piece of every
     kernel of the chosen directions once, launching nothing; a no-op under the interpreter."""

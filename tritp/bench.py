@@ -251,7 +251,8 @@ def precompile_suite(entries, cfg: BenchConfig, log=print) -> int:
                     # kernel and configuration are compiled once (precompile dedupes)
                     t = tune_inputs(problem, spec, 2, cfg.dtype, cfg.device)
                     plans.append(launch_plan(problem, spec, t, b, dry=True))
-        n = precompile(plans)
+        # at most half the time limit: compiles still queued then are left to the launches
+        n = precompile(plans, timeout=cfg.time_limit / 2 if cfg.time_limit else None)
     except Exception as e:  # the launches compile what is missing; report and go on
         log(f"precompile failed ({type(e).__name__}: {e}); kernels compile on first launch")
         return 0

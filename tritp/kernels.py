@@ -175,12 +175,14 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
     return LaunchPlan(kerns, (nprog,), (*args, *strides, g, dim, Z), options, g, shared_w, out_dtype, device)
 
 
-def precompile(plans) -> int:
+def precompile(plans, timeout: float | None = None) -> int:
     """Compile the kernels of many launch plans (:func:`launch_plan`, best ``dry``) in parallel
     threads without running them; returns how many kernels were compiled (0 under the
     interpreter, which compiles nothing). Kernels are specialized on their arguments' dtypes,
     alignments and strides but not on the batch size, so one compile serves every batch.
-    Under ``torch.compile`` Inductor compiles the kernels it launches itself.
+    Under ``torch.compile`` Inductor compiles the kernels it launches itself. ``timeout``
+    (seconds): stop waiting then and cancel the compiles not yet started (a best-effort warm-up
+    within a time budget; the launches compile what is missing).
 
     Example:
         >>> precompile([])
@@ -197,15 +199,15 @@ def precompile(plans) -> int:
             if key not in seen:
                 seen.add(key)
                 jobs.append((k, args, p.grid, p.options, p.device))
-    compile_all(jobs)
-    return len(jobs)
+    return compile_all(jobs, timeout)
 
 
-def compile_all(jobs) -> None:
+def compile_all(jobs, timeout: float | None = None) -> int:
     """Run Triton's ``warmup`` (compile, do not launch) of ``(kernel, args, grid, options,
     device)`` jobs in parallel threads -- Triton releases the GIL in its passes and ptxas is a
     subprocess -- each under its job's CUDA device (the current device is per thread);
-    ``TRITP_PARALLEL_COMPILE=0``: one after another in this thread."""
+    ``TRITP_PARALLEL_COMPILE=0``: one after another in this thread. Returns the number of jobs
+    finished; after ``timeout`` seconds the jobs not yet started are cancelled."""
     from contextlib import nullcontext
 
     def one(job):
@@ -213,14 +215,24 @@ def compile_all(jobs) -> None:
         with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
             k.warmup(*args, grid=grid, **options)
 
-    if len(jobs) < 2 or not parallel_compile():
-        for j in jobs:
-            one(j)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+    import time
 
-    with ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as ex:
-        list(ex.map(one, jobs))
+    start = time.monotonic()
+    if len(jobs) < 2 or not parallel_compile():
+        for n, j in enumerate(jobs):
+            if timeout is not None and time.monotonic() - start > timeout:
+                return n
+            one(j)
+        return len(jobs)
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    ex = ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1))
+    futures = [ex.submit(one, j) for j in jobs]
+    done, _ = wait(futures, timeout=timeout)
+    ex.shutdown(wait=False, cancel_futures=True)  # compiles already running finish on their own
+    for f in done:
+        f.result()  # a compile error is raised here, not lost
+    return len(done)
 
 
 def parallel_compile() -> bool:
