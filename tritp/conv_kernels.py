@@ -65,13 +65,16 @@ def get_conv_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: i
     return k
 
 
-def default_config(mode: str, num_edges: int, num_programs_rows: int, interpreted: bool) -> Config:
+def default_config(mode: str, num_edges: int, num_programs_rows: int, interpreted: bool, problem=None, spec=None,
+                   dtype: str = "float32") -> Config:
     """Conv kernels are not in the autotuner yet: the plain heuristic, sized by edges per
-    program (edge/atomic) or by the mean degree (segment: ``BLOCK_Z`` is the edge chunk)."""
+    program (edge/atomic) or by the mean degree (segment: ``BLOCK_Z`` is the edge chunk); with
+    ``problem`` and ``spec``, its register-aware lanes and warps (the conv kernel holds the
+    plain kernel's tiles, plus node accumulators in segment mode)."""
     if mode == "segment":
         rows = max(1, -(-num_edges // max(num_programs_rows, 1)))
-        return heuristic(rows, interpreted)
-    return heuristic(num_edges, interpreted)
+        return heuristic(rows, interpreted, problem, spec, dtype)
+    return heuristic(num_edges, interpreted, problem, spec, dtype)
 
 
 def target_shape(problem: Problem, target: str, num_edges, n_in, n_out) -> tuple:
@@ -106,7 +109,7 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
     shape = target_shape(problem, spec.target, E, n_in, n_out)
     nrows = shape[0] if mode == "segment" else E
     if config is None:
-        config = default_config(mode, E, nrows, interpreter_active())
+        config = default_config(mode, E, nrows, interpreter_active(), problem, spec, dtype_name)
     if E == 0 or shape[-1] == 0 or nrows == 0:
         return torch.zeros(shape, dtype=out_dtype, device=device)
     strides = []
