@@ -272,3 +272,31 @@ def test_default_config_is_register_aware():
     g1 = compact(forward_spec().derivative(0))[0]
     c = tritp.conv_kernels.default_config("segment", 10**6, 10**5, False, p, g1)
     assert c == heuristic(10, False, p, g1) and (c.block_c, c.num_warps) == (32, 8)
+
+
+@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
+def test_precompile_warms_every_kernel_without_launching(monkeypatch, scatter):
+    """TensorProductConv.precompile compiles every kernel of forward, backward and double
+    backward once, for the given graph size, launching nothing (fake kernels stand in for
+    Triton's; the interpreter compiles nothing)."""
+    conv = compile_conv(*SMALL, mode="channelwise", scatter=scatter)
+    assert conv.precompile(num_nodes=10, num_edges=40) == 0  # interpreter
+    warmed, fakes = [], {}
+
+    class Fake:
+        tritp_min_block_z = 1
+
+        def warmup(self, *args, grid, **kw):
+            warmed.append((self, grid, args[-1]))
+
+        def __getitem__(self, grid):
+            raise AssertionError("precompile launched a kernel")
+
+    monkeypatch.setattr(tritp.conv_kernels, "get_conv_kernel",
+                        lambda p, spec, dt, bc, mode, piece=None: fakes.setdefault((spec, mode, piece), Fake()))
+    monkeypatch.setattr(tritp.kernels, "interpreter_active", lambda: False)
+    monkeypatch.setattr(tritp.conv_kernels, "interpreter_active", lambda: False)
+    n = conv.precompile(num_nodes=1000, num_edges=40_000, directions=("fwd", "bwd", "dbl"))
+    assert n == len(warmed) == len(fakes) == 13  # forward, 3 gradients, 9 double-backward producers
+    nrows = {w[2] for w in warmed}  # the last argument: edges, or target nodes (segment mode)
+    assert nrows <= {40_000, 1000} and 40_000 in nrows

@@ -35,8 +35,8 @@ from .codegen import Problem, conv_emit
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.cg_pieces import plan_pieces
-from .kernels import (acc_dtype, dot_precision, generator_hash, interpreter_active, launch_pieces, load_generated,
-                      split_programs, target_dim, triton_cdiv)
+from .kernels import (LaunchPlan, acc_dtype, dot_precision, generator_hash, interpreter_active, launch_pieces,
+                      load_generated, split_programs, target_dim, triton_cdiv)
 from .tuning import Config, heuristic
 
 SCATTERS = ("atomic", "deterministic")
@@ -95,6 +95,22 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
     Returns the target: ``[n_in or n_out, dim]`` for node roles, ``[E, dim]`` for edge roles,
     ``[numel]`` for shared weights.
     """
+    plan = conv_launch_plan(problem, spec, scatter, tensors, graph, n_in, n_out, token=token, out_dtype=out_dtype,
+                            config=config)
+    if not plan.kernels:
+        return plan.g
+    launch_pieces(plan.kernels, plan.grid, plan.args, plan.options, wrap)
+    if plan.shared_w:
+        return plan.g.sum(0).to(plan.out_dtype)
+    return plan.g.to(plan.out_dtype)
+
+
+def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors, graph, n_in: int, n_out: int, *,
+                     token=None, out_dtype=None, config=None, num_edges=None, dry: bool = False) -> LaunchPlan:
+    """Everything :func:`produce_conv` launches, without launching. ``dry`` (for
+    :func:`tritp.kernels.precompile`): ``tensors`` and ``graph`` may be tiny while ``num_edges``,
+    ``n_in`` and ``n_out`` are the real sizes (configuration and int64 addressing follow them),
+    and no output buffer is allocated."""
     if scatter not in SCATTERS:
         raise ValueError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
     acc = acc_dtype(tensors)
@@ -105,32 +121,36 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
             out_dtype = torch.promote_types(out_dtype, t.dtype)
     mode = conv_emit.write_mode(spec.target, scatter)
     device = tensors[0].device
-    E = graph[0].shape[0]
+    E = graph[0].shape[0] if num_edges is None else num_edges
     shape = target_shape(problem, spec.target, E, n_in, n_out)
     nrows = shape[0] if mode == "segment" else E
     if config is None:
         config = default_config(mode, E, nrows, interpreter_active(), problem, spec, dtype_name)
     if E == 0 or shape[-1] == 0 or nrows == 0:
-        return torch.zeros(shape, dtype=out_dtype, device=device)
-    strides = []
-    args = []
-    for t in tensors:
+        return LaunchPlan([], (0,), (), {}, torch.zeros(shape, dtype=out_dtype, device=device), False, out_dtype,
+                          device)
+    strides, args, rows = [], [], []
+    for role, t in zip(spec.roles, tensors):
         if t.stride(-1) != 1:  # rows may be strided, channels must be contiguous
             t = t.contiguous()
         strides.append(0 if t.dim() == 1 or t.shape[0] == 1 else t.stride(0))
+        rows.append({"x1": n_in, "out": n_out}.get(role, E))
         args.append(t)
     kerns = [get_conv_kernel(problem, spec, dtype_name, config.block_c, mode, piece)
              for piece in plan_pieces(problem, spec)]
     block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # tl.dot paths need 16 rows
     nprog = nrows if mode == "segment" else triton_cdiv(E, block_z)
-    if len(shape) == 1:  # shared-weight gradient: rows split over a fixed grid (see split_programs)
+    shared_w = len(shape) == 1
+    if shared_w:  # shared-weight gradient: rows split over a fixed grid (see split_programs)
         nprog = split_programs(nprog, device)
-    if mode == "atomic":
-        g = torch.zeros(shape, dtype=acc, device=device)  # atomics accumulate at full precision
-    elif len(shape) == 1:
-        g = torch.empty((nprog, shape[0]), dtype=acc, device=device)  # per-program partials
+    g_shape = (nprog, shape[0]) if shared_w else shape  # per-program partials / the target
+    g_dtype = acc if mode == "atomic" or shared_w else out_dtype  # atomics add at full precision
+    if dry:
+        g = torch.empty((0,), dtype=g_dtype, device=device)
+    elif mode == "atomic":
+        g = torch.zeros(g_shape, dtype=g_dtype, device=device)
     else:
-        g = torch.empty(shape, dtype=out_dtype, device=device)
+        g = torch.empty(g_shape, dtype=g_dtype, device=device)
     sg = shape[-1]
     if mode == "segment":
         off = 2 if spec.target == "out" else 5
@@ -138,11 +158,9 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
     else:
         gargs = graph[:2]
     # element offsets reach (rows - 1) * row stride + dim: strided rows can pass 2**31 with few elements
-    reach = [t.numel() if st == 0 else (t.shape[0] - 1) * st + t.shape[-1] for t, st in zip(args, strides)]
-    big = max([g.numel()] + reach) >= kernels.INT32_LIMIT
+    reach = [t.numel() if st == 0 else (r - 1) * st + t.shape[-1] for t, st, r in zip(args, strides, rows)]
+    big = max([g_shape[0] * g_shape[-1]] + reach) >= kernels.INT32_LIMIT
     tok = graph[0] if token is None else token
-    launch_pieces(kerns, (nprog,), (*args, *strides, g, sg, *gargs, tok, nrows),
-                  dict(IDX64=big, BLOCK_Z=block_z, num_warps=config.num_warps, num_stages=config.num_stages), wrap)
-    if len(shape) == 1:
-        return g.sum(0).to(out_dtype)
-    return g.to(out_dtype)
+    options = dict(IDX64=big, BLOCK_Z=block_z, num_warps=config.num_warps, num_stages=config.num_stages)
+    return LaunchPlan(kerns, (nprog,), (*args, *strides, g, sg, *gargs, tok, nrows), options, g, shared_w, out_dtype,
+                      device)

@@ -160,6 +160,32 @@ class TensorProductConv(torch.nn.Module):
         args = [node_feats, edge_attrs] + ([w] if w is not None else [])
         return conv_ops.run(self.key, self._spec, self.scatter, n_in, num_nodes, node_feats.dtype, args, gl)
 
+    def precompile(self, num_nodes: int, num_edges: int, directions=("fwd", "bwd", "dbl"), dtype=torch.float32,
+                   index_dtype=torch.int64, device=None) -> int:
+        """Compile this convolution's kernels now, all at once in parallel threads, for graphs
+        of about ``num_nodes`` nodes and ``num_edges`` edges (the launch configuration depends
+        on them; the compiled kernels serve every size) with ``index_dtype`` indices. Nothing of
+        graph size is allocated. Returns the number of kernels compiled (0 under the Triton
+        interpreter); for eager use, as :meth:`tritp.TensorProduct.precompile`.
+
+        Example:
+            >>> conv = tritp.compile_conv("128x0e+128x1o", "0e+1o+2e+3o", "0e+1o+2e")  # doctest: +SKIP
+            >>> conv.precompile(num_nodes=5_000, num_edges=150_000)  # doctest: +SKIP
+            13
+        """
+        from .conv_kernels import conv_launch_plan
+        from .kernels import precompile
+        from .tuning.tuner import direction_specs, make_inputs
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # a two-edge stand-in graph: only its index dtype reaches the compiled kernels
+        src = torch.zeros(2, dtype=index_dtype, device=device)
+        graph = [src, src] if self.scatter == "atomic" else list(conv_graph(src, src, 2, check_indices=False).tensors())
+        plans = [conv_launch_plan(self.problem, spec, self.scatter, make_inputs(self.problem, spec, 2, dtype, device),
+                                  graph, num_nodes, num_nodes, num_edges=num_edges, dry=True)
+                 for _, spec in direction_specs(self.problem, tuple(directions))]
+        return precompile(plans)
+
     def unfused(self, node_feats, edge_attrs, edge_weights, src, dst, num_nodes: int, backend: str = "auto"):
         """The same convolution as three steps -- gather, a :class:`tritp.TensorProduct` over the
         edges, ``index_add`` -- the baseline the fused kernel saves the per-edge output of.
