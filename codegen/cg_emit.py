@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 from .cg_gemm import GemmMixin
 from .cg_spec import MODE_LETTERS, ProducerSpec
@@ -137,13 +137,16 @@ class CGEmitter(TermMixin, GemmMixin):
         if not self.split_rows:
             self.emit_rows("pid * BLOCK_Z")
 
+    @contextmanager
     def row_loop(self):
         """Context of a shared-weight gradient's accumulation: a loop over this program's row
         blocks (every ``num_programs``-th), each opened by :meth:`emit_rows`."""
         if not self.split_rows:
-            return nullcontext()
-        return _Then(self.w.block("for zb in range(pid * BLOCK_Z, Z, tl.num_programs(0) * BLOCK_Z):"),
-                     lambda: self.emit_rows("zb"))
+            yield
+            return
+        with self.w.block("for zb in range(pid * BLOCK_Z, Z, tl.num_programs(0) * BLOCK_Z):"):
+            self.emit_rows("zb")
+            yield
 
     def emit_rows(self, first: str):
         """Rows ``first + arange(BLOCK_Z)``: ``z``, mask ``zm``, row offsets ``r<i>`` / ``rg``."""
@@ -234,19 +237,6 @@ class CGEmitter(TermMixin, GemmMixin):
             vals[ch] = "0" if sizes[ch] == 1 else (e if ch == tl_letters[0] else f"({e} % {sizes[ch]})")
             inner *= sizes[ch]
         return vals
-
-class _Then:
-    """A context manager that runs ``after_enter`` once ``ctx`` is entered."""
-
-    def __init__(self, ctx, after_enter):
-        self.ctx, self.after_enter = ctx, after_enter
-
-    def __enter__(self):
-        self.ctx.__enter__()
-        self.after_enter()
-
-    def __exit__(self, *exc):
-        return self.ctx.__exit__(*exc)
 
 
 def emit_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",

@@ -117,31 +117,29 @@ class GemmMixin:
                 self.w(f"nn = wn0 + tl.arange(0, {bn})")
                 self.w(f"nm = nn < {sizes['w']}")
                 self.w(f"accw = tl.zeros([{br}, {bn}], DT)")
-                zloop = self.row_loop()  # the GEMM's K: this program's row blocks
-                zloop.__enter__()
-                self.w("mr = zm[:, None] & rm[None, :]")
-                self.w("mn = zm[:, None] & nm[None, :]")
-                if ins.mode == "uvw":
-                    vals = {"u": f"(rr // {sizes['v']})", "v": f"(rr % {sizes['v']})", "w": "nn"}
-                else:
-                    vals = {"u": "rr", "w": "nn"}
-                for term in self.spec.terms:
-                    ops = {}
-                    for role, ms in (("x1", {e[0] for e in nz}), ("x2", {e[1] for e in nz}),
-                                     ("out", {e[2] for e in nz})):
-                        ch = _flatten(lt[role], sizes, vals)
-                        mask = "mn" if role == "out" else "mr"
-                        ops[role] = {m: self.load(term[ROLE_INDEX[role]], role, self.elem(ins, role, ch, m), True,
-                                                  mask=mask)[0] for m in sorted(ms)}
-                    by_k = defaultdict(list)
-                    for i, j, kk, c in nz:
-                        by_k[kk].append((i, j, c))
-                    for kk, es in sorted(by_k.items()):
-                        pv = self.fresh("P")
-                        self.w(f"{pv} = " + " + ".join(f"{self.const(c)} * {ops['x1'][i]} * {ops['x2'][j]}"
-                                                      for i, j, c in es))
-                        self.w(f"accw += tl.dot(tl.trans({pv}), {ops['out'][kk]}, input_precision=DOT_PREC, "
-                               "out_dtype=DT)")
-                zloop.__exit__(None, None, None)
+                with self.row_loop():  # the GEMM's K: this program's row blocks
+                    self.w("mr = zm[:, None] & rm[None, :]")
+                    self.w("mn = zm[:, None] & nm[None, :]")
+                    if ins.mode == "uvw":
+                        vals = {"u": f"(rr // {sizes['v']})", "v": f"(rr % {sizes['v']})", "w": "nn"}
+                    else:
+                        vals = {"u": "rr", "w": "nn"}
+                    for term in self.spec.terms:
+                        ops = {}
+                        for role, ms in (("x1", {e[0] for e in nz}), ("x2", {e[1] for e in nz}),
+                                         ("out", {e[2] for e in nz})):
+                            ch = _flatten(lt[role], sizes, vals)
+                            mask = "mn" if role == "out" else "mr"
+                            ops[role] = {m: self.load(term[ROLE_INDEX[role]], role, self.elem(ins, role, ch, m), True,
+                                                      mask=mask)[0] for m in sorted(ms)}
+                        by_k = defaultdict(list)
+                        for i, j, kk, c in nz:
+                            by_k[kk].append((i, j, c))
+                        for kk, es in sorted(by_k.items()):
+                            pv = self.fresh("P")
+                            self.w(f"{pv} = " + " + ".join(f"{self.const(c)} * {ops['x1'][i]} * {ops['x2'][j]}"
+                                                          for i, j, c in es))
+                            self.w(f"accw += tl.dot(tl.trans({pv}), {ops['out'][kk]}, input_precision=DOT_PREC, "
+                                   "out_dtype=DT)")
                 self.w(f"tl.store(g + pg + ({self.woffs[k]} + rr[:, None] * {sizes['w']} + nn[None, :]), "
                        "accw.to(g.dtype.element_ty), mask=rm[:, None] & nm[None, :])")

@@ -178,26 +178,24 @@ class TermMixin:
                 vals = self.vector_letters(lt["w"], sizes)
                 for ch in "uvw":
                     vals.setdefault(ch, "0")
-                zloop = self.row_loop()
-                zloop.__enter__()
-                self.w("m2d = zm[:, None] & cm[None, :]")
-                for term in spec.terms:
-                    ops = {}
-                    for role, ms in (("x1", {e[0] for e in nz}), ("x2", {e[1] for e in nz}),
-                                     ("out", {e[2] for e in nz})):
-                        t = term[ROLE_INDEX[role]]
-                        ch = _flatten(lt[role], sizes, vals)
-                        tile = any(sizes[x] > 1 for x in lt[role])
-                        ops[role] = {m: self.load(t, role, self.elem(ins, role, ch, m), tile) for m in sorted(ms)}
-                    by_k = defaultdict(list)
-                    for i, j, kk, c in nz:
-                        by_k[kk].append((i, j, c))
-                    for kk, es in sorted(by_k.items()):
-                        s = " + ".join(f"{self.const(c)} * {_as2d(ops['x1'][i][0], ops['x1'][i][1])} * "
-                                       f"{_as2d(ops['x2'][j][0], ops['x2'][j][1])}" for i, j, c in es)
-                        g = ops["out"][kk]
-                        self.w(f"accw += ({s}) * {_as2d(g[0], g[1])}")
-                zloop.__exit__(None, None, None)
+                with self.row_loop():
+                    self.w("m2d = zm[:, None] & cm[None, :]")
+                    for term in spec.terms:
+                        ops = {}
+                        for role, ms in (("x1", {e[0] for e in nz}), ("x2", {e[1] for e in nz}),
+                                         ("out", {e[2] for e in nz})):
+                            t = term[ROLE_INDEX[role]]
+                            ch = _flatten(lt[role], sizes, vals)
+                            tile = any(sizes[x] > 1 for x in lt[role])
+                            ops[role] = {m: self.load(t, role, self.elem(ins, role, ch, m), tile) for m in sorted(ms)}
+                        by_k = defaultdict(list)
+                        for i, j, kk, c in nz:
+                            by_k[kk].append((i, j, c))
+                        for kk, es in sorted(by_k.items()):
+                            s = " + ".join(f"{self.const(c)} * {_as2d(ops['x1'][i][0], ops['x1'][i][1])} * "
+                                           f"{_as2d(ops['x2'][j][0], ops['x2'][j][1])}" for i, j, c in es)
+                            g = ops["out"][kk]
+                            self.w(f"accw += ({s}) * {_as2d(g[0], g[1])}")
                 addr = f"{self.woffs[k]} + c"
                 if shared:
                     self.store_shared_weight(addr, "accw")

@@ -20,6 +20,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
@@ -190,15 +193,11 @@ def precompile(plans, timeout: float | None = None) -> int:
     """
     if interpreter_active():
         return 0
-    jobs, seen = [], set()
+    jobs = []
     for p in plans:
         # tensors as dtypes: Triton's warmup treats them as aligned pointers, allocating nothing
         args = tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in p.args)
-        for k in p.kernels:
-            key = (id(k), tuple(sorted(p.options.items())), tuple(map(str, args)))
-            if key not in seen:
-                seen.add(key)
-                jobs.append((k, args, p.grid, p.options, p.device))
+        jobs += [(k, args, p.grid, p.options, p.device) for k in _not_compiled(p.kernels, p.args, p.options)]
     return compile_all(jobs, timeout)
 
 
@@ -208,14 +207,10 @@ def compile_all(jobs, timeout: float | None = None) -> int:
     subprocess -- each under its job's CUDA device (the current device is per thread);
     ``TRITP_PARALLEL_COMPILE=0``: one after another in this thread. Returns the number of jobs
     finished; after ``timeout`` seconds the jobs not yet started are cancelled."""
-    from contextlib import nullcontext
-
     def one(job):
         k, args, grid, options, device = job
         with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
             k.warmup(*args, grid=grid, **options)
-
-    import time
 
     start = time.monotonic()
     if len(jobs) < 2 or not parallel_compile():
@@ -224,8 +219,6 @@ def compile_all(jobs, timeout: float | None = None) -> int:
                 return n
             one(j)
         return len(jobs)
-    from concurrent.futures import ThreadPoolExecutor, wait
-
     ex = ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1))
     futures = [ex.submit(one, j) for j in jobs]
     done, _ = wait(futures, timeout=timeout)
@@ -259,8 +252,18 @@ def split_programs(nblocks: int, device: torch.device) -> int:
     return torch.sym_min(nblocks, SPLIT_PROGRAMS_PER_SM * _sm_count(device))
 
 
-#: (kernels, argument dtypes, launch options) whose pieces are compiled (see launch_pieces).
-_warm: set = set()
+#: (id(kernel), argument dtypes, launch options) handed to compile_all once: later launches and
+#: precompiles skip them (Triton's own cache then has the kernel; a new layout still compiles).
+#: The value keeps the kernel alive, so its id is never reused for another one.
+_compiled: dict = {}
+
+
+def _not_compiled(kernels: list, args: tuple, options: dict) -> list:
+    """The kernels not yet handed to :func:`compile_all` for this signature; marks them."""
+    sig = (tuple(getattr(a, "dtype", type(a)) for a in args), tuple(sorted(options.items())))
+    todo = [k for k in kernels if (id(k), sig) not in _compiled]
+    _compiled.update(((id(k), sig), k) for k in todo)
+    return todo
 
 
 def launch_pieces(kernels: list, grid: tuple, args: tuple, options: dict, wrap=None) -> None:
@@ -270,12 +273,11 @@ def launch_pieces(kernels: list, grid: tuple, args: tuple, options: dict, wrap=N
     (``wrap_triton``) still wraps the launches (inside a traced ``triton_op`` the tensors are
     fake, and Inductor compiles the kernels itself)."""
     if len(kernels) > 1 and parallel_compile() and not interpreter_active() and _eager(args):
-        sig = (tuple(map(id, kernels)), tuple(getattr(a, "dtype", type(a)) for a in args), tuple(sorted(options.items())))
-        if sig not in _warm:
-            _warm.add(sig)
+        todo = _not_compiled(kernels, args, options)
+        if todo:
             device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
             try:
-                compile_all([(k, args, grid, options, device) for k in kernels])
+                compile_all([(k, args, grid, options, device) for k in todo])
             except Exception as e:  # the launches below compile one by one and raise real errors
                 from .module import warn_once
 

@@ -39,8 +39,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..codegen.diskcache import atomic_write, cache_root, content_hash
+from ..codegen.intmath import p2
 from . import Config, _memo
-from .space import identity_for, p2, space_for
+from .space import identity_for, space_for
 
 SCHEMA = 1
 INTERPRETER_GPU = "cpu-interpreter"

@@ -66,6 +66,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from ..codegen.cg_spec import MODE_LETTERS
+from ..codegen.intmath import p2
 
 #: Registers per thread that do not scale with the tiles (row offsets, pointers, masks, loops).
 OVERHEAD = 40
@@ -82,10 +83,6 @@ class Group(NamedTuple):
     tiles: int   # [BLOCK_Z, width] tiles alive at once
     min_bc: int  # 16 where a tl.dot needs 16 lanes, else 1
     unit: int    # its target segment (for a weight gradient, its instruction): what pieces split
-
-
-def _p2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 @lru_cache(maxsize=None)
@@ -188,7 +185,7 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None) -> int:
     for piece in pieces:
         gs = every if piece is None else [g for g in every if g.unit in piece]
         for g in gs:
-            bc = max(min(_p2(g.lanes), config.block_c), g.min_bc)
+            bc = max(min(p2(g.lanes), config.block_c), g.min_bc)
             per_thread = max(1.0, config.block_z * bc / (32 * config.num_warps))
             worst = max(worst, (g.tiles + PER_GROUP * len(gs)) * per_thread)
     return int(round(OVERHEAD + words * worst))

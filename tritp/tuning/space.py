@@ -42,6 +42,7 @@ from typing import Callable
 
 from ..codegen.cg_spec import MODE_LETTERS, ProducerSpec
 from ..codegen.diskcache import content_hash
+from ..codegen.intmath import p2
 from . import Config
 
 #: The axes every family starts from (``impl`` lists the implementations of the function).
@@ -118,11 +119,6 @@ def space_for(family: str, problem, spec, dtype: str, batch: int) -> SearchSpace
     except KeyError:
         raise ValueError(f"unknown kernel family {family!r}; registered: {', '.join(_FAMILIES)}") from None
     return fn(problem, spec, dtype, batch)
-
-
-def p2(n: int) -> int:
-    """Smallest power of two >= n (1 for n <= 1)."""
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 def _segments(problem, role: str):
