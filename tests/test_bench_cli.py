@@ -17,6 +17,8 @@ from tritp.cli import main
 from tritp.codegen import Problem
 from tritp.presets import BENCH_PRESETS, PEER_ANCHORS_H100, PRESETS, preset
 
+from support import FakeKernels
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["4x0e+4x1o", "0e+1o", "0e+1o", "--mode", "channelwise"]
 
@@ -131,27 +133,13 @@ def test_precompile_suite_compiles_each_kernel_once(monkeypatch):
     import tritp.kernels
     from tritp.bench import BenchConfig, precompile_suite
 
-    warmed = []
-
-    class Fake:
-        tritp_min_block_z = 1
-
-        def __init__(self, key):
-            self.key = key
-
-        def warmup(self, *args, grid, **kw):
-            warmed.append(self.key)
-
-    fakes = {}  # like the real get_kernel: one kernel object per source
-
-    def get_kernel(p, spec, dt, bc, piece=None):
-        return fakes.setdefault((p.key, spec, piece), Fake((p.key, spec, piece)))
-
-    monkeypatch.setattr(tritp.kernels, "get_kernel", get_kernel)
+    fakes = FakeKernels()
+    monkeypatch.setattr(tritp.kernels, "get_kernel", fakes)
     monkeypatch.setattr(tritp.kernels, "interpreter_active", lambda: False)
     entries = [("tiny", *preset("tiny")), ("mace-small", preset("mace-small")[0], 64)]
     logs = []
     cfg = BenchConfig(device=torch.device("cpu"), directions=("fwd", "fwdbwd", "dbl"))
     n = precompile_suite(entries, cfg, logs.append)
+    warmed = [w[0] for w in fakes.warmed]
     assert n == len(warmed) == len(set(warmed)) == 2 * (1 + 3 + 9)  # per problem: fwd, 3 grads, 9 double
     assert "precompiled 26 tritp kernels" in logs[-1]

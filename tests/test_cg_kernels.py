@@ -24,6 +24,8 @@ import tritp.kernels
 from tritp.codegen.cg_spec import forward_spec
 from tritp.reference import to_ir_mul, to_mul_ir
 
+from support import FakeKernels
+
 F64 = torch.float64
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -576,27 +578,15 @@ def test_precompile_warms_every_piece_of_every_direction(monkeypatch):
     tri, _ = pair(*MIXED, shared_weights=True)
     assert tri.precompile(batch=8, directions=("fwd",)) == 0  # interpreter: nothing to compile
     monkeypatch.setattr(cg_pieces, "PIECE_BUDGET", 40)
-    warmed = []
-
-    class Fake:
-        tritp_min_block_z = 1
-
-        def __init__(self, key):
-            self.key = key
-
-        def warmup(self, *args, grid, **kw):
-            warmed.append((self.key, args[-1], grid, kw["BLOCK_Z"]))
-
-        def __getitem__(self, grid):
-            raise AssertionError("precompile launched a kernel")
-
-    monkeypatch.setattr(tritp.kernels, "get_kernel", lambda p, spec, dt, bc, piece=None: Fake((spec, piece)))
+    fakes = FakeKernels()
+    monkeypatch.setattr(tritp.kernels, "get_kernel", fakes)
     monkeypatch.setattr(tritp.kernels, "interpreter_active", lambda: False)
     n = tri.precompile(batch=8, directions=("fwd", "bwd", "dbl"))
+    warmed = fakes.warmed
     keys = [w[0] for w in warmed]
     assert n == len(warmed) == len(set(keys)) > 8  # every piece once
-    assert {spec.target for spec, _ in keys} == {"out", "x1", "x2", "w"}
-    assert all(w[1] == 8 for w in warmed)  # the batch is the last argument
+    assert {key[1].target for key in keys} == {"out", "x1", "x2", "w"}
+    assert all(w[1][-1] == 8 for w in warmed)  # the batch is the last argument
 
 
 def test_duplicate_instructions_keep_their_own_weights():

@@ -21,6 +21,8 @@ import tritp
 import tritp.module
 from tritp.codegen import MODES
 
+from support import mace_channelwise
+
 F64 = torch.float64
 
 
@@ -59,25 +61,6 @@ def same_attributes(tp, e3):
     assert tp.weight_numel == e3.weight_numel
     assert tp.shared_weights == e3.shared_weights
     assert tp.internal_weights == e3.internal_weights
-
-
-def mace_channelwise(irreps1, irreps2, target):
-    """MACE's tp_out_irreps_with_instructions (mace/modules/irreps_tools.py), on e3nn objects."""
-    irreps1, irreps2, target = o3.Irreps(irreps1), o3.Irreps(irreps2), o3.Irreps(target)
-    trainable = True
-    out_list, instructions = [], []
-    for i, (mul, ir_in) in enumerate(irreps1):
-        for j, (_, ir_edge) in enumerate(irreps2):
-            for ir_out in ir_in * ir_edge:
-                if ir_out in target:
-                    k = len(out_list)
-                    out_list.append((mul, ir_out))
-                    instructions.append((i, j, k, "uvu", trainable))
-    irreps_out = o3.Irreps(out_list)
-    irreps_out, permut, _ = irreps_out.sort()
-    instructions = [(i1, i2, permut[io], mode, train) for i1, i2, io, mode, train in instructions]
-    instructions = sorted(instructions, key=lambda x: x[2])
-    return irreps_out, instructions
 
 
 # -- forms -----------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from tritp.conv_index import conv_graph
 from tritp.conv_module import TensorProductConv, compile_conv
 from tritp.tuning import Config
 
+from support import FakeKernels
+
 F64 = torch.float64
 SMALL = ("2x0e+2x1o", "0e+1o", "0e+1o")
 TOL = {torch.float32: (1e-5, 1e-4), torch.float64: (1e-10, 1e-10)}
@@ -281,22 +283,12 @@ def test_precompile_warms_every_kernel_without_launching(monkeypatch, scatter):
     Triton's; the interpreter compiles nothing)."""
     conv = compile_conv(*SMALL, mode="channelwise", scatter=scatter)
     assert conv.precompile(num_nodes=10, num_edges=40) == 0  # interpreter
-    warmed, fakes = [], {}
-
-    class Fake:
-        tritp_min_block_z = 1
-
-        def warmup(self, *args, grid, **kw):
-            warmed.append((self, grid, args[-1]))
-
-        def __getitem__(self, grid):
-            raise AssertionError("precompile launched a kernel")
-
-    monkeypatch.setattr(tritp.conv_kernels, "get_conv_kernel",
-                        lambda p, spec, dt, bc, mode, piece=None: fakes.setdefault((spec, mode, piece), Fake()))
+    fakes = FakeKernels()
+    monkeypatch.setattr(tritp.conv_kernels, "get_conv_kernel", fakes)
     monkeypatch.setattr(tritp.kernels, "interpreter_active", lambda: False)
     monkeypatch.setattr(tritp.conv_kernels, "interpreter_active", lambda: False)
     n = conv.precompile(num_nodes=1000, num_edges=40_000, directions=("fwd", "bwd", "dbl"))
-    assert n == len(warmed) == len(fakes) == 13  # forward, 3 gradients, 9 double-backward producers
-    nrows = {w[2] for w in warmed}  # the last argument: edges, or target nodes (segment mode)
+    warmed = fakes.warmed
+    assert n == len(warmed) == len(fakes.kernels) == 13  # forward, 3 gradients, 9 double-backward producers
+    nrows = {w[1][-1] for w in warmed}  # the last argument: edges, or target nodes (segment mode)
     assert nrows <= {40_000, 1000} and 40_000 in nrows

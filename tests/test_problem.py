@@ -17,6 +17,8 @@ from e3nn import o3
 from tritp.codegen import MODES, Irreps, Problem, ProblemError
 from tritp.codegen.problem import Instruction
 
+from support import mace_channelwise
+
 # -- helpers -----------------------------------------------------------------------------------
 IN1 = "2x0e + 2x1o"  # 0: 2x0e, 1: 2x1o
 IN2 = "2x1o + 3x0e"  # 0: 2x1o, 1: 3x0e
@@ -381,25 +383,6 @@ def test_elementwise_needs_same_number_of_irreps():
         Problem.elementwise("2x0e", "3x0e")
 
 
-def mace_tp_out_irreps_with_instructions(irreps1, irreps2, target_irreps):
-    """MACE (mace/modules/irreps_tools.py), the oracle for Problem.channelwise."""
-    trainable = True
-    irreps_out_list = []
-    instructions = []
-    for i, (mul, ir_in) in enumerate(irreps1):
-        for j, (_, ir_edge) in enumerate(irreps2):
-            for ir_out in ir_in * ir_edge:
-                if ir_out in target_irreps:
-                    k = len(irreps_out_list)
-                    irreps_out_list.append((mul, ir_out))
-                    instructions.append((i, j, k, "uvu", trainable))
-    irreps_out = o3.Irreps(irreps_out_list)
-    irreps_out, permut, _ = irreps_out.sort()
-    instructions = [(i_in1, i_in2, permut[i_out], mode, train) for i_in1, i_in2, i_out, mode, train in instructions]
-    instructions = sorted(instructions, key=lambda x: x[2])
-    return irreps_out, instructions
-
-
 CHANNELWISE = [
     ("128x0e+128x1o", "0e+1o+2e+3o", "0e+1o+2e"),
     ("8x0e+8x1o", "0e+1o", "0e+1o"),
@@ -412,7 +395,7 @@ CHANNELWISE = [
 
 @pytest.mark.parametrize("in1,in2,target", CHANNELWISE)
 def test_channelwise_matches_mace(in1, in2, target):
-    ref_out, ref_ins = mace_tp_out_irreps_with_instructions(o3.Irreps(in1), o3.Irreps(in2), o3.Irreps(target))
+    ref_out, ref_ins = mace_channelwise(in1, in2, target)
     p = Problem.channelwise(in1, in2, target)
     assert str(p.irreps_out) == str(ref_out)
     assert [i.as_tuple()[:5] for i in p.instructions] == [tuple(t) for t in ref_ins]
