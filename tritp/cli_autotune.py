@@ -17,6 +17,11 @@ plus gradients, plus double backward) and the fastest is stored where
 ``compile(..., mode="gaunt", implementation="auto")`` looks (:mod:`tritp.gaunt_tuning`; ``auto``
 asks at batch 10,000, the default here for Gaunt products).
 
+``--conv SCATTER`` (``atomic`` or ``deterministic``) tunes the fused graph convolution's kernels
+(:mod:`tritp.conv_tuning`) of the CG problems instead, on a seeded random graph: ``--batch`` is
+then the number of edges (default 158,000, the diamond graph of ``benchmarks/conv_bench.py``)
+and ``--nodes`` the number of nodes (default: edges / 64).
+
 Every kernel a direction launches (``--direction fwd,bwd,dbl``) is tuned at every ``--batch``;
 results go to the user cache, ``--export DIR`` also merges them into the shipped format
 (``autotune_cache/``). Without a CUDA GPU it exits 2, unless ``--interpret`` (the Triton
@@ -28,6 +33,7 @@ Example (shell)::
     tritp autotune --preset all --strategy staged --export autotune_cache/
     tritp autotune 8x0e+8x1o 0e+1o 0e+1o --mode channelwise --batch 16 --interpret
     tritp autotune 32x0e+32x1o+32x2e 0e+1o+2e --mode gaunt --lmax-out 4 --direction fwd,bwd
+    tritp autotune --preset mace-large --conv deterministic --batch 158000 --nodes 1000
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from .codegen import Problem
 from .codegen.gaunt_problem import GauntProblem
 
 DEFAULT_BATCH, INTERPRET_BATCH = 50_000, 64
+CONV_EDGES, CONV_DEGREE = 158_000, 64  # conv defaults: edges, and edges per node for --nodes
 PROBLEMS_HELP = """--problems FILE: a JSON list; each item a preset or irreps with a mode or instructions:
   [{"preset": "mace-large"},
    {"name": "layer0", "in1": "128x0e+128x1o", "in2": "0e+1o+2e+3o", "out": "0e+1o+2e",
@@ -80,6 +87,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--direction", default="fwd,bwd,dbl", help="comma list of fwd, bwd, dbl (default all)")
     p.add_argument("--strategy", default="full", choices=("full", "staged"),
                    help="full: every candidate; staged: tiles first, then warps/stages (~3x fewer)")
+    p.add_argument("--conv", choices=("atomic", "deterministic"), metavar="SCATTER",
+                   help="tune the fused convolution (atomic or deterministic); --batch = edges")
+    p.add_argument("--nodes", type=int, metavar="N", help="--conv: nodes of the graph (default edges / 64)")
     p.add_argument("--rep", type=int, default=40, metavar="MS", help="do_bench time per candidate (default 40)")
     p.add_argument("--export", metavar="DIR", help="also merge the results into DIR in the shipped format")
     p.add_argument("--interpret", action="store_true", help="run under the Triton interpreter on CPU (testing)")
@@ -211,6 +221,7 @@ def run(args) -> int:
     if not args.interpret and not torch.cuda.is_available():
         print(NO_GPU, file=sys.stderr)
         return 2
+    from .conv_tuning import conv_specs, tune_conv_kernel
     from .gaunt_tuning import tune_gaunt
     from .tuning import tuner
     from .tuning.cache import bucket, export
@@ -218,15 +229,29 @@ def run(args) -> int:
     directions = tuple(d.strip() for d in args.direction.split(",") if d.strip())
     problems = collect_problems(args)
     batches = parse_batches(args.batch)
+    conv = args.conv
+    if args.nodes is not None and (not conv or args.nodes < 1):
+        raise ValueError("--nodes needs --conv and a positive count" if conv else "--nodes is for --conv")
+    if conv and any(isinstance(p, GauntProblem) for _, p, _ in problems):
+        raise ValueError("--conv tunes convolutions of CG problems, not Gaunt products")
     if args.interpret:
         os.environ["TRITON_INTERPRET"] = "1"  # read when a generated kernel is decorated
         device, timer = torch.device("cpu"), tuner.wallclock_timer(1)
     else:
         device, timer = torch.device("cuda"), tuner.cuda_timer(rep=args.rep)
-    def default_batch(p):
-        return INTERPRET_BATCH if args.interpret else GAUNT_BATCH if isinstance(p, GauntProblem) else DEFAULT_BATCH
-    plan = [(label, p, b, d, s) for label, p, b0 in problems for b in (batches or [b0 or default_batch(p)])
-            for d, s in ([(directions, None)] if isinstance(p, GauntProblem) else tuner.direction_specs(p, directions))]
+    def default_batch(p, b0):
+        if args.interpret:
+            return INTERPRET_BATCH
+        if conv:
+            return CONV_EDGES  # a preset's batch counts samples, not edges
+        return b0 or (GAUNT_BATCH if isinstance(p, GauntProblem) else DEFAULT_BATCH)
+
+    def kernels_of(p):
+        if isinstance(p, GauntProblem):
+            return [(directions, None)]
+        return conv_specs(p, conv, directions) if conv else tuner.direction_specs(p, directions)
+    plan = [(label, p, b, d, s) for label, p, b0 in problems for b in (batches or [default_batch(p, b0)])
+            for d, s in kernels_of(p)]
     console = make_console()
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -239,6 +264,12 @@ def run(args) -> int:
                 bar.update(cands, description=f"{label} gaunt @ {b}", completed=0, total=None)
                 results.append(tune_gaunt(p, b, directions=d, dtype=args.dtype, device=device, timer=timer,
                                           label=label, progress=progress))
+            elif conv:
+                nodes = args.nodes or max(1, b // CONV_DEGREE)
+                bar.update(cands, description=f"{label} conv {d} {s.tag} @ {b} edges", completed=0, total=None)
+                results.append(tune_conv_kernel(p, s, conv, nodes, b, dtype=args.dtype, device=device, timer=timer,
+                                                direction=d, label=f"{label} (conv {conv}, {nodes} nodes)",
+                                                strategy=args.strategy, progress=progress))
             else:
                 bar.update(cands, description=f"{label} {d} {s.tag} @ {b}", completed=0, total=None)
                 results.append(tuner.tune(p, s, b, dtype=args.dtype, device=device, timer=timer, direction=d,

@@ -37,7 +37,8 @@ from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.cg_pieces import plan_pieces
 from .kernels import (LaunchPlan, acc_dtype, dot_precision, generator_hash, interpreter_active, launch_pieces,
                       load_generated, split_programs, target_dim, triton_cdiv)
-from .tuning import Config, heuristic
+from .conv_tuning import FAMILY, ConvSpec  # registers the "conv" autotune family
+from .tuning import Config, heuristic, lookup
 
 SCATTERS = ("atomic", "deterministic")
 _loaded: dict = {}
@@ -67,14 +68,26 @@ def get_conv_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: i
 
 def default_config(mode: str, num_edges: int, num_programs_rows: int, interpreted: bool, problem=None, spec=None,
                    dtype: str = "float32") -> Config:
-    """Conv kernels are not in the autotuner yet: the plain heuristic, sized by edges per
-    program (edge/atomic) or by the mean degree (segment: ``BLOCK_Z`` is the edge chunk); with
-    ``problem`` and ``spec``, its register-aware lanes and warps (the conv kernel holds the
-    plain kernel's tiles, plus node accumulators in segment mode)."""
+    """The heuristic default where nothing is tuned (:func:`choose_config`): the plain
+    heuristic, sized by edges per program (edge/atomic) or by the mean degree (segment:
+    ``BLOCK_Z`` is the edge chunk); with ``problem`` and ``spec``, its register-aware lanes and
+    warps (the conv kernel holds the plain kernel's tiles, plus node accumulators in segment
+    mode)."""
     if mode == "segment":
         rows = max(1, -(-num_edges // max(num_programs_rows, 1)))
         return heuristic(rows, interpreted, problem, spec, dtype)
     return heuristic(num_edges, interpreted, problem, spec, dtype)
+
+
+def choose_config(problem: Problem, spec: ProducerSpec, mode: str, dtype: str, num_edges, nrows, device,
+                  interpreted: bool) -> Config:
+    """The launch configuration: the tuned entry of the ``conv`` family for this kernel and
+    bucket of ``num_edges`` (user cache, then shipped; :mod:`tritp.conv_tuning`), else
+    :func:`default_config`. Memoized: one dict lookup after the first launch."""
+    found = lookup(problem, ConvSpec(spec, mode), dtype, num_edges, device, interpreted, family=FAMILY)
+    if found is not None:
+        return found[0]
+    return default_config(mode, num_edges, nrows, interpreted, problem, spec, dtype)
 
 
 def target_shape(problem: Problem, target: str, num_edges, n_in, n_out) -> tuple:
@@ -125,7 +138,7 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
     shape = target_shape(problem, spec.target, E, n_in, n_out)
     nrows = shape[0] if mode == "segment" else E
     if config is None:
-        config = default_config(mode, E, nrows, interpreter_active(), problem, spec, dtype_name)
+        config = choose_config(problem, spec, mode, dtype_name, E, nrows, device, interpreter_active())
     if E == 0 or shape[-1] == 0 or nrows == 0:
         return LaunchPlan([], (0,), (), {}, torch.zeros(shape, dtype=out_dtype, device=device), False, out_dtype,
                           device)

@@ -186,6 +186,24 @@ class TensorProductConv(torch.nn.Module):
                  for _, spec in direction_specs(self.problem, tuple(directions))]
         return precompile(plans)
 
+    def autotune(self, num_nodes: int, num_edges: int, directions=("fwd", "bwd", "dbl"), dtype=None, timer=None,
+                 strategy: str = "full", index_dtype=torch.int64) -> list:
+        """Tune this convolution's kernels on this GPU (or the interpreter) for graphs of about
+        ``num_edges`` edges (the cache bucket: edges rounded up to a power of two) and
+        ``num_nodes`` nodes, and write the user cache, where every later launch finds them
+        (:mod:`tritp.conv_tuning`; timed on a seeded random graph of that size). Arguments as
+        :meth:`tritp.TensorProduct.autotune`; one TuneResult per kernel.
+
+        Example:
+            >>> conv = tritp.compile_conv("128x0e+128x1o", "0e+1o+2e+3o", "0e+1o+2e")  # doctest: +SKIP
+            >>> [r.speedup for r in conv.autotune(1000, 158_000, directions=("fwd",))]  # doctest: +SKIP
+            [1.2]
+        """
+        from .conv_tuning import tune_conv
+
+        return tune_conv(self.problem, self.scatter, num_nodes, num_edges, tuple(directions), dtype=dtype or "float32",
+                         timer=timer, strategy=strategy, index_dtype=index_dtype)
+
     def unfused(self, node_feats, edge_attrs, edge_weights, src, dst, num_nodes: int, backend: str = "auto"):
         """The same convolution as three steps -- gather, a :class:`tritp.TensorProduct` over the
         edges, ``index_add`` -- the baseline the fused kernel saves the per-edge output of.

@@ -159,27 +159,29 @@ def _stage1(cands: list) -> list:
     return [cands[0]] + [c for _, c in best.values() if c != cands[0]]
 
 
-def tune(problem, spec: ProducerSpec, batch: int, *, dtype="float32", device=None, timer: Optional[Timer] = None,
-         direction: str = "", label: str = "", family: str = "cg", strategy: str = "full", progress=None,
-         store: bool = True) -> TuneResult:
-    """Time the candidates of one kernel at ``batch`` rows; ``store`` writes the user cache.
-
-    ``strategy="full"`` times every candidate; ``"staged"`` times, for each (impl, block_z,
-    block_c), the candidate nearest 4 warps and 1 stage, then every warps/stages variant of
-    the winner (about 30 instead of about 100 compiles; exact when the time is separable).
-    ``progress(done, total, config, ms)`` is called after each candidate (``ms`` is ``inf``
-    when it failed; ``total`` may grow once, in stage two).
-    """
+def check_args(strategy: str, dtype) -> str:
+    """``dtype`` as ``"float32"``/``"float64"``; ValueError for an unknown strategy or dtype."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     dtype = str(dtype).replace("torch.", "")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    device = torch.device(device) if device is not None else default_device()
-    interpreted = device.type != "cuda"
-    timer = timer or (wallclock_timer() if interpreted else cuda_timer())
-    tensors = make_inputs(problem, spec, batch, DTYPES[dtype], device)
-    cands = candidates_for(problem, spec, dtype, batch, interpreted, family)
+    return dtype
+
+
+def search(cands: list, thunk_for: Callable, timer: Timer, strategy: str = "full", progress=None) -> tuple:
+    """Time ``cands`` (the default first) as ``strategy`` says; ``(best, times, errors)``.
+
+    ``thunk_for(config)`` builds one launch; ``times`` maps each timed config to ms (``inf``
+    when it failed, the reason in ``errors``). Ties go to the earlier candidate, so the
+    default wins a tie. A Triton ``CompilationError`` is a generator bug and is raised.
+
+    Example:
+        >>> cs = [Config(num_warps=4), Config(num_warps=1), Config(num_warps=2)]
+        >>> best, times, _ = search(cs, lambda c: c, lambda t: t.num_warps)
+        >>> best.num_warps, len(times)
+        (1, 3)
+    """
     times, errors = {}, {}
     todo = cands if strategy == "full" else _stage1(cands)
 
@@ -188,7 +190,7 @@ def tune(problem, spec: ProducerSpec, batch: int, *, dtype="float32", device=Non
             if cfg in times:
                 continue
             try:
-                ms = float(timer(Launch(problem, spec, tensors, batch, cfg)))
+                ms = float(timer(thunk_for(cfg)))
             except Exception as e:
                 if type(e).__name__ == "CompilationError":
                     raise  # a generator bug, not a bad candidate: never hide it in the search
@@ -203,19 +205,52 @@ def tune(problem, spec: ProducerSpec, batch: int, *, dtype="float32", device=Non
         run(rest, len(times) + len(rest))
     best = min(times, key=lambda c: (times[c], cands.index(c)))
     if not math.isfinite(times[best]):
-        raise RuntimeError(f"every candidate failed for {spec.tag}; first error: {next(iter(errors.values()))}")
+        raise RuntimeError(f"every candidate failed; first error: {next(iter(errors.values()))}")
+    return best, times, errors
+
+
+def make_result(key: dict, problem, spec, batch: int, cands: list, found: tuple, *, strategy: str, direction: str,
+                label: str, store: bool, **extra) -> TuneResult:
+    """The :class:`TuneResult` and cache entry of one :func:`search` (``found``); ``store``
+    writes the entry to the user cache. ``extra`` fields go into the entry as they are."""
+    best, times, errors = found
     default, default_ms = cands[0], times[cands[0]]
-    key = make_key(problem, spec, dtype, batch, gpu_name(device, interpreted), family)
-    label = label or f"{problem.irreps_in1} x {problem.irreps_in2} -> {problem.irreps_out}"
     entry = {"schema": SCHEMA, "key": key, "config": best._asdict(), "ms": round(times[best], 6),
              "default": default._asdict(), "default_ms": round(default_ms, 6) if math.isfinite(default_ms) else None,
              "timed": len(times), "space": len(cands), "failed": len(errors), "strategy": strategy,
              "label": label, "spec_tag": spec.tag, "problem": repr(problem),
-             "problem_hash": content_hash(problem.key), "tuned_batch": batch}
+             "problem_hash": content_hash(problem.key), "tuned_batch": batch, **extra}
     if store:
         store_entry(entry)
     return TuneResult(label, direction, spec, batch, best, times[best], default, default_ms, len(times), len(errors),
                       entry)
+
+
+def tune(problem, spec: ProducerSpec, batch: int, *, dtype="float32", device=None, timer: Optional[Timer] = None,
+         direction: str = "", label: str = "", family: str = "cg", strategy: str = "full", progress=None,
+         store: bool = True) -> TuneResult:
+    """Time the candidates of one kernel at ``batch`` rows; ``store`` writes the user cache.
+
+    ``strategy="full"`` times every candidate; ``"staged"`` times, for each (impl, block_z,
+    block_c), the candidate nearest 4 warps and 1 stage, then every warps/stages variant of
+    the winner (about 30 instead of about 100 compiles; exact when the time is separable).
+    ``progress(done, total, config, ms)`` is called after each candidate (``ms`` is ``inf``
+    when it failed; ``total`` may grow once, in stage two).
+    """
+    dtype = check_args(strategy, dtype)
+    device = torch.device(device) if device is not None else default_device()
+    interpreted = device.type != "cuda"
+    timer = timer or (wallclock_timer() if interpreted else cuda_timer())
+    tensors = make_inputs(problem, spec, batch, DTYPES[dtype], device)
+    cands = candidates_for(problem, spec, dtype, batch, interpreted, family)
+    try:
+        found = search(cands, lambda cfg: Launch(problem, spec, tensors, batch, cfg), timer, strategy, progress)
+    except RuntimeError as e:
+        raise RuntimeError(f"{spec.tag}: {e}") from None
+    key = make_key(problem, spec, dtype, batch, gpu_name(device, interpreted), family)
+    label = label or f"{problem.irreps_in1} x {problem.irreps_in2} -> {problem.irreps_out}"
+    return make_result(key, problem, spec, batch, cands, found, strategy=strategy, direction=direction, label=label,
+                       store=store)
 
 
 def tune_problem(problem, batches, directions=DIRECTIONS, *, dtype="float32", device=None, timer=None, label="",
