@@ -88,8 +88,8 @@ def _worker() -> None:
             for i, n in enumerate(names):
                 if n in cx:
                     sig[n] = "constexpr"
-                elif (n[0] == "t" and n[1:].isdigit()) or n == "g":
-                    sig[n] = "*" + job["ptr"]
+                elif (n[0] == "t" and n[1:].isdigit()) or n == "g" or n in job.get("index_ptrs", {}):
+                    sig[n] = "*" + job.get("index_ptrs", {}).get(n, job["ptr"])
                     attrs[(i,)] = [["tt.divisibility", 16]]
                 else:
                     v = job["ints"].get(n, 17)

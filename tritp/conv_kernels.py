@@ -50,16 +50,25 @@ def conv_source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: 
     return cache_dir("kernels") / f"conv_{mode}_{spec.target}_{h}.py"
 
 
+def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str,
+                       piece=None) -> tuple:
+    """``(path, source_text)`` of one conv kernel (piece); generated and written only when
+    missing (as :func:`tritp.kernels.kernel_source`)."""
+    path = conv_source_path(problem, spec, dtype, block_c, mode, piece)
+    if path.exists():
+        return path, path.read_text()
+    src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision(), piece)
+    atomic_write(path, src.encode())
+    return path, src
+
+
 def get_conv_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str, piece=None):
     """The loaded ``tp_producer`` of one conv source (one ``piece`` of it, see
     :mod:`tritp.codegen.cg_pieces`); generated and written on first use."""
     key = (problem.key, spec, dtype, block_c, mode, dot_precision(), piece)
     k = _loaded.get(key)
     if k is None:
-        path = conv_source_path(problem, spec, dtype, block_c, mode, piece)
-        if not path.exists():
-            src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision(), piece)
-            atomic_write(path, src.encode())
+        path = conv_kernel_source(problem, spec, dtype, block_c, mode, piece)[0]
         mod = load_generated(path)
         k = _loaded[key] = mod.tp_producer
         k.tritp_min_block_z = getattr(mod, "MIN_BLOCK_Z", 1)
