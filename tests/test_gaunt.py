@@ -13,7 +13,7 @@ import torch
 from e3nn import o3
 
 import tritp
-from tritp.codegen.gaunt_problem import GauntError
+from tritp.codegen.gaunt_problem import GauntError, GauntProblem
 from tritp.gaunt import GauntProduct, compile_gaunt
 from tritp.gaunt_reference import gaunt_reference
 
@@ -161,3 +161,46 @@ def test_bad_input_raises_clear_errors():
         gp(torch.randn(3, 16), torch.randn(3, 16))
     with pytest.raises(TypeError, match="x2: dtype"):
         gp(torch.randn(3, 16), torch.randn(3, 4, dtype=F64))
+
+
+def bench_problem(L, C=32, impl="grid", x2=None):
+    """benchmarks/gaunt_bench.py's problem: C channels of degrees 0..L in (x2: its channels), 0..L out."""
+    ls = lambda c: "+".join(f"{c}x{l}{'eo'[l % 2]}" for l in range(L + 1))  # noqa: E731
+    return GauntProblem(ls(C), ls(x2 or C), lmax_out=L, implementation=impl)
+
+
+@pytest.mark.parametrize("impls, L, C, dtype, want", [
+    (("grid",), 2, 32, "float32", (64, 4, 32)),  # small K: as before
+    (("fft",), 3, 128, "float32", (64, 8, 64)),  # 4 warps estimated over budget (measured 140 regs, no spill)
+    (("grid", "fft"), 5, 32, "float32", (64, 8, 32)),  # 64:8:64 spilled 4 bytes (grid)
+    (("grid", "fft"), 6, 128, "float32", (64, 8, 32)),  # 64:8:64 spilled 260 (grid) / 1588 (fft) bytes
+    (("grid", "fft"), 8, 32, "float32", (64, 8, 32)),  # 64:8:64 spilled 580 bytes
+    (("grid", "fft"), 8, 128, "float64", (64, 8, 64)),  # fp64 (DMMA) never spilled: 178 registers
+])
+def test_gpu_launch_default_is_the_documented_rung(impls, L, C, dtype, want, monkeypatch):
+    """The GPU default of launch_shape's docstring table: the first ladder rung within budget."""
+    from tritp import gaunt_kernels as gk
+
+    monkeypatch.setattr(gk, "interpreter_active", lambda: False)
+    for impl in impls:
+        p = bench_problem(L, C, impl)
+        for target in ("out", "x1", "x2"):
+            assert gk.launch_shape(p, 10_000 * C, target, dtype) == want, (impl, target)
+        assert gk.estimate_registers(p, dtype, *want) <= gk.REGISTER_BUDGET
+        bp0 = gk.default_block_p(p)
+        rungs = [(b, w, min(c or bp0, bp0)) for b, w, c in gk.GPU_LADDER]
+        assert all(gk.estimate_registers(p, dtype, *r) > gk.REGISTER_BUDGET for r in rungs[:rungs.index(want)])
+
+
+@pytest.mark.parametrize("C, rows", [(32, 64), (128, 64), (48, 16), (80, 16)])
+def test_gpu_launch_keeps_whole_samples_in_channel_summing_kernels(C, rows, monkeypatch):
+    """A one-channel x2's gradient sums the C channels in the kernel: the row tile divides C or
+    is a multiple of it, whatever rung the register estimate picked."""
+    from tritp import gaunt_kernels as gk
+
+    monkeypatch.setattr(gk, "interpreter_active", lambda: False)
+    p = bench_problem(6, C, x2=1)
+    block, warps, bp = gk.launch_shape(p, 10_000 * C, "x2", "float32")
+    assert (block, warps, bp) == (rows, 8, 32)
+    assert block % C == 0 or C % block == 0
+    assert gk.launch_shape(p, 10_000 * C, "out", "float32") == (64, 8, 32)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tritp.gaunt_kernels as gaunt_kernels
-from tritp.codegen.gaunt_emit import reduces_channels
+from tritp.codegen.gaunt_emit import default_block_p, reduces_channels
 from tritp.codegen.gaunt_problem import FORWARD, GauntProblem, derivative_spec
 from tritp.gaunt import compile_gaunt
 from tritp.gaunt_kernels import gaunt_produce
@@ -116,7 +116,7 @@ def test_batch_broadcast_row_gradient(impl):
         assert rel(u, v) < 1e-10
 
 
-def produce_spied(problem, spec, tensors, Z):
+def produce_spied(problem, spec, tensors, Z, launch=None):
     """``gaunt_produce`` that also returns the shapes of the buffers its kernel launches wrote."""
     shapes = []
 
@@ -129,7 +129,7 @@ def produce_spied(problem, spec, tensors, Z):
                 return launch
         return Launch()
 
-    return gaunt_produce(problem, spec, tensors, Z, wrap=wrap), shapes
+    return gaunt_produce(problem, spec, tensors, Z, wrap=wrap, launch=launch), shapes
 
 
 @pytest.mark.parametrize("impl", ["grid", "fft"])
@@ -143,7 +143,8 @@ def test_broadcast_gradient_sums_channels_in_the_kernel(impl, C, role, block, su
     """The gradient for a one-channel input sums its C channels: in the kernel whenever whole
     samples fit the row tiles (no [Z * C, dim] buffer), deterministic either way."""
     if block:
-        monkeypatch.setattr(gaunt_kernels, "launch_shape", lambda problem, rows, target="out": (block, 1))
+        monkeypatch.setattr(gaunt_kernels, "launch_shape", lambda problem, rows, target="out", dtype="float32":
+                            (block, 1, default_block_p(problem)))
     per, one = f"{C}x0e+{C}x1o+{C}x2e", "0e+1o"
     problem = GauntProblem(one if role == "x1" else per, one if role == "x2" else per, lmax_out=2,
                            implementation=impl)
@@ -199,3 +200,24 @@ def test_torch_compile_fullgraph_forward_backward():
     want = (gaunt_reference(gp.problem, x1, x2) ** 2).sum()
     (gw,) = torch.autograd.grad(want, [x1])
     assert rel(y, want) < 1e-12 and rel(g, gw) < 1e-10
+
+
+@pytest.mark.parametrize("impl", ["grid", "fft"])
+@pytest.mark.parametrize("launch", [(64, 8, 32), (16, 4, 16)], ids=["gpu-L8-rung", "small"])
+def test_explicit_launch_matches_the_reference(impl, launch):
+    """gaunt_produce(launch=(BLOCK_R, warps, BLOCK_P)) -- the GPU defaults' shapes, run by the
+    interpreter -- gives the reference's forward and x2 gradient; a channel-summing producer
+    over C=48 still gets 16-row tiles (64 would break the kernel's whole-sample assert)."""
+    problem = GauntProblem("48x0e+48x1o+48x2e", "0e+1o+2e", lmax_out=2, implementation=impl)
+    Z = 2
+    x = [torch.randn(Z, problem.irreps(r).dim, dtype=F64) for r in ("x1", "x2", "out")]
+    xr = [t.clone().requires_grad_() for t in x]
+    y = gaunt_reference(problem, xr[0], xr[1])
+    (g2,) = torch.autograd.grad((y * xr[2]).sum(), [xr[1]])
+    for dtype, tol in ((F64, 1e-10), (torch.float32, 1e-5)):
+        got = gaunt_produce(problem, FORWARD, [x[0].to(dtype), x[1].to(dtype)], Z, launch=launch)
+        assert rel(got, y) < tol
+        got, shapes = produce_spied(problem, derivative_spec(FORWARD, 1), [x[0].to(dtype), x[2].to(dtype)], Z,
+                                    launch=launch)
+        assert shapes == [(Z, problem.irreps("x2").dim)]  # summed in the kernel
+        assert rel(got, g2) < tol

@@ -24,7 +24,7 @@ import torch
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
 from .codegen.gaunt_emit import (KERNEL_NAME, channel_block, channel_tiles, default_block_p, emit_gemm_producer,
-                                  reduces_channels, role_index, role_table)
+                                  reduces_channels, role_index, role_size, role_table)
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
 from .kernels import INT32_LIMIT, acc_dtype, interpreter_active, load_generated, produce, triton_cdiv
 
@@ -68,32 +68,103 @@ def cg_spec(spec: str) -> ProducerSpec:
     return ProducerSpec(target, roles, (tuple(term),))
 
 
-def launch_shape(problem: GauntProblem, n_rows: int, target: str = "out") -> tuple:
-    """``(BLOCK_R, num_warps)``. Interpreter: up to 256 rows per program (its cost is per
-    program). GPU heuristic until the autotuner covers these kernels: 64 rows, 8 warps when the
-    operand and accumulator tiles are wide (K > 64 in total), else 4. A producer that sums a
-    broadcast ``target`` over the channels in the kernel (``reduces_channels``) takes a tile
-    that whole samples fit or split into evenly (``channel_block``: the same unless ``C`` is a
-    multiple of 16 that neither divides nor is divided by it)."""
+#: ``(BLOCK_R, num_warps, BLOCK_P cap)`` rungs of the GPU default, tried in order (``None``: the
+#: problem's :func:`~tritp.codegen.gaunt_emit.default_block_p`): rows per program first (each
+#: program reads the whole ``[K, P]`` tables once, so halving the rows doubles that L2 traffic),
+#: then the point tile, then the rows.
+GPU_LADDER = ((64, 4, None), (64, 8, None), (64, 8, 32), (32, 8, 32), (16, 4, 32), (16, 4, 16))
+#: The largest :func:`estimate_registers` a rung may have (its spill threshold on sm_90).
+REGISTER_BUDGET = 160
+
+
+def estimate_registers(problem: GauntProblem, dtype: str, block_r: int, num_warps: int, block_p: int) -> int:
+    """Registers per thread of a grid/fft kernel on sm_90, roughly: ``32 + c * (BLOCK_R * K +
+    6 * BLOCK_R * BLOCK_P) / threads``, ``K`` the three roles' padded sizes (both operands and
+    the accumulator live across the point loop), the ``[BLOCK_R, BLOCK_P]`` point tiles (``fa``,
+    ``fb``, their product) weighted 6 for the dots' operand staging (fp32 ``tl.dot`` in IEEE
+    precision runs on FMA units, operands staged in registers), ``c = 1`` for fp32 and ``0.75``
+    for fp64 (DMMA fragments: fp64 kernels measure fewer registers than fp32 at the same tile).
+    Fitted to ``benchmarks/gaunt_ptxas.py``: it is a spill predictor (above
+    :data:`REGISTER_BUDGET`: spills) more than a register count (within ~40 of ptxas's).
+
+    Example:
+        >>> from tritp.codegen.gaunt_problem import GauntProblem
+        >>> p = GauntProblem("32x0e+32x1o", "0e+1o", lmax_out=1, implementation="grid")
+        >>> estimate_registers(p, "float32", 64, 4, 16)
+        104
+    """
+    k = sum(role_size(problem, r)[2] for r in ROLES)
+    c = 0.75 if dtype == "float64" else 1.0
+    return int(32 + c * block_r * (k + 6 * block_p) / (32 * num_warps))
+
+
+def launch_shape(problem: GauntProblem, n_rows: int, target: str = "out", dtype: str = "float32") -> tuple:
+    """``(BLOCK_R, num_warps, BLOCK_P)`` of a grid/fft producer when nothing else is asked.
+
+    Interpreter: up to 256 rows per program (its cost is per program), 1 warp. GPU: the first
+    rung of :data:`GPU_LADDER` whose :func:`estimate_registers` is within
+    :data:`REGISTER_BUDGET` (the last rung if none). A producer that sums a broadcast
+    ``target`` over the channels in the kernel (``reduces_channels``) takes a tile that whole
+    samples fit or split into evenly (``channel_block``: the same unless ``C`` is a multiple
+    of 16 that neither divides nor is divided by it).
+
+    Measured (``benchmarks/gaunt_ptxas.py``, sm_90, Triton 3.9; gaunt_bench's problems: C
+    channels of degrees 0..L in, 0..L out; C = 32 and 128 alike, grid and fft alike but where
+    noted; forward and backward producers alike): the fixed rule before this one (64 rows, 8
+    warps when the roles' K sum past 64, else 4; ``default_block_p``) spilled in fp32 from L=5:
+
+    ====  ============  ===============================  ==========  ====================
+    L     before        regs / spill bytes               now         regs / spill bytes
+    ====  ============  ===============================  ==========  ====================
+    1     64:4:16 (*)   96 (fft 131) / 0                 unchanged
+    2     64:4:32 (*)   131 (fft 138) / 0                grid same   fft 64:8:64: 112 / 0
+    3     64:4:64       221 (fft 140) / 0                64:8:64     131 (fft 118) / 0
+    4     64:8:64       177-217 / 0                      unchanged
+    5     64:8:64       128 / 4 (grid; fft 178 / 0)      64:8:32     80 / 0
+    6     64:8:64       255 / 260 (fft 64 / 1608)        64:8:32     96-100 / 0
+    7     64:8:64       64 / 1608                        64:8:32     96-100 / 0
+    8     64:8:64       255 / 580-588                    64:8:32     112-116 / 0
+    ====  ============  ===============================  ==========  ====================
+
+    (``BLOCK_R:num_warps:BLOCK_P``; (*) fft's ``BLOCK_P`` is twice grid's; 128 compiles, grid and fft, L=1..8, C=32 and 128, forward
+    and x1 gradient, fp32 and fp64: 28 spilled before, none now.) fp64 (DMMA tensor cores)
+    never spilled at the old rule (64:8:64 at L=8: 178-180 registers) and keeps it; like fp32,
+    L=3 (fft: L=2, 3) moves from 4 to 8 warps, where the estimate is conservative. The x2
+    gradient of a one-channel x2 (summed over the channels in the kernel) spilled like the
+    forward before (L=6: 260-300 bytes, L=8: 548); now none at L=6..8, but at L=5, C=32, fp32
+    ptxas spills 8 bytes at 80 registers (grid and fft; 0 at the old 64:8:64, 124 registers).
+
+    Example:
+        >>> from tritp.codegen.gaunt_problem import GauntProblem
+        >>> ls = "+".join(f"32x{l}{'eo'[l % 2]}" for l in range(9))
+        >>> p = GauntProblem(ls, ls, lmax_out=8, implementation="grid")
+        >>> next(r for r in GPU_LADDER if estimate_registers(p, "float32", r[0], r[1], r[2] or 64) <= REGISTER_BUDGET)
+        (64, 8, 32)
+    """
     if interpreter_active():
-        block, warps = max(16, min(256, 1 << max(0, (n_rows - 1).bit_length()))), 1
+        block, warps, bp = max(16, min(256, 1 << max(0, (n_rows - 1).bit_length()))), 1, default_block_p(problem)
     else:
-        k = sum(sum(2 * l + 1 for l in problem.degrees(r)) for r in ROLES)
-        block, warps = 64, 8 if k > 64 else 4
+        bp0 = default_block_p(problem)
+        rungs = [(b, w, min(cap or bp0, bp0)) for b, w, cap in GPU_LADDER]
+        block, warps, bp = next((r for r in rungs if estimate_registers(problem, dtype, *r) <= REGISTER_BUDGET),
+                                rungs[-1])
     if reduces_channels(problem, target):
         block = channel_block(problem.channels, block)
-    return block, warps
+    return block, warps, bp
 
 
 def target_dim(problem: GauntProblem, role: str) -> int:
     return problem.irreps(role).dim
 
 
-def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtype=None, wrap=None) -> torch.Tensor:
+def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtype=None, wrap=None,
+                  launch=None) -> torch.Tensor:
     """Run producer ``spec`` on ``tensors = [a, b]`` or ``[a, b, *role_tensors]`` (``[Z or 1,
     dim]`` operands; a one-row operand is broadcast over the batch); returns ``[Z, dim_target]``.
     Grid and fft need the tables: built here when not given (eager use only: the module passes
-    its buffers, so nothing is created while torch traces the op). ``wrap`` is ``wrap_triton``."""
+    its buffers, so nothing is created while torch traces the op). ``wrap`` is ``wrap_triton``.
+    ``launch``: ``(BLOCK_R, num_warps, BLOCK_P)`` instead of :func:`launch_shape`'s (a channel-
+    summing producer still takes ``channel_block(C, BLOCK_R)`` rows)."""
     target, roles = parse_spec(spec)
     a, b = tensors[0], tensors[1]
     if out_dtype is None:
@@ -117,7 +188,12 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
         args.append(x)
     C = problem.channels
     R = Z * C
-    block_r, warps = launch_shape(problem, R, target)
+    if launch is None:
+        block_r, warps, block_p = launch_shape(problem, R, target, "float64" if acc == torch.float64 else "float32")
+    else:  # an explicit launch (benchmarks/gaunt_ptxas.py, tuning)
+        block_r, warps, block_p = launch
+        if reduces_channels(problem, target):
+            block_r = channel_block(C, block_r)
     rows = block_r  # rows one program covers
     # A broadcast target (one channel, shared by the C channels of the other operand) is the sum
     # over the channels. The kernel sums them itself when its power-of-two row tiles hold whole
@@ -132,8 +208,7 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
         partial, rows = False, block_r * channel_tiles(C, block_r)
     g = torch.empty((R if partial else Z, dim), dtype=acc if partial else out_dtype, device=device)
     big = max([R * dim, Z * max(strides)] + [x.numel() for x in args]) >= INT32_LIMIT
-    kernel = get_gemm_kernel(problem, spec, "float64" if acc == torch.float64 else "float32",
-                             default_block_p(problem))
+    kernel = get_gemm_kernel(problem, spec, "float64" if acc == torch.float64 else "float32", block_p)
     if wrap is not None:
         kernel = wrap(kernel)
     kernel[(triton_cdiv(R, rows),)](args[0], args[1], g, *t, *idx, strides[0], strides[1], dim, R, IDX64=big,
@@ -143,4 +218,5 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
     return g
 
 
-__all__ = ["gaunt_produce", "get_gemm_kernel", "role_tensors", "cg_spec", "target_dim", "launch_shape"]
+__all__ = ["gaunt_produce", "get_gemm_kernel", "role_tensors", "cg_spec", "target_dim", "launch_shape",
+           "estimate_registers"]

@@ -1,0 +1,285 @@
+"""Registers, spills and compile time of the Gaunt grid and fft kernels on an H100, without a GPU.
+
+The Gaunt counterpart of ``benchmarks/ptxas_audit.py`` (whose compile worker process, timeout
+handling and spill test it reuses): for each implementation (``grid``, ``fft``), degree ``L``,
+channel count ``C``, producer (the forward ``out:x1,x2`` and the backward producers
+``x1:x2,out``, ``x2:x1,out``), dtype and launch configuration, it compiles the kernel
+``gaunt_produce`` launches for ``sm_90`` with Triton's bundled ``ptxas`` (no driver needed) and
+prints the registers per thread (255 is the ceiling), the spill stores in bytes per thread
+(above 0: the row says ``SPILL``), the stack frame, the compile seconds and tritp's register
+estimate (``est``, :func:`tritp.gaunt_kernels.estimate_registers`), so the estimate can be
+checked against ptxas whenever the generator changes. It reports and never asserts.
+
+Problems are those of ``benchmarks/gaunt_bench.py``: both inputs ``C`` channels of degrees
+``0..L``, output degrees ``0..L`` (``--x2 1``: a one-channel ``x2`` broadcast over the
+channels instead, whose ``x2`` gradient sums the channels in the kernel). The launch is
+recorded through ``gaunt_produce`` on CPU tensors (batch 16: the same 16-divisibility hints as
+batch 10,000) and bound the way a GPU launch binds it, as ``tests/test_gpu_compile.py`` does.
+
+Configurations are ``BLOCK_R:NUM_WARPS[:BLOCK_P]`` (``32:4``; ``BLOCK_P`` defaults to the
+problem's :func:`~tritp.codegen.gaunt_emit.default_block_p`), ``default`` (what tritp launches
+when nothing is tuned: :func:`tritp.gaunt_kernels.launch_shape`) or ``legacy`` (the fixed rule
+before it became register-aware: 64 rows, 8 warps when the three roles' K sum past 64, else 4).
+A producer that sums the channels in the kernel takes ``channel_block(C, BLOCK_R)`` rows, as
+at runtime. Each compile runs in one worker process (``--timeout`` seconds, default 300) with a
+fresh Triton cache, so every time is a cold compile. ``TRITON_INTERPRET`` is ignored.
+
+Run (one compile takes 1-20 s; the second command, 128 compiles, took ~10 minutes on 2 cores;
+with both inputs at C channels the backward producers are the forward's kernel, compiled once)::
+
+    python benchmarks/gaunt_ptxas.py --L 6,8 --C 32 --impl grid --config legacy,default
+    python benchmarks/gaunt_ptxas.py --L 1-8 --C 32,128 --impl grid,fft --dtype float32,float64 \\
+        --spec out:x1,x2,x1:x2,out,x2:x1,out --config legacy,default --json /tmp/gaunt_ptxas.json
+    python benchmarks/gaunt_ptxas.py --L 8 --spec out:x1,x2 --config 64:8,32:8,32:4,16:4,32:8:32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ptxas_audit import Worker, spilled  # noqa: E402
+
+SPECS = ("out:x1,x2", "x1:x2,out", "x2:x1,out")
+_compiled: dict = {}  # the worker's answers by kernel and launch
+BATCH = 16  # recorded launch; R = 16 * C has the 16-divisibility of 10,000 * C
+
+
+def irreps(C: int, L: int) -> str:
+    """``C`` channels of degrees ``0..L``: ``benchmarks/gaunt_bench.py``'s inputs."""
+    return "+".join(f"{C}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(L + 1))
+
+
+def bench_problem(impl: str, L: int, C: int, x2_channels: int = 0):
+    """The benchmark's problem at degree ``L`` (``x2_channels=1``: a broadcast x2)."""
+    from tritp.codegen.gaunt_problem import GauntProblem
+
+    return GauntProblem(irreps(C, L), irreps(x2_channels or C, L), lmax_out=L, implementation=impl)
+
+
+def legacy_launch(problem, target: str) -> tuple:
+    """The fixed rule before the register-aware default: ``(64, 8 or 4 warps, default_block_p)``."""
+    from tritp.codegen.gaunt_emit import default_block_p, role_size
+
+    k = sum(role_size(problem, r)[0] for r in ("x1", "x2", "out"))
+    return 64, 8 if k > 64 else 4, default_block_p(problem)
+
+
+# -- the worker: one compile per request line, a JSON answer line per request --------------------
+def compile_job(job: dict) -> dict:
+    """Record ``gaunt_produce``'s launch for ``job`` and compile it for sm_90; parse ptxas's log."""
+    import contextlib
+    import io
+
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    from tritp.codegen.gaunt_problem import parse_spec
+    from tritp.gaunt_kernels import gaunt_produce, launch_shape
+
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    problem = bench_problem(job["impl"], job["L"], job["C"], job["x2"])
+    tgt, roles = parse_spec(job["spec"])
+    dtype = getattr(torch, job["dtype"])
+    Z = BATCH
+    args = [torch.zeros(1 if problem.mul(r) == 1 and job["x2"] else Z, problem.irreps(r).dim, dtype=dtype)
+            for r in roles]
+    cfg = job["config"]
+    if cfg == "default":
+        launch = launch_shape(problem, Z * problem.channels, tgt, job["dtype"])
+    elif cfg == "legacy":
+        launch = legacy_launch(problem, tgt)
+    else:
+        launch = tuple(cfg)
+    calls = []
+
+    def record(fn):
+        class Launch:
+            def __getitem__(self, grid):
+                return lambda *a, **kw: calls.append((fn, a, kw))
+        return Launch()
+
+    gaunt_produce(problem, job["spec"], args, Z, wrap=record, launch=launch)
+    (fn, a, kw), = calls
+    bound, spec, opts = create_function_from_signature(fn.signature, fn.params, backend)(*a, **kw)
+    options, sig, cx, attrs = fn._pack_args(backend, kw, bound, spec, opts)
+    # kernels with equal K per role are one source (the roles' tables are arguments), and a
+    # Triton cache hit prints no ptxas log: answer those from the first compile
+    same = repr((fn.cache_key, sig, cx, attrs, options.num_warps))
+    if same in _compiled:
+        return dict(_compiled[same], seconds=0.0, same_as_earlier=True)
+    log = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(log):  # Triton prints ptxas -v's report (TRITON_DUMP_PTXAS_LOG)
+        ck = triton.compile(ASTSource(fn, sig, cx, attrs), target=target, options=options.__dict__)
+    ans = {"status": "ok", "seconds": round(time.perf_counter() - t0, 1), "block_r": kw["BLOCK_R"],
+           "num_warps": kw["num_warps"], "block_p": launch[2]}
+    for key, pat in (("regs", r"Used (\d+) registers"), ("stack", r"(\d+) bytes stack frame"),
+                     ("spill_stores", r"(\d+) bytes spill stores"), ("spill_loads", r"(\d+) bytes spill loads")):
+        r = re.search(pat, log.getvalue())
+        if r:
+            ans[key] = int(r.group(1))
+    if "regs" not in ans:  # no log: the cubin's resource usage
+        ans.update(cubin_usage(ck.asm["cubin"]))
+    _compiled[same] = ans
+    return ans
+
+
+def cubin_usage(cubin: bytes) -> dict:
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    finally:
+        os.unlink(f.name)
+    r = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return {"regs": int(r.group(1)), "stack": int(r.group(2))} if r else {}
+
+
+def _worker() -> None:
+    answers = os.fdopen(os.dup(1), "w")  # the answer channel; anything else written to fd 1 goes to stderr
+    os.dup2(2, 1)
+    for line in sys.stdin:
+        t0 = time.perf_counter()
+        try:
+            ans = compile_job(json.loads(line))
+        except Exception as e:  # reported, the audit goes on
+            ans = {"status": f"error: {type(e).__name__}: {str(e)[:400]}", "seconds": round(time.perf_counter() - t0, 1)}
+        answers.write(json.dumps(ans) + "\n")
+        answers.flush()
+
+
+class GauntWorker(Worker):
+    """``ptxas_audit.Worker`` (timeouts, restarts, cleanup) running this file's worker."""
+
+    def start(self):
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+        env["TRITON_DUMP_PTXAS_LOG"] = "1"
+        if self.triton_cache:
+            env["TRITON_CACHE_DIR"] = self.triton_cache
+        else:
+            self.tmp = tempfile.TemporaryDirectory(prefix="gaunt_ptxas_")
+            env["TRITON_CACHE_DIR"] = self.tmp.name
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+
+
+# -- the audit -----------------------------------------------------------------------------------
+def parse_ints(text: str) -> list:
+    out = []
+    for part in filter(None, text.split(",")):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b or a) + 1))
+    return out
+
+
+def parse_configs(text: str) -> list:
+    out = []
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        if item in ("default", "legacy"):
+            out.append(item)
+            continue
+        parts = [int(x) for x in item.split(":")]
+        if len(parts) not in (2, 3) or any(p < 1 or p & (p - 1) for p in parts):
+            raise SystemExit(f"gaunt_ptxas: bad config {item!r}: BLOCK_R:NUM_WARPS[:BLOCK_P], powers of 2")
+        out.append(parts)
+    return out
+
+
+def audit(args, rows: list) -> None:
+    from tritp.codegen.gaunt_emit import default_block_p
+    from tritp.gaunt_kernels import estimate_registers
+
+    worker = GauntWorker(args.triton_cache)
+    print(f"{'impl':<4} {'L':>2} {'C':>4} {'spec':<10} {'dtype':<7} {'config':<10} {'launch':<9} {'est':>4} "
+          f"{'regs':>4} {'spill':>5} {'stack':>5} {'s':>6}  status", flush=True)
+    try:
+        for impl in args.impl:
+            for L in args.L:
+                for C in args.C:
+                    problem = bench_problem(impl, L, C, args.x2)
+                    for spec in args.spec:
+                        for dtype in args.dtype:
+                            for cfg in args.config:
+                                if isinstance(cfg, list) and len(cfg) == 2:
+                                    cfg = cfg + [default_block_p(problem)]
+                                job = {"impl": impl, "L": L, "C": C, "x2": args.x2, "spec": spec, "dtype": dtype,
+                                       "config": cfg}
+                                r = worker.run(job, args.timeout)
+                                ok = r["status"] == "ok"
+                                launch = f"{r['block_r']}:{r['num_warps']}:{r['block_p']}" if ok else "-"
+                                est = (estimate_registers(problem, dtype, r["block_r"], r["num_warps"], r["block_p"])
+                                       if ok else "-")
+                                rows.append(dict(job, config=cfg if isinstance(cfg, str) else "explicit",
+                                                 estimate=est, **r))
+                                cell = lambda k: r.get(k, "-")  # noqa: E731
+                                status = ("SPILL" if spilled(r) else "ok") if ok else r["status"]
+                                name = cfg if isinstance(cfg, str) else ":".join(map(str, cfg))
+                                print(f"{impl:<4} {L:>2} {C:>4} {spec:<10} {dtype:<7} {name:<10} {launch:<9} "
+                                      f"{est:>4} {cell('regs'):>4} {cell('spill_stores'):>5} {cell('stack'):>5} "
+                                      f"{r['seconds']:>6}  {status}"
+                                      + (" (same kernel as an earlier row)" if r.get("same_as_earlier") else ""),
+                                      flush=True)
+    finally:
+        worker.stop()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--impl", default="grid,fft", help="comma-separated: grid, fft (default both)")
+    ap.add_argument("--L", default="6,8", help="degrees: 1-8, or 2,4,6 (default 6,8)")
+    ap.add_argument("--C", default="32", help="channels (default 32)")
+    ap.add_argument("--x2", type=int, default=0, choices=(0, 1), help="1: a one-channel x2 (default: C channels)")
+    ap.add_argument("--spec", default=",".join(SPECS), help="producers, comma-separated (default all three)")
+    ap.add_argument("--dtype", default="float32", help="comma-separated: float32, float64")
+    ap.add_argument("--config", default="legacy,default", help="BLOCK_R:NUM_WARPS[:BLOCK_P], default, legacy")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per compile before it is killed")
+    ap.add_argument("--triton-cache", default=None, metavar="DIR", help="reuse a Triton cache (warm times)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the records as JSON")
+    args = ap.parse_args(argv)
+    args.impl = [x for x in args.impl.split(",") if x]
+    args.L, args.C = parse_ints(args.L), parse_ints(args.C)
+    items = args.spec.split(",")  # "out:x1,x2,x1:x2,out" -> the specs
+    args.spec = [",".join(items[i:i + 2]) for i in range(0, len(items), 2)]
+    if any(s not in SPECS for s in args.spec) or any(i not in ("grid", "fft") for i in args.impl):
+        raise SystemExit(f"gaunt_ptxas: --spec among {', '.join(SPECS)}; --impl among grid, fft")
+    args.dtype = [x for x in args.dtype.split(",") if x]
+    args.config = parse_configs(args.config)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the worker, keep what was measured
+    rows = []
+    try:
+        audit(args, rows)
+    finally:
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            print(f"wrote {args.json} ({len(rows)} records)")
+    print(f"{len(rows)} compiles, {sum(map(spilled, rows))} spill, {sum(r['status'] != 'ok' for r in rows)} "
+          "not compiled", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--worker"]:
+        _worker()
+    else:
+        sys.exit(main())
