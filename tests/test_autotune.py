@@ -381,3 +381,63 @@ def test_cli_errors_and_problem_files(tmp_path, capsys):
     got = collect_problems(args)
     assert [g[0] for g in got] == ["mace-medium", "tiny", "l0", "4x1o x 1o"] and got[3][2] == 7
     assert parse_batches(["16,32", "1_000"]) == [16, 32, 1000]
+
+
+@pytest.mark.parametrize("strategy", ["full", "staged"])
+def test_candidates_are_compiled_in_parallel_before_timing(strategy, monkeypatch):
+    """On a GPU every candidate the search will time is compiled first, in one parallel batch
+    per stage (Triton compiles one at a time otherwise, each on its first launch); a candidate
+    that fails to compile does not stop the warm-up (its timing reports it)."""
+    from support import FakeKernels
+
+    import tritp.kernels as kernels
+
+    monkeypatch.setattr(kernels, "get_kernel", FakeKernels())
+    monkeypatch.setattr(kernels, "interpreter_active", lambda: False)
+    monkeypatch.setattr(kernels, "_compiled", {})
+    events = []
+    real_compile_all = kernels.compile_all
+
+    def spy(jobs, timeout=None, ignore_errors=False):
+        assert ignore_errors
+        events.append(("warm", {(j[0].key[3], j[3]["BLOCK_Z"], j[3]["num_warps"], j[3]["num_stages"]) for j in jobs}))
+        jobs[0][0].warmup = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of resources"))
+        return real_compile_all(jobs, timeout, ignore_errors)
+
+    def timer(thunk):
+        c = thunk.config
+        events.append(("time", (c.block_c, c.block_z, c.num_warps, c.num_stages)))
+        return fake_timer(thunk)
+    monkeypatch.setattr(kernels, "compile_all", spy)
+    p = wide()
+    r = tuner.tune(p, _fwd(p), 4096, device=CPU, timer=timer, strategy=strategy, store=False)
+    warmed = set()
+    for kind, what in events:
+        if kind == "warm":
+            assert not what & warmed  # each candidate compiled once
+            warmed |= what
+        else:
+            assert what in warmed  # compiled before it was timed
+    assert [k for k, _ in events].count("warm") == (1 if strategy == "full" else 2)
+    assert len(warmed) == r.candidates == len(events) - (1 if strategy == "full" else 2)
+
+
+def test_cli_time_limit_and_interrupt_keep_what_was_tuned(tmp_path, capsys, monkeypatch):
+    argv = ["autotune", *TINY, "--mode", "channelwise", "--batch", "16", "--direction", "fwd,bwd", "--interpret"]
+    assert main(argv + ["--time-limit", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "--time-limit 0 s reached: 0 of 4 kernels tuned" in out
+    calls = []
+    real = tuner.tune
+
+    def second_interrupts(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as Ctrl-C, or SIGTERM through the command's handler
+        return real(*a, **k)
+    monkeypatch.setattr(tuner, "tune", second_interrupts)
+    assert main(argv + ["--export", str(tmp_path / "exp")]) == 130
+    out = capsys.readouterr().out
+    assert "interrupted: 1 of 4 kernels tuned" in out
+    (f,) = json.loads((tmp_path / "exp" / "index.json").read_text())["files"]
+    assert f["entries"] == 1

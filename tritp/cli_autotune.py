@@ -24,7 +24,9 @@ and ``--nodes`` the number of nodes (default: edges / 64).
 
 Every kernel a direction launches (``--direction fwd,bwd,dbl``) is tuned at every ``--batch``;
 results go to the user cache, ``--export DIR`` also merges them into the shipped format
-(``autotune_cache/``). Without a CUDA GPU it exits 2, unless ``--interpret`` (the Triton
+(``autotune_cache/``). ``--time-limit S`` starts no new kernel after S seconds (for a lent GPU
+with a hard stop); an interrupted run (Ctrl-C, SIGTERM) also prints and exports what it tuned.
+On a GPU each kernel's candidates are compiled in parallel before they are timed. Without a CUDA GPU it exits 2, unless ``--interpret`` (the Triton
 interpreter on CPU with a wall-clock timer: for testing the machinery, not for real configs).
 
 Example (shell)::
@@ -42,7 +44,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -92,6 +96,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, metavar="N", help="--conv: nodes of the graph (default edges / 64)")
     p.add_argument("--rep", type=int, default=40, metavar="MS", help="do_bench time per candidate (default 40)")
     p.add_argument("--export", metavar="DIR", help="also merge the results into DIR in the shipped format")
+    p.add_argument("--time-limit", type=float, metavar="S",
+                   help="start no new kernel after S seconds; what was tuned is kept and exported")
     p.add_argument("--interpret", action="store_true", help="run under the Triton interpreter on CPU (testing)")
     return p
 
@@ -221,8 +227,7 @@ def run(args) -> int:
     if not args.interpret and not torch.cuda.is_available():
         print(NO_GPU, file=sys.stderr)
         return 2
-    from .conv_tuning import conv_specs, tune_conv_kernel
-    from .gaunt_tuning import tune_gaunt
+    from .conv_tuning import conv_specs
     from .tuning import tuner
     from .tuning.cache import bucket, export
 
@@ -253,35 +258,60 @@ def run(args) -> int:
     plan = [(label, p, b, d, s) for label, p, b0 in problems for b in (batches or [default_batch(p, b0)])
             for d, s in kernels_of(p)]
     console = make_console()
-    results = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        kernels = bar.add_task("kernels", total=len(plan))
-        cands = bar.add_task("candidates", total=None)
-        for label, p, b, d, s in plan:
-            progress = lambda n, total, cfg, ms: bar.update(cands, completed=n, total=total)  # noqa: E731
-            if s is None:  # a Gaunt product: its implementations compete, one step of all directions
-                bar.update(cands, description=f"{label} gaunt @ {b}", completed=0, total=None)
-                results.append(tune_gaunt(p, b, directions=d, dtype=args.dtype, device=device, timer=timer,
-                                          label=label, progress=progress))
-            elif conv:
-                nodes = args.nodes or max(1, b // CONV_DEGREE)
-                bar.update(cands, description=f"{label} conv {d} {s.tag} @ {b} edges", completed=0, total=None)
-                results.append(tune_conv_kernel(p, s, conv, nodes, b, dtype=args.dtype, device=device, timer=timer,
-                                                direction=d, label=f"{label} (conv {conv}, {nodes} nodes)",
-                                                strategy=args.strategy, progress=progress))
-            else:
-                bar.update(cands, description=f"{label} {d} {s.tag} @ {b}", completed=0, total=None)
-                results.append(tuner.tune(p, s, b, dtype=args.dtype, device=device, timer=timer, direction=d,
-                                          label=label, strategy=args.strategy, progress=progress))
-            bar.advance(kernels)
+    results, stopped = [], None
+    deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
+    old_term = signal.signal(signal.SIGTERM, _interrupt)  # a killed run still exports what it tuned
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=Console(stderr=True), transient=True) as bar:
+            kernels = bar.add_task("kernels", total=len(plan))
+            cands = bar.add_task("candidates", total=None)
+            for item in plan:
+                if deadline is not None and time.monotonic() > deadline:
+                    stopped = f"--time-limit {args.time_limit:g} s reached"
+                    break
+                results.append(_tune_one(item, args, conv, device, timer, bar, cands))
+                bar.advance(kernels)
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
     console.print(results_table(results))
+    if stopped:
+        console.print(f"note: {stopped}: {len(results)} of {len(plan)} kernels tuned", markup=False, soft_wrap=True)
     if any(isinstance(p, GauntProblem) and (bucket(b) != bucket(GAUNT_BATCH) or args.dtype != "float32")
            for _, p, b, _, _ in plan):
         console.print(f"note: compile(..., mode='gaunt', implementation='auto') reads the float32 entry at batch "
                       f"{GAUNT_BATCH} (bucket {bucket(GAUNT_BATCH)}); tritp.gaunt.choose_implementation(problem, "
                       "batch) reads other float32 batches", markup=False, soft_wrap=True)
-    if args.export:
+    if args.export and results:
         for path in export([r.entry for r in results], args.export):
             console.print(f"exported to {path}", markup=False, soft_wrap=True)
-    return 0
+    return 130 if stopped == "interrupted" else 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _tune_one(item, args, conv, device, timer, bar, cands):
+    """Tune one plan item: a kernel, or a Gaunt product's implementation choice."""
+    from .conv_tuning import tune_conv_kernel
+    from .gaunt_tuning import tune_gaunt
+    from .tuning import tuner
+
+    label, p, b, d, s = item
+    progress = lambda n, total, cfg, ms: bar.update(cands, completed=n, total=total)  # noqa: E731
+    if s is None:  # a Gaunt product: its implementations compete, one step of all directions
+        bar.update(cands, description=f"{label} gaunt @ {b}", completed=0, total=None)
+        return tune_gaunt(p, b, directions=d, dtype=args.dtype, device=device, timer=timer, label=label,
+                          progress=progress)
+    if conv:
+        nodes = args.nodes or max(1, b // CONV_DEGREE)
+        bar.update(cands, description=f"{label} conv {d} {s.tag} @ {b} edges", completed=0, total=None)
+        return tune_conv_kernel(p, s, conv, nodes, b, dtype=args.dtype, device=device, timer=timer, direction=d,
+                                label=f"{label} (conv {conv}, {nodes} nodes)", strategy=args.strategy,
+                                progress=progress)
+    bar.update(cands, description=f"{label} {d} {s.tag} @ {b}", completed=0, total=None)
+    return tuner.tune(p, s, b, dtype=args.dtype, device=device, timer=timer, direction=d, label=label,
+                      strategy=args.strategy, progress=progress)

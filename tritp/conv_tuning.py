@@ -182,6 +182,8 @@ def tune_conv_kernel(problem, cspec: ConvSpec, scatter: str, num_nodes: int, num
     """
     import torch
 
+    from .conv_kernels import conv_launch_plan
+    from .kernels import precompile
     from .tuning.cache import gpu_name, make_key
     from .tuning.tuner import DTYPES, check_args, cuda_timer, default_device, make_result, search, wallclock_timer
 
@@ -192,9 +194,13 @@ def tune_conv_kernel(problem, cspec: ConvSpec, scatter: str, num_nodes: int, num
     graph = random_graph(num_nodes, num_edges, scatter, device, index_dtype)
     tensors = conv_inputs(problem, cspec.spec, num_nodes, num_edges, DTYPES[dtype], device)
     cands = candidates(problem, cspec, dtype, num_nodes, num_edges, interpreted)
+
+    def warm(cfgs):  # every candidate's kernels compiled in parallel before the timing
+        precompile([conv_launch_plan(problem, cspec.spec, scatter, tensors, graph, num_nodes, num_nodes, config=c,
+                                     dry=True) for c in cfgs], ignore_errors=True)
     try:
         found = search(cands, lambda cfg: ConvLaunch(problem, cspec, scatter, tensors, graph, num_nodes, cfg), timer,
-                       strategy, progress)
+                       strategy, progress, warm)
     except RuntimeError as e:
         raise RuntimeError(f"conv {cspec.tag}: {e}") from None
     key = make_key(problem, cspec, dtype, num_edges, gpu_name(device, interpreted), FAMILY)

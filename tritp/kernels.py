@@ -178,14 +178,16 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
     return LaunchPlan(kerns, (nprog,), (*args, *strides, g, dim, Z), options, g, shared_w, out_dtype, device)
 
 
-def precompile(plans, timeout: float | None = None) -> int:
+def precompile(plans, timeout: float | None = None, ignore_errors: bool = False) -> int:
     """Compile the kernels of many launch plans (:func:`launch_plan`, best ``dry``) in parallel
     threads without running them; returns how many kernels were compiled (0 under the
     interpreter, which compiles nothing). Kernels are specialized on their arguments' dtypes,
     alignments and strides but not on the batch size, so one compile serves every batch.
     Under ``torch.compile`` Inductor compiles the kernels it launches itself. ``timeout``
     (seconds): stop waiting then and cancel the compiles not yet started (a best-effort warm-up
-    within a time budget; the launches compile what is missing).
+    within a time budget; the launches compile what is missing). ``ignore_errors``: a kernel
+    that fails to compile is not counted and not raised (the autotuner warms candidates that
+    may not fit; their launch reports the failure).
 
     Example:
         >>> precompile([])
@@ -198,34 +200,39 @@ def precompile(plans, timeout: float | None = None) -> int:
         # tensors as dtypes: Triton's warmup treats them as aligned pointers, allocating nothing
         args = tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in p.args)
         jobs += [(k, args, p.grid, p.options, p.device) for k in _not_compiled(p.kernels, p.args, p.options)]
-    return compile_all(jobs, timeout)
+    return compile_all(jobs, timeout, ignore_errors)
 
 
-def compile_all(jobs, timeout: float | None = None) -> int:
+def compile_all(jobs, timeout: float | None = None, ignore_errors: bool = False) -> int:
     """Run Triton's ``warmup`` (compile, do not launch) of ``(kernel, args, grid, options,
     device)`` jobs in parallel threads -- Triton releases the GIL in its passes and ptxas is a
     subprocess -- each under its job's CUDA device (the current device is per thread);
     ``TRITP_PARALLEL_COMPILE=0``: one after another in this thread. Returns the number of jobs
-    finished; after ``timeout`` seconds the jobs not yet started are cancelled."""
+    finished; after ``timeout`` seconds the jobs not yet started are cancelled.
+    ``ignore_errors``: a failed compile is neither counted nor raised."""
     def one(job):
         k, args, grid, options, device = job
-        with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-            k.warmup(*args, grid=grid, **options)
+        try:
+            with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
+                k.warmup(*args, grid=grid, **options)
+        except Exception:
+            if not ignore_errors:
+                raise
+            return False
+        return True
 
-    start = time.monotonic()
+    start, n_ok = time.monotonic(), 0
     if len(jobs) < 2 or not parallel_compile():
-        for n, j in enumerate(jobs):
+        for j in jobs:
             if timeout is not None and time.monotonic() - start > timeout:
-                return n
-            one(j)
-        return len(jobs)
+                break
+            n_ok += one(j)
+        return n_ok
     ex = ThreadPoolExecutor(min(len(jobs), os.cpu_count() or 1))
     futures = [ex.submit(one, j) for j in jobs]
     done, _ = wait(futures, timeout=timeout)
     ex.shutdown(wait=False, cancel_futures=True)  # compiles already running finish on their own
-    for f in done:
-        f.result()  # a compile error is raised here, not lost
-    return len(done)
+    return sum(f.result() for f in done)  # a compile error is raised here, not lost
 
 
 def parallel_compile() -> bool:

@@ -28,6 +28,7 @@ import torch
 
 from ..codegen.cg_spec import ProducerSpec, compact, forward_spec
 from ..codegen.diskcache import content_hash
+from ..kernels import launch_plan, precompile
 from . import Config, heuristic
 from .cache import SCHEMA, bucket, gpu_name, make_key, store as store_entry
 from .space import space_for
@@ -169,12 +170,16 @@ def check_args(strategy: str, dtype) -> str:
     return dtype
 
 
-def search(cands: list, thunk_for: Callable, timer: Timer, strategy: str = "full", progress=None) -> tuple:
+def search(cands: list, thunk_for: Callable, timer: Timer, strategy: str = "full", progress=None,
+           warm: Optional[Callable] = None) -> tuple:
     """Time ``cands`` (the default first) as ``strategy`` says; ``(best, times, errors)``.
 
     ``thunk_for(config)`` builds one launch; ``times`` maps each timed config to ms (``inf``
     when it failed, the reason in ``errors``). Ties go to the earlier candidate, so the
     default wins a tie. A Triton ``CompilationError`` is a generator bug and is raised.
+    ``warm(configs)``, if given, is called with each group of configs before they are timed
+    (all of them, or each stage): it compiles them in parallel so that timing does not wait
+    for one compile after another.
 
     Example:
         >>> cs = [Config(num_warps=4), Config(num_warps=1), Config(num_warps=2)]
@@ -186,6 +191,8 @@ def search(cands: list, thunk_for: Callable, timer: Timer, strategy: str = "full
     todo = cands if strategy == "full" else _stage1(cands)
 
     def run(cfgs, total):
+        if warm is not None:
+            warm([c for c in cfgs if c not in times])
         for cfg in cfgs:
             if cfg in times:
                 continue
@@ -243,8 +250,12 @@ def tune(problem, spec: ProducerSpec, batch: int, *, dtype="float32", device=Non
     timer = timer or (wallclock_timer() if interpreted else cuda_timer())
     tensors = make_inputs(problem, spec, batch, DTYPES[dtype], device)
     cands = candidates_for(problem, spec, dtype, batch, interpreted, family)
+
+    def warm(cfgs):
+        precompile([launch_plan(problem, spec, tensors, batch, config=c, dry=True) for c in cfgs], ignore_errors=True)
     try:
-        found = search(cands, lambda cfg: Launch(problem, spec, tensors, batch, cfg), timer, strategy, progress)
+        found = search(cands, lambda cfg: Launch(problem, spec, tensors, batch, cfg), timer, strategy, progress,
+                       warm)
     except RuntimeError as e:
         raise RuntimeError(f"{spec.tag}: {e}") from None
     key = make_key(problem, spec, dtype, batch, gpu_name(device, interpreted), family)
