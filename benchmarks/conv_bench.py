@@ -38,6 +38,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -63,6 +64,9 @@ def parse(argv=None):
     p.add_argument("--degree", type=int, default=64, help="in-degree of the random graph")
     p.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results on a GPU)")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: interpreter, tiny problem and graphs")
+    p.add_argument("--time-limit", type=float, default=None, metavar="S",
+                   help="start no new (graph, dtype, direction) row after S seconds; Ctrl-C/SIGTERM also keep "
+                        "what was measured")
     return p.parse_args(argv)
 
 
@@ -99,7 +103,9 @@ def build(variant, torch, problem, dtype, device, src, dst, n):
         scatter = "deterministic" if variant == "tritp-det" else "atomic"
         conv = cm.TensorProductConv(problem, scatter=scatter, check_indices=False, backend="triton")
         if variant == "tritp-unfused":
+            conv.unfused_tp("triton").precompile(batch=src.shape[0], dtype=dtype, device=device)  # in parallel, now
             return lambda x, ea, w: conv.unfused(x, ea, w, src, dst, n, backend="triton")
+        conv.precompile(n, src.shape[0], dtype=dtype, index_dtype=src.dtype, device=device)
         graph = cm.conv_graph(src, dst, n) if scatter == "deterministic" else None
         return lambda x, ea, w: conv(x, ea, w, src, dst, n, graph=graph)
     if variant.startswith("oeq"):
@@ -216,6 +222,23 @@ def main(argv=None) -> int:
               "command": " ".join([sys.executable] + sys.argv), "problem": problem.key, "interpreter": args.quick,
               "graphs": {}, "results": []}
     print(f"# {gpu}; problem {' x '.join(irreps)} (channelwise, per-edge weights)")
+    signal.signal(signal.SIGTERM, _interrupt)  # a hard stop still writes what was measured
+    try:
+        measure(args, torch, problem, graphs, device, report)
+    except KeyboardInterrupt:
+        report["interrupted"] = True
+        print("\ninterrupted: writing what was measured")
+    write(args, report, gpu, device)
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def measure(args, torch, problem, graphs, device, report) -> None:
+    """Every (graph, dtype, direction, variant) row into ``report["results"]``."""
+    start = time.monotonic()
     for gname, (src, dst, n) in graphs.items():
         src, dst = src.to(device), dst.to(device)
         E = src.shape[0]
@@ -234,6 +257,9 @@ def main(argv=None) -> int:
                 except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
                     fns[v] = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
             for direction in args.directions:
+                if args.time_limit is not None and time.monotonic() - start > args.time_limit:
+                    report.setdefault("skipped_time_limit", []).append(f"{gname}/{dname}/{direction}")
+                    continue
                 print(f"{dname:8s} {direction:7s}", end="", flush=True)
                 for v in args.variants:
                     row = {"graph": gname, "dtype": dname, "direction": direction, "variant": v}
@@ -262,6 +288,12 @@ def main(argv=None) -> int:
                         cell += f" {row['peak_extra_mb']:.0f} MB"
                     print(f" | {v} {cell}", end="", flush=True)
                 print()
+
+
+def write(args, report, gpu, device) -> None:
+    """Print the notes and write the JSON."""
+    if report.get("skipped_time_limit"):
+        print(f"note: --time-limit {args.time_limit:g} s: skipped {', '.join(report['skipped_time_limit'])}")
     notes = {}
     for row in report["results"]:
         if row["status"] != "ok":
@@ -275,7 +307,6 @@ def main(argv=None) -> int:
     path = out / f"{datetime.date.today().isoformat()}-{slug}-conv.json"
     path.write_text(json.dumps(report, indent=1))
     print(f"\nwrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,16 +3,24 @@
 #
 # It installs tritp from this checkout, installs the peer wheels carried in .whl/ (if any),
 # puts an unpacked OpenEquivariance source folder on PYTHONPATH (if any), prints the card and
-# the versions, runs benchmarks/harness.py on every preset under a time limit, and copies the
-# results JSON and the log into $OUT. It reports; it never fails on a time. Nothing is
-# downloaded: the machine reaches no network.
+# the versions, then runs the STAGES asked for, each under a time limit cut to what is left of
+# the whole run's BUDGET, and copies the results JSON, the autotune export and the log into
+# $OUT. It reports; it never fails on a time. Nothing is downloaded: the machine reaches no
+# network.
 #
-#   bash benchmarks/gpu_check.sh                         # all presets, all peers
-#   bash benchmarks/gpu_check.sh --preset mace-medium    # extra arguments go to the harness
+#   bash benchmarks/gpu_check.sh                         # every stage, 500 s in all
+#   STAGES=harness bash benchmarks/gpu_check.sh --preset mace-medium   # arguments go to the harness
 #
-# Environment: BENCH_TIME_LIMIT (seconds of measuring before the harness skips the rest,
-# default 210), BENCH_HARD_LIMIT (seconds before the harness is interrupted, default 300;
-# it still writes what it measured), OUT (where results go; default a new temporary folder).
+# STAGES (comma list, default harness,conv,gaunt,autotune):
+#   harness   benchmarks/harness.py on every preset vs e3nn, cuEquivariance, OpenEquivariance (issue 3)
+#   conv      benchmarks/conv_bench.py: mace-large on the diamond and random graphs, fp32 (issue 7)
+#   gaunt     benchmarks/gaunt_bench.py: L = 1..8, C = 32 first, fp32 (issue 6)
+#   autotune  tritp autotune --preset all --strategy staged --direction fwd,bwd --export autotune_cache/
+#             (issue 5; the exported files come back under $OUT/autotune_cache)
+# Environment: BUDGET (seconds for the whole script, default 500), HARNESS_S, CONV_S, GAUNT_S,
+# TUNE_S (each stage's hard stop before the cut, defaults 220, 90, 90, 80; a stage measures for
+# three quarters of it and is then interrupted, keeping what it measured), OUT (where results
+# go; default a new temporary folder).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
@@ -65,17 +73,37 @@ print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else 
       "| torch CUDA", torch.version.cuda)
 EOF
 
-say "harness ${*:---preset all}: time limit ${BENCH_TIME_LIMIT:-210} s (hard stop ${BENCH_HARD_LIMIT:-300} s)"
+STAGES="${STAGES:-harness,conv,gaunt,autotune}"
+BUDGET="${BUDGET:-500}"
+# hard stop for a stage that wants $1 seconds: that, or what is left of the budget less a margin
+limit_for() { local left=$(( BUDGET - SECONDS - 15 )); (( left < $1 )) && echo "$left" || echo "$1"; }
+has() { [[ ",$STAGES," == *",$1,"* ]]; }
+run_stage() {  # name, wanted seconds, command...
+    local name=$1 want=$2; shift 2
+    local hard; hard=$(limit_for "$want")
+    if (( hard < 30 )); then say "stage $name skipped: $hard s left of the ${BUDGET} s budget"; return; fi
+    local soft=$(( hard * 3 / 4 ))
+    say "stage $name: measuring for $soft s, hard stop $hard s"
+    STAGE_SOFT=$soft timeout --signal=INT --kill-after=20 "$hard" "$@" 2>&1 | tee -a "$LOG"
+    say "stage $name exit status: ${PIPESTATUS[0]}"
+}
 args=("$@")
 (( ${#args[@]} )) || args=(--preset all)
-timeout --signal=INT --kill-after=30 "${BENCH_HARD_LIMIT:-300}" \
-    "$PY" benchmarks/harness.py "${args[@]}" --time-limit "${BENCH_TIME_LIMIT:-210}" \
-    --out benchmarks/results 2>&1 | tee -a "$LOG"
-status=${PIPESTATUS[0]}
-say "harness exit status: $status"
+has harness && run_stage harness "${HARNESS_S:-220}" \
+    bash -c 'exec "$0" benchmarks/harness.py "$@" --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY" "${args[@]}"
+has conv && run_stage conv "${CONV_S:-90}" \
+    bash -c 'exec "$0" benchmarks/conv_bench.py --dtypes float32 --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY"
+has gaunt && run_stage gaunt "${GAUNT_S:-90}" \
+    bash -c 'exec "$0" benchmarks/gaunt_bench.py --channels 32,128 --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY"
+if has autotune; then
+    run_stage autotune "${TUNE_S:-80}" bash -c 'exec "$0" -m tritp.cli autotune --preset all --strategy staged \
+        --direction fwd,bwd --time-limit "$STAGE_SOFT" --export autotune_cache' "$PY"
+    mkdir -p "$OUT/autotune_cache"
+    cp autotune_cache/*.json "$OUT/autotune_cache/" 2>/dev/null && say "copied autotune_cache/*.json to $OUT/autotune_cache"
+fi
 
-# The newest JSON files this run wrote (at most 6, so that $OUT stays under the tool's 8 files).
-find benchmarks/results -name '*.json' -newer "$STAMP" -print0 2>/dev/null | xargs -0 -r ls -t | head -n 6 |
+# The newest JSON files this run wrote (at most 5, so that $OUT stays small).
+find benchmarks/results -name '*.json' -newer "$STAMP" -print0 2>/dev/null | xargs -0 -r ls -t | head -n 5 |
     while read -r f; do cp "$f" "$OUT/" && say "copied $f to $OUT"; done
 rm -f "$STAMP"
 exit 0

@@ -204,6 +204,20 @@ class TensorProductConv(torch.nn.Module):
         return tune_conv(self.problem, self.scatter, num_nodes, num_edges, tuple(directions), dtype=dtype or "float32",
                          timer=timer, strategy=strategy, index_dtype=index_dtype)
 
+    def unfused_tp(self, backend: str = "auto") -> TensorProduct:
+        """The :class:`tritp.TensorProduct` :meth:`unfused` runs over the edges (one per backend,
+        built on first use), e.g. to ``precompile`` it.
+
+        Example:
+            >>> conv = tritp.compile_conv("4x0e", "0e", "0e", mode="channelwise")
+            >>> conv.unfused_tp("reference").weight_numel
+            4
+        """
+        tp = self._unfused_tp.get(backend)
+        if tp is None:
+            tp = self._unfused_tp[backend] = TensorProduct(self.problem, backend=backend)
+        return tp
+
     def unfused(self, node_feats, edge_attrs, edge_weights, src, dst, num_nodes: int, backend: str = "auto"):
         """The same convolution as three steps -- gather, a :class:`tritp.TensorProduct` over the
         edges, ``index_add`` -- the baseline the fused kernel saves the per-edge output of.
@@ -213,10 +227,7 @@ class TensorProductConv(torch.nn.Module):
         if backend == "reference":
             y = reference_tp(self.problem, x, edge_attrs, edge_weights)
         else:
-            tp = self._unfused_tp.get(backend)
-            if tp is None:
-                tp = self._unfused_tp[backend] = TensorProduct(self.problem, backend=backend)
-            y = tp(x, edge_attrs, edge_weights)
+            y = self.unfused_tp(backend)(x, edge_attrs, edge_weights)
         out = y.new_zeros(num_nodes, self._dims[2])
         return out.index_add(0, dst.long(), y)
 

@@ -1,0 +1,58 @@
+"""benchmarks/gpu_check.sh's stage and budget logic, with a stand-in Python that only logs
+its arguments (the real stages need a GPU; their scripts have their own CPU smoke tests)."""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and coreutils timeout")
+
+
+def run_check(tmp_path, **env):
+    calls = tmp_path / "calls.log"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexit 0\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    full = dict(os.environ, PYTHON=str(fake), OUT=str(out), **env)
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=full, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    log = (out / "gpu_check.log").read_text()
+    return log, calls.read_text().splitlines()
+
+
+def test_every_stage_runs_in_order_within_the_budget(tmp_path):
+    log, calls = run_check(tmp_path, BUDGET="300")
+    stages = re.findall(r"stage (\w+): measuring for (\d+) s, hard stop (\d+) s", log)
+    assert [s[0] for s in stages] == ["harness", "conv", "gaunt", "autotune"]
+    assert [int(s[2]) for s in stages] == [220, 90, 90, 80]  # the fake stages take no time
+    assert all(int(soft) == int(hard) * 3 // 4 for _, soft, hard in stages)
+    scripts = [c.split()[0] if c.startswith("benchmarks/") else c[:15] for c in calls if "pip install" not in c]
+    assert scripts == ["-", "benchmarks/harness.py", "benchmarks/conv_bench.py", "benchmarks/gaunt_bench.py",
+                       "-m tritp.cli au"]
+    harness = next(c for c in calls if c.startswith("benchmarks/harness.py"))
+    assert "--preset all --time-limit 165 --out benchmarks/results" in harness
+    tune = next(c for c in calls if c.startswith("-m tritp.cli autotune"))
+    assert "--strategy staged" in tune and "--export autotune_cache" in tune
+
+
+def test_a_small_budget_cuts_and_skips_stages(tmp_path):
+    log, calls = run_check(tmp_path, BUDGET="100", STAGES="conv,gaunt")
+    stages = re.findall(r"stage (\w+): measuring for (\d+) s, hard stop (\d+) s", log)
+    assert stages[0][0] == "conv" and 30 <= int(stages[0][2]) <= 85  # the budget, not CONV_S=90
+    assert "stage gaunt skipped" in log or int(stages[1][2]) < 90
+    assert not any("harness.py" in c for c in calls)
+
+
+def test_harness_arguments_pass_through(tmp_path):
+    _, calls = run_check(tmp_path, STAGES="harness")
+    (harness,) = [c for c in calls if "harness.py" in c]
+    assert harness.startswith("benchmarks/harness.py --preset all ")
