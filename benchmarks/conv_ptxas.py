@@ -20,7 +20,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 sys.path.insert(0, str(HERE))
 
-from ptxas_audit import LEGACY, Worker, parse_configs, spilled  # noqa: E402
+from ptxas_audit import LEGACY, Worker, add_common_options, parse_configs, run_audit, spilled  # noqa: E402
 
 GRAPH_ARGS = ("src", "dst", "ptr", "eid", "nbr", "tok")  # index pointers of the conv kernels
 
@@ -113,10 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--edges", type=int, default=158_000, help="edges (default: the diamond graph's 158,000)")
     ap.add_argument("--nodes", type=int, default=1000, help="nodes (default 1000)")
-    ap.add_argument("--timeout", type=float, default=180.0, help="seconds per compile before it is killed")
-    ap.add_argument("--triton-cache", default=None, metavar="DIR",
-                    help="reuse this Triton cache (default: a fresh temporary one, cold compile times)")
-    ap.add_argument("--json", default=None, metavar="PATH", help="also write the records as JSON")
+    add_common_options(ap, 180.0)
     args = ap.parse_args(argv)
     args.preset = [x for x in args.preset.split(",") if x]
     bad = [p for p in args.preset if p not in PRESETS]
@@ -130,17 +126,7 @@ def main(argv=None) -> int:
         raise SystemExit("conv_ptxas: --direction takes fwd, bwd, dbl")
     args.config = parse_configs(args.config)
     args.kernel = [x.strip() for x in args.kernel.split(",") if x.strip()]
-    rows = []
-    try:
-        audit(args, rows)
-    finally:
-        if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-            print(f"wrote {args.json} ({len(rows)} records)")
-    spills = [r for r in rows if spilled(r)]
-    fails = [r for r in rows if r["status"] != "ok"]
-    print(f"{len(rows)} compiles, {len(spills)} spill, {len(fails)} not compiled", flush=True)
-    return 0
+    return run_audit(audit, args)
 
 
 if __name__ == "__main__":

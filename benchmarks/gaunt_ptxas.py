@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ptxas_audit import Worker, spilled  # noqa: E402
+from ptxas_audit import Worker, add_common_options, run_audit, spilled  # noqa: E402
 
 SPECS = ("out:x1,x2", "x1:x2,out", "x2:x1,out")
 _compiled: dict = {}  # the worker's answers by kernel and launch
@@ -253,9 +252,7 @@ def main(argv=None) -> int:
     ap.add_argument("--spec", default=",".join(SPECS), help="producers, comma-separated (default all three)")
     ap.add_argument("--dtype", default="float32", help="comma-separated: float32, float64")
     ap.add_argument("--config", default="legacy,default", help="BLOCK_R:NUM_WARPS[:BLOCK_P], default, legacy")
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per compile before it is killed")
-    ap.add_argument("--triton-cache", default=None, metavar="DIR", help="reuse a Triton cache (warm times)")
-    ap.add_argument("--json", default=None, metavar="PATH", help="also write the records as JSON")
+    add_common_options(ap, 300.0)
     args = ap.parse_args(argv)
     args.impl = [x for x in args.impl.split(",") if x]
     args.L, args.C = parse_ints(args.L), parse_ints(args.C)
@@ -265,17 +262,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"gaunt_ptxas: --spec among {', '.join(SPECS)}; --impl among grid, fft")
     args.dtype = [x for x in args.dtype.split(",") if x]
     args.config = parse_configs(args.config)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the worker, keep what was measured
-    rows = []
-    try:
-        audit(args, rows)
-    finally:
-        if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-            print(f"wrote {args.json} ({len(rows)} records)")
-    print(f"{len(rows)} compiles, {sum(map(spilled, rows))} spill, {sum(r['status'] != 'ok' for r in rows)} "
-          "not compiled", flush=True)
-    return 0
+    return run_audit(audit, args)
 
 
 if __name__ == "__main__":

@@ -281,6 +281,30 @@ def audit(args, rows: list) -> list:
     return rows
 
 
+def add_common_options(ap: argparse.ArgumentParser, timeout: float = 120.0) -> None:
+    """``--timeout``, ``--triton-cache`` and ``--json``: the options every offline audit shares."""
+    ap.add_argument("--timeout", type=float, default=timeout, help="seconds per compile before it is killed")
+    ap.add_argument("--triton-cache", default=None, metavar="DIR",
+                    help="reuse this Triton cache (default: a fresh temporary one, cold compile times)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the records as JSON")
+
+
+def run_audit(audit_fn, args) -> int:
+    """Run ``audit_fn(args, rows)``; SIGTERM stops the worker and keeps what was measured; then
+    write ``--json`` and print the summary line. Returns 0: an audit reports, never fails."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    rows = []
+    try:
+        audit_fn(args, rows)
+    finally:
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+            print(f"wrote {args.json} ({len(rows)} records)")
+    print(f"{len(rows)} compiles, {sum(map(spilled, rows))} spill, {sum(r['status'] != 'ok' for r in rows)} "
+          "not compiled", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     from tritp.presets import BENCH_PRESETS, PRESETS
 
@@ -297,10 +321,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", default="", help="comma-separated PRESET:DIR or PRESET:DIR:KERNEL to leave out")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--batch", type=int, default=0, help="batch for the default config and Z (default: preset's)")
-    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per compile before it is killed")
-    ap.add_argument("--triton-cache", default=None, metavar="DIR",
-                    help="reuse this Triton cache (default: a fresh temporary one, cold compile times)")
-    ap.add_argument("--json", default=None, metavar="PATH", help="also write the records as JSON")
+    add_common_options(ap, 120.0)
     args = ap.parse_args(argv)
     args.preset = list(BENCH_PRESETS) if args.preset == "all" else [x for x in args.preset.split(",") if x]
     bad = [p for p in args.preset if p not in PRESETS]
@@ -312,18 +333,7 @@ def main(argv=None) -> int:
     args.config = parse_configs(args.config)
     args.kernel = [x.strip() for x in args.kernel.split(",") if x.strip()]
     args.skip = {x.strip() for x in args.skip.split(",") if x.strip()}
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the worker, keep what was measured
-    rows = []
-    try:
-        audit(args, rows)
-    finally:
-        if args.json:
-            Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-            print(f"wrote {args.json} ({len(rows)} records)")
-    spills = [r for r in rows if spilled(r)]
-    fails = [r for r in rows if r["status"] != "ok"]
-    print(f"{len(rows)} compiles, {len(spills)} spill, {len(fails)} not compiled", flush=True)
-    return 0
+    return run_audit(audit, args)
 
 
 if __name__ == "__main__":
