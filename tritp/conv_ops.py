@@ -38,11 +38,11 @@ from __future__ import annotations
 from typing import List
 
 import torch
-from torch.library import custom_op, triton_op, wrap_triton
+from torch.library import custom_op, wrap_triton
 
 from .conv_index import check_ranges
 from .conv_kernels import produce_conv, target_shape
-from .op_pair import cg_gradients, pick, register
+from .op_pair import cg_gradients, pick, register, visible_op
 from .ops import problem_from_key, spec_from_str
 
 
@@ -64,7 +64,7 @@ def conv_produce_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, ou
                         token=graph[-1], out_dtype=out_dtype)
 
 
-@triton_op("tritp::conv_produce_triton", mutates_args=())
+@visible_op("tritp::conv_produce_triton")
 def conv_produce_triton_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
                            tensors: List[torch.Tensor], graph: List[torch.Tensor]) -> torch.Tensor:
     return produce_conv(problem_from_key(key), spec_from_str(spec), scatter, tensors, graph[:-1], n_in, n_out,

@@ -24,6 +24,37 @@ import torch
 from .codegen.cg_spec import ProducerSpec, compact
 
 
+def visible_op(name: str) -> Callable:
+    """``torch.library.triton_op(name, mutates_args=())``, without torch's scan of the
+    function's source for Triton kernels.
+
+    Since torch 2.10 ``triton_op`` parses the decorated function's source to find the kernels it
+    wraps, importing ``torch._inductor`` to do so: 3.7 s on a 2-core CPU, paid by every
+    process at ``import`` of our ops, eager users included. Our kernels are generated at run
+    time and reach ``wrap_triton`` as arguments, so the scan finds none of them anyway; without
+    it the op is the same and a new process builds a module in milliseconds. (Under
+    ``torch.compile`` Inductor sees the kernels through ``wrap_triton`` when it traces the op.)
+
+    Example::
+
+        @visible_op("tritp::produce_triton")
+        def produce_triton_op(key: str, ...) -> torch.Tensor: ...
+    """
+    from torch.library import triton_op
+
+    def deco(fn: Callable):
+        mod = getattr(torch._library, "triton", None)
+        scan = getattr(mod, "get_inner_triton_kernels", None)
+        if scan is None:  # a torch without the scan
+            return triton_op(name, mutates_args=())(fn)
+        mod.get_inner_triton_kernels = lambda _fn: []
+        try:
+            return triton_op(name, mutates_args=())(fn)
+        finally:
+            mod.get_inner_triton_kernels = scan
+    return deco
+
+
 def register(ops: Sequence, fake: Callable, setup_context: Callable, make_backward: Callable) -> None:
     """Give every op of ``ops`` the fake implementation ``fake`` and the autograd formula
     ``make_backward(op)``. Each backward calls its own op, so a derivative stays on the

@@ -27,12 +27,12 @@ from functools import lru_cache
 from typing import List
 
 import torch
-from torch.library import custom_op, triton_op, wrap_triton
+from torch.library import custom_op, wrap_triton
 
 from .codegen import Problem
 from .codegen.cg_spec import ProducerSpec
 from .kernels import produce, target_dim
-from .op_pair import cg_gradients, pick, register, save_inputs, unbroadcast
+from .op_pair import cg_gradients, pick, register, save_inputs, unbroadcast, visible_op
 
 
 @lru_cache(maxsize=512)
@@ -50,7 +50,7 @@ def produce_op(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: Lis
     return produce(problem_from_key(key), spec_from_str(spec), tensors, Z, out_dtype=out_dtype)
 
 
-@triton_op("tritp::produce_triton", mutates_args=())
+@visible_op("tritp::produce_triton")
 def produce_triton_op(key: str, spec: str, Z: int, out_dtype: torch.dtype,
                       tensors: List[torch.Tensor]) -> torch.Tensor:
     return produce(problem_from_key(key), spec_from_str(spec), tensors, Z, out_dtype=out_dtype, wrap=wrap_triton)
