@@ -23,8 +23,8 @@ import torch
 
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
-from .codegen.gaunt_emit import (KERNEL_NAME, channel_block, channel_tiles, default_block_p, emit_gemm_producer,
-                                  reduces_channels, role_index, role_size, role_table)
+from .codegen.gaunt_emit import (DOT_MIN, KERNEL_NAME, TABLE_ALIGN, channel_block, channel_tiles, default_block_p,
+                                  emit_gemm_producer, reduces_channels, role_index, role_size, role_table)
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
 from .kernels import INT32_LIMIT, acc_dtype, interpreter_active, load_generated, produce, triton_cdiv
 
@@ -144,13 +144,45 @@ def launch_shape(problem: GauntProblem, n_rows: int, target: str = "out", dtype:
     if interpreter_active():
         block, warps, bp = max(16, min(256, 1 << max(0, (n_rows - 1).bit_length()))), 1, default_block_p(problem)
     else:
-        bp0 = default_block_p(problem)
-        rungs = [(b, w, min(cap or bp0, bp0)) for b, w, cap in GPU_LADDER]
-        block, warps, bp = next((r for r in rungs if estimate_registers(problem, dtype, *r) <= REGISTER_BUDGET),
-                                rungs[-1])
+        block, warps, bp = launch_candidates(problem, dtype)[0]
     if reduces_channels(problem, target):
         block = channel_block(problem.channels, block)
     return block, warps, bp
+
+
+def launch_candidates(problem: GauntProblem, dtype: str = "float32") -> list:
+    """The distinct :data:`GPU_LADDER` rungs ``(BLOCK_R, num_warps, BLOCK_P)`` of ``problem``
+    (point tile capped at :func:`~tritp.codegen.gaunt_emit.default_block_p`), the GPU default
+    first (the first rung within :data:`REGISTER_BUDGET`, else the last), then the others in
+    ladder order: what the ``"gaunt"`` autotune family times for grid and fft.
+
+    Example:
+        >>> from tritp.codegen.gaunt_problem import GauntProblem
+        >>> launch_candidates(GauntProblem("8x0e+8x1o", "0e+1o", lmax_out=2, implementation="grid"))
+        [(64, 4, 16), (64, 8, 16), (32, 8, 16), (16, 4, 16)]
+    """
+    bp0 = default_block_p(problem)
+    rungs = list(dict.fromkeys((b, w, min(cap or bp0, bp0)) for b, w, cap in GPU_LADDER))
+    first = next((r for r in rungs if estimate_registers(problem, dtype, *r) <= REGISTER_BUDGET), rungs[-1])
+    return [first] + [r for r in rungs if r != first]
+
+
+def check_launch(launch) -> tuple:
+    """``launch`` as ``(BLOCK_R, num_warps, BLOCK_P)`` ints, or ValueError: powers of two, rows
+    and points at least 16 (``tl.dot``), points at most 64 (the tables' alignment).
+
+    Example:
+        >>> check_launch([32, 8, 16])
+        (32, 8, 16)
+    """
+    try:
+        b, w, bp = (int(v) for v in launch)
+    except (TypeError, ValueError):
+        raise ValueError(f"launch must be (BLOCK_R, num_warps, BLOCK_P) ints, got {launch!r}") from None
+    if any(v < 1 or v & (v - 1) for v in (b, w, bp)) or b < DOT_MIN or not DOT_MIN <= bp <= TABLE_ALIGN:
+        raise ValueError(f"launch {launch!r}: BLOCK_R, num_warps and BLOCK_P must be powers of two, "
+                         f"BLOCK_R >= {DOT_MIN} and {DOT_MIN} <= BLOCK_P <= {TABLE_ALIGN}")
+    return b, w, bp
 
 
 def target_dim(problem: GauntProblem, role: str) -> int:
@@ -190,8 +222,8 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
     R = Z * C
     if launch is None:
         block_r, warps, block_p = launch_shape(problem, R, target, "float64" if acc == torch.float64 else "float32")
-    else:  # an explicit launch (benchmarks/gaunt_ptxas.py, tuning)
-        block_r, warps, block_p = launch
+    else:  # an explicit launch (tuned entries, benchmarks/gaunt_ptxas.py)
+        block_r, warps, block_p = check_launch(launch)
         if reduces_channels(problem, target):
             block_r = channel_block(C, block_r)
     rows = block_r  # rows one program covers
@@ -219,4 +251,4 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
 
 
 __all__ = ["gaunt_produce", "get_gemm_kernel", "role_tensors", "cg_spec", "target_dim", "launch_shape",
-           "estimate_registers"]
+           "launch_candidates", "check_launch", "estimate_registers"]

@@ -5,7 +5,11 @@ implementation and derivative.
 Gaunt producer ``spec`` (``"target:role_a,role_b"``) of the problem whose canonical key is
 ``key`` (:class:`~tritp.codegen.gaunt_problem.GauntProblem`; the key names the implementation)
 on ``tensors = [a, b]`` (sparse) or ``[a, b, *tables]`` (grid and fft: the six tensors of
-:func:`~tritp.gaunt_kernels.role_tensors`, constants for autograd).
+:func:`~tritp.gaunt_kernels.role_tensors`, constants for autograd). A grid/fft launch other
+than :func:`~tritp.gaunt_kernels.launch_shape`'s default (a tuned one) rides in the key as a
+suffix, ``op_key(problem.key, (BLOCK_R, num_warps, BLOCK_P))`` = ``"<problem key>@64:8:32"``:
+the schema stays fixed, the string is a constant to ``torch.compile``, and the backward
+producers (built from the same key) launch alike.
 Two registrations share the schema:
 
 * ``tritp::gaunt`` -- a ``custom_op``, opaque to Inductor, works everywhere (the interpreter too);
@@ -34,24 +38,53 @@ import torch
 from torch.library import custom_op, triton_op, wrap_triton
 
 from .codegen.gaunt_problem import GauntProblem, derivative_spec, parse_spec
-from .gaunt_kernels import gaunt_produce, target_dim
+from .gaunt_kernels import check_launch, gaunt_produce, target_dim
 from .op_pair import pick, register, save_inputs, unbroadcast
 
 
+def op_key(problem_key: str, launch=None) -> str:
+    """The ops' ``key``: the problem's, with ``"@BLOCK_R:num_warps:BLOCK_P"`` appended when a
+    launch is given (``None``: the default launch, the bare problem key).
+
+    Example:
+        >>> k = op_key(GauntProblem("4x0e", "0e").key, (64, 8, 32))
+        >>> k.endswith("}@64:8:32"), parse_key(k)[1]
+        (True, (64, 8, 32))
+    """
+    if launch is None:
+        return problem_key
+    return problem_key + "@" + ":".join(map(str, check_launch(launch)))
+
+
 @lru_cache(maxsize=512)
+def parse_key(key: str) -> tuple:
+    """``(GauntProblem, launch or None)`` of an op key (:func:`op_key`); GauntError or ValueError
+    when malformed."""
+    if key.endswith("}"):  # a problem key (JSON) without a launch
+        return GauntProblem.from_key(key), None
+    head, _, tail = key.rpartition("@")
+    try:
+        launch = check_launch(tail.split(":"))
+    except ValueError as e:
+        raise ValueError(f"Gaunt op key {key[-60:]!r}: bad launch suffix ({e})") from None
+    return GauntProblem.from_key(head), launch
+
+
 def problem_from_key(key: str) -> GauntProblem:
-    return GauntProblem.from_key(key)
+    return parse_key(key)[0]
 
 
 @custom_op("tritp::gaunt", mutates_args=())
 def gaunt_op(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: List[torch.Tensor]) -> torch.Tensor:
-    return gaunt_produce(problem_from_key(key), spec, tensors, Z, out_dtype=out_dtype)
+    problem, launch = parse_key(key)
+    return gaunt_produce(problem, spec, tensors, Z, out_dtype=out_dtype, launch=launch)
 
 
 @triton_op("tritp::gaunt_triton", mutates_args=())
 def gaunt_triton_op(key: str, spec: str, Z: int, out_dtype: torch.dtype,
                     tensors: List[torch.Tensor]) -> torch.Tensor:
-    return gaunt_produce(problem_from_key(key), spec, tensors, Z, out_dtype=out_dtype, wrap=wrap_triton)
+    problem, launch = parse_key(key)
+    return gaunt_produce(problem, spec, tensors, Z, out_dtype=out_dtype, wrap=wrap_triton, launch=launch)
 
 
 def _fake(key, spec, Z, out_dtype, tensors):
