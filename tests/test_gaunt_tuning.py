@@ -1,10 +1,13 @@
-"""Tuning the Gaunt product's implementation choice (:mod:`tritp.gaunt_tuning`), on CPU.
+"""Tuning the Gaunt product's implementation choice and grid/fft launch (:mod:`tritp.gaunt_tuning`),
+on CPU.
 
-Fake timers score an implementation without running it, so the choice is known in advance;
-the tests then check that ``implementation="auto"`` follows the stored entry in this process,
-falls back to the size rule without one (or with a stale one), and that the tuned module still
-computes the product. One test runs the real kernels of all three implementations (forward
-and backward) under the Triton interpreter, at a batch of 4.
+Fake timers score a candidate (``thunk.config``: implementation and launch) without running it,
+so the choice is known in advance; the tests then check that ``implementation="auto"`` follows
+the stored entry in this process, falls back to the size rule without one (or with a stale
+one), that grid/fft modules launch their kernels with the tuned launch (auto or explicit, under
+``torch.compile`` too), and that the tuned module still computes the product. One test runs the
+real kernels of every candidate (forward and backward) under the Triton interpreter, at a batch
+of 4.
 """
 
 import json
@@ -16,12 +19,13 @@ import pytest
 import torch
 
 import tritp
-from tritp import gaunt_kernels, kernels
+from tritp import gaunt_kernels, gaunt_tuning, kernels
 from tritp.cli import main
-from tritp.codegen.gaunt_problem import FORWARD, GauntProblem, size_rule
+from tritp.codegen.gaunt_problem import FORWARD, GauntError, GauntProblem, size_rule
 from tritp.gaunt import AUTO_BATCH, choose_implementation, compile_gaunt
 from tritp.gaunt_reference import gaunt_reference
-from tritp.gaunt_tuning import gaunt_identity, neutral_problem, tune_gaunt
+from tritp.gaunt_ops import op_key, parse_key
+from tritp.gaunt_tuning import gaunt_identity, gaunt_space, impl_configs, label, launch_of, neutral_problem, tune_gaunt
 from tritp.tuning import Config, clear_memo, lookup
 from tritp.tuning import cache, tuner
 from tritp.tuning.space import families, identity_for
@@ -61,6 +65,7 @@ def test_the_family_is_registered_on_import_without_compiling_or_touching_a_gpu(
             "from tritp.tuning.space import families, identity_for\n"
             "from tritp.gaunt_tuning import gaunt_identity\n"
             "assert 'gaunt' in families() and identity_for('gaunt') is gaunt_identity\n"
+            "assert identity_for('gaunt-launch') is gaunt_identity\n"
             "assert not torch.cuda.is_initialized()\n"
             "assert not os.path.exists(os.path.join(os.environ['TRITP_CACHE_DIR'], 'kernels'))\n")
     env = dict(os.environ, TRITP_CACHE_DIR=str(tmp_path / "fresh"))
@@ -80,15 +85,20 @@ def test_tuned_choice_is_stored_where_auto_looks_and_flips_with_the_timer():
     assert gp.implementation == "sparse"
     timer = prefer("fft")
     r = tune_gaunt(gp.problem, AUTO_BATCH, timer=timer)
-    assert sorted(timer.seen) == ["fft", "grid", "sparse"] and timer.seen[0] == "sparse"  # size rule first
-    assert r.implementation == "fft" and r.default == Config(impl="sparse") and r.speedup == 8.0
+    space = gaunt_space(neutral_problem(gp.problem), FORWARD, "float32", AUTO_BATCH)
+    assert sorted(set(timer.seen)) == ["fft", "grid", "sparse"] and timer.seen[0] == "sparse"  # size rule first
+    assert len(timer.seen) == len(space) == 1 + 2 * 4 + 1  # sparse; grid 4 rungs, fft 5 (its BLOCK_P is 32)
+    fft0 = impl_configs(gp.problem, "fft")[0]  # every fft launch ties: the default, timed first, wins
+    assert r.config == fft0 and r.launch == (64, 4, 32) and r.implementation == "fft"
+    assert r.default == Config(impl="sparse") and r.speedup == 8.0
     key = cache.make_key(neutral_problem(gp.problem), FORWARD, "float32", AUTO_BATCH, cache.INTERPRETER_GPU, "gaunt")
     assert r.entry["key"] == key and json.loads(cache.entry_path(key).read_text()) == r.entry
-    assert r.entry["config"]["impl"] == "fft" and r.entry["default"]["impl"] == "sparse"
-    assert r.entry["ms"] == 1.0 and r.entry["default_ms"] == 8.0 and r.entry["timed"] == 3
+    assert r.entry["config"] == fft0._asdict() and r.entry["default"]["impl"] == "sparse"
+    assert r.entry["ms"] == 1.0 and r.entry["default_ms"] == 8.0 and r.entry["timed"] == len(space)
+    assert sorted(r.launch_entries) == ["fft", "grid"] and r.launch_entries["grid"]["timed"] == 4
     clear_memo()
     assert lookup(neutral_problem(gp.problem), FORWARD, "float32", AUTO_BATCH, CPU, True, family="gaunt") == \
-        (Config(impl="fft"), "user")
+        (fft0, "user")
     assert auto(*SMALL).implementation == "fft"
     assert tritp.compile(*SMALL, lmax_out=2, mode="gaunt").implementation == "fft"
     assert choose_implementation(gp.problem, batch=100) == "sparse"  # another bucket: untuned
@@ -137,8 +147,8 @@ def test_module_autotune_runs_every_implementation_forward_and_backward():
         return {"grid": 1.0}.get(thunk.config.impl, 3.0)
 
     (r,) = gp.autotune(batch=4, directions=("fwd", "bwd"), timer=timer)
-    assert sorted(i for i, _ in ran) == ["fft", "grid", "sparse"] and not r.errors
-    assert r.implementation == "grid" and r.entry["directions"] == ["fwd", "bwd"]
+    assert sorted(set(i for i, _ in ran)) == ["fft", "grid", "sparse"] and len(ran) == r.entry["timed"] > 3
+    assert not r.errors and r.implementation == "grid" and r.entry["directions"] == ["fwd", "bwd"]
     assert r.entry["weights"] == ["in2", "out"] and r.entry["key"]["batch"] == 4
     assert choose_implementation(gp.problem, batch=4) == "grid"
     assert choose_implementation(gp.problem) == "sparse"  # auto's batch was not tuned
@@ -153,7 +163,9 @@ def test_failures_and_bad_arguments(monkeypatch):
         return 5.0
 
     r = tune_gaunt(problem, 16, timer=flaky, store=False)
-    assert r.implementation == "fft" and set(r.errors) == {"sparse", "grid"} and r.entry["times"]["grid"] is None
+    grid = [label(c) for c in impl_configs(problem, "grid")]
+    assert r.implementation == "fft" and set(r.errors) == {"sparse", *grid} and r.entry["times"][grid[0]] is None
+    assert list(r.launch_entries) == ["fft"]  # grid never ran: no launch entry for it
     assert not cache.user_dir().exists()  # store=False wrote nothing
     with pytest.raises(RuntimeError, match="every Gaunt implementation failed"):
         tune_gaunt(problem, 16, timer=lambda t: 1 / 0, store=False)
@@ -192,3 +204,130 @@ def test_cli_tunes_a_gaunt_product(tmp_path, capsys, monkeypatch):
                                   "normalization": "integral", "batch": 7}]))
     ((label, p, b),) = collect_problems(build_parser().parse_args(["autotune", "--problems", str(items)]))
     assert (label, b, p.normalization, str(p.irreps_out)) == ("g", 7, "integral", "4x0e+4x1o")
+
+
+# -- tuned launches ------------------------------------------------------------------------------
+MID = ("3x0e+3x1o+3x2e", "0e+1o")  # size rule: sparse; grid: 5 launches (BLOCK_P 32, one rung at 16)
+
+
+def prefer_config(*ranked):
+    """A fake timer: the candidates named (``label``) score 1, 2, ... in order, the rest 10."""
+    def timer(thunk):
+        name = label(thunk.config)
+        return float(ranked.index(name) + 1) if name in ranked else 10.0
+    return timer
+
+
+def spy_launches(monkeypatch):
+    """Record ``(BLOCK_R, num_warps, BLOCK_P)`` of every grid/fft kernel launch from here on."""
+    seen, real = [], gaunt_kernels.get_gemm_kernel
+
+    def get(problem, spec, dtype, block_p):
+        kernel = real(problem, spec, dtype, block_p)
+
+        class Launch:
+            def __getitem__(self, grid):
+                def launch(*args, **kw):
+                    seen.append((kw["BLOCK_R"], kw["num_warps"], block_p))
+                    return kernel[grid](*args, **kw)
+                return launch
+        return Launch()
+
+    monkeypatch.setattr(gaunt_kernels, "get_gemm_kernel", get)
+    return seen
+
+
+def check_reference(gp, seen, want, Z=5):
+    x1 = torch.randn(Z, gp.irreps_in1.dim, dtype=F64, requires_grad=True)
+    x2 = torch.randn(Z, gp.irreps_in2.dim, dtype=F64)
+    ref = gaunt_reference(gp.problem, x1, x2)
+    y = gp(x1, x2)
+    assert ((y - ref).abs().max() / ref.abs().max()).item() < 1e-10
+    (g,), (gr,) = torch.autograd.grad(y.sum(), [x1]), torch.autograd.grad(ref.sum(), [x1])
+    assert ((g - gr).abs().max() / gr.abs().max()).item() < 1e-10
+    assert seen == [want, want]  # forward and x1 gradient: the backward producer launches alike
+
+
+def test_auto_module_runs_the_tuned_implementation_at_the_tuned_launch(monkeypatch):
+    problem = GauntProblem(*MID, lmax_out=2)
+    grid = impl_configs(problem, "grid")
+    target = grid[2]  # not the default launch
+    assert launch_of(target) == (32, 8, 32) and launch_of(grid[0]) != launch_of(target)
+    for dtype in ("float32", "float64"):
+        r = tune_gaunt(problem, AUTO_BATCH, dtype=dtype, timer=prefer_config(label(target)))
+        assert r.config == target and r.launch == (32, 8, 32)
+        assert r.launch_entries["grid"]["config"] == target._asdict()
+    gp = compile_gaunt(*MID, lmax_out=2, implementation="auto", backend="triton")
+    assert gp.implementation == "grid" != size_rule(problem)
+    assert gp.launches == {"float32": (32, 8, 32), "float64": (32, 8, 32)} and "launch=" in repr(gp)
+    seen = spy_launches(monkeypatch)
+    check_reference(gp, seen, (32, 8, 32))
+
+
+def test_explicit_implementation_takes_its_own_tuned_launch(monkeypatch):
+    problem = GauntProblem(*MID, lmax_out=2)
+    grid, fft = impl_configs(problem, "grid"), impl_configs(problem, "fft")
+    # fft wins overall (at a non-default launch); grid's best launch is its last rung
+    tune_gaunt(problem, AUTO_BATCH, dtype="float64", timer=prefer_config(label(fft[1]), label(grid[-1])))
+    untuned = compile_gaunt(*MID, lmax_out=2)  # auto asks float32, which was not tuned: the size rule
+    assert untuned.implementation == "sparse" and untuned.launches == {"float32": None, "float64": None}
+    gp = compile_gaunt(*MID, lmax_out=2, implementation="grid", backend="triton")
+    assert gp.launches["float64"] == launch_of(grid[-1]) == (16, 4, 16)
+    fgp = compile_gaunt(*MID, lmax_out=2, implementation="fft")
+    assert fgp.launches["float64"] == launch_of(fft[1])  # from the choice entry
+    assert compile_gaunt(*MID, lmax_out=2, implementation="sparse").launches == {"float32": None, "float64": None}
+    # an explicit launch wins over the tuned one; a grid override was never tuned
+    assert compile_gaunt(*MID, lmax_out=2, implementation="grid", launch=(64, 8, 16)).launches["float64"] == (64, 8, 16)
+    over = compile_gaunt(*MID, lmax_out=2, implementation="grid", grid=problem.replace(implementation="grid").grid_size)
+    assert over.launches["float64"] is None
+    seen = spy_launches(monkeypatch)
+    check_reference(gp, seen, (16, 4, 16))
+
+
+def test_a_launch_tuned_over_another_space_is_stale(monkeypatch):
+    problem = GauntProblem(*MID, lmax_out=2)
+    target = impl_configs(problem, "grid")[2]
+    tune_gaunt(problem, AUTO_BATCH, timer=prefer_config(label(target)))
+    assert compile_gaunt(*MID, lmax_out=2).launches["float32"] == (32, 8, 32)
+    changes = ((gaunt_kernels, "GPU_LADDER", gaunt_kernels.GPU_LADDER[:-1]),  # a rung less: another space
+               (gaunt_tuning, "VERSION", gaunt_tuning.VERSION + 1))  # the rules changed
+    for module, attr, value in changes:
+        with monkeypatch.context() as m:
+            m.setattr(module, attr, value)
+            clear_memo()
+            gp = compile_gaunt(*MID, lmax_out=2)
+            assert gp.implementation == "sparse" and gp.launches == {"float32": None, "float64": None}
+            assert compile_gaunt(*MID, lmax_out=2, implementation="grid").launches["float32"] is None
+        clear_memo()
+        assert compile_gaunt(*MID, lmax_out=2, implementation="grid").launches["float32"] == (32, 8, 32)
+
+
+def test_torch_compile_fullgraph_runs_the_tuned_launch(monkeypatch):
+    problem = GauntProblem(*MID, lmax_out=2)
+    target = impl_configs(problem, "grid")[1]
+    tune_gaunt(problem, AUTO_BATCH, dtype="float64", timer=prefer_config(label(target)))
+    gp = compile_gaunt(*MID, lmax_out=2, implementation="grid", backend="triton").double()
+    assert gp.launches["float64"] == launch_of(target) == (64, 8, 32)
+    seen = spy_launches(monkeypatch)
+    x1 = torch.randn(4, gp.irreps_in1.dim, dtype=F64, requires_grad=True)
+    x2 = torch.randn(4, gp.irreps_in2.dim, dtype=F64)
+    f = torch.compile(lambda a, b: (gp(a, b) ** 2).sum(), backend="aot_eager", fullgraph=True)
+    y = f(x1, x2)
+    (g,) = torch.autograd.grad(y, [x1])
+    want = (gaunt_reference(gp.problem, x1, x2) ** 2).sum()
+    (gw,) = torch.autograd.grad(want, [x1])
+    assert abs((y - want) / want).item() < 1e-12 and ((g - gw).abs().max() / gw.abs().max()).item() < 1e-10
+    assert seen and set(seen) == {(64, 8, 32)}
+
+
+def test_op_keys_carry_the_launch_and_bad_launches_fail_loud():
+    key = GauntProblem(*SMALL, lmax_out=2, implementation="grid").key
+    assert op_key(key) == key and parse_key(key)[1] is None
+    assert parse_key(op_key(key, (16, 4, 32))) == (GauntProblem.from_key(key), (16, 4, 32))
+    with pytest.raises(ValueError, match="bad launch suffix"):
+        parse_key(key + "@16:4")
+    for bad in ((8, 4, 16), (16, 3, 16), (16, 4, 128), "64"):
+        with pytest.raises(ValueError, match="launch"):
+            compile_gaunt(*SMALL, lmax_out=2, implementation="grid", launch=bad)
+    with pytest.raises(GauntError, match="grid and fft"):
+        compile_gaunt(*SMALL, lmax_out=2, implementation="sparse", launch=(16, 4, 16))

@@ -13,7 +13,9 @@ Three generated implementations compute the same function:
 :mod:`tritp.gaunt_tuning` when this module is imported), else applies
 :func:`~tritp.codegen.gaunt_problem.size_rule` (sparse while every active degree is <= 3).
 ``gp.autotune()`` or :func:`tritp.gaunt_tuning.tune_gaunt` (``tritp autotune IN1 IN2 --mode
-gaunt``) times the three and stores the fastest for ``auto``.
+gaunt``) times the three, grid and fft at several launches, and stores the fastest for
+``auto``; a grid or fft module, ``auto`` or not, launches with its tuned launch when one is
+stored (:func:`tritp.gaunt_tuning.tuned_launch`).
 
 Example:
     >>> import torch, tritp
@@ -33,9 +35,8 @@ import torch
 
 from . import gaunt_ops, gaunt_tuning  # gaunt_tuning registers the "gaunt" autotune family
 from .codegen.gaunt_problem import FORWARD, IMPLEMENTATIONS, ROLES, GauntError, GauntProblem, size_rule
-from .gaunt_kernels import role_tensors
+from .gaunt_kernels import check_launch, role_tensors
 from .gaunt_reference import gaunt_reference
-from .kernels import interpreter_active
 from .module import BACKENDS, _rows, check_operands, use_triton
 
 WEIGHT_ROLES = {"in1": "x1", "in2": "x2", "out": "out"}
@@ -54,21 +55,16 @@ def default_precision() -> str:
 
 
 def choose_implementation(problem: GauntProblem, batch: int = AUTO_BATCH, device=None) -> str:
-    """``auto``: the tuned choice (``Config.impl``) when :mod:`tritp.tuning` has a ``"gaunt"``
-    family registered and an entry for this product, else
-    :func:`~tritp.codegen.gaunt_problem.size_rule`. The entry is looked up for the forward
-    producer, fp32, ``batch`` samples, under the problem at ``implementation="grid"`` and the
-    exact grid (the implementation-neutral name a Gaunt tuner should store its choice under)."""
-    from .tuning import lookup
-    from .tuning.space import families
+    """``auto``: the tuned choice's ``impl`` (:func:`tritp.gaunt_tuning.tuned_choice`: the
+    forward producer, fp32, ``batch`` samples, under the implementation-neutral name) when
+    there is one, else :func:`~tritp.codegen.gaunt_problem.size_rule`.
 
-    if "gaunt" in families():
-        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        neutral = problem.replace(implementation="grid", grid=None)
-        found = lookup(neutral, FORWARD, "float32", batch, device, interpreter_active(), family="gaunt")
-        if found is not None and getattr(found[0], "impl", None) in IMPLEMENTATIONS:
-            return found[0].impl
-    return size_rule(problem)
+    Example:
+        >>> choose_implementation(GauntProblem("4x0e+4x1o", "0e+1o", lmax_out=2), batch=3)  # untuned
+        'sparse'
+    """
+    found = gaunt_tuning.tuned_choice(problem, "float32", batch, device)
+    return found.impl if found is not None else size_rule(problem)
 
 
 def _weight_roles(weights) -> tuple:
@@ -105,9 +101,15 @@ class GauntProduct(torch.nn.Module):
     (channel, degree) before (inputs) or after (output) the product. A broadcast input
     (multiplicity 1) with weights becomes per-channel, so the kernels then read ``channels``
     copies of it. Built by :func:`compile_gaunt`.
+
+    ``launches`` maps ``"float32"`` and ``"float64"`` (the compute dtype) to the grid/fft
+    kernels' ``(BLOCK_R, num_warps, BLOCK_P)``, or None for
+    :func:`~tritp.gaunt_kernels.launch_shape`'s default: ``launch`` if given (every dtype),
+    else the tuned launch when one is stored (:func:`tritp.gaunt_tuning.tuned_launch`), looked
+    up once here. It reaches the kernels through the op key (:func:`tritp.gaunt_ops.op_key`).
     """
 
-    def __init__(self, problem: GauntProblem, *, weights=(), backend: str = "auto"):
+    def __init__(self, problem: GauntProblem, *, weights=(), backend: str = "auto", launch=None):
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
@@ -130,6 +132,8 @@ class GauntProduct(torch.nn.Module):
             self.register_buffer(f"_xidx_{name}", x_idx if expand else None, persistent=False)
         self.kernel_problem = kernel
         self.key = kernel.key
+        self.launches = self._launches(launch)
+        self._op_keys = {dt: gaunt_ops.op_key(self.key, lc) for dt, lc in self.launches.items()}
         # grid/fft tables ride along as op arguments: fp32 and fp64 copies, so that neither a
         # cast per call nor module.float() can cost the fp64 path its exactness (see _apply)
         self._table_names = ()
@@ -142,18 +146,29 @@ class GauntProduct(torch.nn.Module):
                     names.append(f"_{tag}_{role}")
             self._table_names = tuple(names)
 
+    def _launches(self, launch) -> dict:
+        dtypes = ("float32", "float64")
+        if launch is None:
+            return {dt: gaunt_tuning.tuned_launch(self.problem, dt, AUTO_BATCH) for dt in dtypes}
+        if self.implementation not in gaunt_tuning.LAUNCHED:
+            raise GauntError(f"launch={launch!r} is for the grid and fft implementations, not {self.implementation!r}")
+        return dict.fromkeys(dtypes, check_launch(launch))
+
     def extra_repr(self) -> str:
+        tuned = {dt: ":".join(map(str, lc)) for dt, lc in self.launches.items() if lc is not None}
         return (f"{self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out} | {self.implementation} | "
-                f"{self.problem.normalization} | weights={list(self.weight_roles)} | backend={self.backend}")
+                f"{self.problem.normalization} | weights={list(self.weight_roles)} | backend={self.backend}"
+                + (f" | launch={tuned}" if tuned else ""))
 
     def flops(self, implementation: str = None) -> int:
         """Forward FLOPs per (sample, channel); see :meth:`GauntProblem.flops`."""
         return self.kernel_problem.flops(implementation)
 
     def autotune(self, batch=AUTO_BATCH, directions=("fwd",), timer=None) -> list:
-        """Time the three implementations of this product (with this module's weights) on this
-        GPU, or the interpreter, and store the fastest where ``implementation="auto"`` looks
-        (see :mod:`tritp.gaunt_tuning`); this module keeps its implementation: compile again.
+        """Time the three implementations of this product (grid and fft at several launches;
+        with this module's weights) on this GPU, or the interpreter, and store the fastest where
+        ``implementation="auto"`` looks, and each of grid's and fft's fastest launch (see
+        :mod:`tritp.gaunt_tuning`); this module keeps its implementation and launch: compile again.
         ``batch`` is one size or a list (``auto`` asks at :data:`AUTO_BATCH`); ``directions``
         some of ``fwd``, ``bwd``, ``dbl`` timed together; returns one
         :class:`~tritp.gaunt_tuning.GauntTuneResult` per batch.
@@ -206,12 +221,14 @@ class GauntProduct(torch.nn.Module):
             bshape = torch.broadcast_shapes(x1.shape[:-1], x2.shape[:-1])
             Z = math.prod(bshape)
             args = [_rows(x1, bshape, d1, Z), _rows(x2, bshape, d2, Z)]
-            y = gaunt_ops.run(self.key, FORWARD, Z, x1.dtype, args + self._tables(x1.dtype)).reshape(*bshape, do)
+            key = self._op_keys["float64" if x1.dtype == torch.float64 else "float32"]
+            y = gaunt_ops.run(key, FORWARD, Z, x1.dtype, args + self._tables(x1.dtype)).reshape(*bshape, do)
         return self._scale("out", y)
 
 
 def compile_gaunt(irreps_in1, irreps_in2, irreps_out=None, *, lmax_out=None, normalization="orthonormal",
-                  implementation="auto", weights=(), backend="auto", precision=None, grid=None) -> GauntProduct:
+                  implementation="auto", weights=(), backend="auto", precision=None, grid=None,
+                  launch=None) -> GauntProduct:
     """Build a :class:`GauntProduct` (what ``tritp.compile(..., mode="gaunt")`` calls).
 
     ``irreps_out`` (each degree once, multiplicity = channels) or ``lmax_out`` picks the output
@@ -222,6 +239,8 @@ def compile_gaunt(irreps_in1, irreps_in2, irreps_out=None, *, lmax_out=None, nor
     ``weights``: ``True`` or names among ``"in1"``, ``"in2"``, ``"out"``. ``precision``: fp32
     ``tl.dot`` precision (``"ieee"``, ``"tf32"``, ``"tf32x3"``; default follows
     ``torch.get_float32_matmul_precision()``). ``grid`` overrides the exact grid size (testing).
+    ``launch``: the grid/fft kernels' ``(BLOCK_R, num_warps, BLOCK_P)`` (default: the tuned one
+    if stored, else :func:`~tritp.gaunt_kernels.launch_shape`'s; see :class:`GauntProduct`).
 
     Example:
         >>> gp = compile_gaunt("16x0e+16x1o", "0e+1o", lmax_out=2, implementation="grid")
@@ -236,7 +255,7 @@ def compile_gaunt(irreps_in1, irreps_in2, irreps_out=None, *, lmax_out=None, nor
                            precision=precision or default_precision())
     if implementation == "auto":
         problem = problem.replace(implementation=choose_implementation(problem))
-    return GauntProduct(problem, weights=weights, backend=backend)
+    return GauntProduct(problem, weights=weights, backend=backend, launch=launch)
 
 
 __all__ = ["GauntProduct", "compile_gaunt", "choose_implementation", "default_precision", "ROLES"]

@@ -1,46 +1,59 @@
-"""Tuning the Gaunt product's implementation choice: the ``"gaunt"`` autotune family.
+"""Tuning the Gaunt product: which implementation runs, and how grid and fft launch.
 
-The three implementations (``sparse``, ``grid``, ``fft``) compute one function, so the tuned
-knob is which one runs: the family's search space is one :class:`~tritp.tuning.Config` per
-implementation (its ``impl`` field; the other fields stay at their defaults, as each
-implementation keeps its own launch heuristics). :func:`tune_gaunt` builds the product once per
-implementation, times each, and stores the fastest in the user autotune cache under the key
-:func:`tritp.gaunt.choose_implementation` looks up, so ``implementation="auto"`` picks it from
-then on (in this process too: storing forgets memoized lookups). Modules built before keep
-their implementation; compile again.
+**Space** (family ``"gaunt"``, :func:`gaunt_space`). ``sparse`` is one candidate,
+``Config(impl="sparse")``: the CG kernels it runs look up their own tuned configs. ``fft`` and
+``grid`` are one candidate per launch of :func:`tritp.gaunt_kernels.launch_candidates` (the GPU
+ladder's distinct rungs, the register-aware default first; 4-6 each), the launch encoded as
+``Config(block_z=BLOCK_R, block_c=BLOCK_P, num_warps=num_warps, num_stages=1, impl=...)``:
+``block_z`` the rows per program, ``block_c`` the point tile (:func:`launch_of` reads it back).
+:data:`VERSION` (2; 1 tuned the implementation only) is part of the space hash: entries tuned
+over another space are stale. :func:`tune_gaunt` builds the product per candidate, times each
+and stores two kinds of entries in the user autotune cache (storing forgets memoized lookups).
 
-**Key.** Family ``"gaunt"``; problem: the product at ``implementation="grid"`` and the exact
-grid (one name for all three); direction: the forward producer ``"out:x1,x2"`` whatever was
-timed (the choice is per module, not per kernel); dtype; batch bucket; GPU and Triton version.
-The source identity hashes the Gaunt generator (:func:`tritp.gaunt_kernels.generator_hash`),
-the CG generator the sparse implementation runs (:func:`tritp.kernels.generator_hash`), the
-problem key, the spec and the dtype: editing either generator makes old entries stale (never
-found). ``compile_gaunt(..., implementation="auto")`` asks for float32 at batch
-:data:`~tritp.gaunt.AUTO_BATCH` (10,000, bucket 16384), so tune at a batch in that bucket for
-``auto`` to see it (the default of :func:`tune_gaunt` and ``GauntProduct.autotune``).
+**Keys.** Both: the forward producer ``"out:x1,x2"`` whatever was timed (the choice is per
+module, not per kernel), dtype, batch bucket, GPU and Triton version; the source identity
+hashes the Gaunt generator (:func:`tritp.gaunt_kernels.generator_hash`), the CG generator the
+sparse implementation runs (:func:`tritp.kernels.generator_hash`), the problem key, the spec
+and the dtype: editing either generator makes old entries stale (never found).
 
-Registering the family (on ``import tritp.gaunt``) compiles nothing and touches no GPU.
+* *choice*, family ``"gaunt"``, problem: the product at ``implementation="grid"`` and the
+  exact grid (one name for all three, :func:`neutral_problem`): the overall winner, its
+  implementation and launch. :func:`tritp.gaunt.choose_implementation` reads its ``impl``;
+* *launch*, family ``"gaunt-launch"`` (:data:`LAUNCH_FAMILY`), problem: the product at ``grid``
+  or ``fft`` (exact grid): that implementation's fastest launch, one entry each, so a module
+  built with an explicit ``implementation="grid"`` gets a tuned launch even when fft won.
+
+A grid/fft :class:`~tritp.gaunt.GauntProduct` launches, per dtype, with :func:`tuned_launch`:
+the choice entry's launch when it chose this implementation, else the launch entry, else
+:func:`~tritp.gaunt_kernels.launch_shape`'s default. Like the implementation it is looked up
+when the module is built (modules built before keep theirs: compile again), for batch
+:data:`~tritp.gaunt.AUTO_BATCH` (10,000, bucket 16384), so tune at a batch in that bucket (the
+default of :func:`tune_gaunt` and ``GauntProduct.autotune``). ``compile_gaunt(...,
+implementation="auto")`` asks for float32; the float64 launch comes from float64 entries.
+Under the Triton interpreter the GPU name is ``"cpu-interpreter"``: interpreter-tuned entries
+apply there only, and untuned modules keep the interpreter's own default launch.
+
+Registering the families (on ``import tritp.gaunt``) compiles nothing and touches no GPU.
 
 Example:
     >>> from tritp.codegen.gaunt_problem import GauntProblem
     >>> from tritp.tuning.space import space_for
     >>> p = GauntProblem("8x0e+8x1o", "0e+1o", lmax_out=2)
-    >>> [c.impl for c in space_for("gaunt", p, "out:x1,x2", "float32", 16384).candidates]
-    ['sparse', 'fft', 'grid']
+    >>> [label(c) for c in space_for("gaunt", p, "out:x1,x2", "float32", 16384).candidates][:3]
+    ['sparse', 'fft 64:4:32', 'fft 64:8:32']
 """
 
 from __future__ import annotations
 
-import math
-from typing import Callable, NamedTuple, Optional
-
 from .codegen.diskcache import content_hash
-from .codegen.gaunt_problem import FORWARD, IMPLEMENTATIONS, GauntProblem, size_rule
+from .codegen.gaunt_problem import FORWARD, IMPLEMENTATIONS, GauntProblem
 from .tuning import Config
 from .tuning.space import SearchSpace, register_family
 
 FAMILY = "gaunt"
-DIRECTIONS = ("fwd", "bwd", "dbl")
+LAUNCH_FAMILY = "gaunt-launch"
+VERSION = 2  # of both spaces; 1: one candidate per implementation
+LAUNCHED = ("fft", "grid")  # the implementations whose launch is tuned here
 DEFAULT_BATCH = 10_000  # = tritp.gaunt.AUTO_BATCH (not imported: tritp.gaunt imports this module)
 
 
@@ -59,15 +72,61 @@ def gaunt_identity(problem, spec, dtype: str) -> str:
                         dtype)
 
 
-@register_family(FAMILY, identity=gaunt_identity)
-def gaunt_space(problem, spec, dtype: str, batch: int) -> SearchSpace:
-    """One candidate per implementation (``Config(impl=...)``, other knobs at their defaults).
+def launch_of(config: Config) -> tuple:
+    """The ``(BLOCK_R, num_warps, BLOCK_P)`` a grid/fft candidate encodes.
 
     Example:
-        >>> len(gaunt_space(None, "out:x1,x2", "float32", 1))
-        3
+        >>> launch_of(Config(block_z=64, block_c=32, num_warps=8, impl="grid"))
+        (64, 8, 32)
     """
-    return SearchSpace(FAMILY, tuple(Config(impl=i) for i in IMPLEMENTATIONS))
+    return config.block_z, config.num_warps, config.block_c
+
+
+def label(config: Config) -> str:
+    """``"sparse"``, or ``"grid 64:8:32"`` (``impl BLOCK_R:num_warps:BLOCK_P``).
+
+    Example:
+        >>> label(Config(block_z=16, block_c=16, num_warps=4, impl="fft"))
+        'fft 16:4:16'
+    """
+    return config.impl if config.impl not in LAUNCHED else f"{config.impl} " + ":".join(map(str, launch_of(config)))
+
+
+def impl_configs(problem: GauntProblem, impl: str, dtype: str = "float32") -> tuple:
+    """The candidates of one implementation of ``problem`` (any implementation), default first.
+
+    Example:
+        >>> impl_configs(GauntProblem("4x0e", "0e"), "sparse")
+        (Config(block_z=32, block_c=64, num_warps=4, num_stages=1, impl='sparse'),)
+    """
+    if impl not in LAUNCHED:
+        return (Config(impl=impl),)
+    from .gaunt_kernels import launch_candidates
+
+    return tuple(Config(block_z=b, block_c=bp, num_warps=w, num_stages=1, impl=impl)
+                 for b, w, bp in launch_candidates(problem.replace(implementation=impl), dtype))
+
+
+@register_family(FAMILY, identity=gaunt_identity)
+def gaunt_space(problem, spec, dtype: str, batch: int) -> SearchSpace:
+    """Every implementation's candidates (:func:`impl_configs`), in ``IMPLEMENTATIONS`` order.
+
+    Example:
+        >>> len(gaunt_space(GauntProblem("8x0e+8x1o", "0e+1o", lmax_out=2), "out:x1,x2", "float32", 1))
+        10
+    """
+    return SearchSpace(FAMILY, tuple(c for i in IMPLEMENTATIONS for c in impl_configs(problem, i, dtype)), VERSION)
+
+
+@register_family(LAUNCH_FAMILY, identity=gaunt_identity)
+def launch_space(problem, spec, dtype: str, batch: int) -> SearchSpace:
+    """The launches of ``problem``'s own implementation (grid or fft).
+
+    Example:
+        >>> len(launch_space(GauntProblem("8x0e+8x1o", "0e+1o", lmax_out=2), "out:x1,x2", "float32", 1))
+        4
+    """
+    return SearchSpace(LAUNCH_FAMILY, impl_configs(problem, problem.implementation, dtype), VERSION)
 
 
 def neutral_problem(problem: GauntProblem) -> GauntProblem:
@@ -81,161 +140,56 @@ def neutral_problem(problem: GauntProblem) -> GauntProblem:
     return problem.replace(implementation="grid", grid=None)
 
 
-class GauntLaunch:
-    """One timed step of one implementation: ``GauntLaunch(...)()`` runs the forward and the
-    requested derivatives. Carries ``config`` (``Config(impl=...)``), ``problem`` (the
-    product at that implementation), ``spec``, ``batch`` and ``directions``, so a fake or
-    model-based timer can score it without running it."""
-
-    def __init__(self, module, problem, batch: int, directions: tuple, tensors: tuple):
-        self.module, self.problem, self.batch, self.directions = module, problem, batch, directions
-        self.config, self.spec, self.tensors = Config(impl=problem.implementation), FORWARD, tensors
-
-    def __call__(self):
-        import torch
-
-        x1, x2, gy, v1, v2 = self.tensors
-        y = self.module(x1, x2)
-        if "bwd" not in self.directions and "dbl" not in self.directions:
-            return y
-        dbl = "dbl" in self.directions
-        g = torch.autograd.grad(y, (x1, x2), gy, create_graph=dbl)
-        if not dbl:
-            return g
-        return torch.autograd.grad(g, (x1, x2, gy), (v1, v2), allow_unused=True)
-
-
-class GauntTuneResult(NamedTuple):
-    """The outcome of :func:`tune_gaunt`: ``config.impl`` won in ``ms``; ``default`` is the
-    size rule's choice; ``times`` maps each implementation to its ms (``inf``: it failed,
-    ``errors`` says why); ``entry`` is what the cache stores."""
-
-    label: str
-    directions: tuple
-    batch: int
-    config: Config
-    ms: float
-    default: Config
-    default_ms: float
-    times: dict
-    errors: dict
-    entry: dict
-
-    @property
-    def implementation(self) -> str:
-        return self.config.impl
-
-    @property
-    def speedup(self) -> float:
-        """The size rule's time over the tuned time (1.0 when the size rule won)."""
-        return self.default_ms / self.ms if self.ms > 0 and math.isfinite(self.default_ms) else float("nan")
-
-
-def _check_directions(directions) -> tuple:
-    directions = (directions,) if isinstance(directions, str) else tuple(directions)
-    bad = [d for d in directions if d not in DIRECTIONS]
-    if bad or not directions:
-        raise ValueError(f"unknown direction {bad[0] if bad else None!r}; expected some of {', '.join(DIRECTIONS)}")
-    return directions
-
-
-def _finite(ms):
-    return round(ms, 6) if math.isfinite(ms) else None
-
-
-def tune_gaunt(problem: GauntProblem, batch: int = DEFAULT_BATCH, *, directions=("fwd",), dtype="float32",
-               device=None, timer: Optional[Callable] = None, store: bool = True, weights=(), label: str = "",
-               progress=None) -> GauntTuneResult:
-    """Time ``sparse``, ``fft`` and ``grid`` on ``batch`` random samples, keep the fastest and
-    (``store``) write it to the user autotune cache, where ``implementation="auto"`` finds it.
-
-    ``directions``: what one timed step runs: ``("fwd",)`` the forward; with ``"bwd"`` also the
-    gradients of both inputs; with ``"dbl"`` also the double backward (the forward always
-    runs). ``dtype``: ``"float32"`` (what ``auto`` asks for) or ``"float64"``. ``timer`` maps a
-    :class:`GauntLaunch` thunk to milliseconds (default: ``do_bench`` median on CUDA, wall clock
-    under the Triton interpreter; without either, RuntimeError). ``weights``: the weight roles
-    of the module whose kernels are timed (``GauntProduct.autotune`` passes its own).
-    ``progress(done, total, config, ms)`` is called after each implementation. A failing
-    implementation counts as infinitely slow; a generator ``CompilationError`` is raised.
-    The size rule's choice is timed first and wins ties.
-
-    Example:
-        >>> from tritp.codegen.gaunt_problem import GauntProblem
-        >>> p = GauntProblem("8x0e+8x1o", "0e+1o", lmax_out=2)
-        >>> r = tune_gaunt(p, 10_000, timer=lambda t: {"fft": 1.0}.get(t.config.impl, 2.0))  # doctest: +SKIP
-        >>> import tritp
-        >>> gp = tritp.compile("8x0e+8x1o", "0e+1o", lmax_out=2, mode="gaunt")  # doctest: +SKIP
-        >>> r.implementation, gp.implementation  # doctest: +SKIP
-        ('fft', 'fft')
-    """
+def _lookup(problem, family: str, dtype: str, batch: int, device):
     import torch
 
-    from .gaunt import GauntProduct
     from .kernels import interpreter_active
-    from .tuning import clear_memo
-    from .tuning.cache import SCHEMA, gpu_name, make_key, store as store_entry
-    from .tuning.tuner import DTYPES, cuda_timer, default_device, wallclock_timer
+    from .tuning import lookup
 
-    directions = _check_directions(directions)
-    dtype = str(dtype).replace("torch.", "")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    batch = int(batch)
-    if batch < 1:
-        raise ValueError(f"batch must be positive, got {batch}")
-    device = torch.device(device) if device is not None else default_device()
-    interpreted = device.type != "cuda" or interpreter_active()  # as choose_implementation looks it up
-    if device.type != "cuda" and not interpreter_active():
-        if not torch.cuda.is_available():
-            default_device()  # raises the tuner's error: neither a CUDA GPU nor the interpreter
-        raise RuntimeError(f"tune_gaunt: device {device} runs no Triton kernel; use a CUDA device, or set "
-                           "TRITON_INTERPRET=1 to tune the interpreter on CPU (for testing only)")
-    timer = timer or (wallclock_timer() if interpreted else cuda_timer())
-    neutral = neutral_problem(problem)
-    rule = size_rule(neutral)
-    order = [rule] + [i for i in IMPLEMENTATIONS if i != rule]
-
-    g = torch.Generator().manual_seed(0)
-    dt = DTYPES[dtype]
-    d1, d2, do = (neutral.irreps(r).dim for r in ("x1", "x2", "out"))
-    grad = "bwd" in directions or "dbl" in directions
-    x1, x2, gy = (torch.randn(batch, d, generator=g, dtype=dt).to(device) for d in (d1, d2, do))
-    v1, v2 = (torch.randn(batch, d, generator=g, dtype=dt).to(device) for d in (d1, d2))
-    for t in (x1, x2):
-        t.requires_grad_(grad)
-    gy.requires_grad_("dbl" in directions)
-
-    times, errors = {}, {}
-    for impl in order:
-        p = neutral.replace(implementation=impl)
-        module = GauntProduct(p, weights=weights, backend="triton").to(device)
-        try:
-            ms = float(timer(GauntLaunch(module, p, batch, directions, (x1, x2, gy, v1, v2))))
-        except Exception as e:
-            if type(e).__name__ == "CompilationError":
-                raise  # a generator bug, not a slow implementation: never hide it in the search
-            ms, errors[impl] = math.inf, f"{type(e).__name__}: {e}"
-        times[impl] = ms if ms == ms else math.inf
-        if progress is not None:
-            progress(len(times), len(order), Config(impl=impl), times[impl])
-    best = min(order, key=lambda i: (times[i], order.index(i)))
-    if not math.isfinite(times[best]):
-        raise RuntimeError(f"every Gaunt implementation failed for {neutral!r}; first error: "
-                           f"{next(iter(errors.values()))}")
-    config, default = Config(impl=best), Config(impl=rule)
-    key = make_key(neutral, FORWARD, dtype, batch, gpu_name(device, interpreted), FAMILY)
-    label = label or f"{neutral.irreps_in1} x {neutral.irreps_in2} -> {neutral.irreps_out} (gaunt)"
-    entry = {"schema": SCHEMA, "key": key, "config": config._asdict(), "ms": _finite(times[best]),
-             "default": default._asdict(), "default_ms": _finite(times[rule]), "timed": len(times),
-             "space": len(order), "failed": len(errors), "strategy": "full", "label": label,
-             "spec_tag": "gaunt " + "+".join(directions), "problem": repr(neutral),
-             "problem_hash": content_hash(neutral.key), "tuned_batch": batch, "directions": list(directions),
-             "weights": list(weights), "times": {i: _finite(times[i]) for i in order}, "errors": errors}
-    if store:
-        store_entry(entry)
-        clear_memo()  # store() forgets memoized lookups; also drop the shipped-file cache
-    return GauntTuneResult(label, directions, batch, config, times[best], default, times[rule], times, errors, entry)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    found = lookup(problem, FORWARD, dtype, batch, device, interpreter_active(), family=family)
+    return found[0] if found is not None and found[0].impl in IMPLEMENTATIONS else None
 
 
-__all__ = ["tune_gaunt", "GauntTuneResult", "GauntLaunch", "gaunt_space", "gaunt_identity", "neutral_problem",
-           "FAMILY", "DEFAULT_BATCH"]
+def tuned_choice(problem: GauntProblem, dtype: str = "float32", batch: int = DEFAULT_BATCH, device=None):
+    """The stored winner (``Config``: ``impl`` and, for grid/fft, the launch) of ``problem``
+    under any implementation, or None; on ``device`` (default: CUDA if any, else CPU) or the
+    interpreter when it is active.
+
+    Example:
+        >>> tuned_choice(GauntProblem("4x0e", "0e"), batch=3) is None  # doctest: +SKIP
+        True
+    """
+    return _lookup(neutral_problem(problem), FAMILY, dtype, batch, device)
+
+
+def tuned_launch(problem: GauntProblem, dtype: str = "float32", batch: int = DEFAULT_BATCH, device=None):
+    """``(BLOCK_R, num_warps, BLOCK_P)`` tuned for ``problem`` at its implementation (grid or
+    fft), or None (then :func:`~tritp.gaunt_kernels.launch_shape` decides): the choice entry's
+    launch if it chose this implementation, else its launch entry. None for ``sparse`` and for
+    a non-exact ``grid`` override (tuned at the exact grid only).
+
+    Example:
+        >>> tuned_launch(GauntProblem("4x0e", "0e", implementation="sparse")) is None
+        True
+    """
+    if problem.implementation not in LAUNCHED or problem.grid is not None:
+        return None
+    from .gaunt_kernels import check_launch
+    from .tuning.cache import warn_once
+
+    for cfg in (tuned_choice(problem, dtype, batch, device), _lookup(problem, LAUNCH_FAMILY, dtype, batch, device)):
+        if cfg is not None and cfg.impl == problem.implementation:
+            try:
+                return check_launch(launch_of(cfg))
+            except ValueError as e:  # a hand-edited or foreign entry: report it, use the default
+                warn_once(f"gaunt launch {problem!r} {dtype}", str(e))
+    return None
+
+
+# the timing half lives in gaunt_tuner (imported last: it reads this module's names)
+from .gaunt_tuner import GauntLaunch, GauntTuneResult, tune_gaunt  # noqa: E402
+
+__all__ = ["tune_gaunt", "tuned_choice", "tuned_launch", "GauntTuneResult", "GauntLaunch", "gaunt_space",
+           "launch_space", "impl_configs", "launch_of", "label", "gaunt_identity", "neutral_problem", "FAMILY",
+           "LAUNCH_FAMILY", "VERSION", "DEFAULT_BATCH"]
