@@ -188,7 +188,9 @@ def test_cli_tunes_a_gaunt_product(tmp_path, capsys, monkeypatch):
     assert "gaunt" in out and "fft" in out and "fwd,bwd" in out and "note:" not in out
     assert auto(*SMALL).implementation == "fft"
     (f,) = json.loads((tmp_path / "exp" / "index.json").read_text())["files"]
-    assert f["entries"] == 1
+    bundle = json.loads((tmp_path / "exp" / f["file"]).read_text())
+    families = sorted(e["key"]["family"] for e in bundle["entries"].values())
+    assert families == ["gaunt", "gaunt-launch", "gaunt-launch"]  # the choice, and grid's and fft's launches
     assert main(["cache", "list"]) == 0
     assert "gaunt fwd+bwd" in capsys.readouterr().out
     for argv in (["autotune", "4x0e", "--mode", "gaunt", "--interpret"],

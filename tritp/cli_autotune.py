@@ -198,10 +198,10 @@ def _fmt(c) -> str:
 def _row(r) -> tuple:
     """``(dir, kernel, best, timed)`` cells of one result: a kernel's config, or a Gaunt
     product's implementation (kernel ``gaunt``, every direction timed in one step)."""
-    from .gaunt_tuning import GauntTuneResult
+    from .gaunt_tuning import GauntTuneResult, label
 
     if isinstance(r, GauntTuneResult):
-        return ",".join(r.directions), "gaunt", r.config.impl, len(r.times)
+        return ",".join(r.directions), "gaunt", label(r.config), len(r.times)
     return r.direction, r.spec.tag, _fmt(r.config), r.candidates
 
 
@@ -285,7 +285,8 @@ def run(args) -> int:
                       f"{GAUNT_BATCH} (bucket {bucket(GAUNT_BATCH)}); tritp.gaunt.choose_implementation(problem, "
                       "batch) reads other float32 batches", markup=False, soft_wrap=True)
     if args.export and results:
-        for path in export([r.entry for r in results], args.export):
+        entries = [e for r in results for e in (r.entry, *getattr(r, "launch_entries", {}).values())]
+        for path in export(entries, args.export):  # a Gaunt result also has its launch entries
             console.print(f"exported to {path}", markup=False, soft_wrap=True)
     return 130 if stopped == "interrupted" else 0
 

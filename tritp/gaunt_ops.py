@@ -35,11 +35,11 @@ from functools import lru_cache
 from typing import List
 
 import torch
-from torch.library import custom_op, triton_op, wrap_triton
+from torch.library import custom_op, wrap_triton
 
 from .codegen.gaunt_problem import GauntProblem, derivative_spec, parse_spec
 from .gaunt_kernels import check_launch, gaunt_produce, target_dim
-from .op_pair import pick, register, save_inputs, unbroadcast
+from .op_pair import pick, register, save_inputs, unbroadcast, visible_op
 
 
 def op_key(problem_key: str, launch=None) -> str:
@@ -80,7 +80,7 @@ def gaunt_op(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: List[
     return gaunt_produce(problem, spec, tensors, Z, out_dtype=out_dtype, launch=launch)
 
 
-@triton_op("tritp::gaunt_triton", mutates_args=())
+@visible_op("tritp::gaunt_triton")
 def gaunt_triton_op(key: str, spec: str, Z: int, out_dtype: torch.dtype,
                     tensors: List[torch.Tensor]) -> torch.Tensor:
     problem, launch = parse_key(key)
