@@ -11,6 +11,7 @@ of 4.
 """
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -192,7 +193,8 @@ def test_cli_tunes_a_gaunt_product(tmp_path, capsys, monkeypatch):
     families = sorted(e["key"]["family"] for e in bundle["entries"].values())
     assert families == ["gaunt", "gaunt-launch", "gaunt-launch"]  # the choice, and grid's and fft's launches
     assert main(["cache", "list"]) == 0
-    assert "gaunt fwd+bwd" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "gaunt fwd+bwd" in listed and re.search(r"(grid|fft) \d+:\d+:\d+", listed)  # launches shown
     for argv in (["autotune", "4x0e", "--mode", "gaunt", "--interpret"],
                  ["autotune", *SMALL, "0e", "--lmax-out", "2", "--interpret"]):
         assert main(argv) == 2

@@ -45,14 +45,25 @@ def entries_table(rows) -> Table:
         k, c = e["key"], e["config"]
         cfg = " ".join(f"{a}{c.get(f, '?')}" for a, f in (("z", "block_z"), ("c", "block_c"), ("w", "num_warps"),
                                                         ("s", "num_stages")))
-        if k.get("family") == "gaunt":  # a Gaunt product's implementation choice (tritp.gaunt_tuning)
-            cfg = str(c.get("impl"))
+        if k.get("family") in ("gaunt", "gaunt-launch"):  # implementation (and launch): tritp.gaunt_tuning
+            cfg = gaunt_label(c)
         elif c.get("impl", "sparse") != "sparse":
             cfg += f" {c['impl']}"
         t.add_row(where, str(k.get("gpu")), str(k.get("triton")), str(k.get("dtype")), str(e.get("label", "")),
                   str(e.get("spec_tag", k.get("direction"))), str(k.get("batch")), cfg,
                   _num(e.get("ms")), _num(e.get("default_ms")))
     return t
+
+
+def gaunt_label(c: dict) -> str:
+    """A Gaunt entry's config as ``grid 64:8:32`` (BLOCK_R:warps:BLOCK_P), or ``sparse``."""
+    from .gaunt_tuning import label
+    from .tuning import Config
+
+    try:
+        return label(Config(**c))
+    except (TypeError, ValueError):  # a hand-edited entry: show what is there
+        return str(c.get("impl"))
 
 
 def _num(x) -> str:
