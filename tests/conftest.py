@@ -21,3 +21,20 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def fresh_autotune_caches(tmp_path, monkeypatch):
+    """A fresh user autotune folder and an empty shipped folder (yielded) for one test; the
+    kernel and coupling caches stay shared, so nothing is recomputed. Modules that tune use it
+    on every test (``pytestmark = pytest.mark.usefixtures("fresh_autotune_caches")``)."""
+    from tritp.tuning import cache, clear_memo
+
+    monkeypatch.setattr(cache, "user_dir", lambda: tmp_path / "cache" / "autotune")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(cache, "shipped_dir", lambda: shipped)
+    cache._warned.clear()
+    clear_memo()
+    yield shipped
+    clear_memo()

@@ -51,20 +51,9 @@ def fake_timer(thunk) -> float:
 
 
 ENV_USER_DIR = cache.user_dir  # the real one, before the fixture points it elsewhere
+pytestmark = pytest.mark.usefixtures("fresh_autotune_caches")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_caches(tmp_path, monkeypatch):
-    """A fresh user autotune folder and shipped folder per test (the kernel and coupling
-    caches stay shared, so nothing is recomputed)."""
-    monkeypatch.setattr(cache, "user_dir", lambda: tmp_path / "cache" / "autotune")
-    shipped = tmp_path / "shipped"
-    shipped.mkdir()
-    monkeypatch.setattr(cache, "shipped_dir", lambda: shipped)
-    cache._warned.clear()
-    clear_memo()
-    yield shipped
-    clear_memo()
 
 
 def _fwd(p):
@@ -230,12 +219,12 @@ def test_cache_round_trip_and_list(capsys):
     assert main(["cache", "clear"]) == 0 and "nothing to remove" in capsys.readouterr().out
 
 
-def test_lookup_order_user_then_shipped_then_heuristic(_fresh_caches):
+def test_lookup_order_user_then_shipped_then_heuristic(fresh_autotune_caches):
     p, spec = wide(), _fwd(wide())
     r = tuner.tune(p, spec, 64, device=CPU, timer=fake_timer, store=False)
     shipped_cfg = Config(16, 16, 1, 1)
-    cache.export([dict(r.entry, config=shipped_cfg._asdict())], _fresh_caches)
-    index = json.loads((_fresh_caches / "index.json").read_text())
+    cache.export([dict(r.entry, config=shipped_cfg._asdict())], fresh_autotune_caches)
+    index = json.loads((fresh_autotune_caches / "index.json").read_text())
     assert index["schema"] == cache.SCHEMA and index["files"][0]["entries"] == 1
     assert choose(p, spec, "float32", 64, CPU, True) == shipped_cfg
     assert [where for where, _, _ in cache.list_entries()] == ["shipped"]
@@ -243,7 +232,7 @@ def test_lookup_order_user_then_shipped_then_heuristic(_fresh_caches):
     assert lookup(p, spec, "float32", 64, CPU, True) == (r.config, "user")
     cache.clear_user()
     assert lookup(p, spec, "float32", 64, CPU, True) == (shipped_cfg, "shipped")
-    for f in _fresh_caches.iterdir():
+    for f in fresh_autotune_caches.iterdir():
         f.unlink()
     clear_memo()
     assert lookup(p, spec, "float32", 64, CPU, True) is None
@@ -251,7 +240,7 @@ def test_lookup_order_user_then_shipped_then_heuristic(_fresh_caches):
 
 
 @pytest.mark.parametrize("bad", ["corrupt", "truncated", "foreign"])
-def test_bad_files_are_reported_once_and_ignored(bad, _fresh_caches):
+def test_bad_files_are_reported_once_and_ignored(bad, fresh_autotune_caches):
     p, spec = wide(), _fwd(wide())
     r = tuner.tune(p, spec, 64, device=CPU, timer=fake_timer)
     text = json.dumps(r.entry)
@@ -259,8 +248,8 @@ def test_bad_files_are_reported_once_and_ignored(bad, _fresh_caches):
               "foreign": json.dumps(dict(r.entry, schema=cache.SCHEMA + 1))}
     path = cache.entry_path(r.entry["key"])
     path.write_text(bodies[bad])
-    cache.export([r.entry], _fresh_caches)
-    bundle = next(_fresh_caches.glob("*__triton-*.json"))
+    cache.export([r.entry], fresh_autotune_caches)
+    bundle = next(fresh_autotune_caches.glob("*__triton-*.json"))
     bundle.write_text(bodies[bad])  # the shipped file is bad too: the heuristic remains
     clear_memo()
     with warnings.catch_warnings(record=True) as caught:

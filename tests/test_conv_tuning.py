@@ -15,12 +15,12 @@ from tritp.cli import main
 from tritp.codegen import Problem
 from tritp.codegen.cg_spec import forward_spec
 from tritp.conv_tuning import ConvSpec, candidates, conv_specs, random_graph, tune_conv, tune_conv_kernel
-from tritp.tuning import Config, clear_memo, lookup
-from tritp.tuning import cache
+from tritp.tuning import Config, lookup
 from tritp.tuning.space import space_for
 
 CPU = torch.device("cpu")
 IRREPS = ("8x0e+8x1o", "0e+1o", "0e+1o")
+pytestmark = pytest.mark.usefixtures("fresh_autotune_caches")
 
 
 def problem() -> Problem:
@@ -37,15 +37,6 @@ def fake_timer(thunk) -> float:
     return score(thunk.config)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_caches(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache, "user_dir", lambda: tmp_path / "cache" / "autotune")
-    shipped = tmp_path / "shipped"
-    shipped.mkdir()
-    monkeypatch.setattr(cache, "shipped_dir", lambda: shipped)
-    clear_memo()
-    yield
-    clear_memo()
 
 
 def test_space_is_the_cg_space_under_its_own_name():

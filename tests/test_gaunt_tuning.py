@@ -33,6 +33,7 @@ from tritp.tuning.space import families, identity_for
 
 CPU = torch.device("cpu")
 SMALL = ("4x0e+4x1o", "0e+1o")  # size rule: sparse (every degree <= 3)
+pytestmark = pytest.mark.usefixtures("fresh_autotune_caches")
 F64 = torch.float64
 
 
@@ -49,16 +50,6 @@ def auto(*irreps, **kw):
     return compile_gaunt(*irreps, lmax_out=2, implementation="auto", **kw)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_caches(tmp_path, monkeypatch):
-    """A fresh user autotune folder and an empty shipped folder per test."""
-    monkeypatch.setattr(cache, "user_dir", lambda: tmp_path / "cache" / "autotune")
-    shipped = tmp_path / "shipped"
-    shipped.mkdir()
-    monkeypatch.setattr(cache, "shipped_dir", lambda: shipped)
-    clear_memo()
-    yield
-    clear_memo()
 
 
 def test_the_family_is_registered_on_import_without_compiling_or_touching_a_gpu(tmp_path):
