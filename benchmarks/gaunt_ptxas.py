@@ -60,11 +60,12 @@ def irreps(C: int, L: int) -> str:
     return "+".join(f"{C}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(L + 1))
 
 
-def bench_problem(impl: str, L: int, C: int, x2_channels: int = 0):
+def bench_problem(impl: str, L: int, C: int, x2_channels: int = 0, precision: str = "ieee"):
     """The benchmark's problem at degree ``L`` (``x2_channels=1``: a broadcast x2)."""
     from tritp.codegen.gaunt_problem import GauntProblem
 
-    return GauntProblem(irreps(C, L), irreps(x2_channels or C, L), lmax_out=L, implementation=impl)
+    return GauntProblem(irreps(C, L), irreps(x2_channels or C, L), lmax_out=L, implementation=impl,
+                        precision=precision)
 
 
 def legacy_launch(problem, target: str) -> tuple:
@@ -92,7 +93,7 @@ def compile_job(job: dict) -> dict:
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)
-    problem = bench_problem(job["impl"], job["L"], job["C"], job["x2"])
+    problem = bench_problem(job["impl"], job["L"], job["C"], job["x2"], job.get("precision", "ieee"))
     tgt, roles = parse_spec(job["spec"])
     dtype = getattr(torch, job["dtype"])
     Z = BATCH
@@ -135,6 +136,7 @@ def compile_job(job: dict) -> dict:
             ans[key] = int(r.group(1))
     if "regs" not in ans:  # no log: the cubin's resource usage
         ans.update(cubin_usage(ck.asm["cubin"]))
+    ans["mma"] = len(re.findall(r"\b(?:wgmma|mma)\.", ck.asm["ptx"]))  # tensor-core instructions in the PTX
     _compiled[same] = ans
     return ans
 
@@ -210,19 +212,19 @@ def audit(args, rows: list) -> None:
 
     worker = GauntWorker(args.triton_cache)
     print(f"{'impl':<4} {'L':>2} {'C':>4} {'spec':<10} {'dtype':<7} {'config':<10} {'launch':<9} {'est':>4} "
-          f"{'regs':>4} {'spill':>5} {'stack':>5} {'s':>6}  status", flush=True)
+          f"{'regs':>4} {'spill':>5} {'stack':>5} {'s':>6} {'mma':>4}  status", flush=True)
     try:
         for impl in args.impl:
             for L in args.L:
                 for C in args.C:
-                    problem = bench_problem(impl, L, C, args.x2)
+                    problem = bench_problem(impl, L, C, args.x2, args.precision)
                     for spec in args.spec:
                         for dtype in args.dtype:
                             for cfg in args.config:
                                 if isinstance(cfg, list) and len(cfg) == 2:
                                     cfg = cfg + [default_block_p(problem)]
                                 job = {"impl": impl, "L": L, "C": C, "x2": args.x2, "spec": spec, "dtype": dtype,
-                                       "config": cfg}
+                                       "config": cfg, "precision": args.precision}
                                 r = worker.run(job, args.timeout)
                                 ok = r["status"] == "ok"
                                 launch = f"{r['block_r']}:{r['num_warps']}:{r['block_p']}" if ok else "-"
@@ -235,7 +237,7 @@ def audit(args, rows: list) -> None:
                                 name = cfg if isinstance(cfg, str) else ":".join(map(str, cfg))
                                 print(f"{impl:<4} {L:>2} {C:>4} {spec:<10} {dtype:<7} {name:<10} {launch:<9} "
                                       f"{est:>4} {cell('regs'):>4} {cell('spill_stores'):>5} {cell('stack'):>5} "
-                                      f"{r['seconds']:>6}  {status}"
+                                      f"{r['seconds']:>6} {cell('mma'):>4}  {status}"
                                       + (" (same kernel as an earlier row)" if r.get("same_as_earlier") else ""),
                                       flush=True)
     finally:
@@ -251,6 +253,8 @@ def main(argv=None) -> int:
     ap.add_argument("--x2", type=int, default=0, choices=(0, 1), help="1: a one-channel x2 (default: C channels)")
     ap.add_argument("--spec", default=",".join(SPECS), help="producers, comma-separated (default all three)")
     ap.add_argument("--dtype", default="float32", help="comma-separated: float32, float64")
+    ap.add_argument("--precision", default="ieee", choices=("ieee", "tf32", "tf32x3"),
+                    help="fp32 tl.dot input precision (default ieee; mma counts tensor-core instructions)")
     ap.add_argument("--config", default="legacy,default", help="BLOCK_R:NUM_WARPS[:BLOCK_P], default, legacy")
     add_common_options(ap, 300.0)
     args = ap.parse_args(argv)

@@ -14,7 +14,7 @@
 # STAGES (comma list, default harness,conv,gaunt,autotune):
 #   harness   benchmarks/harness.py on every preset vs e3nn, cuEquivariance, OpenEquivariance (issue 3)
 #   conv      benchmarks/conv_bench.py: mace-large on the diamond and random graphs, fp32 (issue 7)
-#   gaunt     benchmarks/gaunt_bench.py: L = 1..8, C = 32 first, fp32 (issue 6)
+#   gaunt     benchmarks/gaunt_bench.py: L = 2, 4, 6, 8, C = 32 first, fp32 and tf32x3 dots (issue 6)
 #   autotune  tritp autotune --preset all --strategy staged --direction fwd,bwd --export autotune_cache/
 #             (issue 5; the exported files come back under $OUT/autotune_cache)
 # Environment: BUDGET (seconds for the whole script, default 500), HARNESS_S, CONV_S, GAUNT_S,
@@ -94,7 +94,7 @@ has harness && run_stage harness "${HARNESS_S:-220}" \
 has conv && run_stage conv "${CONV_S:-90}" \
     bash -c 'exec "$0" benchmarks/conv_bench.py --dtypes float32 --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY"
 has gaunt && run_stage gaunt "${GAUNT_S:-90}" \
-    bash -c 'exec "$0" benchmarks/gaunt_bench.py --channels 32,128 --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY"
+    bash -c 'exec "$0" benchmarks/gaunt_bench.py --L 2,4,6,8 --channels 32,128 --impls sparse,grid,fft,grid-tf32x3,fft-tf32x3,e3nn --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY"
 if has autotune; then
     run_stage autotune "${TUNE_S:-80}" bash -c 'exec "$0" -m tritp.cli autotune --preset all --strategy staged \
         --direction fwd,bwd --time-limit "$STAGE_SOFT" --export autotune_cache' "$PY"
