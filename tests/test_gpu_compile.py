@@ -144,6 +144,7 @@ SCRIPT = textwrap.dedent('''
     gaunt("gaunt grid grad x2 C=48 bf16", "grid", "x2:x1,out", torch.bfloat16, expect=DOT + SUM, C=48)
     gaunt("gaunt grid grad x2 C=3 (partial rows)", "grid", "x2:x1,out", C=3)
     gaunt("gaunt fft grad x1 tf32", "fft", "x1:x2,out", precision="tf32", expect=(r"= ttng\\.warp_group_dot ",))
+    gaunt("gaunt grid forward tf32x3", "grid", "out:x1,x2", precision="tf32x3", expect=(r"= ttng\\.warp_group_dot ",))
     gaunt("gaunt fft forward fp64", "fft", "out:x1,x2", torch.float64)
     gaunt("gaunt sparse grad x2", "sparse", "x2:x1,out", expect=())
     with int64_offsets():
@@ -154,7 +155,7 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 # 23 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces (cg_pieces)
-EXPECTED = 26
+EXPECTED = 27
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):
