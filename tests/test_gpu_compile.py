@@ -154,7 +154,7 @@ SCRIPT = textwrap.dedent('''
     print("compiled", done)
 ''')
 
-# 23 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces (cg_pieces)
+# 24 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces (cg_pieces)
 EXPECTED = 27
 
 
