@@ -11,13 +11,12 @@ import pickle
 import random
 
 import pytest
-import torch
 from e3nn import o3
 
 from tritp.codegen import MODES, Irreps, Problem, ProblemError
 from tritp.codegen.problem import Instruction
 
-from support import mace_channelwise
+from support import mace_channelwise, random_problem_args
 
 # -- helpers -----------------------------------------------------------------------------------
 IN1 = "2x0e + 2x1o"  # 0: 2x0e, 1: 2x1o
@@ -31,51 +30,6 @@ def e3nn_tp(in1, in2, out, ins, **kw):
     """e3nn's TensorProduct without code generation (we only read its bookkeeping)."""
     return o3.TensorProduct(o3.Irreps(in1), o3.Irreps(in2), o3.Irreps(out), list(ins),
                             compile_left_right=False, internal_weights=False, **kw)
-
-
-def random_problem_args(rng, lmax=3, zero_mul=True):
-    """Random (in1, in2, out, instructions) mixing every mode; multiplicities are built so that
-    each mode fits, some output segments collect several paths, some are never written."""
-    muls1 = [1, 2, 3] + ([0] if zero_mul else [])
-    in1 = [(rng.choice(muls1), (rng.randint(0, lmax), rng.choice((1, -1)))) for _ in range(rng.randint(1, 3))]
-    in2 = [(rng.choice([1, 2]), (rng.randint(0, lmax), rng.choice((1, -1)))) for _ in range(rng.randint(1, 3))]
-    k = rng.randrange(len(in2))
-    in2[k] = (rng.choice([m for m, _ in in1]), in2[k][1])  # so that uuw / uuu can fit
-    out, ins = [], []
-    modes = list(MODES)
-    rng.shuffle(modes)
-    for mode in modes:
-        for _ in range(rng.randint(1, 2)):
-            pairs = [(i, j) for i in range(len(in1)) for j in range(len(in2))
-                     if mode not in ("uuw", "uuu") or in1[i][0] == in2[j][0]]
-            if not pairs:
-                break
-            i, j = rng.choice(pairs)
-            (m1, (l1, p1)), (m2, (l2, p2)) = in1[i], in2[j]
-            ir = (rng.randint(abs(l1 - l2), min(l1 + l2, lmax)), p1 * p2)
-            hw = True if mode == "uvw" else rng.random() < 0.6
-            mo = {"uvw": rng.randint(1, 3), "uvu": m1, "uvv": m2, "uuw": rng.randint(1, 3) if hw else 1,
-                  "uuu": m1, "uvuv": m1 * m2}[mode]
-            same = [k for k, seg in enumerate(out) if seg == (mo, ir)]
-            if same and rng.random() < 0.6:
-                k = rng.choice(same)
-            else:
-                out.append((mo, ir))
-                k = len(out) - 1
-            t = (i, j, k, mode, hw)
-            if rng.random() < 0.3:
-                t += (rng.choice([0.25, 0.5, 2.0, 3.0]),)
-            ins.append(t)
-    if rng.random() < 0.3:
-        out.append((rng.randint(1, 2), (rng.randint(0, lmax), rng.choice((1, -1)))))  # never written
-    perm = list(range(len(out)))
-    rng.shuffle(perm)
-    new_out = [None] * len(out)
-    for old, new in enumerate(perm):
-        new_out[new] = out[old]
-    ins = [(a, b, perm[k]) + tuple(rest) for a, b, k, *rest in ins]
-    rng.shuffle(ins)
-    return in1, in2, new_out, ins
 
 
 # -- invalid instructions ----------------------------------------------------------------------

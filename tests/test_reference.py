@@ -17,6 +17,8 @@ from tritp import Problem, reference_tp
 from tritp.codegen import MODES
 from tritp.reference import to_ir_mul, to_mul_ir
 
+from support import random_problem_args
+
 # -- helpers -----------------------------------------------------------------------------------
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -27,59 +29,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-
-
-def random_problem_args(rng, lmax=3, zero_mul=True, unweighted_uuw="allow"):
-    """Random (in1, in2, out, instructions) mixing every mode; multiplicities are built so that
-    each mode fits, some output segments collect several paths, some are never written.
-
-    ``unweighted_uuw``: "allow" (random, as every other has_weight), "never", or "force" (every
-    uuw path is unweighted, mul_out = 1).
-    """
-    muls1 = [1, 2, 3] + ([0] if zero_mul else [])
-    in1 = [(rng.choice(muls1), (rng.randint(0, lmax), rng.choice((1, -1)))) for _ in range(rng.randint(1, 3))]
-    if all(m == 0 for m, _ in in1):  # inputs of dimension 0: see test_zero_dimensional_input
-        in1[0] = (1, in1[0][1])
-    in2 = [(rng.choice([1, 2]), (rng.randint(0, lmax), rng.choice((1, -1)))) for _ in range(rng.randint(1, 3))]
-    k = rng.randrange(len(in2))
-    in2[k] = (rng.choice([m for m, _ in in1 if m > 0] or [1]), in2[k][1])  # so that uuw / uuu fit
-    out, ins = [], []
-    modes = list(MODES)
-    rng.shuffle(modes)
-    for mode in modes:
-        for _ in range(rng.randint(1, 2)):
-            pairs = [(i, j) for i in range(len(in1)) for j in range(len(in2))
-                     if mode not in ("uuw", "uuu") or in1[i][0] == in2[j][0]]
-            if not pairs:
-                break
-            i, j = rng.choice(pairs)
-            (m1, (l1, p1)), (m2, (l2, p2)) = in1[i], in2[j]
-            ir = (rng.randint(abs(l1 - l2), min(l1 + l2, lmax)), p1 * p2)
-            hw = True if mode == "uvw" else rng.random() < 0.6
-            if mode == "uuw":
-                hw = {"allow": hw, "never": True, "force": False}[unweighted_uuw]
-            mo = {"uvw": rng.randint(1, 3), "uvu": m1, "uvv": m2, "uuw": rng.randint(1, 3) if hw else 1,
-                  "uuu": m1, "uvuv": m1 * m2}[mode]
-            same = [k for k, seg in enumerate(out) if seg == (mo, ir)]
-            if same and rng.random() < 0.6:
-                k = rng.choice(same)
-            else:
-                out.append((mo, ir))
-                k = len(out) - 1
-            t = (i, j, k, mode, hw)
-            if rng.random() < 0.3:
-                t += (rng.choice([0.25, 0.5, 2.0, 3.0]),)
-            ins.append(t)
-    if rng.random() < 0.3:
-        out.append((rng.randint(1, 2), (rng.randint(0, lmax), rng.choice((1, -1)))))  # never written
-    perm = list(range(len(out)))
-    rng.shuffle(perm)
-    new_out = [None] * len(out)
-    for old, new in enumerate(perm):
-        new_out[new] = out[old]
-    ins = [(a, b, perm[k]) + tuple(rest) for a, b, k, *rest in ins]
-    rng.shuffle(ins)
-    return in1, in2, new_out, ins
 
 
 def random_problem(seed, unweighted_uuw="never", zero_mul=True, layout="mul_ir"):
