@@ -35,7 +35,7 @@ from .codegen import Problem, conv_emit
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.cg_pieces import plan_pieces
-from .kernels import (LaunchPlan, acc_dtype, dot_precision, generator_hash, interpreter_active, launch_pieces,
+from .kernels import (LaunchPlan, dot_precision, generator_hash, interpreter_active, launch_dtypes, launch_pieces,
                       load_generated, split_programs, target_dim, triton_cdiv)
 from .conv_tuning import FAMILY, ConvSpec  # registers the "conv" autotune family
 from .tuning import Config, heuristic, lookup
@@ -135,12 +135,7 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
     and no output buffer is allocated."""
     if scatter not in SCATTERS:
         raise ValueError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
-    acc = acc_dtype(tensors)
-    dtype_name = "float64" if acc == torch.float64 else "float32"
-    if out_dtype is None:
-        out_dtype = tensors[0].dtype
-        for t in tensors[1:]:
-            out_dtype = torch.promote_types(out_dtype, t.dtype)
+    acc, dtype_name, out_dtype = launch_dtypes(tensors, out_dtype)
     mode = conv_emit.write_mode(spec.target, scatter)
     device = tensors[0].device
     E = graph[0].shape[0] if num_edges is None else num_edges

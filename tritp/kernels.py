@@ -101,6 +101,22 @@ def acc_dtype(tensors) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def launch_dtypes(tensors, out_dtype=None) -> tuple:
+    """``(accumulation dtype, its kernel name, output dtype)`` of a launch: fp64 accumulation if
+    any input is fp64, else fp32; the output dtype, unless given, promotes the inputs'.
+
+    Example:
+        >>> launch_dtypes([torch.ones(1, dtype=torch.bfloat16), torch.ones(1)])
+        (torch.float32, 'float32', torch.float32)
+    """
+    acc = acc_dtype(tensors)
+    if out_dtype is None:
+        out_dtype = tensors[0].dtype
+        for t in tensors[1:]:
+            out_dtype = torch.promote_types(out_dtype, t.dtype)
+    return acc, "float64" if acc == torch.float64 else "float32", out_dtype
+
+
 def target_dim(problem: Problem, role: str) -> int:
     return {"x1": problem.irreps_in1.dim, "x2": problem.irreps_in2.dim, "out": problem.irreps_out.dim,
             "w": problem.weight_numel}[role]
@@ -141,12 +157,7 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
     """Everything :func:`produce` launches, without launching. ``dry`` (for :func:`precompile`):
     ``tensors`` may have as few as 2 rows while ``Z`` is the real batch (configuration and
     int64 addressing follow ``Z``), and no output buffer is allocated."""
-    acc = acc_dtype(tensors)
-    dtype_name = "float64" if acc == torch.float64 else "float32"
-    if out_dtype is None:
-        out_dtype = tensors[0].dtype
-        for t in tensors[1:]:
-            out_dtype = torch.promote_types(out_dtype, t.dtype)
+    acc, dtype_name, out_dtype = launch_dtypes(tensors, out_dtype)
     device = tensors[0].device
     dim = target_dim(problem, spec.target)
     shared_w = spec.target == "w" and problem.shared_weights
