@@ -4,7 +4,8 @@ tritp derives every coupling coefficient exactly once per machine and saves the 
 in its cache (``codegen/tables.py``). This script measures what that costs a user process:
 
 - cold: a fresh, empty ``TRITP_CACHE_DIR`` (a temporary folder), so the table is computed
-  and written;
+  and written (for lmax <= 6 it is taken from the table shipped in the package,
+  ``codegen/coupling_L6.npz``, and only written; lmax 7 or 8 derives the 8-table);
 - warm: a second process on the same folder, so the table is read back.
 
 Each measurement runs in its own subprocess. Timing starts inside it, after interpreter

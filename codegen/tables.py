@@ -1,9 +1,14 @@
 """The float64 coupling table of all triples up to a degree, computed once per machine.
 
-Computing the exact coefficients of every triple with l <= 6 takes about a second; a second
-process should pay nothing, so the table is saved as one ``.npz`` in the user cache, named by
-the degree and a hash of the deriving code (``coupling.py``), so that a change of derivation
-can never serve stale numbers. A corrupt file is recomputed and replaced.
+Computing the exact coefficients of every triple with l <= 6 takes one to three seconds; a
+second process should pay nothing, so the table is saved as one ``.npz`` in the user cache,
+named by the degree and a hash of the deriving code (``coupling.py``), so that a change of
+derivation can never serve stale numbers. A corrupt file is recomputed and replaced.
+
+The l <= 6 table (every degree of the common models) also ships with the package
+(:data:`SHIPPED`, holding that hash), so even a new machine's first call derives nothing; it is
+used only while its hash equals the code's (a test fails when ``coupling.py`` changes until
+``python -c "from tritp.codegen.tables import write_shipped; write_shipped()"`` rewrites it), else the table is computed as above.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import numpy as np
 from .diskcache import atomic_write, cache_dir, content_hash
 
 TABLE_FORMAT = 1
+#: The table shipped in the package: every triple with degrees <= 6, and the deriving code's hash.
+SHIPPED = Path(__file__).parent / "coupling_L6.npz"
 
 
 def _source_key() -> str:
@@ -80,6 +87,31 @@ def _compute(lmax: int):
     )
 
 
+def _npz(arrays, compressed: bool = False, **extra) -> bytes:
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, triples=arrays[0], offsets=arrays[1], ms=arrays[2],
+                                                       values=arrays[3], **extra)
+    return buf.getvalue()
+
+
+def shipped_arrays(lmax: int):
+    """The shipped table's arrays if it is of degree ``lmax`` and of this code, else None."""
+    if lmax != 6 or not SHIPPED.exists():
+        return None
+    try:
+        with np.load(SHIPPED) as z:
+            if str(z["source_key"]) != _source_key():
+                return None  # derived by other code: never serve it
+            return z["triples"], z["offsets"], z["ms"], z["values"]
+    except Exception:  # an unreadable package file: derive instead
+        return None
+
+
+def write_shipped() -> Path:
+    """Derive the l <= 6 table and write it into the package (after a change of ``coupling.py``)."""
+    return atomic_write(SHIPPED, _npz(_compute(6), compressed=True, source_key=np.asarray(_source_key())))
+
+
 @lru_cache(maxsize=None)
 def _load(lmax: int) -> CouplingTable:
     _loaded_sizes.add(lmax)
@@ -95,11 +127,9 @@ def _load(lmax: int) -> CouplingTable:
             return CouplingTable(lmax, *arrays)
         except Exception as e:  # corrupt or truncated: report, recompute, replace
             warnings.warn(f"tritp: ignoring unreadable coupling table {path} ({e}); recomputing")
-    arrays = _compute(lmax)
-    buf = io.BytesIO()
-    np.savez(buf, triples=arrays[0], offsets=arrays[1], ms=arrays[2], values=arrays[3])
+    arrays = shipped_arrays(lmax) or _compute(lmax)
     try:
-        atomic_write(path, buf.getvalue())
+        atomic_write(path, _npz(arrays))
     except OSError as e:  # a read-only cache must not stop the computation
         warnings.warn(f"tritp: could not save coupling table to {path} ({e})")
     return CouplingTable(lmax, *arrays)

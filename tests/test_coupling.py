@@ -360,3 +360,30 @@ def test_doctests(module):
 
     result = doctest.testmod(importlib.import_module(module), report=True)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_shipped_table_is_of_this_code_and_equals_a_fresh_derivation():
+    with np.load(tables.SHIPPED) as z:
+        assert str(z["source_key"]) == tables._source_key(), \
+            "coupling.py changed: rewrite the shipped table (tritp.codegen.tables.write_shipped())"
+        for name, fresh in zip(("triples", "offsets", "ms", "values"), tables._compute(6)):
+            np.testing.assert_array_equal(z[name], fresh)
+
+
+def test_a_new_machine_derives_nothing(fresh_cache, monkeypatch):
+    def _compute(lmax):
+        raise AssertionError("derived instead of taking the shipped table")
+    monkeypatch.setattr(tables, "_compute", _compute)
+    assert [r[:3] for r in sparse_coupling(1, 1, 0)] == [(0, 0, 0), (1, 1, 0), (2, 2, 0)]
+    assert _npz_files(fresh_cache) == [tables.table_path(6)]  # and saved to the user cache as before
+
+
+def test_a_shipped_table_of_other_code_is_never_used(fresh_cache, tmp_path, monkeypatch):
+    with np.load(tables.SHIPPED) as z:
+        arrays = (z["triples"], z["offsets"], z["ms"], 2 * z["values"])
+    other = tmp_path / "other.npz"
+    other.write_bytes(tables._npz(arrays, source_key=np.asarray("derived-by-other-code")))
+    monkeypatch.setattr(tables, "SHIPPED", other)
+    assert tables.shipped_arrays(6) is None
+    rows = sparse_coupling(1, 1, 0)
+    assert abs(sum(v * v for *_, v in rows) - 1) < 1e-12  # derived: unit norm, not the doubled values
