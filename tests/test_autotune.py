@@ -430,3 +430,21 @@ def test_cli_time_limit_and_interrupt_keep_what_was_tuned(tmp_path, capsys, monk
     assert "interrupted: 1 of 4 kernels tuned" in out
     (f,) = json.loads((tmp_path / "exp" / "index.json").read_text())["files"]
     assert f["entries"] == 1
+
+
+@pytest.mark.parametrize("bad, says", [(Config(block_z=3), "block_z must be a power of two, got 3"),
+                                       (Config(block_c=0), "block_c must be a positive int"),
+                                       (Config(num_warps=6), "num_warps must be a power of two")])
+def test_an_explicit_bad_config_fails_before_launch(bad, says):
+    """A hand-made config reached Triton and failed there ("arange's range must be a power of
+    2"); now plain and conv launches name the field first."""
+    from tritp.conv_kernels import produce_conv
+    from tritp.kernels import produce
+
+    p = Problem.channelwise("4x0e", "0e", "4x0e", shared_weights=False)
+    spec = _fwd(p)
+    ts = [torch.randn(5, 4), torch.randn(5, 1), torch.randn(5, 4)]
+    with pytest.raises(ValueError, match=says):
+        produce(p, spec, ts, 5, config=bad)
+    with pytest.raises(ValueError, match=says):
+        produce_conv(p, spec, "atomic", ts, [torch.zeros(5, dtype=torch.long)] * 2, 5, 5, config=bad)

@@ -38,7 +38,7 @@ from .codegen.cg_pieces import plan_pieces
 from .kernels import (LaunchPlan, dot_precision, generator_hash, interpreter_active, launch_dtypes, launch_pieces,
                       load_generated, split_programs, target_dim, triton_cdiv)
 from .conv_tuning import FAMILY, ConvSpec  # registers the "conv" autotune family
-from .tuning import Config, heuristic, lookup
+from .tuning import Config, check_config, heuristic, lookup
 
 SCATTERS = ("atomic", "deterministic")
 _loaded: dict = {}
@@ -143,6 +143,8 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
     nrows = shape[0] if mode == "segment" else E
     if config is None:
         config = choose_config(problem, spec, mode, dtype_name, E, nrows, device, interpreter_active())
+    else:
+        check_config(config)
     if E == 0 or shape[-1] == 0 or nrows == 0:
         return LaunchPlan([], (0,), (), {}, torch.zeros(shape, dtype=out_dtype, device=device), False, out_dtype,
                           device)

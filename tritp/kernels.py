@@ -168,6 +168,10 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
         from .tuning import choose
 
         config = choose(problem, spec, dtype_name, Z, device, interpreter_active())
+    else:
+        from .tuning import check_config
+
+        check_config(config)
     kerns = [get_kernel(problem, spec, dtype_name, config.block_c, piece) for piece in plan_pieces(problem, spec)]
     block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # one grid for every piece
     nprog = split_programs(triton_cdiv(Z, block_z), device) if shared_w else triton_cdiv(Z, block_z)

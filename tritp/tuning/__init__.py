@@ -42,6 +42,28 @@ class Config(NamedTuple):
     impl: str = "sparse"
 
 
+def check_config(config) -> Config:
+    """``config`` as a :class:`Config` if it can launch; ValueError naming the bad field else
+    (positive ints; ``block_z``, ``block_c`` and ``num_warps`` powers of two, as ``tl.arange``
+    and Triton require).
+
+    Example:
+        >>> check_config(Config(block_z=3))
+        Traceback (most recent call last):
+        ...
+        ValueError: config: block_z must be a power of two, got 3
+    """
+    if not isinstance(config, Config):
+        raise TypeError(f"config: expected a tritp.tuning.Config, got {type(config).__name__}")
+    for field in Config._fields[:4]:
+        v = getattr(config, field)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"config: {field} must be a positive int, got {v!r}")
+        if field != "num_stages" and v & (v - 1):
+            raise ValueError(f"config: {field} must be a power of two, got {v}")
+    return config
+
+
 #: The GPU defaults the heuristic tries, in order, for a kernel of known structure:
 #: (block_c, num_warps) with 8, 4, 2 and 1 tile elements per thread at 16 rows.
 GPU_LADDER = ((64, 4), (64, 8), (32, 8), (16, 8))

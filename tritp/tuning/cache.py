@@ -40,7 +40,7 @@ from pathlib import Path
 
 from ..codegen.diskcache import atomic_write, cache_root, content_hash
 from ..codegen.intmath import p2
-from . import Config, _memo
+from . import Config, _memo, check_config
 from .space import identity_for, space_for
 
 SCHEMA = 1
@@ -140,14 +140,10 @@ def valid_entry(e) -> bool:
 
 
 def to_config(d: dict) -> Config:
-    cfg = Config(**{k: d[k] for k in Config._fields if k in d})
-    ints = [getattr(cfg, f) for f in Config._fields[:4]]
-    if not all(isinstance(v, int) and v > 0 for v in ints):
-        raise ValueError(f"bad config {d!r}")
-    # block sizes and warps must be powers of two (tl.arange), else the entry is unusable
-    if any(v & (v - 1) for v in (cfg.block_z, cfg.block_c, cfg.num_warps)):
-        raise ValueError(f"bad config {d!r}: block_z, block_c and num_warps must be powers of two")
-    return cfg
+    try:
+        return check_config(Config(**{k: d[k] for k in Config._fields if k in d}))
+    except ValueError as e:  # the entry is unusable: its reader reports it
+        raise ValueError(f"bad config {d!r}: {e}") from None
 
 
 def read_json(path: Path):
