@@ -22,7 +22,7 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 
 from .cg_gemm import GemmMixin
-from .cg_spec import MODE_LETTERS, ProducerSpec
+from .cg_spec import ProducerSpec, letters
 from .cg_terms import TermMixin
 from .intmath import p2
 from .problem import Problem
@@ -226,9 +226,7 @@ class CGEmitter(TermMixin, GemmMixin):
         return f"{off + m * mul} + c"
 
     def letters(self, ins):
-        (m1, _), (m2, _), (mo, _) = (self.p.irreps_in1[ins.i_in1], self.p.irreps_in2[ins.i_in2],
-                                     self.p.irreps_out[ins.i_out])
-        return MODE_LETTERS[ins.mode], {"u": m1, "v": m2, "w": mo}
+        return letters(self.p, ins)
 
     def vector_letters(self, tl_letters: str, sizes: dict) -> dict:
         vals, inner = {}, 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .cg_spec import ROLE_INDEX
+from .cg_spec import ROLE_INDEX, letters
 from .coupling import sparse_coupling
 from .intmath import p2
 
@@ -29,25 +29,36 @@ def _flatten(letters: str, sizes: dict, vals: dict) -> str:
     return expr or "0"
 
 
+def dot_letter(problem, target: str, ins):
+    """The contraction letter K when ``ins``'s term for ``target`` is a GEMM ``T[z, K] @ W[K, n]``:
+    shared weights, a target whose only letter ``n`` is carried by the weights alone (uvw for
+    every target, uuw for the output), and K of at least 16 channels. None otherwise (also the
+    rule the register estimate of :mod:`tritp.tuning.registers` follows).
+
+    Example:
+        >>> from tritp.codegen import Problem
+        >>> p = Problem("16x0e", "16x0e", "16x0e", [(0, 0, 0, "uvw", True)])
+        >>> dot_letter(p, "out", p.instructions[0])
+        'v'
+    """
+    if target == "w" or not ins.has_weight or not problem.shared_weights:
+        return None
+    lt, sizes = letters(problem, ins)
+    n = lt[target]
+    srcs = [r for r in ("x1", "x2", "out") if r != target]
+    if len(n) != 1 or sizes[n] < 16 or any(n in lt[r] for r in srcs):
+        return None
+    cands = [ch for ch in "uvw" if ch != n and ch in lt["w"] and sizes[ch] >= 16 and any(ch in lt[r] for r in srcs)]
+    return max(cands, key=lambda ch: (sizes[ch], ch)) if cands else None
+
+
 class GemmMixin:
     """GEMM emitters; relies on CGEmitter's ``w``, ``p``, ``spec``, ``letters``, ``load``,
     ``elem``, ``fresh``, ``const``, ``woffs`` and ``emit_contraction``."""
 
     def dot_letter(self, ins):
-        """The contraction letter K when this term is a GEMM ``T[z, K] @ W[K, n]``: shared weights,
-        a target whose only letter ``n`` is carried by the weights alone (uvw for every target,
-        uuw for the output), and K of at least 16 channels. None otherwise."""
-        target = self.spec.target
-        if target == "w" or not ins.has_weight or not self.p.shared_weights:
-            return None
-        lt, sizes = self.letters(ins)
-        n = lt[target]
-        srcs = [r for r in ("x1", "x2", "out") if r != target]
-        if len(n) != 1 or sizes[n] < 16 or any(n in lt[r] for r in srcs):
-            return None
-        cands = [ch for ch in "uvw" if ch != n and ch in lt["w"] and sizes[ch] >= 16
-                 and any(ch in lt[r] for r in srcs)]
-        return max(cands, key=lambda ch: (sizes[ch], ch)) if cands else None
+        """:func:`dot_letter` of this kernel's target."""
+        return dot_letter(self.p, self.spec.target, ins)
 
     def emit_dot_term(self, k, ins, term, accs, K):
         self.uses_dot = True

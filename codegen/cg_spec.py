@@ -41,6 +41,20 @@ MODE_LETTERS = {
 }
 
 
+
+def letters(problem, ins) -> tuple:
+    """``(channel letters per role, size per letter)`` of instruction ``ins`` of ``problem``.
+
+    Example:
+        >>> from tritp.codegen import Problem
+        >>> p = Problem.channelwise("8x0e", "2x0e", "8x0e")
+        >>> letters(p, p.instructions[0])
+        ({'x1': 'u', 'x2': 'v', 'out': 'u', 'w': 'uv'}, {'u': 8, 'v': 2, 'w': 8})
+    """
+    sizes = {"u": problem.irreps_in1[ins.i_in1].mul, "v": problem.irreps_in2[ins.i_in2].mul,
+             "w": problem.irreps_out[ins.i_out].mul}
+    return MODE_LETTERS[ins.mode], sizes
+
 @dataclass(frozen=True)
 class ProducerSpec:
     """One kernel: ``target`` role, the roles of its tensor arguments, and the terms.

@@ -65,7 +65,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import NamedTuple
 
-from ..codegen.cg_spec import MODE_LETTERS
+from ..codegen.cg_gemm import dot_letter
+from ..codegen.cg_spec import letters
 from ..codegen.intmath import p2
 
 #: Registers per thread that do not scale with the tiles (row offsets, pointers, masks, loops).
@@ -95,23 +96,10 @@ def _ms(l1: int, l2: int, l3: int) -> tuple:
 
 
 def _info(p, ins):
-    lt = MODE_LETTERS[ins.mode]
-    sizes = {"u": p.irreps_in1[ins.i_in1].mul, "v": p.irreps_in2[ins.i_in2].mul, "w": p.irreps_out[ins.i_out].mul}
+    lt, sizes = letters(p, ins)
     ls = (p.irreps_in1[ins.i_in1].ir.l, p.irreps_in2[ins.i_in2].ir.l, p.irreps_out[ins.i_out].ir.l)
     ms = dict(zip(("x1", "x2", "out"), _ms(*ls)), w=1)
     return lt, sizes, ms
-
-
-def _dot_letter(p, target, ins, lt, sizes):
-    """The GEMM contraction letter of a term, by the rule of ``codegen/cg_gemm.py``, or None."""
-    if target == "w" or not ins.has_weight or not p.shared_weights:
-        return None
-    n = lt[target]
-    srcs = [r for r in ("x1", "x2", "out") if r != target]
-    if len(n) != 1 or sizes[n] < 16 or any(n in lt[r] for r in srcs):
-        return None
-    cands = [ch for ch in "uvw" if ch != n and ch in lt["w"] and sizes[ch] >= 16 and any(ch in lt[r] for r in srcs)]
-    return max(cands, key=lambda ch: (sizes[ch], ch)) if cands else None
 
 
 def groups(problem, spec) -> tuple:
@@ -143,7 +131,7 @@ def groups(problem, spec) -> tuple:
             lt, sizes, ms = _info(p, ins)
             used = set("".join(lt[r] for r in srcs) + (lt["w"] if ins.has_weight else ""))
             loops = [ch for ch in "uvw" if ch in used and ch not in lt[target] and sizes[ch] > 1]
-            K = _dot_letter(p, target, ins, lt, sizes)
+            K = dot_letter(p, target, ins)
             vec = {ch for ch in lt[target] if sizes[ch] > 1}
             red = mul == 1 and K is None and bool(loops)  # a one-channel target: a loop letter as lanes
             if red:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Callable
 
-from ..codegen.cg_spec import MODE_LETTERS, ProducerSpec
+from ..codegen.cg_spec import ProducerSpec, letters
 from ..codegen.diskcache import content_hash
 from ..codegen.intmath import p2
 from . import Config
@@ -137,14 +137,12 @@ def cg_shape(problem, spec: ProducerSpec) -> dict:
 
     p, target = problem, spec.target
     lanes, loops, nnz = 1, False, 0
-    sizes = lambda ins: {"u": p.irreps_in1[ins.i_in1].mul, "v": p.irreps_in2[ins.i_in2].mul,
-                         "w": p.irreps_out[ins.i_out].mul}
     for ins in p.instructions:
         if 0 in ins.path_shape or (target == "w" and not ins.has_weight):
             continue
         l3 = (p.irreps_in1[ins.i_in1].ir.l, p.irreps_in2[ins.i_in2].ir.l, p.irreps_out[ins.i_out].ir.l)
         nnz += len(sparse_coupling(*l3))
-        lt, sz = MODE_LETTERS[ins.mode], sizes(ins)
+        lt, sz = letters(p, ins)
         if target == "w":
             n = 1
             for s in ins.path_shape:
