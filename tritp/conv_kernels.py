@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -44,9 +45,15 @@ SCATTERS = ("atomic", "deterministic")
 _loaded: dict = {}
 
 
+@lru_cache(maxsize=None)
+def conv_generator_hash() -> str:
+    """Hash of the conv generator: the CG generator's files and ``codegen/conv_emit.py``."""
+    return content_hash(generator_hash(), Path(conv_emit.__file__).read_bytes())
+
+
 def conv_source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str, piece=None) -> Path:
-    h = content_hash(generator_hash(), Path(conv_emit.__file__).read_bytes(), problem.key, repr(spec), dtype,
-                     block_c, mode, dot_precision(), *(() if piece is None else (tuple(piece),)))
+    h = content_hash(conv_generator_hash(), problem.key, repr(spec), dtype, block_c, mode, dot_precision(),
+                     *(() if piece is None else (tuple(piece),)))
     return cache_dir("kernels") / f"conv_{mode}_{spec.target}_{h}.py"
 
 

@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import NamedTuple
 
 from .codegen.cg_spec import ProducerSpec
@@ -68,11 +67,9 @@ class ConvSpec(NamedTuple):
 
 def conv_identity(problem, cspec: ConvSpec, dtype: str) -> str:
     """Source identity of a conv kernel for the cache key (``block_c`` aside: it is tuned)."""
-    from . import kernels
-    from .codegen import conv_emit
+    from .conv_kernels import conv_generator_hash
 
-    return content_hash(kernels.generator_hash(), Path(conv_emit.__file__).read_bytes(), problem.key,
-                        cspec.spec.to_str(), cspec.mode, dtype)
+    return content_hash(conv_generator_hash(), problem.key, cspec.spec.to_str(), cspec.mode, dtype)
 
 
 @register_family(FAMILY, identity=conv_identity)
