@@ -133,12 +133,10 @@ def tune_gaunt(problem: GauntProblem, batch: int = DEFAULT_BATCH, *, directions=
     from .kernels import interpreter_active
     from .tuning import clear_memo
     from .tuning.cache import SCHEMA, gpu_name, make_key, store as store_entry
-    from .tuning.tuner import DTYPES, cuda_timer, default_device, wallclock_timer
+    from .tuning.tuner import DTYPES, check_args, cuda_timer, default_device, search, wallclock_timer
 
     directions = _check_directions(directions)
-    dtype = str(dtype).replace("torch.", "")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    dtype = check_args("full", dtype)
     batch = int(batch)
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
@@ -164,24 +162,19 @@ def tune_gaunt(problem: GauntProblem, batch: int = DEFAULT_BATCH, *, directions=
         t.requires_grad_(grad)
     gy.requires_grad_("dbl" in directions)
 
-    times, errors = {}, {}
-    for config in order:
+    tensors = (x1, x2, gy, v1, v2)
+
+    def thunk_for(config):
         p = neutral.replace(implementation=config.impl)
         launch = launch_of(config) if config.impl in LAUNCHED else None
         module = GauntProduct(p, weights=weights, backend="triton", launch=launch).to(device)
-        try:
-            ms = float(timer(GauntLaunch(module, p, batch, directions, (x1, x2, gy, v1, v2), config)))
-        except Exception as e:
-            if type(e).__name__ == "CompilationError":
-                raise  # a generator bug, not a slow implementation: never hide it in the search
-            ms, errors[name_of(config)] = math.inf, f"{type(e).__name__}: {e}"
-        times[name_of(config)] = ms if ms == ms else math.inf
-        if progress is not None:
-            progress(len(times), len(order), config, times[name_of(config)])
-    best = min(order, key=lambda c: (times[name_of(c)], order.index(c)))
-    if not math.isfinite(times[name_of(best)]):
-        raise RuntimeError(f"every Gaunt implementation failed for {neutral!r}; first error: "
-                           f"{next(iter(errors.values()))}")
+        return GauntLaunch(module, p, batch, directions, tensors, config)
+    try:
+        _, ctimes, cerrors = search(order, thunk_for, timer, "full", progress)
+    except RuntimeError as e:
+        raise RuntimeError(f"every Gaunt implementation failed for {neutral!r}: {e}") from None
+    times = {name_of(c): ms for c, ms in ctimes.items()}
+    errors = {name_of(c): err for c, err in cerrors.items()}
     gpu = gpu_name(device, interpreted)
     label_ = label or f"{neutral.irreps_in1} x {neutral.irreps_in2} -> {neutral.irreps_out} (gaunt)"
 

@@ -187,8 +187,12 @@ def tuned_launch(problem: GauntProblem, dtype: str = "float32", batch: int = DEF
     return None
 
 
-# the timing half lives in gaunt_tuner (imported last: it reads this module's names)
-from .gaunt_tuner import GauntLaunch, GauntTuneResult, tune_gaunt  # noqa: E402
+def __getattr__(name):  # the timing half lives in gaunt_tuner, which imports this module
+    if name in ("GauntLaunch", "GauntTuneResult", "tune_gaunt"):
+        from . import gaunt_tuner
+
+        return getattr(gaunt_tuner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["tune_gaunt", "tuned_choice", "tuned_launch", "GauntTuneResult", "GauntLaunch", "gaunt_space",
            "launch_space", "impl_configs", "launch_of", "label", "gaunt_identity", "neutral_problem", "FAMILY",
