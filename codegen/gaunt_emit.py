@@ -147,7 +147,8 @@ class _Emitter:
         self.dot_kw = f", input_precision=\"{prec}\"" if prec else ""
 
     def dot(self, a: str, b: str, acc: str) -> str:
-        return f"tl.dot({a}, {b}, {acc}{self.dot_kw})"
+        # out_dtype: Triton 3.6 asserts that an fp64 accumulator matches it (default fp32).
+        return f"tl.dot({a}, {b}, {acc}{self.dot_kw}, out_dtype=DT)"
 
     def chunks(self, role: str):
         k, w, kp = role_size(self.p, role)
