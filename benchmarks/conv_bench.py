@@ -18,10 +18,11 @@ and every variant gets the same arrays. Inputs are random normal. Directions: ``
 of them: the forces-training pattern). Variants: ``tritp-atomic``, ``tritp-det`` (graph helper
 built once, outside the timing), ``tritp-unfused`` (gather -> tritp.compile layer ->
 index_add), ``oeq-atomic``, ``oeq-det``, ``cueq`` (``ChannelWiseTensorProduct`` with
-``indices_1``/``indices_out``; its own path and weight order, so its values are not compared).
+``indices_1``/``indices_out``, built by ``tritp.bench_peers.cueq_module`` with e3nn's coupling,
+so its values compare).
 Per variant: median ms (``triton.testing.do_bench`` on a GPU), peak memory above the inputs
-(``torch.cuda.max_memory_allocated``), whether a second run is bit-identical and, for the tritp
-and OEQ variants, the max error relative to the unfused tritp result. It reports, never asserts; results go to
+(``torch.cuda.max_memory_allocated``), whether a second run is bit-identical and, for every
+variant but the unfused one, the max error relative to the unfused tritp result. It reports, never asserts; results go to
 ``benchmarks/results/<date>-<gpu>-conv.json`` (GPU name, versions, date, command).
 
 Run::
@@ -123,15 +124,9 @@ def build(variant, torch, problem, dtype, device, src, dst, n):
             sender_perm = torch.argsort(cols * n + rows)
             return lambda x, ea, w: conv.forward(x, ea, w, rows, cols, sender_perm)
         return lambda x, ea, w: conv.forward(x, ea, w, rows, cols)
-    import cuequivariance as cue
-    import cuequivariance_torch as cuet
+    from tritp.bench_peers import cueq_module
 
-    keep = [ir for _, ir in cue.Irreps("O3", "+".join(sorted({str(ir) for _, ir in problem.irreps_out})))]
-    in1, in2 = cue.Irreps("O3", str(problem.irreps_in1)), cue.Irreps("O3", str(problem.irreps_in2))
-    tp = cuet.ChannelWiseTensorProduct(in1, in2, keep, layout=cue.mul_ir, shared_weights=False, internal_weights=False,
-                                       device=device, dtype=dtype, math_dtype=dtype)
-    if tp.weight_numel != problem.weight_numel:
-        raise ValueError(f"cuEquivariance built {tp.weight_numel} weights, tritp {problem.weight_numel}")
+    tp, _ = cueq_module(problem, device, dtype)
     return lambda x, ea, w: tp(x, ea, w, indices_1=src, indices_out=dst, size_out=n)
 
 
@@ -272,7 +267,7 @@ def measure(args, torch, problem, graphs, device, report) -> None:
                             res = run()
                             if v == "tritp-unfused":
                                 refs[direction] = res
-                            elif direction in refs and v != "cueq":
+                            elif direction in refs:
                                 row["max_rel_err_vs_unfused"] = max_rel(torch, res, refs[direction])
                             again = run()  # determinism: is a second run bit-identical?
                             pairs = zip(*(r if isinstance(r, tuple) else [r] for r in (res, again)))

@@ -81,6 +81,33 @@ def _default_norms(p: Problem) -> bool:
         v == 1.0 for v in p.in1_var + p.in2_var + p.out_var)
 
 
+def cueq_module(problem: Problem, device, dtype) -> tuple:
+    """``(module, note)``: cuEquivariance's layer for ``problem`` (channelwise or fully
+    connected, default normalization) in e3nn's layout and coupling; raises ValueError when its
+    layers cannot build ``problem``. The fused convolution benchmark calls the same module with
+    ``indices_1``/``indices_out``."""
+    import cuequivariance as cue
+    import cuequivariance_torch as cuet
+
+    p = problem
+    form = _form(p)
+    if form is None or not _default_norms(p):
+        raise ValueError("cuEquivariance's layers build channelwise (uvu) and fully connected (uvw) "
+                         "products with default normalization only")
+    G = _cue_group(cue)
+    kw = dict(layout=cue.mul_ir, shared_weights=p.shared_weights, internal_weights=False,
+              device=device, dtype=dtype, math_dtype=dtype)
+    in1, in2 = cue.Irreps(G, str(p.irreps_in1)), cue.Irreps(G, str(p.irreps_in2))
+    if form == "channelwise":
+        keep = [ir for _, ir in cue.Irreps(G, "+".join(sorted({str(ir) for _, ir in p.irreps_out})))]
+        mod = cuet.ChannelWiseTensorProduct(in1, in2, keep, **kw)
+    else:
+        mod = cuet.FullyConnectedTensorProduct(in1, in2, cue.Irreps(G, str(p.irreps_out)), **kw)
+    if mod.weight_numel != p.weight_numel:
+        raise ValueError(f"cuEquivariance built {mod.weight_numel} weights, tritp {p.weight_numel}")
+    return mod, f"cuet {form}, layout mul_ir"
+
+
 def build_impl(impl: str, problem: Problem, device, dtype) -> tuple:
     """``(fn, note)`` with ``fn(x1, x2, w) -> out`` in e3nn's layout; raises when ``impl``
     cannot run ``problem`` here (the reason is recorded by the caller)."""
@@ -112,26 +139,9 @@ def _build_peer(impl: str, p: Problem, device, dtype) -> tuple:
                               shared_weights=p.shared_weights, internal_weights=False).to(device=device, dtype=dtype)
         return (lambda a, b, c: tp(a, b, c)), None
     if impl == "cueq":
-        import cuequivariance as cue
-        import cuequivariance_torch as cuet
-
-        form = _form(p)
-        if form is None or not _default_norms(p):
-            raise ValueError("cuEquivariance's layers build channelwise (uvu) and fully connected (uvw) "
-                             "products with default normalization only")
-        G = _cue_group(cue)
-        kw = dict(layout=cue.mul_ir, shared_weights=p.shared_weights, internal_weights=False,
-                  device=device, dtype=dtype, math_dtype=dtype)
-        in1, in2 = cue.Irreps(G, str(p.irreps_in1)), cue.Irreps(G, str(p.irreps_in2))
-        if form == "channelwise":
-            keep = [ir for _, ir in cue.Irreps(G, "+".join(sorted({str(ir) for _, ir in p.irreps_out})))]
-            mod = cuet.ChannelWiseTensorProduct(in1, in2, keep, **kw)
-        else:
-            mod = cuet.FullyConnectedTensorProduct(in1, in2, cue.Irreps(G, str(p.irreps_out)), **kw)
-        if mod.weight_numel != p.weight_numel:
-            raise ValueError(f"cuEquivariance built {mod.weight_numel} weights, tritp {p.weight_numel}")
+        mod, note = cueq_module(p, device, dtype)
         shared = p.shared_weights
-        return (lambda a, b, c: mod(a, b, c.reshape(1, -1) if shared else c)), f"cuet {form}, layout mul_ir"
+        return (lambda a, b, c: mod(a, b, c.reshape(1, -1) if shared else c)), note
     if impl == "oeq":
         import numpy as np
         import openequivariance as oeq
