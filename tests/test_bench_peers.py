@@ -81,3 +81,14 @@ def test_cueq_convolution_adapter_matches_the_unfused_path(monkeypatch):
     go = torch.randn(ref.shape, dtype=torch.float64, generator=gen)
     for g, r in zip(torch.autograd.grad(out, (x, ea, w), go), torch.autograd.grad(ref, (x, ea, w), go)):
         assert _rel(g, r) < 1e-12
+
+
+def test_cueq_without_its_cuda_kernels_is_not_timed_on_a_gpu(monkeypatch):
+    """cuEquivariance silently runs plain torch when cuequivariance_ops_torch is missing; on
+    CUDA the adapter refuses (the harness reports the peer unavailable) instead of timing that."""
+    monkeypatch.setitem(sys.modules, "cuequivariance_ops_torch", None)  # import fails
+    p, _ = preset("mace-medium")
+    with pytest.raises(ImportError, match="cuequivariance_ops_torch does not import"):
+        cueq_module(p, "cuda", torch.float32)
+    _, note = cueq_module(p, "cpu", torch.float64)  # on a CPU the fallback is all there is
+    assert "method naive" in note

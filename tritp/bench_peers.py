@@ -94,6 +94,8 @@ def cueq_module(problem: Problem, device, dtype) -> tuple:
     if form is None or not _default_norms(p):
         raise ValueError("cuEquivariance's layers build channelwise (uvu) and fully connected (uvw) "
                          "products with default normalization only")
+    if torch.device(device).type == "cuda":
+        _require_cue_ops()
     G = _cue_group(cue)
     kw = dict(layout=cue.mul_ir, shared_weights=p.shared_weights, internal_weights=False,
               device=device, dtype=dtype, math_dtype=dtype)
@@ -105,7 +107,21 @@ def cueq_module(problem: Problem, device, dtype) -> tuple:
         mod = cuet.FullyConnectedTensorProduct(in1, in2, cue.Irreps(G, str(p.irreps_out)), **kw)
     if mod.weight_numel != p.weight_numel:
         raise ValueError(f"cuEquivariance built {mod.weight_numel} weights, tritp {p.weight_numel}")
-    return mod, f"cuet {form}, layout mul_ir"
+    # "naive" is its torch fallback: on a GPU, its choice when the segments are not uniform
+    method = getattr(getattr(mod, "f", None), "method", "unknown")
+    return mod, f"cuet {form}, method {method}, layout mul_ir"
+
+
+def _require_cue_ops() -> None:
+    """Without its CUDA kernels (cuequivariance_ops_torch) cuEquivariance falls back to plain
+    torch with only a warning; timing that would misreport the peer, so it is not run."""
+    import importlib
+
+    try:
+        importlib.import_module("cuequivariance_ops_torch")
+    except Exception as e:  # noqa: BLE001 - a broken CUDA library raises more than ImportError
+        raise ImportError(f"cuequivariance_ops_torch does not import ({type(e).__name__}: {e}); cuEquivariance "
+                          "would time its torch fallback, not its kernels") from e
 
 
 def build_impl(impl: str, problem: Problem, device, dtype) -> tuple:
