@@ -218,6 +218,9 @@ def main(argv=None) -> int:
               "graphs": {}, "results": []}
     print(f"# {gpu}; problem {' x '.join(irreps)} (channelwise, per-edge weights)")
     signal.signal(signal.SIGTERM, _interrupt)  # a hard stop still writes what was measured
+    from tritp.cli import interruptible
+
+    interruptible()  # gpu_check.sh stops it with SIGINT, maybe from a background job
     try:
         measure(args, torch, problem, graphs, device, report)
     except KeyboardInterrupt:

@@ -47,6 +47,7 @@ if not torch.cuda.is_available():  # triton reads it when imported, so before tr
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tritp import bench, cli_bench  # noqa: E402
+from tritp.cli import interruptible  # noqa: E402
 from tritp.codegen.gaunt_tables import grid_tables  # noqa: E402
 from tritp.gaunt import compile_gaunt  # noqa: E402
 from tritp.gaunt_reference import gaunt_reference  # noqa: E402
@@ -195,6 +196,7 @@ def main(argv=None) -> int:
               else "cpu", "interpreter": bench.interpreter_active(), "dtype": "float32",
               "peaks": {"fp32": args.peak_fp32, "tf32": args.peak_tf32, "bandwidth": args.bandwidth},
               "copy_bandwidth_Bps": bench.copy_bandwidth(device, timer), "results": [], "failures": {}}
+    interruptible()  # gpu_check.sh stops it with SIGINT, maybe from a background job
     try:
         for C in chans:
             for L in ls:

@@ -32,12 +32,14 @@ if not torch.cuda.is_available():  # triton reads this when imported, so before 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from tritp import cli_bench  # noqa: E402
+from tritp.cli import interruptible  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/harness.py", description=__doc__.split("\n\n")[0])
     cli_bench.add_arguments(parser)
     args = parser.parse_args(argv)
+    interruptible()  # gpu_check.sh stops it with SIGINT, maybe from a background job
     try:
         return cli_bench.run(args)
     except (ValueError, TypeError) as e:

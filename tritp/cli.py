@@ -94,6 +94,23 @@ def _silence_stdout() -> None:
         pass
 
 
+def interruptible() -> None:
+    """Let SIGINT raise ``KeyboardInterrupt`` in a process that started with it ignored.
+
+    A background job of a non-interactive shell starts with SIGINT ignored, and Python then
+    leaves it ignored; ``benchmarks/gpu_check.sh`` stops every stage with SIGINT so that it
+    writes what it measured, so the benchmarks and ``tritp bench``/``autotune`` call this first.
+    A handler someone installed on purpose is left alone. Call it from the main thread.
+
+    Example:
+        >>> interruptible()
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv=None) -> int:
     """Run the ``tritp`` command line on ``argv`` (default ``sys.argv[1:]``); returns the exit
     status instead of exiting, so tests and other programs can call it.
@@ -108,6 +125,7 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version and usage errors: keep argparse's status
         return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_USAGE)
+    interruptible()
     try:
         status = args._run(args)
     except (ValueError, TypeError) as e:  # ProblemError is a ValueError
