@@ -34,6 +34,7 @@ from .codegen.cg_pieces import plan_pieces
 from .codegen.intmath import cdiv as triton_cdiv
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
+from .compile_pool import compile_in_processes, use_processes
 
 GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py", "coupling.py", "instructions.py", "intmath.py",
                    "irreps.py", "problem.py", "writer.py")
@@ -222,7 +223,8 @@ def compile_all(jobs, timeout: float | None = None, ignore_errors: bool = False)
     """Run Triton's ``warmup`` (compile, do not launch) of ``(kernel, args, grid, options,
     device)`` jobs in parallel threads -- Triton releases the GIL in its passes and ptxas is a
     subprocess -- each under its job's CUDA device (the current device is per thread);
-    ``TRITP_PARALLEL_COMPILE=0``: one after another in this thread. Returns the number of jobs
+    ``TRITP_PARALLEL_COMPILE=0``: one after another in this thread; many jobs on many cores go
+    to worker processes instead (:mod:`tritp.compile_pool`). Returns the number of jobs
     finished; after ``timeout`` seconds the jobs not yet started are cancelled.
     ``ignore_errors``: a failed compile is neither counted nor raised."""
     def one(job):
@@ -236,6 +238,8 @@ def compile_all(jobs, timeout: float | None = None, ignore_errors: bool = False)
             return False
         return True
 
+    if parallel_compile() and use_processes(len(jobs)):  # many jobs, many cores: beyond the GIL
+        return compile_in_processes(jobs, timeout, ignore_errors)
     start, n_ok = time.monotonic(), 0
     if len(jobs) < 2 or not parallel_compile():
         for j in jobs:
