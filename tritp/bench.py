@@ -234,8 +234,9 @@ def finish_record(rec: dict, bandwidth: float) -> dict:
 
 
 def precompile_suite(entries, cfg: BenchConfig, log=print) -> int:
-    """Compile every tritp kernel the suite will launch, all in parallel threads, before any
-    timing (first launches would otherwise compile one by one inside the time limit)."""
+    """Compile every tritp kernel the suite will launch, all in parallel (threads, or worker
+    processes on a many-core machine: :mod:`tritp.compile_pool`), before any timing (first
+    launches would otherwise compile one by one inside the time limit)."""
     from .kernels import launch_plan, precompile
     from .tuning.tuner import direction_specs, make_inputs as tune_inputs
 

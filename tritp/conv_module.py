@@ -162,7 +162,7 @@ class TensorProductConv(torch.nn.Module):
 
     def precompile(self, num_nodes: int, num_edges: int, directions=("fwd", "bwd", "dbl"), dtype=torch.float32,
                    index_dtype=torch.int64, device=None) -> int:
-        """Compile this convolution's kernels now, all at once in parallel threads, for graphs
+        """Compile this convolution's kernels now, all at once in parallel (threads or worker processes), for graphs
         of about ``num_nodes`` nodes and ``num_edges`` edges (the launch configuration depends
         on them; the compiled kernels serve every size) with ``index_dtype`` indices. Nothing of
         graph size is allocated. Returns the number of kernels compiled (0 under the Triton

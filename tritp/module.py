@@ -204,7 +204,7 @@ class TensorProduct(torch.nn.Module):
 
 
     def precompile(self, batch=50_000, directions=("fwd", "bwd", "dbl"), dtype=torch.float32, device=None) -> int:
-        """Compile this module's kernels now, all at once in parallel threads, rather than one
+        """Compile this module's kernels now, all at once in parallel (threads or worker processes), rather than one
         after another on their first launches (a force-training step launches a dozen).
 
         Kernels are specialized on dtype and layout, not on the batch size, but the launch
