@@ -83,6 +83,7 @@ def test_cueq_convolution_adapter_matches_the_unfused_path(monkeypatch):
         assert _rel(g, r) < 1e-12
 
 
+@pytest.mark.filterwarnings("ignore")
 def test_cueq_without_its_cuda_kernels_is_not_timed_on_a_gpu(monkeypatch):
     """cuEquivariance silently runs plain torch when cuequivariance_ops_torch is missing; on
     CUDA the adapter refuses (the harness reports the peer unavailable) instead of timing that."""

@@ -74,6 +74,8 @@ def compile_in_processes(jobs, timeout: float | None = None, ignore_errors: bool
             targets[device] = _target(device)
         payloads.append((i, k.fn.__code__.co_filename, k.fn.__name__, args, grid, options, targets[device]))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # the parent's import path (a script may have put a checkout on it), so workers import the same tritp
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     deadline = None if timeout is None else time.monotonic() + timeout
     results, workers = {}, []
     for part in _partition(payloads, min(len(payloads), os.cpu_count() or 1)):
