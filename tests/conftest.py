@@ -12,6 +12,9 @@ os.environ["TRITON_INTERPRET"] = "1"
 _CACHE = tempfile.mkdtemp(prefix="tritp-test-cache-")
 os.environ["TRITP_CACHE_DIR"] = _CACHE
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# Parallel compiles in threads on any machine (worker processes would start on a many-core one);
+# tests of the worker pool ask for it explicitly.
+os.environ["TRITP_COMPILE_PROCESSES"] = "0"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -142,3 +142,20 @@ def test_jobs_are_shared_longest_first(tmp_path):
     loads = sorted(sum(len(open(p[1]).read()) for p in part) for part in parts)
     assert loads == [1100, 1200] and sorted(p[0] for part in parts for p in part) == [0, 1, 2, 3, 4]
     assert len(_partition(payloads[:1], 4)) == 1  # no empty workers
+
+
+def test_kernels_without_a_source_file_stay_in_threads(monkeypatch):
+    """Only a @triton.jit function defined in a file can be loaded by a worker; anything else
+    (a test's stand-in kernel, say) compiles in threads even when workers are asked for."""
+    import torch
+
+    import tritp.kernels as K
+    from tritp.compile_pool import file_backed
+
+    class Stub:
+        def warmup(self, *args, grid, **kw):
+            pass
+
+    monkeypatch.setenv("TRITP_COMPILE_PROCESSES", "1")
+    assert not file_backed(Stub())
+    assert K.compile_all([(Stub(), (), (1,), {}, torch.device("cpu"))] * 9) == 9

@@ -31,6 +31,12 @@ import time
 from contextlib import nullcontext
 
 
+def file_backed(kernel) -> bool:
+    """A ``@triton.jit`` function defined in a file (a worker loads it from there)."""
+    code = getattr(getattr(kernel, "fn", None), "__code__", None)
+    return code is not None and os.path.isfile(code.co_filename)
+
+
 def use_processes(n_jobs: int) -> bool:
     """Whether ``n_jobs`` compiles go to worker processes: ``TRITP_COMPILE_PROCESSES=1``
     always, ``=0`` never, unset when there are 8+ jobs and 8+ cores (a worker pays about 2 s
@@ -78,20 +84,23 @@ def compile_in_processes(jobs, timeout: float | None = None, ignore_errors: bool
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     deadline = None if timeout is None else time.monotonic() + timeout
     results, workers = {}, []
-    for part in _partition(payloads, min(len(payloads), os.cpu_count() or 1)):
-        log = tempfile.TemporaryFile()
-        proc = subprocess.Popen([sys.executable, "-m", "tritp.compile_pool"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=log, env=env)
-        proc.stdin.write(pickle.dumps(part))
-        proc.stdin.close()
-        reader = threading.Thread(target=_read, args=(proc, results), daemon=True)
-        reader.start()
-        workers.append((proc, reader, log))
-    for proc, reader, _ in workers:
-        reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    try:
+        for part in _partition(payloads, min(len(payloads), os.cpu_count() or 1)):
+            log = tempfile.TemporaryFile()
+            proc = subprocess.Popen([sys.executable, "-m", "tritp.compile_pool"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=log, env=env)
+            reader = threading.Thread(target=_read, args=(proc, results), daemon=True)
+            workers.append((proc, reader, log))
+            proc.stdin.write(pickle.dumps(part))
+            proc.stdin.close()
+            reader.start()
+        for proc, reader, _ in workers:
+            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    finally:  # at the deadline, or interrupted: no worker outlives the call
+        for proc, _, _ in workers:
+            if proc.poll() is None:
+                proc.kill()
     for proc, _, log in workers:
-        if proc.poll() is None:
-            proc.kill()
         proc.wait()
         log.seek(0)
         err = log.read().decode(errors="replace")

@@ -34,7 +34,7 @@ from .codegen.cg_pieces import plan_pieces
 from .codegen.intmath import cdiv as triton_cdiv
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
-from .compile_pool import compile_in_processes, use_processes
+from .compile_pool import compile_in_processes, file_backed, use_processes
 
 GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py", "coupling.py", "instructions.py", "intmath.py",
                    "irreps.py", "problem.py", "writer.py")
@@ -238,8 +238,8 @@ def compile_all(jobs, timeout: float | None = None, ignore_errors: bool = False)
             return False
         return True
 
-    if parallel_compile() and use_processes(len(jobs)):  # many jobs, many cores: beyond the GIL
-        return compile_in_processes(jobs, timeout, ignore_errors)
+    if parallel_compile() and use_processes(len(jobs)) and all(file_backed(j[0]) for j in jobs):
+        return compile_in_processes(jobs, timeout, ignore_errors)  # many jobs, many cores: past the GIL
     start, n_ok = time.monotonic(), 0
     if len(jobs) < 2 or not parallel_compile():
         for j in jobs:
