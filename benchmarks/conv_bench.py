@@ -111,7 +111,10 @@ def build(variant, torch, problem, dtype, device, src, dst, n):
         return lambda x, ea, w: conv(x, ea, w, src, dst, n, graph=graph)
     if variant.startswith("oeq"):
         import numpy as np
-        import openequivariance as oeq
+
+        from tritp.bench_peers import import_peer
+
+        oeq = import_peer("openequivariance")  # bounded under gpu_check.sh, which builds OEQ in the background
 
         npdt = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
         tpp = oeq.TPProblem(str(problem.irreps_in1), str(problem.irreps_in2), str(problem.irreps_out),
@@ -182,10 +185,12 @@ def max_rel(torch, a, b):
 
 
 def versions():
+    from tritp.bench_peers import import_peer
+
     out = {"python": platform.python_version()}
     for mod in ("torch", "triton", "tritp", "openequivariance", "cuequivariance", "cuequivariance_torch"):
         try:
-            out[mod] = getattr(__import__(mod), "__version__", "?")
+            out[mod] = getattr(import_peer(mod), "__version__", "?")
         except Exception as e:  # noqa: BLE001 - record any import failure as the reason
             out[mod] = f"not importable: {type(e).__name__}: {e}"
     return out
@@ -226,6 +231,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         report["interrupted"] = True
         print("\ninterrupted: writing what was measured")
+    report["versions"] = versions()  # again: a peer still importing at the start may be there now
     write(args, report, gpu, device)
     return 0
 

@@ -68,6 +68,8 @@ built, error = getattr(oeq, "BUILT_EXTENSION", None), getattr(oeq, "BUILT_EXTENS
 print(f"OpenEquivariance {oeq.__version__}: import and extension build {time.perf_counter() - t:.1f} s, "
       f"built: {built} {error or str()}")
 ' 2>&1 | tail -n 5 | sed 's/^/[oeq build] /' | tee -a "$LOG" ) &
+    # a benchmark that needs OEQ while it still builds waits this long per problem, then goes on
+    export TRITP_BENCH_IMPORT_WAIT_S="${TRITP_BENCH_IMPORT_WAIT_S:-20}"
 else
     say "no OpenEquivariance source folder: it will be reported as not importable"
 fi

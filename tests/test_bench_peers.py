@@ -93,3 +93,24 @@ def test_cueq_without_its_cuda_kernels_is_not_timed_on_a_gpu(monkeypatch):
         cueq_module(p, "cuda", torch.float32)
     _, note = cueq_module(p, "cpu", torch.float64)  # on a CPU the fallback is all there is
     assert "method naive" in note
+
+
+def test_a_slow_peer_import_is_waited_for_only_so_long(tmp_path, monkeypatch):
+    """gpu_check.sh builds OpenEquivariance's extension in the background; a benchmark that needs
+    it meanwhile records 'not ready' for that problem and gets it at a later one."""
+    import tritp.bench_peers as bp
+
+    (tmp_path / "slowpeer.py").write_text("import time\ntime.sleep(1.0)\nVALUE = 7\n")
+    (tmp_path / "brokenpeer.py").write_text("raise ImportError('no extension')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(bp, "_imports", {})
+    monkeypatch.setenv("TRITP_BENCH_IMPORT_WAIT_S", "0.1")
+    with pytest.raises(bp.PeerNotReady, match="slowpeer is still importing"):
+        bp.import_peer("slowpeer")
+    monkeypatch.setenv("TRITP_BENCH_IMPORT_WAIT_S", "5")
+    assert bp.import_peer("slowpeer").VALUE == 7  # the same import, finished
+    for _ in range(2):  # a failed import fails the same way every time it is asked
+        with pytest.raises(ImportError, match="no extension"):
+            bp.import_peer("brokenpeer")
+    monkeypatch.delenv("TRITP_BENCH_IMPORT_WAIT_S")
+    assert bp.import_peer("slowpeer").VALUE == 7  # unset: a plain import
