@@ -147,9 +147,8 @@ class GemmMixin:
                         for i, j, kk, c in nz:
                             by_k[kk].append((i, j, c))
                         for kk, es in sorted(by_k.items()):
-                            pv = self.fresh("P")
-                            self.w(f"{pv} = " + " + ".join(f"{self.const(c)} * {ops['x1'][i]} * {ops['x2'][j]}"
-                                                          for i, j, c in es))
+                            pv = self.fma_sum([(f"{self.const(c)} * {ops['x1'][i]}", ops['x2'][j])
+                                               for i, j, c in es])
                             self.w(f"accw += tl.dot(tl.trans({pv}), {ops['out'][kk]}, input_precision=DOT_PREC, "
                                    "out_dtype=DT)")
                 self.w(f"tl.store(g + pg + ({self.woffs[k]} + rr[:, None] * {sizes['w']} + nn[None, :]), "
