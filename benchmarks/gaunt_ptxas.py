@@ -36,19 +36,15 @@ with both inputs at C channels the backward producers are the forward's kernel, 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ptxas_audit import Worker, add_common_options, run_audit, spilled  # noqa: E402
+from ptxas_audit import Worker, add_common_options, resource_usage, run_audit, serve, spilled  # noqa: E402
 
 SPECS = ("out:x1,x2", "x1:x2,out", "x2:x1,out")
 _compiled: dict = {}  # the worker's answers by kernel and launch
@@ -129,59 +125,10 @@ def compile_job(job: dict) -> dict:
         ck = triton.compile(ASTSource(fn, sig, cx, attrs), target=target, options=options.__dict__)
     ans = {"status": "ok", "seconds": round(time.perf_counter() - t0, 1), "block_r": kw["BLOCK_R"],
            "num_warps": kw["num_warps"], "block_p": launch[2]}
-    for key, pat in (("regs", r"Used (\d+) registers"), ("stack", r"(\d+) bytes stack frame"),
-                     ("spill_stores", r"(\d+) bytes spill stores"), ("spill_loads", r"(\d+) bytes spill loads")):
-        r = re.search(pat, log.getvalue())
-        if r:
-            ans[key] = int(r.group(1))
-    if "regs" not in ans:  # no log: the cubin's resource usage
-        ans.update(cubin_usage(ck.asm["cubin"]))
+    ans.update(resource_usage(log.getvalue(), ck.asm["cubin"]))
     ans["mma"] = len(re.findall(r"\b(?:wgmma|mma)\.", ck.asm["ptx"]))  # tensor-core instructions in the PTX
     _compiled[same] = ans
     return ans
-
-
-def cubin_usage(cubin: bytes) -> dict:
-    import triton
-
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-    try:
-        out = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
-    finally:
-        os.unlink(f.name)
-    r = re.search(r"REG:(\d+) STACK:(\d+)", out)
-    return {"regs": int(r.group(1)), "stack": int(r.group(2))} if r else {}
-
-
-def _worker() -> None:
-    answers = os.fdopen(os.dup(1), "w")  # the answer channel; anything else written to fd 1 goes to stderr
-    os.dup2(2, 1)
-    for line in sys.stdin:
-        t0 = time.perf_counter()
-        try:
-            ans = compile_job(json.loads(line))
-        except Exception as e:  # reported, the audit goes on
-            ans = {"status": f"error: {type(e).__name__}: {str(e)[:400]}", "seconds": round(time.perf_counter() - t0, 1)}
-        answers.write(json.dumps(ans) + "\n")
-        answers.flush()
-
-
-class GauntWorker(Worker):
-    """``ptxas_audit.Worker`` (timeouts, restarts, cleanup) running this file's worker."""
-
-    def start(self):
-        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-        env["TRITON_DUMP_PTXAS_LOG"] = "1"
-        if self.triton_cache:
-            env["TRITON_CACHE_DIR"] = self.triton_cache
-        else:
-            self.tmp = tempfile.TemporaryDirectory(prefix="gaunt_ptxas_")
-            env["TRITON_CACHE_DIR"] = self.tmp.name
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
 
 
 # -- the audit -----------------------------------------------------------------------------------
@@ -210,7 +157,7 @@ def audit(args, rows: list) -> None:
     from tritp.codegen.gaunt_emit import default_block_p
     from tritp.gaunt_kernels import estimate_registers
 
-    worker = GauntWorker(args.triton_cache)
+    worker = Worker(args.triton_cache, script=__file__)
     print(f"{'impl':<4} {'L':>2} {'C':>4} {'spec':<10} {'dtype':<7} {'config':<10} {'launch':<9} {'est':>4} "
           f"{'regs':>4} {'spill':>5} {'stack':>5} {'s':>6} {'mma':>4}  status", flush=True)
     try:
@@ -271,6 +218,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--worker"]:
-        _worker()
+        serve(compile_job)
     else:
         sys.exit(main())

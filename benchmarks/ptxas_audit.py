@@ -61,7 +61,51 @@ LEGACY = (16, 64, 4, 1)
 
 
 # -- the worker: one compile per request line, a JSON answer line per request --------------------
-def _worker() -> None:
+def serve(compile_job) -> None:
+    """The worker's loop: ``compile_job(job) -> answer`` for each JSON job line on stdin, one
+    JSON answer line each; a failed job is answered with its error and the loop goes on."""
+    answers = os.fdopen(os.dup(1), "w")  # the answer channel; anything else written to fd 1 goes to stderr
+    os.dup2(2, 1)
+    for line in sys.stdin:
+        t0 = time.perf_counter()
+        try:
+            ans = compile_job(json.loads(line))
+        except Exception as e:  # reported, the audit goes on
+            ans = {"status": f"error: {type(e).__name__}: {str(e)[:400]}",
+                   "seconds": round(time.perf_counter() - t0, 1)}
+        answers.write(json.dumps(ans) + "\n")
+        answers.flush()
+
+
+def resource_usage(ptxas_log: str, cubin: bytes) -> dict:
+    """Registers, stack frame and spill bytes from ptxas's ``-v`` report (printed under
+    ``TRITON_DUMP_PTXAS_LOG``), else (a Triton cache hit prints none) registers and stack from
+    the cubin through the ``cuobjdump`` Triton ships."""
+    ans = {}
+    for key, pat in (("regs", r"Used (\d+) registers"), ("stack", r"(\d+) bytes stack frame"),
+                     ("spill_stores", r"(\d+) bytes spill stores"), ("spill_loads", r"(\d+) bytes spill loads")):
+        r = re.search(pat, ptxas_log)
+        if r:
+            ans[key] = int(r.group(1))
+    if "regs" in ans and "spill_stores" in ans:
+        return ans
+    import triton
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    finally:
+        os.unlink(f.name)
+    r = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    if r is None:
+        raise RuntimeError(f"no ptxas log and no resource line in cuobjdump output: {out[-300:]}")
+    return dict(ans, regs=int(r.group(1)), stack=int(r.group(2)))
+
+
+def compile_cg(job: dict) -> dict:
+    """Compile one generated CG/conv kernel file for sm_90 as a launch would specialize it."""
     import contextlib
     import importlib.util
     import io
@@ -70,74 +114,44 @@ def _worker() -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    answers = os.fdopen(os.dup(1), "w")  # the answer channel; anything else written to fd 1 goes to stderr
-    os.dup2(2, 1)
-    for line in sys.stdin:
-        job = json.loads(line)
-        t0 = time.perf_counter()
-        try:
-            s = importlib.util.spec_from_file_location(f"k{abs(hash(job['path']))}", job["path"])
-            m = importlib.util.module_from_spec(s)
-            s.loader.exec_module(m)
-            fn = m.tp_producer
-            names = [p.name for p in fn.params]
-            block_z = max(job["block_z"], getattr(m, "MIN_BLOCK_Z", 1))
-            cx = {"IDX64": False, "BLOCK_Z": block_z}
-            sig, attrs = {}, {}
-            for i, n in enumerate(names):
-                if n in cx:
-                    sig[n] = "constexpr"
-                elif (n[0] == "t" and n[1:].isdigit()) or n == "g" or n in job.get("index_ptrs", {}):
-                    sig[n] = "*" + job.get("index_ptrs", {}).get(n, job["ptr"])
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-                else:
-                    v = job["ints"].get(n, 17)
-                    if v == 1:  # a launch specializes ints equal to 1 as constants
-                        sig[n], cx[n] = "constexpr", 1
-                        continue
-                    sig[n] = "i32"
-                    if v % 16 == 0:
-                        attrs[(i,)] = [["tt.divisibility", 16]]
-            src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cx.items()},
-                            attrs=attrs)
-            log = io.StringIO()
-            with contextlib.redirect_stdout(log):  # Triton prints the ptxas -v log (TRITON_DUMP_PTXAS_LOG)
-                ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                                    options={"num_warps": job["num_warps"], "num_stages": job["num_stages"]})
-            secs = time.perf_counter() - t0
-            ans = {"seconds": round(secs, 1), "block_z": block_z, "status": "ok"}
-            text = log.getvalue()
-            for key, pat in (("regs", r"Used (\d+) registers"), ("stack", r"(\d+) bytes stack frame"),
-                             ("spill_stores", r"(\d+) bytes spill stores"),
-                             ("spill_loads", r"(\d+) bytes spill loads")):
-                r = re.search(pat, text)
-                if r:
-                    ans[key] = int(r.group(1))
-            if "regs" not in ans or "spill_stores" not in ans:  # no log: the cubin's resource usage
-                with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-                    f.write(ck.asm["cubin"])
-                try:
-                    out = subprocess.run([str(cuobjdump), "--dump-resource-usage", f.name], capture_output=True,
-                                         text=True).stdout
-                finally:
-                    os.unlink(f.name)
-                r = re.search(r"REG:(\d+) STACK:(\d+)", out)
-                if r is None:
-                    raise RuntimeError(f"no ptxas log and no resource line in cuobjdump output: {out[-300:]}")
-                ans.update(regs=int(r.group(1)), stack=int(r.group(2)))
-        except Exception as e:  # reported, the audit goes on
-            ans = {"status": f"error: {type(e).__name__}: {str(e)[:400]}",
-                   "seconds": round(time.perf_counter() - t0, 1)}
-        answers.write(json.dumps(ans) + "\n")
-        answers.flush()
+    t0 = time.perf_counter()
+    s = importlib.util.spec_from_file_location(f"k{abs(hash(job['path']))}", job["path"])
+    m = importlib.util.module_from_spec(s)
+    s.loader.exec_module(m)
+    fn = m.tp_producer
+    names = [p.name for p in fn.params]
+    block_z = max(job["block_z"], getattr(m, "MIN_BLOCK_Z", 1))
+    cx = {"IDX64": False, "BLOCK_Z": block_z}
+    sig, attrs = {}, {}
+    for i, n in enumerate(names):
+        if n in cx:
+            sig[n] = "constexpr"
+        elif (n[0] == "t" and n[1:].isdigit()) or n == "g" or n in job.get("index_ptrs", {}):
+            sig[n] = "*" + job.get("index_ptrs", {}).get(n, job["ptr"])
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            v = job["ints"].get(n, 17)
+            if v == 1:  # a launch specializes ints equal to 1 as constants
+                sig[n], cx[n] = "constexpr", 1
+                continue
+            sig[n] = "i32"
+            if v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cx.items()}, attrs=attrs)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):  # Triton prints the ptxas -v log (TRITON_DUMP_PTXAS_LOG)
+        ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": job["num_warps"], "num_stages": job["num_stages"]})
+    ans = {"seconds": round(time.perf_counter() - t0, 1), "block_z": block_z, "status": "ok"}
+    return dict(ans, **resource_usage(log.getvalue(), ck.asm["cubin"]))
 
 
 class Worker:
     """A compile worker process; :meth:`run` kills and restarts it when a job times out."""
 
-    def __init__(self, triton_cache: str | None):
+    def __init__(self, triton_cache: str | None, script: str = __file__):
         self.triton_cache = triton_cache
+        self.script = script  # a file whose ``--worker`` mode runs :func:`serve`
         self.tmp = None
         self.proc = None
 
@@ -148,9 +162,9 @@ class Worker:
         if self.triton_cache:
             env["TRITON_CACHE_DIR"] = self.triton_cache
         else:
-            self.tmp = tempfile.TemporaryDirectory(prefix="ptxas_audit_")
+            self.tmp = tempfile.TemporaryDirectory(prefix=f"{Path(self.script).stem}_")
             env["TRITON_CACHE_DIR"] = self.tmp.name
-        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, self.script, "--worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
 
     def stop(self):
@@ -338,6 +352,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--worker"]:
-        _worker()
+        serve(compile_cg)
     else:
         sys.exit(main())
