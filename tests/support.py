@@ -112,3 +112,20 @@ def random_problem_args(rng, lmax=3, zero_mul=True, unweighted_uuw="allow"):
     ins = [(a, b, perm[k]) + tuple(rest) for a, b, k, *rest in ins]
     rng.shuffle(ins)
     return in1, in2, new_out, ins
+
+
+def compiled_square_loss_errors(gp, rows: int = 4) -> tuple:
+    """``torch.compile(fullgraph=True)`` of ``sum(gp(x1, x2) ** 2)`` for a float64 Gaunt module
+    ``gp``: relative errors of the loss and of its x1-gradient against the float64 reference."""
+    import torch
+
+    from tritp.gaunt_reference import gaunt_reference
+
+    x1 = torch.randn(rows, gp.irreps_in1.dim, dtype=torch.float64, requires_grad=True)
+    x2 = torch.randn(rows, gp.irreps_in2.dim, dtype=torch.float64)
+    f = torch.compile(lambda a, b: (gp(a, b) ** 2).sum(), backend="aot_eager", fullgraph=True)
+    y = f(x1, x2)
+    (g,) = torch.autograd.grad(y, [x1])
+    want = (gaunt_reference(gp.problem, x1, x2) ** 2).sum()
+    (gw,) = torch.autograd.grad(want, [x1])
+    return abs((y - want) / want).item(), ((g - gw).abs().max() / gw.abs().max()).item()
