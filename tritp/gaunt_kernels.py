@@ -26,7 +26,7 @@ from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_ha
 from .codegen.gaunt_emit import (DOT_MIN, KERNEL_NAME, TABLE_ALIGN, channel_block, channel_tiles, default_block_p,
                                   emit_gemm_producer, reduces_channels, role_index, role_size, role_table)
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
-from .kernels import INT32_LIMIT, acc_dtype, interpreter_active, load_generated, produce, triton_cdiv
+from .kernels import INT32_LIMIT, interpreter_active, launch_dtypes, load_generated, produce, triton_cdiv
 
 # every codegen module the Gaunt sources depend on (gaunt_problem imports coupling, irreps, problem)
 GENERATOR_FILES = ("gaunt_emit.py", "gaunt_problem.py", "gaunt_tables.py", "writer.py", "coupling.py", "irreps.py",
@@ -199,15 +199,13 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
     summing producer still takes ``channel_block(C, BLOCK_R)`` rows)."""
     target, roles = parse_spec(spec)
     a, b = tensors[0], tensors[1]
-    if out_dtype is None:
-        out_dtype = torch.promote_types(a.dtype, b.dtype)
+    acc, dtype_name, out_dtype = launch_dtypes([a, b], out_dtype)
     device = a.device
     dim = target_dim(problem, target)
     if Z == 0 or not problem.paths:
         return torch.zeros((Z, dim), dtype=out_dtype, device=device)
     if problem.implementation == "sparse":
         return produce(problem.cg_problem(), cg_spec(spec), [a, b], Z, out_dtype=out_dtype, wrap=wrap)
-    acc = acc_dtype([a, b])
     tabs = list(tensors[2:]) or role_tensors(problem, acc, device)
     pick = [ROLES.index(r) for r in roles + (target,)]
     t = [tabs[i] if tabs[i].dtype == acc else tabs[i].to(acc) for i in pick]
@@ -221,7 +219,7 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
     C = problem.channels
     R = Z * C
     if launch is None:
-        block_r, warps, block_p = launch_shape(problem, R, target, "float64" if acc == torch.float64 else "float32")
+        block_r, warps, block_p = launch_shape(problem, R, target, dtype_name)
     else:  # an explicit launch (tuned entries, benchmarks/gaunt_ptxas.py)
         block_r, warps, block_p = check_launch(launch)
         if reduces_channels(problem, target):
@@ -240,7 +238,7 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
         partial, rows = False, block_r * channel_tiles(C, block_r)
     g = torch.empty((R if partial else Z, dim), dtype=acc if partial else out_dtype, device=device)
     big = max([R * dim, Z * max(strides)] + [x.numel() for x in args]) >= INT32_LIMIT
-    kernel = get_gemm_kernel(problem, spec, "float64" if acc == torch.float64 else "float32", block_p)
+    kernel = get_gemm_kernel(problem, spec, dtype_name, block_p)
     if wrap is not None:
         kernel = wrap(kernel)
     kernel[(triton_cdiv(R, rows),)](args[0], args[1], g, *t, *idx, strides[0], strides[1], dim, R, IDX64=big,

@@ -196,7 +196,7 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
 
 def precompile(plans, timeout: float | None = None, ignore_errors: bool = False) -> int:
     """Compile the kernels of many launch plans (:func:`launch_plan`, best ``dry``) in parallel
-    threads without running them; returns how many kernels were compiled (0 under the
+    (:func:`compile_all`: threads, or worker processes) without running them; returns how many kernels were compiled (0 under the
     interpreter, which compiles nothing). Kernels are specialized on their arguments' dtypes,
     alignments and strides but not on the batch size, so one compile serves every batch.
     Under ``torch.compile`` Inductor compiles the kernels it launches itself. ``timeout``
