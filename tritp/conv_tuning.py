@@ -177,17 +177,12 @@ def tune_conv_kernel(problem, cspec: ConvSpec, scatter: str, num_nodes: int, num
         >>> _, cs = conv_specs(p, "atomic", ("fwd",))[0]
         >>> r = tune_conv_kernel(p, cs, "atomic", 16, 64, timer=lambda t: t.config.num_warps)  # doctest: +SKIP
     """
-    import torch
-
     from .conv_kernels import conv_launch_plan
     from .kernels import precompile
     from .tuning.cache import gpu_name, make_key
-    from .tuning.tuner import DTYPES, check_args, cuda_timer, default_device, make_result, search, wallclock_timer
+    from .tuning.tuner import DTYPES, make_result, prepare, search
 
-    dtype = check_args(strategy, dtype)
-    device = torch.device(device) if device is not None else default_device()
-    interpreted = device.type != "cuda"
-    timer = timer or (wallclock_timer() if interpreted else cuda_timer())
+    dtype, device, interpreted, timer = prepare(strategy, dtype, device, timer)
     graph = random_graph(num_nodes, num_edges, scatter, device, index_dtype)
     tensors = conv_inputs(problem, cspec.spec, num_nodes, num_edges, DTYPES[dtype], device)
     cands = candidates(problem, cspec, dtype, num_nodes, num_edges, interpreted)

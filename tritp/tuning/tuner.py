@@ -170,6 +170,15 @@ def check_args(strategy: str, dtype) -> str:
     return dtype
 
 
+def prepare(strategy: str, dtype, device, timer: Optional[Timer]) -> tuple:
+    """``(dtype name, device, interpreted, timer)`` of one tuning run: arguments checked
+    (:func:`check_args`), the default device and, on it, the default timer."""
+    dtype = check_args(strategy, dtype)
+    device = torch.device(device) if device is not None else default_device()
+    interpreted = device.type != "cuda"
+    return dtype, device, interpreted, timer or (wallclock_timer() if interpreted else cuda_timer())
+
+
 def search(cands: list, thunk_for: Callable, timer: Timer, strategy: str = "full", progress=None,
            warm: Optional[Callable] = None) -> tuple:
     """Time ``cands`` (the default first) as ``strategy`` says; ``(best, times, errors)``.
@@ -244,10 +253,7 @@ def tune(problem, spec: ProducerSpec, batch: int, *, dtype="float32", device=Non
     ``progress(done, total, config, ms)`` is called after each candidate (``ms`` is ``inf``
     when it failed; ``total`` may grow once, in stage two).
     """
-    dtype = check_args(strategy, dtype)
-    device = torch.device(device) if device is not None else default_device()
-    interpreted = device.type != "cuda"
-    timer = timer or (wallclock_timer() if interpreted else cuda_timer())
+    dtype, device, interpreted, timer = prepare(strategy, dtype, device, timer)
     tensors = make_inputs(problem, spec, batch, DTYPES[dtype], device)
     cands = candidates_for(problem, spec, dtype, batch, interpreted, family)
 
