@@ -19,8 +19,9 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("ti
 def run_check(tmp_path, **env):
     calls = tmp_path / "calls.log"
     fake = tmp_path / "python"
-    # one line per call, whatever newlines the arguments hold (gpu_check.sh passes code with -c)
-    fake.write_text(f'#!/bin/sh\necho "$@" | tr "\\n" " " >> {calls}\necho >> {calls}\nexit 0\n')
+    # one line per call, whatever newlines the arguments hold (gpu_check.sh passes code with -c),
+    # appended in one write: the background OEQ build's call may log while a stage's does
+    fake.write_text(f'#!/bin/sh\nline=$(echo "$@" | tr "\\n" " ")\nprintf "%s\\n" "$line" >> {calls}\nexit 0\n')
     fake.chmod(0o755)
     out = tmp_path / "out"
     full = dict(os.environ, PYTHON=str(fake), OUT=str(out), **env)
