@@ -2,7 +2,10 @@
 
 One program handles ``BLOCK_Z`` batch rows and walks every segment of the target role; within
 a segment the target's channels are a vector of ``BLOCK_C`` lanes (the tile is
-``[BLOCK_Z, BLOCK_C]``), and the channel letters the target does not carry become loops. The
+``[BLOCK_Z, BLOCK_C]``), and the channel letters the target does not carry become loops.
+Segments of one width that read the same operand segment (every output path of one x1 irrep in
+a channelwise forward) share one loop over the channel tiles, so that operand tile is loaded
+once per tile, not once per segment (:meth:`CGEmitter.segment_groups`). The
 nonzero coupling entries, times e3nn's normalization (and path weight), are unrolled as
 literals; operands that do not depend on the vector lanes are loaded as ``[BLOCK_Z]`` rows and
 contracted with the coupling *before* the broadcast, so the 2D work is one multiply-add per
@@ -22,7 +25,7 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 
 from .cg_gemm import GemmMixin
-from .cg_spec import ProducerSpec, letters
+from .cg_spec import ProducerSpec, letters, loop_groups, loop_key
 from .cg_terms import TermMixin
 from .intmath import p2
 from .problem import Problem
@@ -36,12 +39,14 @@ class CGEmitter(TermMixin, GemmMixin):
     """Writes one producer kernel; subclasses override the row/store hooks below."""
 
     def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, dot_precision: str = "ieee",
-                 piece=None):
+                 piece=None, share_loads: bool = True):
         self.p, self.spec, self.block_c = problem, spec, block_c
+        self.share = share_loads
         # target segments (instructions for a weight target) this kernel writes; None: all
         self.piece = None if piece is None else frozenset(piece)
         self.dot_precision = "ieee" if dtype == "float64" else dot_precision
         self.uses_dot = False
+        self.load_cache = None  # {load key: (variable, kind)} while a channel loop shares loads
         self.dt = {"float32": "tl.float32", "float64": "tl.float64"}[dtype]
         self.exact_consts = dtype == "float64"
         self.w = SourceWriter()
@@ -74,7 +79,21 @@ class CGEmitter(TermMixin, GemmMixin):
         return f"{off + m * mul} + ({ch})"
 
     def load(self, t: int, role: str, addr: str, tile: bool, mask: str = "m2d", lane_mask: str = "cm") -> tuple:
-        """Emit a load; returns (variable, kind) with kind in '2d', 'z', 's'."""
+        """Emit a load; returns (variable, kind) with kind in '2d', 'z', 's'. Within one channel
+        loop (:meth:`segment_groups`, while loads are shared) an identical tile load already
+        emitted there is reused: a load inside a term's own loop names that loop's variable,
+        so it can only match within it."""
+        if not tile:  # [rows] operands are cheap to reload and costly to keep (registers)
+            return self._load(t, role, addr, tile, mask, lane_mask)
+        key = (t, role, addr, tile, mask, lane_mask)
+        if self.load_cache is not None and key in self.load_cache:
+            return self.load_cache[key]
+        ans = self._load(t, role, addr, tile, mask, lane_mask)
+        if self.load_cache is not None:
+            self.load_cache[key] = ans
+        return ans
+
+    def _load(self, t, role, addr, tile, mask, lane_mask) -> tuple:
         v = self.fresh("v")
         shared_w = role == "w" and self.p.shared_weights
         if shared_w:
@@ -174,8 +193,21 @@ class CGEmitter(TermMixin, GemmMixin):
         terms); the stores follow it. A fused variant wraps it, e.g. in a loop over row chunks."""
         return nullcontext()
 
-    def emit_segment_target(self):
+    def share_loads(self) -> bool:
+        """Whether target segments of one tile width may share one channel loop (and the loads
+        their terms have in common); a subclass whose :meth:`row_block` re-walks rows per
+        segment says no."""
+        return self.share
+
+    def segment_groups(self) -> list:
+        """The target segments this kernel writes, as groups run in one channel loop each:
+        ``[[(seg, mul, ir, inss, bc), ...], ...]``. Segments of one channel count and tile
+        width that read one operand tile (:func:`~tritp.codegen.cg_spec.loop_key`: x1 under
+        every output path of one x1 irrep in a channelwise forward), without GEMM terms or a
+        one-channel target, share a loop, ordered by the segments they read: that tile is
+        loaded once per channel tile and its registers are freed after its last reader."""
         role = self.spec.target
+        units = []
         for seg, (mul, ir) in enumerate(self.segs[role]):
             if mul == 0 or (self.piece is not None and seg not in self.piece):
                 continue
@@ -183,40 +215,69 @@ class CGEmitter(TermMixin, GemmMixin):
             # each with its own weights, so never look an instruction up by equality
             inss = [(k, i) for k, i in enumerate(self.p.instructions)
                     if self.seg_index(i, role) == seg and 0 not in i.path_shape]
-            bc = min(p2(mul), self.block_c)
-            if any(self.dot_letter(i) for _, i in inss):
-                bc = max(bc, 16)
-            self.w(f"# target segment {seg}: {mul}x{ir}")
+            dot = any(self.dot_letter(i) for _, i in inss)
+            units.append((seg, mul, ir, inss, max(min(p2(mul), self.block_c), 16 if dot else 1)))
+        src = [r for r in ("x1", "x2", "out") if r != role]
+        reads = lambda u: sorted(tuple(self.seg_index(i, r) for r in src) for _, i in u[3])
+
+        def key(u):
+            seg, mul, ir, inss, bc = u
+            if mul == 1 or any(self.dot_letter(i) for _, i in inss):
+                return None  # a one-channel target, or GEMM terms
+            tile = loop_key(self.p, self.spec, inss) if self.share_loads() else None
+            return None if tile is None else (mul, bc, tile)
+
+        return [sorted(g, key=lambda u: (reads(u), u[0])) for g in loop_groups(units, key)]
+
+    def emit_segment_target(self):
+        role = self.spec.target
+        for group in self.segment_groups():
+            _, mul, _, _, bc = group[0]
             # always a loop, even of one trip: names defined in its body (c, cm, m2d, acc*) stay
             # local to it, so a later segment with another tile width is not a loop-carried
             # type change (which Triton's compiler rejects and the interpreter does not notice)
             with self.w.block(f"for c0 in range(0, {mul}, {bc}):"):
                 self.w(f"c = c0 + tl.arange(0, {bc})")
                 self.w(f"cm = c < {mul}")
-                accs = [f"acc{m}" for m in range(ir.dim)]
-                # a one-channel target (e.g. the gradient of mul-1 edge harmonics) would leave a
-                # [rows, 1] tile and loop serially over the other operands' channels: instead
-                # those channels become lanes of [rows, lanes] accumulators, summed once at the end
-                red = {k: self.reduction_letter(i) for k, i in inss} if mul == 1 else {}
-                lanes = max([self.letters(i)[1][ch] for k, i in inss if (ch := red.get(k))] + [0])
-                self.lanes = min(p2(lanes), self.block_c) if lanes else 0
-                with self.row_block(accs, bc):
+                shared = self.share_loads()
+                if shared:  # every segment of the group reads rows and lanes under one mask
                     self.w("m2d = zm[:, None] & cm[None, :]")
-                    for a in accs:
-                        self.w(f"{a} = tl.zeros([BLOCK_Z, {bc}], DT)")
-                        if self.lanes:
-                            self.w(f"q{a} = tl.zeros([BLOCK_Z, {self.lanes}], DT)")
-                    for k, ins in inss:
-                        for term in self.spec.terms:
-                            if not ins.has_weight and term[4]:
-                                continue
-                            self.emit_term(k, ins, term, accs, red.get(k))
-                    if self.lanes:
-                        for a in accs:
-                            self.w(f"{a} += tl.sum(q{a}, axis=1)[:, None]")
-                for m, a in enumerate(accs):
-                    addr = self._target_addr(role, seg, m)
-                    self.store_tile(addr, a)
+                    self.load_cache = {}
+                try:
+                    for seg, _, ir, inss, _ in group:
+                        self.emit_segment(role, seg, mul, ir, inss, bc, mask=not shared)
+                finally:
+                    self.load_cache = None
+
+    def emit_segment(self, role, seg, mul, ir, inss, bc, mask: bool):
+        """One target segment's accumulation and stores, inside its channel loop (``mask``:
+        define ``m2d`` inside :meth:`row_block`, whose rows may differ from the loop's)."""
+        self.w(f"# target segment {seg}: {mul}x{ir}")
+        accs = [f"acc{m}" for m in range(ir.dim)]
+        # a one-channel target (e.g. the gradient of mul-1 edge harmonics) would leave a
+        # [rows, 1] tile and loop serially over the other operands' channels: instead
+        # those channels become lanes of [rows, lanes] accumulators, summed once at the end
+        red = {k: self.reduction_letter(i) for k, i in inss} if mul == 1 else {}
+        lanes = max([self.letters(i)[1][ch] for k, i in inss if (ch := red.get(k))] + [0])
+        self.lanes = min(p2(lanes), self.block_c) if lanes else 0
+        with self.row_block(accs, bc):
+            if mask:
+                self.w("m2d = zm[:, None] & cm[None, :]")
+            for a in accs:
+                self.w(f"{a} = tl.zeros([BLOCK_Z, {bc}], DT)")
+                if self.lanes:
+                    self.w(f"q{a} = tl.zeros([BLOCK_Z, {self.lanes}], DT)")
+            for k, ins in inss:
+                for term in self.spec.terms:
+                    if not ins.has_weight and term[4]:
+                        continue
+                    self.emit_term(k, ins, term, accs, red.get(k))
+            if self.lanes:
+                for a in accs:
+                    self.w(f"{a} += tl.sum(q{a}, axis=1)[:, None]")
+        for m, a in enumerate(accs):
+            addr = self._target_addr(role, seg, m)
+            self.store_tile(addr, a)
 
     def _target_addr(self, role, seg, m):
         mul, ir = self.segs[role][seg]
@@ -238,7 +299,8 @@ class CGEmitter(TermMixin, GemmMixin):
 
 
 def emit_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
-                  block_c: int = DEFAULT_BLOCK_C, dot_precision: str = "ieee", piece=None) -> str:
+                  block_c: int = DEFAULT_BLOCK_C, dot_precision: str = "ieee", piece=None,
+                  share_loads: bool = True) -> str:
     """Triton source of the producer kernel ``spec`` for ``problem`` (``dtype`` is the
     accumulation type: ``float32`` for fp16/bf16/fp32 inputs, ``float64`` for fp64).
 
@@ -248,9 +310,11 @@ def emit_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
     ``dot_precision`` ("tf32" or "ieee"; fp64 kernels always "ieee"); the module then sets
     ``MIN_BLOCK_Z = 16``. ``piece`` (see :mod:`.cg_pieces`) restricts the kernel to those target
     segments (instructions for a weight target); the default writes the whole target.
+    ``share_loads=False`` gives every target segment its own channel loop, reloading the
+    operand tiles segments have in common (see :meth:`CGEmitter.segment_groups`).
     """
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f"block_c must be a power of two, got {block_c}")
     if dot_precision not in ("ieee", "tf32"):
         raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
-    return CGEmitter(problem, spec, dtype, block_c, dot_precision, piece).emit()
+    return CGEmitter(problem, spec, dtype, block_c, dot_precision, piece, share_loads).emit()

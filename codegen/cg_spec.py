@@ -134,3 +134,52 @@ def compact(spec: ProducerSpec) -> tuple:
     remap = {old: new for new, old in enumerate(used)}
     terms = tuple(tuple(None if i is None else remap[i] for i in t[:4]) + (t[4],) for t in spec.terms)
     return ProducerSpec(spec.target, tuple(spec.roles[i] for i in used), terms), tuple(used)
+
+
+def loop_key(problem, spec: ProducerSpec, inss) -> tuple | None:
+    """The operand tile through which one target unit (a segment, or a weight path for a weight
+    target; ``inss`` = its ``(index, instruction)`` pairs) may share a channel loop with others:
+    the smallest ``(tensor, role, segment)`` among its operands that vary along the lanes and
+    are loaded once per tile (not inside a term's own loop), or None when it has none. Weights
+    belong to one path and are never shared.
+
+    Example:
+        >>> from tritp.codegen import Problem
+        >>> p = Problem.channelwise("4x0e+4x1o", "0e+1o", "0e+1o")
+        >>> [loop_key(p, forward_spec(), [(k, i)]) for k, i in enumerate(p.instructions)]
+        [(0, 'x1', 0), (0, 'x1', 1), (0, 'x1', 0), (0, 'x1', 1)]
+    """
+    target, keys = spec.target, []
+    for _, ins in inss:
+        lt, sizes = letters(problem, ins)
+        lanes = {ch for ch in lt[target] if sizes[ch] > 1}
+        for term in spec.terms:
+            if not ins.has_weight and term[4]:
+                continue
+            for role in ("x1", "x2", "out"):
+                deps = {ch for ch in lt[role] if sizes[ch] > 1}
+                if role != target and deps & lanes and not deps - lanes:
+                    seg = {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[role]
+                    keys.append((term[ROLE_INDEX[role]], role, seg))
+    return min(keys) if keys else None
+
+
+def loop_groups(units, key) -> list:
+    """``units`` grouped by ``key(unit)`` in order of first appearance; a unit whose key is
+    None forms a group of its own.
+
+    Example:
+        >>> loop_groups([1, 2, 3, 4, 5], lambda u: None if u == 5 else u % 2)
+        [[1, 3], [2, 4], [5]]
+    """
+    groups, where = [], {}
+    for u in units:
+        k = key(u)
+        if k is None:
+            groups.append([u])
+        elif k in where:
+            groups[where[k]].append(u)
+        else:
+            where[k] = len(groups)
+            groups.append([u])
+    return groups

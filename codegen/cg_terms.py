@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .cg_gemm import _flatten
-from .cg_spec import ROLE_INDEX
+from .cg_spec import ROLE_INDEX, loop_groups, loop_key
 from .coupling import sparse_coupling
 from .intmath import p2
 
@@ -168,53 +168,96 @@ class TermMixin:
             self.w(f"{t} = tl.fma({x}, {y}, {t})")
         return t
 
-    def emit_weight_target(self):
-        spec, p = self.spec, self.p
-        shared = p.shared_weights
+    def weight_groups(self) -> list:
+        """The instructions whose weights this kernel writes, as groups run in one channel loop
+        each: ``[[(k, ins, n, bc), ...], ...]`` (``n`` weights per sample, tile ``bc``).
+        Per-sample weights of one size share a loop, ordered by the segments they read, so
+        that an operand tile read by several paths is loaded once (see
+        :meth:`~tritp.codegen.cg_emit.CGEmitter.segment_groups`); a shared-weight gradient
+        keeps one path per loop, whose accumulator lives across the walk over the batch."""
+        p = self.p
+        units = []
         for k, ins in enumerate(p.instructions):
             if not ins.has_weight or 0 in ins.path_shape or (self.piece is not None and k not in self.piece):
                 continue
-            lt, sizes = self.letters(ins)
             n = 1
             for s in ins.path_shape:
                 n *= s
-            bc = min(p2(n), self.block_c)
-            l1, l2, l3 = (p.irreps_in1[ins.i_in1].ir.l, p.irreps_in2[ins.i_in2].ir.l, p.irreps_out[ins.i_out].ir.l)
-            nz = [(e[0], e[1], e[2], e[3] * ins.coefficient) for e in sparse_coupling(l1, l2, l3)]
-            self.w(f"# weights of instruction {k}: {ins.mode} {l1}x{l2}->{l3}, shape {ins.path_shape}")
-            if shared and self.weight_gemm_ok(ins, sizes):
-                self.emit_weight_gemm(k, ins, lt, sizes, nz)
+            units.append((k, ins, n, min(p2(n), self.block_c)))
+
+        def key(u):
+            if self.split_rows or not self.share_loads():
+                return None
+            tile = loop_key(p, self.spec, [u[:2]])
+            return None if tile is None else (u[2], u[3], tile)
+
+        groups = loop_groups(units, key)
+        return [sorted(g, key=lambda u: ((u[1].i_in1, u[1].i_in2, u[1].i_out), u[0])) for g in groups]
+
+    def emit_weight_target(self):
+        shared = self.p.shared_weights
+        for group in self.weight_groups():
+            k, ins, n, bc = group[0]
+            if shared and self.weight_gemm_ok(ins, self.letters(ins)[1]):
+                self.w(f"# weights of instruction {k}: {self._path_name(ins)}, shape {ins.path_shape}")
+                self.emit_weight_gemm(k, ins, *self.letters(ins), self._nonzeros(ins))
                 continue
             with self.w.block(f"for c0 in range(0, {n}, {bc}):"):  # always a loop: see above
                 self.w(f"c = c0 + tl.arange(0, {bc})")
                 self.w(f"cm = c < {n}")
-                self.w(f"accw = tl.zeros([BLOCK_Z, {bc}], DT)")
-                vals = self.vector_letters(lt["w"], sizes)
-                for ch in "uvw":
-                    vals.setdefault(ch, "0")
-                with self.row_loop():
+                merged = len(group) > 1
+                if merged:  # no row loop here (per-sample weights): one mask for every path
                     self.w("m2d = zm[:, None] & cm[None, :]")
-                    for term in spec.terms:
-                        ops = {}
-                        for role, ms in (("x1", {e[0] for e in nz}), ("x2", {e[1] for e in nz}),
-                                         ("out", {e[2] for e in nz})):
-                            t = term[ROLE_INDEX[role]]
-                            ch = _flatten(lt[role], sizes, vals)
-                            tile = any(sizes[x] > 1 for x in lt[role])
-                            ops[role] = {m: self.load(t, role, self.elem(ins, role, ch, m), tile) for m in sorted(ms)}
-                        by_k = defaultdict(list)
-                        for i, j, kk, c in nz:
-                            by_k[kk].append((i, j, c))
-                        for kk, es in sorted(by_k.items()):
-                            t = self.fma_sum([(f"{self.const(c)} * {_as2d(ops['x1'][i][0], ops['x1'][i][1])}",
-                                               _as2d(ops['x2'][j][0], ops['x2'][j][1])) for i, j, c in es])
-                            g = ops["out"][kk]
-                            self.w(f"accw = tl.fma({t}, {_as2d(g[0], g[1])}, accw)")
-                addr = f"{self.woffs[k]} + c"
-                if shared:
-                    self.store_shared_weight(addr, "accw")
-                else:
-                    self.store_tile(addr, "accw")
+                    self.load_cache = {}
+                try:
+                    for k, ins, _, bc in group:
+                        self.emit_weight_path(k, ins, bc, mask=not merged)
+                finally:
+                    self.load_cache = None
+
+    def _path_name(self, ins) -> str:
+        p = self.p
+        return f"{ins.mode} {p.irreps_in1[ins.i_in1].ir.l}x{p.irreps_in2[ins.i_in2].ir.l}->{p.irreps_out[ins.i_out].ir.l}"
+
+    def _nonzeros(self, ins) -> list:
+        p = self.p
+        ls = (p.irreps_in1[ins.i_in1].ir.l, p.irreps_in2[ins.i_in2].ir.l, p.irreps_out[ins.i_out].ir.l)
+        return [(e[0], e[1], e[2], e[3] * ins.coefficient) for e in sparse_coupling(*ls)]
+
+    def emit_weight_path(self, k, ins, bc, mask: bool):
+        """Path ``k``'s weight-gradient tile inside its channel loop (``mask``: define ``m2d``
+        in :meth:`row_loop`, whose rows change per block of a shared-weight gradient)."""
+        lt, sizes = self.letters(ins)
+        nz = self._nonzeros(ins)
+        self.w(f"# weights of instruction {k}: {self._path_name(ins)}, shape {ins.path_shape}")
+        self.w(f"accw = tl.zeros([BLOCK_Z, {bc}], DT)")
+        vals = self.vector_letters(lt["w"], sizes)
+        for ch in "uvw":
+            vals.setdefault(ch, "0")
+        with self.row_loop():
+            if mask:
+                self.w("m2d = zm[:, None] & cm[None, :]")
+            for term in self.spec.terms:
+                ops = {}
+                for role, ms in (("x1", {e[0] for e in nz}), ("x2", {e[1] for e in nz}),
+                                 ("out", {e[2] for e in nz})):
+                    t = term[ROLE_INDEX[role]]
+                    ch = _flatten(lt[role], sizes, vals)
+                    tile = any(sizes[x] > 1 for x in lt[role])
+                    ops[role] = {m: self.load(t, role, self.elem(ins, role, ch, m), tile) for m in sorted(ms)}
+                by_k = defaultdict(list)
+                for i, j, kk, c in nz:
+                    by_k[kk].append((i, j, c))
+                for kk, es in sorted(by_k.items()):
+                    t = self.fma_sum([(f"{self.const(c)} * {_as2d(ops['x1'][i][0], ops['x1'][i][1])}",
+                                       _as2d(ops['x2'][j][0], ops['x2'][j][1])) for i, j, c in es])
+                    g = ops["out"][kk]
+                    self.w(f"accw = tl.fma({t}, {_as2d(g[0], g[1])}, accw)")
+        addr = f"{self.woffs[k]} + c"
+        if self.p.shared_weights:
+            self.store_shared_weight(addr, "accw")
+        else:
+            self.store_tile(addr, "accw")
 
 
 def _as2d(expr: str, kind: str) -> str:

@@ -51,12 +51,12 @@ class ConvEmitter(CGEmitter):
     """A :class:`CGEmitter` whose rows are edges: overrides the row and store hooks."""
 
     def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str,
-                 dot_precision: str = "ieee", piece=None):
+                 dot_precision: str = "ieee", piece=None, share_loads: bool = True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if (mode == "edge") != (spec.target in EDGE_ROLES):
             raise ValueError(f"mode {mode!r} does not fit target role {spec.target!r}")
-        super().__init__(problem, spec, dtype, block_c, dot_precision, piece)
+        super().__init__(problem, spec, dtype, block_c, dot_precision, piece, share_loads)
         self.mode = mode
 
     def row_var(self, role: str) -> str:
@@ -124,6 +124,11 @@ class ConvEmitter(CGEmitter):
         self._offsets()
         w(f"rg = {self.row_var(self.spec.target)} * sg")
 
+    def share_loads(self) -> bool:
+        # a node's segment walks its edges in row_block: shared loads would need every
+        # segment's node accumulators live across that walk
+        return self.share and self.mode != "segment"
+
     @contextmanager
     def row_block(self, accs: list, bc: int):
         if self.mode != "segment":
@@ -163,7 +168,7 @@ class ConvEmitter(CGEmitter):
 
 def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
                        block_c: int = DEFAULT_BLOCK_C, mode: str = "atomic", dot_precision: str = "ieee",
-                       piece=None) -> str:
+                       piece=None, share_loads: bool = True) -> str:
     """Triton source of the convolution producer ``spec`` for ``problem`` in write ``mode``.
 
     Kernel signature ``tp_producer(t0.., s0.., g, sg, <graph>, tok, Z, IDX64, BLOCK_Z)``: one
@@ -171,10 +176,10 @@ def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float
     (edge and atomic modes; ``Z`` = number of edges) or ``ptr, eid, nbr`` (segment mode: CSR
     pointers of the target's endpoint, edge ids in that order, and each edge's other endpoint;
     ``Z`` = number of target nodes), and an unread ``tok`` pointer (a data dependency only).
-    ``dot_precision`` and ``piece`` are as in ``emit_producer``.
+    ``dot_precision``, ``piece`` and ``share_loads`` are as in ``emit_producer``.
     """
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f"block_c must be a power of two, got {block_c}")
     if dot_precision not in ("ieee", "tf32"):
         raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
-    return ConvEmitter(problem, spec, dtype, block_c, mode, dot_precision, piece).emit()
+    return ConvEmitter(problem, spec, dtype, block_c, mode, dot_precision, piece, share_loads).emit()

@@ -353,7 +353,8 @@ def test_content_hash_and_atomic_write(tmp_path):
     assert sorted(x.name for x in p.parent.iterdir()) == ["f.bin"]
 
 
-@pytest.mark.parametrize("module", ["tritp.codegen.coupling", "tritp.codegen.diskcache"])
+@pytest.mark.parametrize("module", ["tritp.codegen.coupling", "tritp.codegen.diskcache", "tritp.codegen.cg_spec",
+                                    "tritp.codegen.cg_emit", "tritp.codegen.cg_pieces", "tritp.tuning.registers"])
 def test_doctests(module):
     import doctest
     import importlib

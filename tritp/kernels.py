@@ -52,8 +52,15 @@ def dot_precision() -> str:
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
+def share_loads() -> bool:
+    """Whether generated kernels load an operand tile once for all target segments that read
+    it (the default) or once per segment (``TRITP_SHARE_LOADS=0``: the form before, kept so the
+    two can be timed against each other on a GPU; see ``CGEmitter.segment_groups``)."""
+    return os.environ.get("TRITP_SHARE_LOADS", "1") != "0"
+
+
 def source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None) -> Path:
-    parts = (generator_hash(), problem.key, repr(spec), dtype, block_c, dot_precision())
+    parts = (generator_hash(), problem.key, repr(spec), dtype, block_c, dot_precision(), share_loads())
     h = content_hash(*parts, *(() if piece is None else (tuple(piece),)))
     return cache_dir("kernels") / f"cg_{spec.target}_{h}.py"
 
@@ -66,7 +73,7 @@ def kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int
         return path, path.read_text()
     from .codegen.cg_emit import emit_producer
 
-    src = emit_producer(problem, spec, dtype, block_c, dot_precision(), piece)
+    src = emit_producer(problem, spec, dtype, block_c, dot_precision(), piece, share_loads())
     atomic_write(path, src.encode())
     return path, src
 
@@ -84,7 +91,7 @@ def load_generated(path: Path):
 
 
 def get_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None):
-    key = (problem.key, spec, dtype, block_c, dot_precision(), piece)
+    key = (problem.key, spec, dtype, block_c, dot_precision(), share_loads(), piece)
     k = _loaded.get(key)
     if k is None:
         path, _ = kernel_source(problem, spec, dtype, block_c, piece)

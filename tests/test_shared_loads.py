@@ -1,0 +1,116 @@
+"""Target segments that read one operand segment share a channel loop and its loads.
+
+In a channelwise forward every output path of one x1 irrep reads the same x1 tile; the
+generator runs those output segments in one loop over channel tiles and loads the tile once
+(``CGEmitter.segment_groups``; per-sample weight gradients likewise, ``weight_groups``).
+``TRITP_SHARE_LOADS=0`` generates the older form, one loop and one load per segment, kept so
+the two can be timed against each other; both must compute the same thing.
+"""
+
+import re
+
+import pytest
+import torch
+
+import tritp
+import tritp.kernels
+from tritp.codegen import Problem
+from tritp.codegen.cg_emit import emit_producer
+from tritp.codegen.cg_spec import forward_spec
+from tritp.codegen.conv_emit import emit_conv_producer
+from tritp.tuning import Config
+from tritp.tuning.registers import REGISTER_BUDGET, estimate_registers
+
+F64 = torch.float64
+MACE_LIKE = ("8x0e+8x1o+8x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
+
+
+def _x1_loads(src: str) -> list:
+    """The x1 (``t0``) tile loads of a forward kernel, as their address expressions."""
+    return re.findall(r"tl\.load\(t0 \+ r0\[:, None\] \+ \(([^)]*\)[^)]*)\)\[None, :\]", src)
+
+
+def test_channelwise_forward_loads_each_x1_tile_once():
+    p = Problem.channelwise(*MACE_LIKE)
+    shared = emit_producer(p, forward_spec(), "float32", 64)
+    apart = emit_producer(p, forward_spec(), "float32", 64, share_loads=False)
+    # one channel loop per x1 segment, against one per output segment
+    assert shared.count("for c0 in range") == 3
+    assert apart.count("for c0 in range") == len(p.irreps_out)
+    # every x1 component (1 + 3 + 5) is loaded exactly once with sharing ...
+    loads = _x1_loads(shared)
+    assert len(loads) == len(set(loads)) == 9, loads
+    # ... and once per output path reading it without
+    readers = {}
+    for ins in p.instructions:
+        readers[ins.i_in1] = readers.get(ins.i_in1, 0) + 1
+    assert len(_x1_loads(apart)) == sum(readers[i] * (2 * l + 1) for i, l in enumerate((0, 1, 2)))
+
+
+def test_per_sample_weight_gradient_shares_x1_and_shared_weights_do_not():
+    p = Problem.channelwise(*MACE_LIKE)
+    gw = forward_spec().derivative(2)
+    assert gw.target == "w"
+    src = emit_producer(p, gw, "float32", 64)
+    assert src.count("for c0 in range") == 3  # one loop per x1 segment
+    assert len(set(_x1_loads(src))) == len(_x1_loads(src))
+    # a shared-weight gradient walks the batch per path (its accumulator lives across it)
+    ps = Problem.channelwise(*MACE_LIKE, shared_weights=True)
+    src = emit_producer(ps, gw, "float32", 64)
+    assert src.count("for c0 in range") == len(ps.instructions)
+
+
+def test_conv_segment_mode_keeps_one_loop_per_segment():
+    """A node's segment walks its edges inside the channel loop; sharing would keep every
+    segment's node accumulators alive across that walk, so segment mode does not share."""
+    p = Problem.channelwise(*MACE_LIKE)
+    seg = emit_conv_producer(p, forward_spec(), "float32", 64, mode="segment")
+    atomic = emit_conv_producer(p, forward_spec(), "float32", 64, mode="atomic")
+    assert seg.count("for c0 in range") == len(p.irreps_out)
+    assert atomic.count("for c0 in range") == 3
+
+
+def test_switch_names_a_different_source(monkeypatch):
+    p = Problem.channelwise(*MACE_LIKE)
+    a = tritp.kernels.source_path(p, forward_spec(), "float32", 64)
+    monkeypatch.setenv("TRITP_SHARE_LOADS", "0")
+    assert not tritp.kernels.share_loads()
+    b = tritp.kernels.source_path(p, forward_spec(), "float32", 64)
+    assert a != b
+    _, src = tritp.kernels.kernel_source(p, forward_spec(), "float32", 64)
+    assert src.count("for c0 in range") == len(p.irreps_out)
+
+
+@pytest.mark.parametrize("share", ["1", "0"])
+def test_both_forms_match_the_reference(monkeypatch, share):
+    """Forward, gradients (per-sample weights: the shared weight-gradient loop) and the
+    forces-style double gradient of both forms against the float64 reference."""
+    monkeypatch.setenv("TRITP_SHARE_LOADS", share)
+    kw = dict(mode="channelwise", shared_weights=False, internal_weights=False)
+    irreps = ("3x0e+3x1o+3x2e", "0e+1o+2e", "0e+1o+2e")
+    tri = tritp.compile(*irreps, backend="triton", **kw)
+    ref = tritp.compile(*irreps, backend="reference", **kw)
+    torch.manual_seed(0)
+    x1 = torch.randn(6, tri.irreps_in1.dim, dtype=F64, requires_grad=True)
+    x2 = torch.randn(6, tri.irreps_in2.dim, dtype=F64, requires_grad=True)
+    w = torch.randn(6, tri.weight_numel, dtype=F64, requires_grad=True)
+    outs = []
+    for tp in (tri, ref):
+        y = tp(x1, x2, w)
+        (g2,) = torch.autograd.grad(y.pow(2).sum(), x2, create_graph=True)
+        grads = torch.autograd.grad(y.sum() + g2.pow(2).sum(), (x1, x2, w))
+        outs.append((y.detach(), *grads))
+    for a, b in zip(*outs):
+        assert (a - b).abs().max().item() <= 1e-10 * b.abs().max().item()
+
+
+def test_register_estimate_counts_the_shared_loop():
+    """Calibrated on ptxas for sm_90: mace-large's forward at 16:64:4 took 214 registers with
+    shared loops (167 without), above the default's budget; 16:64:8 took 116."""
+    from tritp.presets import preset
+
+    p, _ = preset("mace-large")
+    shared = estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), share=True)
+    apart = estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), share=False)
+    assert apart <= REGISTER_BUDGET < shared
+    assert estimate_registers(p, forward_spec(), "float32", Config(16, 64, 8), share=True) <= REGISTER_BUDGET
