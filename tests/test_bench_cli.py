@@ -99,7 +99,7 @@ def test_presets_match_the_design_io_floors():
 
 def test_bench_quick_writes_json(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", TRITP_CACHE_DIR=str(tmp_path / "cache"),
-               PYTHONPATH=str(ROOT))
+               PYTHONPATH=str(ROOT), TRITP_SHARE_LOADS="0")
     out_dir = tmp_path / "results"
     r = subprocess.run([sys.executable, "-m", "tritp.cli", "bench", "4x0e+4x1o", "0e+1o", "0e", "--quick",
                         "--peers", "e3nn", "--out", str(out_dir)],
@@ -112,6 +112,8 @@ def test_bench_quick_writes_json(tmp_path):
                 "directions", "peers_requested", "peer_status", "problems", "interpreter"):
         assert key in data, key
     assert data["interpreter"] is True and data["device_name"] == "cpu"
+    # settings that change the kernels are recorded with the run
+    assert data["tritp_env"]["TRITP_SHARE_LOADS"] == "0" and data["tritp_env"]["TRITP_CACHE_DIR"] == env["TRITP_CACHE_DIR"]
     assert {"torch", "triton", "e3nn", "cuequivariance", "openequivariance"} <= set(data["versions"])
     (rec,) = data["problems"]
     for key in ("name", "problem", "batch", "io_bytes", "io_floor_ms", "times_ms", "errors", "failures",

@@ -222,6 +222,8 @@ def run(args) -> int:
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "interpreter": bench.interpreter_active(), "dtype": args.dtype, "timer": timer_name,
               "float32_matmul_precision": torch.get_float32_matmul_precision(),
+              # settings that change the generated kernels (TRITP_SHARE_LOADS) or their launch
+              "tritp_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("TRITP_")},
               "directions": list(directions), "peers_requested": list(peers)}
     result.update(bench.run_suite(entries, cfg, log))
     result["versions"] = versions()
