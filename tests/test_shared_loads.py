@@ -114,3 +114,17 @@ def test_register_estimate_counts_the_shared_loop():
     apart = estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), share=False)
     assert apart <= REGISTER_BUDGET < shared
     assert estimate_registers(p, forward_spec(), "float32", Config(16, 64, 8), share=True) <= REGISTER_BUDGET
+
+
+def test_conv_segment_default_is_sized_for_unshared_loops():
+    """Segment mode keeps one loop per segment, so its default is the unshared estimate's;
+    the atomic mode shares loops and gets the shared one's (8 warps for mace-large)."""
+    from tritp.conv_kernels import default_config
+    from tritp.presets import preset
+    from tritp.tuning import heuristic
+
+    p, _ = preset("mace-large")
+    fwd = forward_spec()
+    seg = default_config("segment", 160_000, 1_000, False, p, fwd)
+    assert seg == heuristic(160, False, p, fwd, share=False) and seg.num_warps == 4
+    assert default_config("atomic", 160_000, 160_000, False, p, fwd).num_warps == 8

@@ -71,7 +71,8 @@ GPU_LADDER = ((64, 4), (64, 8), (32, 8), (16, 8))
 _heuristic_memo: dict = {}
 
 
-def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: str = "float32") -> Config:
+def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: str = "float32",
+              share: bool | None = None) -> Config:
     """The default when nothing is tuned.
 
     On a GPU: ``block_z=16`` batch rows per program, ``num_stages=1``, and the first
@@ -86,7 +87,9 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
     at 16 rows the fixed ``(64, 4)`` spilled in the grad-x1 kernels of mace-large (760 bytes),
     sevennet-l2 (208) and nequip-benzene (8228), which the ladder runs at ``(32, 8)``,
     ``(64, 8)`` and ``(32, 8)``: 236, 181 and 180 registers, no spill; no forward, grad-x1 or
-    grad-w kernel of the presets spills at its default. Without ``problem`` and ``spec``
+    grad-w kernel of the presets spills at its default. ``share`` says whether the kernel shares
+    channel loops (default: :func:`tritp.kernels.share_loads`; the fused convolution's segment
+    mode never does), which the estimate counts. Without ``problem`` and ``spec``
     (kernels outside the sparse-CG family): ``Config(block_z=16)``, i.e. ``(64, 4)``.
     Deterministic, compiles nothing, and memoized per (problem, spec, dtype).
 
@@ -99,8 +102,10 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
         >>> from tritp.codegen import Problem
         >>> from tritp.codegen.cg_spec import compact, forward_spec
         >>> p = Problem.channelwise("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")  # mace-large
-        >>> heuristic(50_000, False, p, forward_spec(), "float32")  # 40 + (13 tiles + 7/4) x 8 = 158
+        >>> heuristic(50_000, False, p, forward_spec(), "float32", share=False)  # 40 + (13 + 7/4) x 8 = 158
         Config(block_z=16, block_c=64, num_warps=4, num_stages=1, impl='sparse')
+        >>> heuristic(50_000, False, p, forward_spec(), "float32", share=True).num_warps  # loops of 7: 218
+        8
         >>> heuristic(50_000, False, p, compact(forward_spec().derivative(0))[0]).block_c  # grad x1: 43 tiles
         32
     """
@@ -111,14 +116,18 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
         return Config(block_z=rows, block_c=64, num_warps=1, num_stages=1)
     if problem is None or spec is None:
         return Config(block_z=16)
-    key = (problem.key, spec, dtype)
+    if share is None:
+        from ..kernels import share_loads
+
+        share = share_loads()
+    key = (problem.key, spec, dtype, share)
     found = _heuristic_memo.get(key)
     if found is None:
         from .registers import REGISTER_BUDGET, estimate_registers
 
         for block_c, num_warps in GPU_LADDER:
             found = Config(block_z=16, block_c=block_c, num_warps=num_warps, num_stages=1)
-            if estimate_registers(problem, spec, dtype, found) <= REGISTER_BUDGET:
+            if estimate_registers(problem, spec, dtype, found, share=share) <= REGISTER_BUDGET:
                 break
         _heuristic_memo[key] = found
     return found
