@@ -128,3 +128,21 @@ def test_conv_segment_default_is_sized_for_unshared_loops():
     seg = default_config("segment", 160_000, 1_000, False, p, fwd)
     assert seg == heuristic(160, False, p, fwd, share=False) and seg.num_warps == 4
     assert default_config("atomic", 160_000, 160_000, False, p, fwd).num_warps == 8
+
+
+def test_tuned_entries_are_per_form(monkeypatch):
+    """A launch tuned for the shared-loop kernels is not used for the one-loop-per-segment ones
+    (their registers differ): the source identity of every family's cache key changes."""
+    from tritp.conv_tuning import ConvSpec
+    from tritp.tuning import cache
+
+    p = Problem.channelwise(*MACE_LIKE)
+    fwd = forward_spec()
+    keys = lambda: (cache.make_key(p, fwd, "float32", 1000, "gpu")["source"],
+                    cache.make_key(p, ConvSpec(fwd, "atomic"), "float32", 1000, "gpu", family="conv")["source"])
+    shared = keys()
+    monkeypatch.setenv("TRITP_SHARE_LOADS", "0")
+    apart = keys()
+    assert shared[0] != apart[0] and shared[1] != apart[1]
+    monkeypatch.setenv("TRITP_SHARE_LOADS", "1")
+    assert keys() == shared

@@ -68,8 +68,9 @@ class ConvSpec(NamedTuple):
 def conv_identity(problem, cspec: ConvSpec, dtype: str) -> str:
     """Source identity of a conv kernel for the cache key (``block_c`` aside: it is tuned)."""
     from .conv_kernels import conv_generator_hash
+    from .tuning.cache import identity_salt
 
-    return content_hash(conv_generator_hash(), problem.key, cspec.spec.to_str(), cspec.mode, dtype)
+    return content_hash(conv_generator_hash(), identity_salt(), problem.key, cspec.spec.to_str(), cspec.mode, dtype)
 
 
 @register_family(FAMILY, identity=conv_identity)

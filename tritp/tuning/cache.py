@@ -83,10 +83,13 @@ def bucket(n_rows: int) -> int:
 
 
 def identity_salt() -> str:
-    """What every source identity depends on beyond its inputs: the generator's hash."""
+    """What every source identity depends on beyond its inputs: the generator's hash, and
+    whether channel loops are shared (``TRITP_SHARE_LOADS``: the kernels differ in registers,
+    so a launch tuned for one form is not the other's)."""
     from .. import kernels
 
-    return kernels.generator_hash()
+    h = kernels.generator_hash()
+    return h if kernels.share_loads() else content_hash(h, "one channel loop per segment")
 
 
 def source_hash(problem, spec, dtype: str) -> str:
