@@ -73,3 +73,12 @@ def test_a_stage_started_with_sigint_ignored_still_stops_on_sigint(tmp_path):
     r = subprocess.run(["bash", "-c", f'"$0" -c "{code}" "$1" & wait', sys.executable, str(ROOT)],
                        capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["True", "True"], r.stdout + r.stderr
+
+
+def test_the_kernel_forms_stage_runs_only_when_asked(tmp_path):
+    log, calls = run_check(tmp_path, STAGES="forms", BUDGET="300")
+    (forms,) = [c for c in calls if "kernel_forms.py" in c]
+    assert forms.startswith("benchmarks/kernel_forms.py --time-limit 180 --out benchmarks/results")
+    (tmp_path / "default").mkdir()
+    _, default = run_check(tmp_path / "default")
+    assert not any("kernel_forms.py" in c for c in default)

@@ -1,0 +1,30 @@
+"""benchmarks/kernel_forms.py on CPU: the four kernel forms (layout x shared channel loops) of
+the tiny preset through the interpreter, each checked against the float64 reference."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_run_checks_and_times_every_form(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1", TRITP_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("TRITP_SHARE_LOADS", None)
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_forms.py"), "--quick", "--out",
+                        str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (path,) = (tmp_path / "out").glob("*-kernel-forms.json")
+    data = json.loads(path.read_text())
+    assert data["forms"] == ["mul_ir/shared", "mul_ir/unshared", "ir_mul/shared", "ir_mul/unshared"]
+    (rec,) = data["problems"]
+    assert rec["failures"] == {}
+    for form in data["forms"]:
+        assert set(rec["times_ms"][form]) == {"fwd", "fwdbwd"}
+        assert all(e <= 1e-5 for e in rec["errors"][form].values()), (form, rec["errors"][form])
+    # both channel-loop forms were generated (the kernel files differ by the form)
+    sources = list((tmp_path / "cache" / "kernels").glob("cg_out_*.py"))
+    loops = {p.read_text().count("for c0 in range") for p in sources}
+    assert len(sources) >= 4 and len(loops) == 2, (len(sources), loops)
