@@ -90,6 +90,8 @@ GPU_DEFAULTS = {  # comments: estimate at each rung, 40 + (tiles + groups / 4) x
     ("nequip-benzene", "x1", "float32"): (32, 8),    # 67 tiles: 578, 309, then 174
     ("nequip-benzene", "out", "float32"): (64, 8),   # 11 pieces, shared loops: 228, then 134
     ("nequip-l2", "x1", "float32"): (64, 4),         # 32 lanes: 4 elements per thread, 173
+    ("nequip-benzene", "x2", "float32"): (32, 8),    # forces: 20 one-trip lane loops in a segment: 250, 86
+    ("nequip-l2", "x2", "float32"): (64, 4),         # 12 one-trip lane loops, 4 elements per thread: 173
     ("uvu-128x3e", "w", "float32"): (64, 4),         # per-sample weight gradient, 15 tiles: 162
     ("mace-medium", "out", "float32"): (64, 4),      # loops of 3 and 5 segments: 168
     ("mace-medium", "out", "float64"): (64, 8),      # the same in two words: 296, then 168
@@ -144,6 +146,15 @@ def test_register_estimate_matches_its_calibration():
     grads = _grads(p)
     assert estimate_registers(p, grads["out"], "float32", c) == estimate_registers(p, grads["w"], "float32", c) == 218
     assert estimate_registers(q, _grads(q)["out"], "float32", c) == 168
+    # one-channel targets whose lane loops take one trip (registers.PER_SERIAL), ptxas: nequip-benzene's
+    # grad x2 255 at 16:64:8 and 99 at 16:32:8 (two trips); nequip-l2's 168 at 16:64:4; diffdock-L2's 165
+    g2 = _grads(b)["x2"]
+    assert estimate_registers(b, g2, "float32", Config(16, 64, 8)) == 250
+    assert estimate_registers(b, g2, "float32", Config(16, 32, 8)) == 86
+    n = preset("nequip-l2")[0]
+    assert estimate_registers(n, _grads(n)["x2"], "float32", c) == 173
+    d = preset("diffdock-L2")[0]
+    assert estimate_registers(d, _grads(d)["x2"], "float32", c) == 162
 
 
 def test_heuristic_without_a_problem_and_under_the_interpreter():
