@@ -1,5 +1,6 @@
-"""benchmarks/kernel_forms.py on CPU: the four kernel forms (layout x shared channel loops) of
-the tiny preset through the interpreter, each checked against the float64 reference."""
+"""CPU smoke runs of two benchmark scripts: kernel_forms.py (the four kernel forms, layout x
+shared channel loops, of the tiny preset through the interpreter, each checked against the
+float64 reference) and first_call.py (compile for sm_90 without a GPU, then load warm)."""
 
 import json
 import os
@@ -28,3 +29,16 @@ def test_quick_run_checks_and_times_every_form(tmp_path):
     sources = list((tmp_path / "cache" / "kernels").glob("cg_out_*.py"))
     loops = {p.read_text().count("for c0 in range") for p in sources}
     assert len(sources) >= 4 and len(loops) == 2, (len(sources), loops)
+
+
+def test_first_call_compiles_cold_then_loads_warm(tmp_path):
+    """benchmarks/first_call.py: the tiny preset compiled for sm_90 through Triton's real warm-up
+    path with the stand-in driver (no GPU), in a fresh process, then loaded by a second one."""
+    out = tmp_path / "fc.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "first_call.py"), "--preset", "tiny",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["run"] for row in rows] == ["cold", "warm"], rows
+    assert all("error" not in row and row["kernels"] >= 1 for row in rows), rows
+    assert rows[0]["kernels"] == rows[1]["kernels"]

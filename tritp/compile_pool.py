@@ -119,6 +119,25 @@ def _read(proc, results: dict) -> None:
         results[r["i"]] = True if r["ok"] else r["error"]
 
 
+class CompileTarget:
+    """A stand-in for Triton's active driver that answers with a compile target and launches
+    nothing: ``triton.runtime.driver.set_active(CompileTarget(GPUTarget("cuda", 90, 32)))``
+    lets ``JITFunction.warmup`` bind, key and compile kernels for that GPU on a machine without
+    one (the workers here, and ``benchmarks/first_call.py``)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+
 def _worker() -> None:
     """Read pickled jobs on stdin; compile each; answer one JSON line per job on stdout."""
     os.environ.pop("TRITON_INTERPRET", None)
@@ -129,23 +148,8 @@ def _worker() -> None:
 
     from .kernels import load_generated
 
-    class Target:
-        """The parent's compile target; nothing here runs on a GPU."""
-
-        def __init__(self, target):
-            self.target = target
-
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-        def get_current_target(self):
-            return self.target
-
     for i, path, name, args, grid, options, target in jobs:
-        driver.set_active(Target(target))
+        driver.set_active(CompileTarget(target))
         try:
             getattr(load_generated(Path(path)), name).warmup(*args, grid=grid, **options)
             answer = {"i": i, "ok": True}

@@ -130,6 +130,7 @@ def _info(p, ins):
     return lt, sizes, ms
 
 
+@lru_cache(maxsize=4096)  # the tuner's space asks once per candidate launch configuration
 def groups(problem, spec) -> tuple:
     """The :class:`Group` of every tile group of ``spec``'s kernel, in kernel order."""
     p, target = problem, spec.target
