@@ -146,3 +146,17 @@ def test_tuned_entries_are_per_form(monkeypatch):
     assert shared[0] != apart[0] and shared[1] != apart[1]
     monkeypatch.setenv("TRITP_SHARE_LOADS", "1")
     assert keys() == shared
+
+
+def test_conv_segment_space_keeps_what_unshared_loops_fit():
+    """The tuner's register rule sizes segment-mode candidates for one loop per segment."""
+    from tritp.conv_tuning import ConvSpec
+    from tritp.presets import preset
+    from tritp.tuning.space import cg_space, space_for
+
+    p, _ = preset("mace-large")
+    seg = space_for("conv", p, ConvSpec(forward_spec(), "segment"), "float32", 4096)
+    atomic = space_for("conv", p, ConvSpec(forward_spec(), "atomic"), "float32", 4096)
+    assert seg.candidates == cg_space(p, forward_spec(), "float32", 4096, share=False).candidates
+    assert atomic.candidates == cg_space(p, forward_spec(), "float32", 4096, share=True).candidates
+    assert len(seg) >= len(atomic)

@@ -75,8 +75,10 @@ def conv_identity(problem, cspec: ConvSpec, dtype: str) -> str:
 
 @register_family(FAMILY, identity=conv_identity)
 def conv_space(problem, cspec: ConvSpec, dtype: str, batch: int) -> SearchSpace:
-    """The ``cg`` space of the producer at ``batch`` edges, as family ``conv``."""
-    return SearchSpace(FAMILY, cg_space(problem, cspec.spec, dtype, batch).candidates, CONV_VERSION)
+    """The ``cg`` space of the producer at ``batch`` edges, as family ``conv`` (segment mode
+    keeps one channel loop per segment, which the register rule counts)."""
+    share = False if cspec.mode == "segment" else None
+    return SearchSpace(FAMILY, cg_space(problem, cspec.spec, dtype, batch, share=share).candidates, CONV_VERSION)
 
 
 def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:

@@ -174,12 +174,14 @@ def _cg_keep(c: Config, shape: dict, batch: int, registers: Callable) -> bool:
 
 
 @register_family("cg")
-def cg_space(problem, spec: ProducerSpec, dtype: str, batch: int) -> SearchSpace:
-    """The sparse-CG producer space: :data:`AXES` pruned by the five rules of this module."""
+def cg_space(problem, spec: ProducerSpec, dtype: str, batch: int, share: bool | None = None) -> SearchSpace:
+    """The sparse-CG producer space: :data:`AXES` pruned by the five rules of this module
+    (``share``: whether the kernel shares channel loops, as in
+    :func:`~tritp.tuning.registers.estimate_registers`)."""
     from .registers import estimate_registers
 
     shape = cg_shape(problem, spec)
-    registers = lambda c: estimate_registers(problem, spec, dtype, c)
+    registers = lambda c: estimate_registers(problem, spec, dtype, c, share=share)
     every = [Config(block_z=z, block_c=c, num_warps=nw, num_stages=ns, impl=i)
              for i, z, c, nw, ns in product(AXES["impl"], AXES["block_z"], AXES["block_c"],
                                             AXES["num_warps"], AXES["num_stages"])]
