@@ -25,7 +25,7 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 
 from .cg_gemm import GemmMixin
-from .cg_spec import ProducerSpec, letters, loop_groups, loop_key
+from .cg_spec import ProducerSpec, letters, loop_groups, loop_keys, tile_keys
 from .cg_terms import TermMixin
 from .intmath import p2
 from .problem import Problem
@@ -202,7 +202,7 @@ class CGEmitter(TermMixin, GemmMixin):
     def segment_groups(self) -> list:
         """The target segments this kernel writes, as groups run in one channel loop each:
         ``[[(seg, mul, ir, inss, bc), ...], ...]``. Segments of one channel count and tile
-        width that read one operand tile (:func:`~tritp.codegen.cg_spec.loop_key`: x1 under
+        width that read one operand tile (:func:`~tritp.codegen.cg_spec.loop_keys`: x1 under
         every output path of one x1 irrep in a channelwise forward), without GEMM terms or a
         one-channel target, share a loop, ordered by the segments they read: that tile is
         loaded once per channel tile and its registers are freed after its last reader."""
@@ -219,15 +219,12 @@ class CGEmitter(TermMixin, GemmMixin):
             units.append((seg, mul, ir, inss, max(min(p2(mul), self.block_c), 16 if dot else 1)))
         src = [r for r in ("x1", "x2", "out") if r != role]
         reads = lambda u: sorted(tuple(self.seg_index(i, r) for r in src) for _, i in u[3])
-
-        def key(u):
-            seg, mul, ir, inss, bc = u
-            if mul == 1 or any(self.dot_letter(i) for _, i in inss):
-                return None  # a one-channel target, or GEMM terms
-            tile = loop_key(self.p, self.spec, inss) if self.share_loads() else None
-            return None if tile is None else (mul, bc, tile)
-
-        return [sorted(g, key=lambda u: (reads(u), u[0])) for g in loop_groups(units, key)]
+        # one tile width, no one-channel target (lanes of its own), no GEMM terms
+        classes = [(u[1], u[4]) if self.share_loads() and u[1] > 1 and not any(self.dot_letter(i) for _, i in u[3])
+                   else None for u in units]
+        keys = loop_keys([tile_keys(self.p, self.spec, u[3]) for u in units], classes)
+        key = dict(zip((u[0] for u in units), (None if k is None else (c, k) for c, k in zip(classes, keys))))
+        return [sorted(g, key=lambda u: (reads(u), u[0])) for g in loop_groups(units, lambda u: key[u[0]])]
 
     def emit_segment_target(self):
         role = self.spec.target

@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
+
 from dataclasses import dataclass
 
 ROLES = ("x1", "x2", "w", "out")
@@ -136,20 +138,20 @@ def compact(spec: ProducerSpec) -> tuple:
     return ProducerSpec(spec.target, tuple(spec.roles[i] for i in used), terms), tuple(used)
 
 
-def loop_key(problem, spec: ProducerSpec, inss) -> tuple | None:
-    """The operand tile through which one target unit (a segment, or a weight path for a weight
-    target; ``inss`` = its ``(index, instruction)`` pairs) may share a channel loop with others:
-    the smallest ``(tensor, role, segment)`` among its operands that vary along the lanes and
-    are loaded once per tile (not inside a term's own loop), or None when it has none. Weights
-    belong to one path and are never shared.
+def tile_keys(problem, spec: ProducerSpec, inss) -> frozenset:
+    """The operand tiles through which one target unit (a segment, or a weight path for a
+    weight target; ``inss`` = its ``(index, instruction)`` pairs) may share a channel loop with
+    others: every ``(tensor, role, segment)`` among its operands that vary along the lanes and
+    are loaded once per tile (not inside a term's own loop). Weights belong to one path and are
+    never shared.
 
     Example:
         >>> from tritp.codegen import Problem
         >>> p = Problem.channelwise("4x0e+4x1o", "0e+1o", "0e+1o")
-        >>> [loop_key(p, forward_spec(), [(k, i)]) for k, i in enumerate(p.instructions)]
-        [(0, 'x1', 0), (0, 'x1', 1), (0, 'x1', 0), (0, 'x1', 1)]
+        >>> [sorted(tile_keys(p, forward_spec(), [(k, i)])) for k, i in enumerate(p.instructions)]
+        [[(0, 'x1', 0)], [(0, 'x1', 1)], [(0, 'x1', 0)], [(0, 'x1', 1)]]
     """
-    target, keys = spec.target, []
+    target, keys = spec.target, set()
     for _, ins in inss:
         lt, sizes = letters(problem, ins)
         lanes = {ch for ch in lt[target] if sizes[ch] > 1}
@@ -160,8 +162,26 @@ def loop_key(problem, spec: ProducerSpec, inss) -> tuple | None:
                 deps = {ch for ch in lt[role] if sizes[ch] > 1}
                 if role != target and deps & lanes and not deps - lanes:
                     seg = {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[role]
-                    keys.append((term[ROLE_INDEX[role]], role, seg))
-    return min(keys) if keys else None
+                    keys.add((term[ROLE_INDEX[role]], role, seg))
+    return frozenset(keys)
+
+
+def loop_keys(candidates: list, classes: list) -> list:
+    """For each unit (its candidate tiles, :func:`tile_keys`, and its class: units of one class
+    -- one tile width -- may share a loop; None: it shares none), the tile it shares a loop
+    through: among its candidates the one most units of its class read (ties: the smallest),
+    or None when no other unit of its class reads any of them.
+
+    Example:
+        >>> loop_keys([{1, 2}, {2}, {3}, {2}], ["a", "a", "a", None])
+        [2, 2, None, None]
+    """
+    count = Counter((cls, k) for c, cls in zip(candidates, classes) if cls is not None for k in c)
+    out = []
+    for c, cls in zip(candidates, classes):
+        best = min(c, key=lambda k: (-count[cls, k], k), default=None) if cls is not None else None
+        out.append(best if best is not None and count[cls, best] > 1 else None)
+    return out
 
 
 def loop_groups(units, key) -> list:

@@ -88,7 +88,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from ..codegen.cg_gemm import dot_letter
-from ..codegen.cg_spec import letters, loop_key
+from ..codegen.cg_spec import letters, loop_keys, tile_keys
 from ..codegen.intmath import p2
 
 #: Registers per thread that do not scale with the tiles (row offsets, pointers, masks, loops).
@@ -110,7 +110,8 @@ class Group(NamedTuple):
     tiles: int   # [BLOCK_Z, width] tiles alive at once
     min_bc: int  # 16 where a tl.dot needs 16 lanes, else 1
     unit: int    # its target segment (for a weight gradient, its instruction): what pieces split
-    loop: tuple = None  # groups with one key share one channel loop (and its loads); None: alone
+    loop: tuple = None  # its class (tile width): groups of one class may share a loop; None: never
+    tiles_read: frozenset = frozenset()  # the operand tiles it could share a loop through
     serial: int = 0     # one-channel target: instructions running their channels as lanes
 
 
@@ -146,8 +147,7 @@ def groups(problem, spec) -> tuple:
             tiles = 1 + sum(ms[r] for _ in spec.terms for r in ("x1", "x2", "out")
                             if any(sizes[x] > 1 for x in lt[r]))
             # as CGEmitter.weight_groups: per-sample weights of one size share a loop per operand tile
-            key = None if p.shared_weights else loop_key(p, spec, [(k, ins)])
-            out.append(Group(n, tiles, 1, k, None if key is None else (n, key)))
+            out.append(Group(n, tiles, 1, k, None if p.shared_weights else (n,), tile_keys(p, spec, [(k, ins)])))
         return tuple(out)
     segs = {"x1": p.irreps_in1, "x2": p.irreps_in2, "out": p.irreps_out}[target]
     seg_of = lambda ins: {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[target]
@@ -185,9 +185,9 @@ def groups(problem, spec) -> tuple:
                 looped = max(looped, inner)
         lanes = red_lanes or mul
         # as CGEmitter.segment_groups: no GEMM term, more than one channel
-        key = loop_key(p, spec, list(enumerate(inss)))
-        loop = (mul, key) if mul > 1 and min_bc == 1 and key is not None else None
-        out.append(Group(lanes, ir.dim + straight + looped, min_bc, seg, loop, serial))
+        loop = (mul,) if mul > 1 and min_bc == 1 else None
+        out.append(Group(lanes, ir.dim + straight + looped, min_bc, seg, loop, tile_keys(p, spec, list(enumerate(inss))),
+                         serial))
     return tuple(out)
 
 
@@ -220,9 +220,11 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=Non
     worst = 0.0
     for piece in pieces:
         gs = every if piece is None else [g for g in every if g.unit in piece]
+        # the emitter's choice (CGEmitter.segment_groups / weight_groups), among this piece's groups
+        keys = loop_keys([g.tiles_read for g in gs], [g.loop if share else None for g in gs])
         loops = {}
-        for g in gs:
-            loops.setdefault(g.loop if share and g.loop is not None else ("alone", g.unit), []).append(g)
+        for g, k in zip(gs, keys):
+            loops.setdefault(("alone", g.unit) if k is None else (g.loop, k), []).append(g)
         for members in loops.values():
             lanes = max(g.lanes for g in members)
             bc = max(min(p2(lanes), config.block_c), max(g.min_bc for g in members))
