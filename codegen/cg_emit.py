@@ -25,7 +25,7 @@ from __future__ import annotations
 from contextlib import contextmanager, nullcontext
 
 from .cg_gemm import GemmMixin
-from .cg_spec import ProducerSpec, letters, loop_groups, loop_keys, tile_keys
+from .cg_spec import ProducerSpec, letters, loop_groups, tile_keys
 from .cg_terms import TermMixin
 from .intmath import p2
 from .problem import Problem
@@ -207,7 +207,7 @@ class CGEmitter(TermMixin, GemmMixin):
         one-channel target, share a loop, ordered by the segments they read: that tile is
         loaded once per channel tile and its registers are freed after its last reader."""
         role = self.spec.target
-        units = []
+        units, classes = [], []
         for seg, (mul, ir) in enumerate(self.segs[role]):
             if mul == 0 or (self.piece is not None and seg not in self.piece):
                 continue
@@ -217,14 +217,12 @@ class CGEmitter(TermMixin, GemmMixin):
                     if self.seg_index(i, role) == seg and 0 not in i.path_shape]
             dot = any(self.dot_letter(i) for _, i in inss)
             units.append((seg, mul, ir, inss, max(min(p2(mul), self.block_c), 16 if dot else 1)))
+            # one tile width; not a one-channel target (lanes of its own) nor GEMM terms
+            classes.append((mul,) if self.share_loads() and mul > 1 and not dot else None)
         src = [r for r in ("x1", "x2", "out") if r != role]
         reads = lambda u: sorted(tuple(self.seg_index(i, r) for r in src) for _, i in u[3])
-        # one tile width, no one-channel target (lanes of its own), no GEMM terms
-        classes = [(u[1], u[4]) if self.share_loads() and u[1] > 1 and not any(self.dot_letter(i) for _, i in u[3])
-                   else None for u in units]
-        keys = loop_keys([tile_keys(self.p, self.spec, u[3]) for u in units], classes)
-        key = dict(zip((u[0] for u in units), (None if k is None else (c, k) for c, k in zip(classes, keys))))
-        return [sorted(g, key=lambda u: (reads(u), u[0])) for g in loop_groups(units, lambda u: key[u[0]])]
+        groups = loop_groups(units, [tile_keys(self.p, self.spec, u[3]) for u in units], classes)
+        return [sorted(g, key=lambda u: (reads(u), u[0])) for g in groups]
 
     def emit_segment_target(self):
         role = self.spec.target

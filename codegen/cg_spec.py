@@ -184,17 +184,18 @@ def loop_keys(candidates: list, classes: list) -> list:
     return out
 
 
-def loop_groups(units, key) -> list:
-    """``units`` grouped by ``key(unit)`` in order of first appearance; a unit whose key is
-    None forms a group of its own.
+def loop_groups(units, candidates: list, classes: list) -> list:
+    """``units`` grouped into shared channel loops, in order of first appearance: units of one
+    class sharing the tile :func:`loop_keys` chooses for them run together; a unit that shares
+    none forms a group of its own. The emitters' grouping and the register estimate's.
 
     Example:
-        >>> loop_groups([1, 2, 3, 4, 5], lambda u: None if u == 5 else u % 2)
-        [[1, 3], [2, 4], [5]]
+        >>> loop_groups(["a", "b", "c", "d"], [{1, 2}, {2}, {3}, {2}], [0, 0, 0, None])
+        [['a', 'b'], ['c'], ['d']]
     """
     groups, where = [], {}
-    for u in units:
-        k = key(u)
+    for u, cls, tile in zip(units, classes, loop_keys(candidates, classes)):
+        k = None if tile is None else (cls, tile)
         if k is None:
             groups.append([u])
         elif k in where:

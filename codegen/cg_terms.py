@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .cg_gemm import _flatten
-from .cg_spec import ROLE_INDEX, loop_groups, loop_keys, tile_keys
+from .cg_spec import ROLE_INDEX, loop_groups, tile_keys
 from .coupling import sparse_coupling
 from .intmath import p2
 
@@ -185,10 +185,8 @@ class TermMixin:
                 n *= s
             units.append((k, ins, n, min(p2(n), self.block_c)))
 
-        classes = [None if self.split_rows or not self.share_loads() else (u[2], u[3]) for u in units]
-        keys = loop_keys([tile_keys(p, self.spec, [u[:2]]) for u in units], classes)
-        key = {u[0]: None if k is None else (c, k) for u, c, k in zip(units, classes, keys)}
-        groups = loop_groups(units, lambda u: key[u[0]])
+        classes = [None if self.split_rows or not self.share_loads() else (u[2],) for u in units]
+        groups = loop_groups(units, [tile_keys(p, self.spec, [u[:2]]) for u in units], classes)
         return [sorted(g, key=lambda u: ((u[1].i_in1, u[1].i_in2, u[1].i_out), u[0])) for g in groups]
 
     def emit_weight_target(self):

@@ -203,9 +203,10 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
 
 def precompile(plans, timeout: float | None = None, ignore_errors: bool = False) -> int:
     """Compile the kernels of many launch plans (:func:`launch_plan`, best ``dry``) in parallel
-    (:func:`compile_all`: threads, or worker processes) without running them; returns how many kernels were compiled (0 under the
-    interpreter, which compiles nothing). Kernels are specialized on their arguments' dtypes,
-    alignments and strides but not on the batch size, so one compile serves every batch.
+    (:func:`compile_all`: threads, or worker processes) without running them; returns how many
+    kernels were compiled (0 under the interpreter, which compiles nothing). Kernels are
+    specialized on their arguments' dtypes, alignments and strides but not on the batch size,
+    so one compile serves every batch.
     Under ``torch.compile`` Inductor compiles the kernels it launches itself. ``timeout``
     (seconds): stop waiting then and cancel the compiles not yet started (a best-effort warm-up
     within a time budget; the launches compile what is missing). ``ignore_errors``: a kernel

@@ -88,7 +88,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from ..codegen.cg_gemm import dot_letter
-from ..codegen.cg_spec import letters, loop_keys, tile_keys
+from ..codegen.cg_spec import letters, loop_groups, tile_keys
 from ..codegen.intmath import p2
 
 #: Registers per thread that do not scale with the tiles (row offsets, pointers, masks, loops).
@@ -220,12 +220,8 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=Non
     worst = 0.0
     for piece in pieces:
         gs = every if piece is None else [g for g in every if g.unit in piece]
-        # the emitter's choice (CGEmitter.segment_groups / weight_groups), among this piece's groups
-        keys = loop_keys([g.tiles_read for g in gs], [g.loop if share else None for g in gs])
-        loops = {}
-        for g, k in zip(gs, keys):
-            loops.setdefault(("alone", g.unit) if k is None else (g.loop, k), []).append(g)
-        for members in loops.values():
+        # the emitter's loops (CGEmitter.segment_groups / weight_groups), among this piece's groups
+        for members in loop_groups(gs, [g.tiles_read for g in gs], [g.loop if share else None for g in gs]):
             lanes = max(g.lanes for g in members)
             bc = max(min(p2(lanes), config.block_c), max(g.min_bc for g in members))
             per_thread = max(1.0, config.block_z * bc / (32 * config.num_warps))
