@@ -207,24 +207,34 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=Non
     defaults to its plan), and the largest over the pieces, which share the launch config.
     A loop shared by ``n`` groups (``share``, default :func:`tritp.kernels.share_loads`) counts
     its worst group's tiles plus :data:`PER_SHARED` per other group."""
-    if pieces is None:
-        from ..codegen.cg_pieces import plan_pieces
-
-        pieces = plan_pieces(problem, spec)
     if share is None:
         from ..kernels import share_loads
 
         share = share_loads()
     words = 2 if dtype == "float64" else 1
-    every = groups(problem, spec)
     worst = 0.0
+    for members, n_groups in _loops(problem, spec, None if pieces is None else tuple(pieces), bool(share)):
+        lanes = max(g.lanes for g in members)
+        bc = max(min(p2(lanes), config.block_c), max(g.min_bc for g in members))
+        per_thread = max(1.0, config.block_z * bc / (32 * config.num_warps))
+        tiles = max(g.tiles + _serial(g, config) for g in members) + PER_SHARED * (len(members) - 1)
+        worst = max(worst, (tiles + PER_GROUP * n_groups) * per_thread)
+    return int(round(OVERHEAD + words * worst))
+
+
+@lru_cache(maxsize=1024)  # the tuner's space asks once per candidate launch configuration
+def _loops(problem, spec, pieces, share: bool) -> tuple:
+    """The emitter's channel loops (``CGEmitter.segment_groups`` / ``weight_groups``) of each
+    piece, as ``(groups in the loop, groups in the piece)``: everything of the estimate that
+    does not depend on the launch configuration."""
+    if pieces is None:
+        from ..codegen.cg_pieces import plan_pieces
+
+        pieces = plan_pieces(problem, spec)
+    every = groups(problem, spec)
+    out = []
     for piece in pieces:
         gs = every if piece is None else [g for g in every if g.unit in piece]
-        # the emitter's loops (CGEmitter.segment_groups / weight_groups), among this piece's groups
         for members in loop_groups(gs, [g.tiles_read for g in gs], [g.loop if share else None for g in gs]):
-            lanes = max(g.lanes for g in members)
-            bc = max(min(p2(lanes), config.block_c), max(g.min_bc for g in members))
-            per_thread = max(1.0, config.block_z * bc / (32 * config.num_warps))
-            tiles = max(g.tiles + _serial(g, config) for g in members) + PER_SHARED * (len(members) - 1)
-            worst = max(worst, (tiles + PER_GROUP * len(gs)) * per_thread)
-    return int(round(OVERHEAD + words * worst))
+            out.append((tuple(members), len(gs)))
+    return tuple(out)
