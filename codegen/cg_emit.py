@@ -119,14 +119,15 @@ class CGEmitter(TermMixin, GemmMixin):
         w("import triton")
         w("import triton.language as tl")
         w("")
-        w(f"DT = {self.dt}")
-        w(f"DOT_PREC = tl.constexpr({self.dot_precision!r})")
-        w("")
         w("")
         # Z (rows) is only compared with: specializing it (Z % 16 == 0, Z == 1) would compile a
         # second copy the first time a batch size crosses that line, and keep precompile honest
         w('@triton.jit(do_not_specialize=["Z"])')
         with w.block(f"def {KERNEL_NAME}({', '.join(self.kernel_args())}):"):
+            # constants live in the body: a kernel that names no module global is keyed by
+            # tritp.jit_key without Triton's walk over its source
+            w(f"DT: tl.constexpr = {self.dt}")
+            w(f"DOT_PREC: tl.constexpr = {self.dot_precision!r}")
             self.emit_prologue()
             if self.split_rows:
                 with w.block("if IDX64:"):  # shared-weight partials: row pid of [programs, numel]

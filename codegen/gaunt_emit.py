@@ -165,12 +165,11 @@ class _Emitter:
         w("import triton")
         w("import triton.language as tl")
         w("")
-        w(f"DT = {dt}")
-        w("")
         w("")
         w("@triton.jit")
         sig = "a, b, g, ta, tb, tt, ia, ib, it, sa, sb, sg, R, IDX64: tl.constexpr, BLOCK_R: tl.constexpr"
         with w.block(f"def {KERNEL_NAME}({sig}):"):
+            w(f"DT: tl.constexpr = {dt}  # in the body: no module global (tritp.jit_key)")
             w("pid = tl.program_id(0)")
             for width in sorted({role_size(p, r)[1] for r in ROLES}):
                 w(f"k{width} = tl.arange(0, {width})")

@@ -50,7 +50,7 @@ def test_codegen_without_weights_and_float64(capsys):
         rc, out, _ = _run(capsys, "codegen", "2x1o", "1o", "all", "--mode", "full", "--direction", d,
                           "--dtype", "float64")
         assert rc == 0
-        assert "DT = tl.float64" in out
+        assert "DT: tl.constexpr = tl.float64" in out
         counts.append(out.count("@triton.jit"))
     assert counts == [1, 2, 4]  # no weight gradient; each backward producer has two inputs
 

@@ -215,7 +215,7 @@ def test_tensor_core_precision_follows_torch(monkeypatch):
         paths[want] = tritp.conv_kernels.conv_source_path(p, forward_spec(), "float32", 64, "atomic")
         tritp.conv_kernels.get_conv_kernel(p, forward_spec(), "float32", 64, "atomic")
         src = paths[want].read_text()
-        assert "tl.dot(" in src and f"DOT_PREC = tl.constexpr('{want}')" in src
+        assert "tl.dot(" in src and f"DOT_PREC: tl.constexpr = '{want}'" in src
     assert paths["tf32"] != paths["ieee"]
 
 

@@ -73,6 +73,6 @@ def test_tf32_follows_matmul_precision():
         _, c = kernel_source(tp.problem, forward_spec(), "float64", 64)
     finally:
         torch.set_float32_matmul_precision(old)
-    assert "DOT_PREC = tl.constexpr('ieee')" in a
-    assert "DOT_PREC = tl.constexpr('tf32')" in b
-    assert "DOT_PREC = tl.constexpr('ieee')" in c  # fp64 never uses tf32
+    assert "DOT_PREC: tl.constexpr = 'ieee'" in a
+    assert "DOT_PREC: tl.constexpr = 'tf32'" in b
+    assert "DOT_PREC: tl.constexpr = 'ieee'" in c  # fp64 never uses tf32

@@ -12,6 +12,7 @@ the compiled signature -- pointer dtypes, int widths, ``1`` as a constexpr, 16-d
 hints, ``IDX64``, block sizes, warps -- is the one a GPU launch of the same tensors compiles."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -21,10 +22,12 @@ SCRIPT = textwrap.dedent('''
     from contextlib import contextmanager
     import torch, triton
     import tritp.gaunt_kernels
+    import tritp.jit_key
     import tritp.kernels
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+    from tritp.jit_key import formula_key
     from tritp.codegen import Problem
     from tritp.codegen.cg_spec import compact, forward_spec
     from tritp.codegen.gaunt_problem import GauntProblem
@@ -36,7 +39,7 @@ SCRIPT = textwrap.dedent('''
 
     TARGET = GPUTarget("cuda", 90, 32)
     BACKEND = make_backend(TARGET)
-    failures, done, idx64 = [], 0, False
+    failures, done, idx64, kernels = [], 0, False, {}
 
     class Recorder:
         """Stands in for ``wrap_triton``: ``kernel[grid](...)`` records instead of launching."""
@@ -58,6 +61,10 @@ SCRIPT = textwrap.dedent('''
         for fn, args, kw in rec.calls:
             try:
                 assert kw["IDX64"] == idx64, f"launched with IDX64={kw['IDX64']}"
+                # the key tritp.jit_key gave it without parsing is the one Triton computes
+                kernels[id(fn)] = kernels.get(id(fn), fn.hash is not None)
+                want = JITFunction(fn.fn).cache_key
+                assert fn.cache_key == want == formula_key(fn.src, fn.starting_line_number), "jit key"
                 bound, spec, opts = create_function_from_signature(fn.signature, fn.params, BACKEND)(*args, **kw)
                 options, sig, cx, attrs = fn._pack_args(BACKEND, kw, bound, spec, opts)
                 ck = triton.compile(ASTSource(fn, sig, cx, attrs), target=TARGET, options=options.__dict__)
@@ -152,6 +159,7 @@ SCRIPT = textwrap.dedent('''
         gaunt("gaunt grid grad x2 int64 C=128", "grid", "x2:x1,out", expect=DOT + SUM, C=128)
     print("\\n".join(failures))
     print("compiled", done)
+    print("kernels", len(kernels), "keyed", sum(kernels.values()), "formula", tritp.jit_key._verdict)
 ''')
 
 # 24 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces (cg_pieces)
@@ -164,3 +172,6 @@ def test_generated_kernels_compile_for_sm90(tmp_path):
     r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert f"compiled {EXPECTED}" in r.stdout, r.stdout[-4000:]
+    # every kernel was keyed before its launch (the first by Triton, which checked the formula)
+    n = int(re.search(r"kernels (\d+)", r.stdout).group(1))
+    assert f"kernels {n} keyed {n} formula True" in r.stdout, r.stdout[-4000:]

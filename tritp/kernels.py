@@ -35,6 +35,7 @@ from .codegen.intmath import cdiv as triton_cdiv
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
 from .compile_pool import compile_in_processes, file_backed, use_processes
+from .jit_key import seed_cache_key
 
 GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py", "coupling.py", "instructions.py", "intmath.py",
                    "irreps.py", "problem.py", "writer.py")
@@ -86,6 +87,7 @@ def load_generated(path: Path):
         s = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(s)
         s.loader.exec_module(mod)
+        seed_cache_key(mod)
         sys.modules[name] = mod
     return mod
 
