@@ -47,6 +47,9 @@ class CGEmitter(TermMixin, GemmMixin):
         self.dot_precision = "ieee" if dtype == "float64" else dot_precision
         self.uses_dot = False
         self.load_cache = None  # {load key: (variable, kind)} while a channel loop shares loads
+        # {lane address: its [1, bc] form from the loop head's offsets}; see lane_offsets
+        self.lane_forms = {}
+        self.in_lane_loop = False
         self.dt = {"float32": "tl.float32", "float64": "tl.float64"}[dtype]
         self.exact_consts = dtype == "float64"
         self.w = SourceWriter()
@@ -75,8 +78,43 @@ class CGEmitter(TermMixin, GemmMixin):
         mul, ir = self.segs[role][seg]
         off = self.offs[role][seg]
         if self.p.layout == "mul_ir":
-            return f"{off} + ({ch}) * {ir.dim} + {m}"
-        return f"{off + m * mul} + ({ch})"
+            return self.lane_addr(f"{off} + ({ch}) * {ir.dim} + {m}", ch, ir.dim, off + m)
+        return self.lane_addr(f"{off + m * mul} + ({ch})", ch, 1, off + m * mul)
+
+    def lane_addr(self, addr: str, ch: str, scale: int, const: int) -> str:
+        """``addr`` (``const + ch * scale`` along the lanes); where ``ch`` is the channel loop's
+        ``c``, its ``[1, bc]`` form ``cd<scale> + const`` is noted for :meth:`lanes2d`."""
+        if ch == "c" and self.in_lane_loop:
+            # parenthesized: one pointer add of a 32-bit offset, not two 64-bit adds
+            self.lane_forms[addr] = f"({'c2' if scale == 1 else f'cd{scale}'} + {const})"
+        return addr
+
+    def lanes2d(self, addr: str) -> str:
+        """Lane offsets ``addr`` as a ``[1, bc]`` tile: from the loop head's ``c2``/``cd<k>``
+        where :meth:`lane_addr` noted one (a few front-end ops instead of the whole expression
+        per load: the source is thousands of loads, and Triton's Python front end and MLIR
+        passes pay per op; the compiled kernel is the same after CSE)."""
+        form = self.lane_forms.get(addr) if self.in_lane_loop else None
+        return form if form is not None else f"({addr})[None, :]"
+
+    @contextmanager
+    def lane_loop(self, n: int, bc: int):
+        """A channel loop ``for c0 in range(0, n, bc)`` opened with ``c``, ``cm`` and the lane
+        offsets its loads and stores share: ``c2 = c[None, :]`` and ``cd<k> = c2 * k`` for each
+        irrep dimension ``k > 1`` of the problem (unused ones are dead code)."""
+        with self.w.block(f"for c0 in range(0, {n}, {bc}):"):
+            self.w(f"c = c0 + tl.arange(0, {bc})")
+            self.w(f"cm = c < {n}")
+            self.w("c2 = c[None, :]")
+            dims = sorted({ir.dim for segs in self.segs.values() for _, ir in segs} - {1})
+            if self.p.layout == "mul_ir":
+                for k in dims:
+                    self.w(f"cd{k} = c2 * {k}")
+            self.in_lane_loop = True
+            try:
+                yield
+            finally:
+                self.in_lane_loop = False
 
     def load(self, t: int, role: str, addr: str, tile: bool, mask: str = "m2d", lane_mask: str = "cm") -> tuple:
         """Emit a load; returns (variable, kind) with kind in '2d', 'z', 's'. Within one channel
@@ -103,7 +141,7 @@ class CGEmitter(TermMixin, GemmMixin):
             self.w(f"{v} = tl.load(t{t} + ({addr})).to(DT)")
             return v, "s"
         if tile:
-            self.w(f"{v} = tl.load(t{t} + r{t}[:, None] + ({addr})[None, :], mask={mask}, other=0.0).to(DT)")
+            self.w(f"{v} = tl.load(tp{t} + {self.lanes2d(addr)}, mask={mask}, other=0.0).to(DT)")
             return v, "2d"
         self.w(f"{v} = tl.load(t{t} + r{t} + ({addr}), mask=zm, other=0.0).to(DT)")
         return v, "z"
@@ -180,10 +218,19 @@ class CGEmitter(TermMixin, GemmMixin):
         for i in range(len(self.spec.roles)):
             w(f"r{i} = zz * s{i}")
         w("rg = zz * sg")
+        self.emit_row_pointers(target=True)
+
+    def emit_row_pointers(self, target: bool):
+        """Each operand's row pointers ``tp<i> = t<i> + r<i>[:, None]`` (and the target's,
+        ``gp``), once per row block: a tile load or store adds only its lane offsets."""
+        for i in range(len(self.spec.roles)):
+            self.w(f"tp{i} = t{i} + r{i}[:, None]")
+        if target:
+            self.w("gp = g + rg[:, None]")
 
     def store_tile(self, addr: str, value: str):
         """Store a ``[BLOCK_Z, BLOCK_C]`` target tile at channel offsets ``addr``."""
-        self.w(f"tl.store(g + rg[:, None] + ({addr})[None, :], {value}.to(g.dtype.element_ty), mask=m2d)")
+        self.w(f"tl.store(gp + {self.lanes2d(addr)}, {value}.to(g.dtype.element_ty), mask=m2d)")
 
     def store_shared_weight(self, addr: str, value: str):
         """Store this program's batch-reduced partial of a shared-weight gradient."""
@@ -232,9 +279,7 @@ class CGEmitter(TermMixin, GemmMixin):
             # always a loop, even of one trip: names defined in its body (c, cm, m2d, acc*) stay
             # local to it, so a later segment with another tile width is not a loop-carried
             # type change (which Triton's compiler rejects and the interpreter does not notice)
-            with self.w.block(f"for c0 in range(0, {mul}, {bc}):"):
-                self.w(f"c = c0 + tl.arange(0, {bc})")
-                self.w(f"cm = c < {mul}")
+            with self.lane_loop(mul, bc):
                 shared = self.share_loads()
                 if shared:  # every segment of the group reads rows and lanes under one mask
                     self.w("m2d = zm[:, None] & cm[None, :]")
@@ -279,8 +324,8 @@ class CGEmitter(TermMixin, GemmMixin):
         mul, ir = self.segs[role][seg]
         off = self.offs[role][seg]
         if self.p.layout == "mul_ir":
-            return f"{off} + c * {ir.dim} + {m}"
-        return f"{off + m * mul} + c"
+            return self.lane_addr(f"{off} + c * {ir.dim} + {m}", "c", ir.dim, off + m)
+        return self.lane_addr(f"{off + m * mul} + c", "c", 1, off + m * mul)
 
     def letters(self, ins):
         return letters(self.p, ins)

@@ -25,6 +25,8 @@ def _flatten(letters: str, sizes: dict, vals: dict) -> str:
     expr = ""
     for ch in letters:
         v = vals[ch]
+        if sizes[ch] == 1 and v == "0" and expr:
+            continue  # (e) * 1 + 0: the same index, and a plain `c` gets lane_addr's hoisted form
         expr = v if not expr else f"({expr}) * {sizes[ch]} + {v}"
     return expr or "0"
 

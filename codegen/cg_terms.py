@@ -90,7 +90,8 @@ class TermMixin:
                     tile = bool(deps(role) & vec) or laned
                     kw = {"mask": mq, "lane_mask": qm} if laned else {}
                     if role == "w":
-                        loaded["w"] = self.load(t, "w", f"{self.woffs[k]} + {ch}", tile, **kw)
+                        addr = self.lane_addr(f"{self.woffs[k]} + {ch}", ch, 1, self.woffs[k])
+                        loaded["w"] = self.load(t, "w", addr, tile, **kw)
                     else:
                         loaded[role] = {m: self.load(t, role, self.elem(ins, role, ch, m), tile, **kw)
                                         for m in pending[role]}
@@ -127,6 +128,7 @@ class TermMixin:
         by_t = defaultdict(list)
         for ma, mb, mt, c in entries:
             by_t[mt].append((ma, mb, c))
+        rows = {}  # row combination -> its [rows, 1] variable: target components often repeat one
         for mt, es in sorted(by_t.items()):
             acc = accs[mt]
             # the contribution as a sum of products x * y, each pair broadcastable to the tile
@@ -138,9 +140,12 @@ class TermMixin:
                     groups[ma].append((mb, c))
                 pairs, kind = [], "2d"
                 for ma, gs in sorted(groups.items()):
-                    y = self.fresh("y")
-                    self.w(f"{y} = " + " + ".join(f"{self.const(c)} * {B[mb][0]}" for mb, c in gs))
-                    pairs.append((A[ma][0], f"{y}[:, None]" if B[gs[0][0]][1] == "z" else y))
+                    expr = " + ".join(self.scaled(c, B[mb][0]) for mb, c in gs)
+                    if expr not in rows:
+                        rows[expr] = self.fresh("y")
+                        row = B[gs[0][0]][1] == "z"
+                        self.w(f"{rows[expr]} = " + (f"({expr})[:, None]" if row else expr))
+                    pairs.append((A[ma][0], rows[expr]))
             else:
                 pairs = [(f"{self.const(c)} * {A[ma][0]}", B[mb][0]) for ma, mb, c in es]
                 kind = "z" if "z" in (a_kind, b_kind) else "s"
@@ -153,6 +158,10 @@ class TermMixin:
                 self.w(f"{acc} += {_as2d(t, kind)}")
             else:
                 self.w(f"{acc} = tl.fma({_as2d(W[0], W[1])}, {_as2d(t, kind)}, {acc})")
+
+    def scaled(self, c: float, x: str) -> str:
+        """``c * x`` as source; ``x`` itself for ``c == 1`` (exact in every dtype)."""
+        return x if c == 1.0 else f"{self.const(c)} * {x}"
 
     def fma_sum(self, pairs) -> str:
         """A fresh variable holding ``sum(x * y for x, y in pairs)`` as a chain of ``tl.fma``.
@@ -197,9 +206,7 @@ class TermMixin:
                 self.w(f"# weights of instruction {k}: {self._path_name(ins)}, shape {ins.path_shape}")
                 self.emit_weight_gemm(k, ins, *self.letters(ins), self._nonzeros(ins))
                 continue
-            with self.w.block(f"for c0 in range(0, {n}, {bc}):"):  # always a loop: see above
-                self.w(f"c = c0 + tl.arange(0, {bc})")
-                self.w(f"cm = c < {n}")
+            with self.lane_loop(n, bc):  # always a loop: see above
                 merged = len(group) > 1
                 if merged:  # no row loop here (per-sample weights): one mask for every path
                     self.w("m2d = zm[:, None] & cm[None, :]")
@@ -248,7 +255,7 @@ class TermMixin:
                                        _as2d(ops['x2'][j][0], ops['x2'][j][1])) for i, j, c in es])
                     g = ops["out"][kk]
                     self.w(f"accw = tl.fma({t}, {_as2d(g[0], g[1])}, accw)")
-        addr = f"{self.woffs[k]} + c"
+        addr = self.lane_addr(f"{self.woffs[k]} + c", "c", 1, self.woffs[k])
         if self.p.shared_weights:
             self.store_shared_weight(addr, "accw")
         else:

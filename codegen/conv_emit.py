@@ -123,6 +123,7 @@ class ConvEmitter(CGEmitter):
         self._cast(names)
         self._offsets()
         w(f"rg = {self.row_var(self.spec.target)} * sg")
+        self.emit_row_pointers(target=True)
 
     def share_loads(self) -> bool:
         # a node's segment walks its edges in row_block: shared loads would need every
@@ -151,6 +152,7 @@ class ConvEmitter(CGEmitter):
             if "zself" in self._needed():
                 w("zself = tl.zeros([BLOCK_Z], ze.dtype) + nsel")
             self._offsets()
+            self.emit_row_pointers(target=False)  # the node's row (rg) is one scalar here
             yield
             for a in accs:
                 w(f"n{a} += {a}")
@@ -161,7 +163,7 @@ class ConvEmitter(CGEmitter):
             self.w(f"tl.store(g + rg + ({addr}), tl.sum(n{value}, axis=0).to(g.dtype.element_ty), mask=cm)")
         elif self.mode == "atomic":
             # g is a zeroed fp32/fp64 buffer; relaxed order suffices for a pure sum
-            self.w(f"tl.atomic_add(g + rg[:, None] + ({addr})[None, :], {value}, mask=m2d, sem='relaxed')")
+            self.w(f"tl.atomic_add(gp + {self.lanes2d(addr)}, {value}, mask=m2d, sem='relaxed')")
         else:
             super().store_tile(addr, value)
 

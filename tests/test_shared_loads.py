@@ -27,7 +27,7 @@ MACE_LIKE = ("8x0e+8x1o+8x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
 
 def _x1_loads(src: str) -> list:
     """The x1 (``t0``) tile loads of a forward kernel, as their address expressions."""
-    return re.findall(r"tl\.load\(t0 \+ r0\[:, None\] \+ \(([^)]*\)[^)]*)\)\[None, :\]", src)
+    return re.findall(r"tl\.load\(tp0 \+ ([^,]*), mask=", src)
 
 
 def test_channelwise_forward_loads_each_x1_tile_once():
