@@ -475,6 +475,33 @@ def test_pieces_compute_the_whole_kernel(monkeypatch, shared):
     assert split == {"out", "x1", "x2", "w"}, pieces
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_one_channel_target_in_partial_pieces(monkeypatch, dtype):
+    """The forces kernel (gradient of mul-1 edge harmonics) split by instruction: each piece
+    sums its instructions into its own slab of a [rows, slabs * dim] buffer, the slabs are
+    summed after; gradients and double gradients still match the float64 reference."""
+    import tritp.codegen.cg_pieces as cg_pieces
+
+    monkeypatch.setattr(cg_pieces, "PIECE_BUDGET", 30)
+    seen = []
+    real = tritp.kernels.get_kernel
+
+    def spy(problem, spec, dt, block_c, piece=None):
+        seen.append((spec.target, piece))
+        return real(problem, spec, dt, block_c, piece)
+
+    monkeypatch.setattr(tritp.kernels, "get_kernel", spy)
+    in1, in2 = "3x0e+3x1o+2x2e", "0e+1o+2e"
+    tri, ref = pair(in1, in2, "3x0e+3x1o+2x2e", "uvu", shared_weights=False)
+    check_against_reference(tri, ref, batch=(6,), dtype=dtype)
+    partial = {p for t, p in seen if t == "x2" and isinstance(p, cg_pieces.Partial)}
+    assert len(partial) >= 2 and {p.slabs for p in partial} == {len(partial)}
+    src = tritp.kernels.kernel_source(tri.problem, forward_spec().derivative(1), "float64", 64,
+                                      max(partial, key=lambda p: p.slab))[1]
+    assert "summed into slab" in src
+    assert f"gp + (c2 + {(len(partial) - 1) * tri.irreps_in2.dim})" in src  # its slab's first column
+
+
 def test_piece_plan_partitions_the_target():
     from tritp.codegen.cg_pieces import plan_pieces, unit_costs, unit_groups
 
@@ -487,10 +514,18 @@ def test_piece_plan_partitions_the_target():
             assert sorted(u for p in plan for u in p) == list(range(len(costs)))  # a partition
             assert all(sum(costs[u] for u in p) <= budget or sum(1 for u in p if costs[u]) == 1 for p in plan)
         assert plan_pieces(tri.problem, spec, sum(costs)) == (None,)
-    # a one-channel target (mul-1 edge harmonics' gradient) stays whole: pieces would re-read x1
+    # a one-channel target (mul-1 edge harmonics' gradient) is not split by segment (pieces
+    # would re-read x1) but by instruction, into partial slabs; or not at all (partial=False)
     mace = tritp.compile("8x0e+8x1o+8x2e", "0e+1o+2e+3o", "0e+1o+2e+3o", mode="channelwise",
                          backend="reference").problem
-    assert len(plan_pieces(mace, fwd, 30)) > 1 and plan_pieces(mace, fwd.derivative(1), 30) == (None,)
+    assert len(plan_pieces(mace, fwd, 30)) > 1 and plan_pieces(mace, fwd.derivative(1), 30, partial=False) == (None,)
+    partial = plan_pieces(mace, fwd.derivative(1), 30)
+    assert [type(p).__name__ for p in partial] == ["Partial"] * len(partial) and len(partial) > 1
+    assert sorted(k for p in partial for k in p) == list(range(len(mace.instructions)))
+    assert [(p.slab, p.slabs) for p in partial] == [(j, len(partial)) for j in range(len(partial))]
+    costs = unit_costs(mace, fwd.derivative(1), per_instruction=True)
+    loads = [sum(costs[k] for k in p) for p in partial]
+    assert max(loads) - min(loads) <= max(costs)  # balanced: the largest sets the compile time
     # output segments are sorted by irrep, not by the x1 segment they read; a piece takes whole
     # x1 groups where they fit, so no x1 segment is read by two pieces
     groups = unit_groups(mace, fwd)

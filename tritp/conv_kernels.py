@@ -163,7 +163,7 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         rows.append({"x1": n_in, "out": n_out}.get(role, E))
         args.append(t)
     kerns = [get_conv_kernel(problem, spec, dtype_name, config.block_c, mode, piece)
-             for piece in plan_pieces(problem, spec)]
+             for piece in plan_pieces(problem, spec, partial=False)]  # no slab sum here
     block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # tl.dot paths need 16 rows
     nprog = nrows if mode == "segment" else triton_cdiv(E, block_z)
     shared_w = len(shape) == 1

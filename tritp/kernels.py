@@ -30,7 +30,7 @@ from typing import NamedTuple
 import torch
 
 from .codegen import Problem
-from .codegen.cg_pieces import plan_pieces
+from .codegen.cg_pieces import Partial, plan_pieces, slabs
 from .codegen.intmath import cdiv as triton_cdiv
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
@@ -62,7 +62,7 @@ def share_loads() -> bool:
 
 def source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None) -> Path:
     parts = (generator_hash(), problem.key, repr(spec), dtype, block_c, dot_precision(), share_loads())
-    h = content_hash(*parts, *(() if piece is None else (tuple(piece),)))
+    h = content_hash(*parts, *(() if piece is None else (piece.key() if isinstance(piece, Partial) else tuple(piece),)))
     return cache_dir("kernels") / f"cg_{spec.target}_{h}.py"
 
 
@@ -145,6 +145,8 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     if not plan.kernels:
         return plan.g
     launch_pieces(plan.kernels, plan.grid, plan.args, plan.options, wrap)
+    if plan.slabs > 1:  # Partial pieces (cg_pieces): each wrote its own slab of [Z, slabs * dim]
+        return plan.g.view(Z, plan.slabs, -1).sum(1).to(plan.out_dtype)
     return plan.g.sum(0).to(plan.out_dtype) if plan.shared_w else plan.g
 
 
@@ -160,6 +162,7 @@ class LaunchPlan(NamedTuple):
     shared_w: bool
     out_dtype: torch.dtype
     device: torch.device
+    slabs: int = 1  # > 1: g is [Z, slabs * dim] partial sums (Partial pieces), summed by produce
 
 
 def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=None, config=None,
@@ -182,7 +185,9 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
         from .tuning import check_config
 
         check_config(config)
-    kerns = [get_kernel(problem, spec, dtype_name, config.block_c, piece) for piece in plan_pieces(problem, spec)]
+    pieces = plan_pieces(problem, spec)
+    kerns = [get_kernel(problem, spec, dtype_name, config.block_c, piece) for piece in pieces]
+    n_slabs = slabs(pieces)
     block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # one grid for every piece
     nprog = split_programs(triton_cdiv(Z, block_z), device) if shared_w else triton_cdiv(Z, block_z)
     args, strides = [], []
@@ -196,11 +201,14 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
             strides.append(t.stride(0) if t.shape[0] != 1 else 0)
         args.append(t)
     # shared-weight gradients: one partial row per program, summed by produce (deterministic)
-    shape = (0,) if dry else (nprog, dim) if shared_w else (Z, dim)  # dry: only the dtype matters
-    g = torch.empty(shape, dtype=acc if shared_w else out_dtype, device=device)
-    big = bool(max([Z * max(strides + [dim]), nprog * dim] + [t.numel() for t in args]) >= INT32_LIMIT)
+    # Partial pieces: summed in the accumulation dtype, like the shared-weight partials
+    width = dim * n_slabs
+    shape = (0,) if dry else (nprog, dim) if shared_w else (Z, width)  # dry: only the dtype matters
+    g = torch.empty(shape, dtype=acc if shared_w or n_slabs > 1 else out_dtype, device=device)
+    big = bool(max([Z * max(strides + [width]), nprog * dim] + [t.numel() for t in args]) >= INT32_LIMIT)
     options = dict(IDX64=big, BLOCK_Z=block_z, num_warps=config.num_warps, num_stages=config.num_stages)
-    return LaunchPlan(kerns, (nprog,), (*args, *strides, g, dim, Z), options, g, shared_w, out_dtype, device)
+    return LaunchPlan(kerns, (nprog,), (*args, *strides, g, width, Z), options, g, shared_w, out_dtype, device,
+                      n_slabs)
 
 
 def precompile(plans, timeout: float | None = None, ignore_errors: bool = False) -> int:

@@ -88,6 +88,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from ..codegen.cg_gemm import dot_letter
+from ..codegen.cg_pieces import Partial
 from ..codegen.cg_spec import letters, loop_groups, tile_keys
 from ..codegen.intmath import p2
 
@@ -234,7 +235,9 @@ def _loops(problem, spec, pieces, share: bool) -> tuple:
     every = groups(problem, spec)
     out = []
     for piece in pieces:
-        gs = every if piece is None else [g for g in every if g.unit in piece]
+        # a Partial piece (one-channel target) runs every segment loop, on fewer instructions:
+        # counted as the whole kernel (an upper bound)
+        gs = every if piece is None or isinstance(piece, Partial) else [g for g in every if g.unit in piece]
         for members in loop_groups(gs, [g.tiles_read for g in gs], [g.loop if share else None for g in gs]):
             out.append((tuple(members), len(gs)))
     return tuple(out)
