@@ -110,6 +110,12 @@ SCRIPT = textwrap.dedent('''
         cg(f"cw {s.to_str()}", p, s)
     dbl = dict(producer_specs(p, "dbl"))
     cg("cw double backward d(grad w)/d x1", p, dbl["double backward: d(grad w)/d x1"])
+    # the forces kernel split by instruction into partial slabs (cg_pieces.Partial): 4 pieces
+    import tritp.codegen.cg_pieces as cg_pieces
+    cg_pieces.PIECE_BUDGET, budget = 60, cg_pieces.PIECE_BUDGET
+    mace = Problem.channelwise("8x0e+8x1o+8x2e", "0e+1o+2e", "0e+1o+2e", shared_weights=False)
+    cg("partial forces kernel", mace, bwd[1])
+    cg_pieces.PIECE_BUDGET = budget
     # tensor-core paths: uvw with shared weights, forward and the weight-gradient GEMM; fp64 dot
     q = Problem.all_paths("16x0e+16x1o", "16x0e+16x1o", "16x0e+16x1o", "uvw")
     cg("uvw forward", q, fwd, expect=DOT)
@@ -162,8 +168,9 @@ SCRIPT = textwrap.dedent('''
     print("kernels", len(kernels), "keyed", sum(kernels.values()), "formula", tritp.jit_key._verdict)
 ''')
 
-# 24 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces (cg_pieces)
-EXPECTED = 27
+# 25 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
+# partial forces kernel as four (cg_pieces)
+EXPECTED = 31
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):
