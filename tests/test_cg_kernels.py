@@ -461,18 +461,23 @@ def test_pieces_compute_the_whole_kernel(monkeypatch, shared):
     import tritp.codegen.cg_pieces as cg_pieces
 
     monkeypatch.setattr(cg_pieces, "PIECE_BUDGET", 40)
-    pieces = []
-    real = tritp.kernels.get_kernel
-
-    def spy(problem, spec, dtype, block_c, piece=None):
-        pieces.append((spec.target, piece))
-        return real(problem, spec, dtype, block_c, piece)
-
-    monkeypatch.setattr(tritp.kernels, "get_kernel", spy)
+    pieces = spy_pieces(monkeypatch)
     tri, ref = pair(*MIXED, shared_weights=shared)
     check_against_reference(tri, ref, batch=(5,), dtype=torch.float64)
     split = {t for t, piece in pieces if piece is not None}
     assert split == {"out", "x1", "x2", "w"}, pieces
+
+
+def spy_pieces(monkeypatch) -> list:
+    """Record ``(target, piece)`` of every kernel the launches load."""
+    seen, real = [], tritp.kernels.get_kernel
+
+    def spy(problem, spec, dtype, block_c, piece=None):
+        seen.append((spec.target, piece))
+        return real(problem, spec, dtype, block_c, piece)
+
+    monkeypatch.setattr(tritp.kernels, "get_kernel", spy)
+    return seen
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -483,14 +488,7 @@ def test_one_channel_target_in_partial_pieces(monkeypatch, dtype):
     import tritp.codegen.cg_pieces as cg_pieces
 
     monkeypatch.setattr(cg_pieces, "PIECE_BUDGET", 30)
-    seen = []
-    real = tritp.kernels.get_kernel
-
-    def spy(problem, spec, dt, block_c, piece=None):
-        seen.append((spec.target, piece))
-        return real(problem, spec, dt, block_c, piece)
-
-    monkeypatch.setattr(tritp.kernels, "get_kernel", spy)
+    seen = spy_pieces(monkeypatch)
     in1, in2 = "3x0e+3x1o+2x2e", "0e+1o+2e"
     tri, ref = pair(in1, in2, "3x0e+3x1o+2x2e", "uvu", shared_weights=False)
     check_against_reference(tri, ref, batch=(6,), dtype=dtype)
