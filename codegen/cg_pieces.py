@@ -110,9 +110,6 @@ class Partial(tuple):
     def __eq__(self, other):
         return isinstance(other, Partial) and self.key() == other.key()
 
-    def __ne__(self, other):
-        return not self == other
-
     def __hash__(self):
         return hash(self.key())
 
