@@ -28,6 +28,7 @@ from .cg_gemm import GemmMixin
 from .cg_pieces import Partial
 from .cg_spec import ProducerSpec, letters, loop_groups, tile_keys
 from .cg_terms import TermMixin
+from .cg_tiles import TileMixin
 from .intmath import p2
 from .problem import Problem
 from .writer import SourceWriter
@@ -36,13 +37,18 @@ KERNEL_NAME = "tp_producer"
 DEFAULT_BLOCK_C = 64
 
 
-class CGEmitter(TermMixin, GemmMixin):
+class CGEmitter(TermMixin, GemmMixin, TileMixin):
     """Writes one producer kernel; subclasses override the row/store hooks below."""
 
     def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, dot_precision: str = "ieee",
-                 piece=None, share_loads: bool = True):
+                 piece=None, share_loads: bool = True, coalesce: bool = True):
         self.p, self.spec, self.block_c = problem, spec, block_c
         self.share = share_loads
+        # mul_ir segments as one coalesced 3D tile per load and store (see cg_tiles)
+        self.tiles3d = coalesce and problem.layout == "mul_ir"
+        self.seg3d = {}  # {lane address: (segment offset, dim, m)} of 3D-loadable tiles
+        self.term_cache = {}  # 3D tiles loaded by the current term (no shared loop)
+        self.lane_bc = None  # the open channel loop's tile width
         # target segments (instructions for a weight target) this kernel writes; None: all
         self.piece = None if piece is None else frozenset(piece)
         # a Partial piece (one-channel target): its instructions, into its own slab of the target
@@ -84,7 +90,10 @@ class CGEmitter(TermMixin, GemmMixin):
         mul, ir = self.segs[role][seg]
         off = self.offs[role][seg]
         if self.p.layout == "mul_ir":
-            return self.lane_addr(f"{off} + ({ch}) * {ir.dim} + {m}", ch, ir.dim, off + m)
+            addr = self.lane_addr(f"{off} + ({ch}) * {ir.dim} + {m}", ch, ir.dim, off + m)
+            if self.tiles3d and ch == "c" and self.in_lane_loop and ir.dim > 1:
+                self.note_seg3d(addr, off, ir.dim, m)
+            return addr
         return self.lane_addr(f"{off + m * mul} + ({ch})", ch, 1, off + m * mul)
 
     def lane_addr(self, addr: str, ch: str, scale: int, const: int) -> str:
@@ -115,11 +124,14 @@ class CGEmitter(TermMixin, GemmMixin):
             if self.p.layout == "mul_ir":
                 for k in self.lane_dims:
                     self.w(f"cd{k} = c2 * {k}")
-            self.in_lane_loop = True
+            if self.tiles3d:
+                self.lane_head3d(self.lane_dims)
+            self.in_lane_loop, self.lane_bc = True, bc
             try:
                 yield
             finally:
-                self.in_lane_loop = False
+                self.in_lane_loop, self.lane_bc = False, None
+                self.seg3d = {}
 
     def load(self, t: int, role: str, addr: str, tile: bool, mask: str = "m2d", lane_mask: str = "cm") -> tuple:
         """Emit a load; returns (variable, kind) with kind in '2d', 'z', 's'. Within one channel
@@ -128,6 +140,8 @@ class CGEmitter(TermMixin, GemmMixin):
         so it can only match within it."""
         if not tile:  # [rows] operands are cheap to reload and costly to keep (registers)
             return self._load(t, role, addr, tile, mask, lane_mask)
+        if mask == "m2d" and addr in self.seg3d:
+            return self.load3d(t, role, addr)
         key = (t, role, addr, tile, mask, lane_mask)
         if self.load_cache is not None and key in self.load_cache:
             return self.load_cache[key]
@@ -324,6 +338,9 @@ class CGEmitter(TermMixin, GemmMixin):
             if self.lanes:
                 for a in accs:
                     self.w(f"{a} += tl.sum(q{a}, axis=1)[:, None]")
+        if self.tiles3d and ir.dim > 1:
+            self.store_tile3d(self.offs[role][seg] + self.slab_off, ir.dim, accs)
+            return
         for m, a in enumerate(accs):
             addr = self._target_addr(role, seg, m)
             self.store_tile(addr, a)
@@ -349,7 +366,7 @@ class CGEmitter(TermMixin, GemmMixin):
 
 def emit_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
                   block_c: int = DEFAULT_BLOCK_C, dot_precision: str = "ieee", piece=None,
-                  share_loads: bool = True) -> str:
+                  share_loads: bool = True, coalesce: bool = True) -> str:
     """Triton source of the producer kernel ``spec`` for ``problem`` (``dtype`` is the
     accumulation type: ``float32`` for fp16/bf16/fp32 inputs, ``float64`` for fp64).
 
@@ -361,9 +378,11 @@ def emit_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
     segments (instructions for a weight target); the default writes the whole target.
     ``share_loads=False`` gives every target segment its own channel loop, reloading the
     operand tiles segments have in common (see :meth:`CGEmitter.segment_groups`).
+    ``coalesce=False`` reads and writes ``mul_ir`` segments as one strided tile per component
+    instead of one coalesced 3D tile (:mod:`.cg_tiles`; kept to time the two forms).
     """
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f"block_c must be a power of two, got {block_c}")
     if dot_precision not in ("ieee", "tf32"):
         raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
-    return CGEmitter(problem, spec, dtype, block_c, dot_precision, piece, share_loads).emit()
+    return CGEmitter(problem, spec, dtype, block_c, dot_precision, piece, share_loads, coalesce).emit()

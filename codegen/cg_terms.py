@@ -50,6 +50,7 @@ class TermMixin:
             return self.emit_dot_term(k, ins, term, accs, K)
         spec = self.spec
         target = spec.target
+        self.term_cache = {}
         lt, sizes = self.letters(ins)
         vals = self.vector_letters(lt[target], sizes)
         vec = {ch for ch in lt[target] if sizes[ch] > 1}
@@ -240,6 +241,7 @@ class TermMixin:
             if mask:
                 self.w("m2d = zm[:, None] & cm[None, :]")
             for term in self.spec.terms:
+                self.term_cache = {}
                 ops = {}
                 for role, ms in (("x1", {e[0] for e in nz}), ("x2", {e[1] for e in nz}),
                                  ("out", {e[2] for e in nz})):

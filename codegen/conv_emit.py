@@ -51,12 +51,12 @@ class ConvEmitter(CGEmitter):
     """A :class:`CGEmitter` whose rows are edges: overrides the row and store hooks."""
 
     def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str,
-                 dot_precision: str = "ieee", piece=None, share_loads: bool = True):
+                 dot_precision: str = "ieee", piece=None, share_loads: bool = True, coalesce: bool = True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if (mode == "edge") != (spec.target in EDGE_ROLES):
             raise ValueError(f"mode {mode!r} does not fit target role {spec.target!r}")
-        super().__init__(problem, spec, dtype, block_c, dot_precision, piece, share_loads)
+        super().__init__(problem, spec, dtype, block_c, dot_precision, piece, share_loads, coalesce)
         self.mode = mode
 
     def row_var(self, role: str) -> str:
@@ -167,10 +167,21 @@ class ConvEmitter(CGEmitter):
         else:
             super().store_tile(addr, value)
 
+    def store_tile3d(self, off: int, dim: int, accs: list):
+        if self.mode == "segment":  # the node's row: [lanes, DP], one sum over its edges each
+            v = self.join3d([f"tl.sum(n{a}, axis=0)" for a in accs], str(self.lane_bc))
+            self.w(f"tl.store(g + rg + (cf{dim} + {off}), {v}.to(g.dtype.element_ty), mask=cm[:, None] & ef{dim})")
+        elif self.mode == "atomic":
+            v = self.join3d(accs, f"BLOCK_Z, {self.lane_bc}")
+            self.w(f"tl.atomic_add(gp[:, :, None] + (cf{dim} + {off})[None, :, :], {v}, "
+                   f"mask=m2d[:, :, None] & ef{dim}[None, :, :], sem='relaxed')")
+        else:
+            super().store_tile3d(off, dim, accs)
+
 
 def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
                        block_c: int = DEFAULT_BLOCK_C, mode: str = "atomic", dot_precision: str = "ieee",
-                       piece=None, share_loads: bool = True) -> str:
+                       piece=None, share_loads: bool = True, coalesce: bool = True) -> str:
     """Triton source of the convolution producer ``spec`` for ``problem`` in write ``mode``.
 
     Kernel signature ``tp_producer(t0.., s0.., g, sg, <graph>, tok, Z, IDX64, BLOCK_Z)``: one
@@ -178,10 +189,10 @@ def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float
     (edge and atomic modes; ``Z`` = number of edges) or ``ptr, eid, nbr`` (segment mode: CSR
     pointers of the target's endpoint, edge ids in that order, and each edge's other endpoint;
     ``Z`` = number of target nodes), and an unread ``tok`` pointer (a data dependency only).
-    ``dot_precision``, ``piece`` and ``share_loads`` are as in ``emit_producer``.
+    ``dot_precision``, ``piece``, ``share_loads`` and ``coalesce`` are as in ``emit_producer``.
     """
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f"block_c must be a power of two, got {block_c}")
     if dot_precision not in ("ieee", "tf32"):
         raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
-    return ConvEmitter(problem, spec, dtype, block_c, mode, dot_precision, piece, share_loads).emit()
+    return ConvEmitter(problem, spec, dtype, block_c, mode, dot_precision, piece, share_loads, coalesce).emit()

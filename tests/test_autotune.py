@@ -62,7 +62,8 @@ def _fwd(p):
 
 def test_space_rules_prune_what_cannot_win():
     t = space_for("cg", tiny(), _fwd(tiny()), "float32", 16)
-    assert {c.block_c for c in t.candidates} == {16} and {c.block_z for c in t.candidates} == {16}
+    # 8 rows too: the kernel reads and writes its 1o segment as coalesced 3D tiles
+    assert {c.block_c for c in t.candidates} == {16} and {c.block_z for c in t.candidates} == {8, 16}
     assert {c.num_stages for c in t.candidates} == {1}  # no loop to pipeline
     w = space_for("cg", wide(), _fwd(wide()), "float32", 50_000)
     assert {c.block_c for c in w.candidates} == {16, 32, 64, 128}
@@ -100,11 +101,13 @@ GPU_DEFAULTS = {  # comments: estimate at each rung, 40 + (tiles + groups / 4) x
 
 
 @pytest.mark.parametrize("key", sorted(GPU_DEFAULTS))
-def test_gpu_default_keeps_the_register_estimate_in_budget(key):
+def test_gpu_default_keeps_the_register_estimate_in_budget(key, monkeypatch):
+    """The strided form (TRITP_COALESCE=0), whose tiles the ladder was calibrated on."""
     from tritp.presets import preset
     from tritp.tuning import GPU_LADDER
     from tritp.tuning.registers import REGISTER_BUDGET, estimate_registers
 
+    monkeypatch.setenv("TRITP_COALESCE", "0")
     name, target, dtype = key
     p = preset(name)[0]
     spec = _grads(p)[target]
@@ -117,9 +120,46 @@ def test_gpu_default_keeps_the_register_estimate_in_budget(key):
     assert tuner.candidates_for(p, spec, dtype, 50_000, interpreted=False)[0] == c  # the tuner times it first
 
 
-def test_register_estimate_matches_its_calibration():
+# (preset, kernel target, dtype) -> (block_z, block_c, num_warps) of the default with coalesced
+# mul_ir tiles (the default form): the 3D ladder under the estimate with registers.PER_3D; ptxas
+# for sm_90 at 8:64:8: mace-large out 164, x1 128, w 158 registers, no spill
+GPU_DEFAULTS_3D = {
+    ("mace-large", "out", "float32"): (8, 64, 8),
+    ("mace-large", "x1", "float32"): (8, 64, 8),
+    ("mace-large", "w", "float32"): (8, 64, 8),
+    ("mace-medium", "out", "float32"): (8, 64, 8),
+    ("mace-medium", "out", "float64"): (8, 32, 8),
+    ("nequip-benzene", "x1", "float32"): (8, 32, 8),
+    ("nequip-l2", "x1", "float32"): (16, 64, 8),
+    ("nequip-benzene", "x2", "float32"): (16, 32, 8),  # one-channel target: no 3D tile, the plain ladder
+}
+
+
+@pytest.mark.parametrize("key", sorted(GPU_DEFAULTS_3D))
+def test_gpu_default_of_coalesced_tiles_walks_the_3d_ladder(key, monkeypatch):
+    from tritp.presets import preset
+    from tritp.tuning import GPU_LADDER_3D
+    from tritp.tuning.registers import REGISTER_BUDGET, estimate_registers, groups
+
+    monkeypatch.delenv("TRITP_COALESCE", raising=False)
+    name, target, dtype = key
+    p = preset(name)[0]
+    spec = _grads(p)[target]
+    c = heuristic(50_000, False, p, spec, dtype)
+    assert (c.block_z, c.block_c, c.num_warps) == GPU_DEFAULTS_3D[key]
+    assert estimate_registers(p, spec, dtype, c) <= REGISTER_BUDGET
+    if any(g.dp3d for g in groups(p, spec)):
+        for z, bc, nw in GPU_LADDER_3D[:GPU_LADDER_3D.index((c.block_z, c.block_c, c.num_warps))]:
+            assert estimate_registers(p, spec, dtype, Config(z, bc, nw)) > REGISTER_BUDGET
+        # the 3D tiles cost registers the strided form does not have
+        assert estimate_registers(p, spec, dtype, c) > estimate_registers(p, spec, dtype, c, coalesce=False)
+
+
+def test_register_estimate_matches_its_calibration(monkeypatch):
     """The formula of tritp.tuning.registers on the kernels it was calibrated on (ptxas registers
-    in the comments: sm_90, Triton 3.9; the spill boundary lies between 212 and 304)."""
+    in the comments: sm_90, Triton 3.9; the spill boundary lies between 212 and 304), all in the
+    strided form of mul_ir tiles (``TRITP_COALESCE=0``)."""
+    monkeypatch.setenv("TRITP_COALESCE", "0")
     from tritp.presets import preset
     from tritp.tuning.registers import estimate_registers, groups
 
@@ -163,18 +203,22 @@ def test_heuristic_without_a_problem_and_under_the_interpreter():
     assert heuristic(100, True, p, _grads(p)["x1"]) == Config(block_z=128, block_c=64, num_warps=1)
 
 
-def test_rule_4_prunes_what_the_estimate_says_spills():
+def test_rule_4_prunes_what_the_estimate_says_spills(monkeypatch):
     from tritp.presets import preset
     from tritp.tuning.registers import estimate_registers
     from tritp.tuning.space import CG_VERSION, REGISTER_WORDS
 
     p = preset("mace-large")[0]
     x1 = _grads(p)["x1"]
+    # coalesced 3D tiles: 16 rows at 64 lanes would spill; their default 8:64:8 stays
+    s3 = {(c.block_z, c.block_c, c.num_warps) for c in space_for("cg", p, x1, "float32", 50_000).candidates}
+    assert (8, 64, 8) in s3 and (16, 64, 4) not in s3 and (16, 64, 8) not in s3
+    monkeypatch.setenv("TRITP_COALESCE", "0")  # the strided form, as calibrated
     s = space_for("cg", p, x1, "float32", 50_000)
     cfgs = {(c.block_z, c.block_c, c.num_warps) for c in s.candidates}
     assert (16, 64, 4) not in cfgs and (16, 64, 8) in cfgs and (16, 32, 8) in cfgs  # 390 > 256 spilled
     assert all(estimate_registers(p, x1, "float32", c) <= REGISTER_WORDS for c in s.candidates)
-    assert s.version == CG_VERSION == 2
+    assert s.version == CG_VERSION == 3
     fwd = space_for("cg", p, _grads(p)["out"], "float32", 50_000)
     assert (16, 64, 4) in {(c.block_z, c.block_c, c.num_warps) for c in fwd.candidates} and len(fwd) > len(s)
 
@@ -190,7 +234,10 @@ def test_a_family_registers_its_space_and_source_identity():
         space_for("no-such-family", tiny(), "s", "float32", 1)
 
 
-def test_fake_timer_picks_the_predicted_best_and_choose_uses_it():
+def test_fake_timer_picks_the_predicted_best_and_choose_uses_it(monkeypatch):
+    # the strided form's space: staged descent reaches a separable score's minimum there (with
+    # 3D tiles the space gains 8 rows, pruned per config, where it need not)
+    monkeypatch.setenv("TRITP_COALESCE", "0")
     p, spec = wide(), _fwd(wide())
     cands = tuner.candidates_for(p, spec, "float32", 256, interpreted=True)
     expected = min(cands, key=score)

@@ -263,12 +263,18 @@ def test_pieces(monkeypatch, scatter):
     compare(conv, F64, src, dst, 4)
 
 
-def test_default_config_is_register_aware():
+def test_default_config_is_register_aware(monkeypatch):
     """Conv kernels take the register-aware heuristic of the plain kernels: offline for sm_90,
     mace-large's deterministic grad x1 spilled 3.4 KB at the fixed 64 lanes x 4 warps and does
-    not at the chosen 32 x 8."""
+    not at the chosen 32 x 8 (strided tiles; with 3D tiles, the 3D ladder's 8 rows)."""
     from tritp.codegen.cg_spec import compact
     from tritp.tuning import heuristic
+
+    p = Problem.channelwise("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o", shared_weights=False)
+    g1 = compact(forward_spec().derivative(0))[0]
+    c = tritp.conv_kernels.default_config("segment", 10**6, 10**5, False, p, g1)
+    assert c == heuristic(10, False, p, g1) and c.block_z == 8
+    monkeypatch.setenv("TRITP_COALESCE", "0")
 
     p = Problem.channelwise("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o", shared_weights=False)
     g1 = compact(forward_spec().derivative(0))[0]

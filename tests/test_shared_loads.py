@@ -26,25 +26,29 @@ MACE_LIKE = ("8x0e+8x1o+8x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
 
 
 def _x1_loads(src: str) -> list:
-    """The x1 (``t0``) tile loads of a forward kernel, as their address expressions."""
-    return re.findall(r"tl\.load\(tp0 \+ ([^,]*), mask=", src)
+    """The x1 (``t0``) tile loads of a forward kernel, as their address expressions (a 3D
+    segment tile's or a component tile's)."""
+    return re.findall(r"tl\.load\(tp0(?:\[:, :, None\] \+ (\(cf\d+ \+ \d+\))|(?: \+ ([^,]*)), mask=)", src)
 
 
-def test_channelwise_forward_loads_each_x1_tile_once():
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_channelwise_forward_loads_each_x1_tile_once(coalesce):
     p = Problem.channelwise(*MACE_LIKE)
-    shared = emit_producer(p, forward_spec(), "float32", 64)
-    apart = emit_producer(p, forward_spec(), "float32", 64, share_loads=False)
+    shared = emit_producer(p, forward_spec(), "float32", 64, coalesce=coalesce)
+    apart = emit_producer(p, forward_spec(), "float32", 64, share_loads=False, coalesce=coalesce)
     # one channel loop per x1 segment, against one per output segment
     assert shared.count("for c0 in range") == 3
     assert apart.count("for c0 in range") == len(p.irreps_out)
-    # every x1 component (1 + 3 + 5) is loaded exactly once with sharing ...
+    # every x1 segment is loaded exactly once with sharing: as one 3D tile per segment
+    # (coalesced), or one tile per component (1 + 3 + 5) ...
+    per_seg = [1, 1, 1] if coalesce else [1, 3, 5]
     loads = _x1_loads(shared)
-    assert len(loads) == len(set(loads)) == 9, loads
+    assert len(loads) == len(set(loads)) == sum(per_seg), loads
     # ... and once per output path reading it without
     readers = {}
     for ins in p.instructions:
         readers[ins.i_in1] = readers.get(ins.i_in1, 0) + 1
-    assert len(_x1_loads(apart)) == sum(readers[i] * (2 * l + 1) for i, l in enumerate((0, 1, 2)))
+    assert len(_x1_loads(apart)) == sum(readers[i] * n for i, n in enumerate(per_seg))
 
 
 def test_per_sample_weight_gradient_shares_x1_and_shared_weights_do_not():
@@ -104,10 +108,13 @@ def test_both_forms_match_the_reference(monkeypatch, share):
         assert (a - b).abs().max().item() <= 1e-10 * b.abs().max().item()
 
 
-def test_register_estimate_counts_the_shared_loop():
-    """Calibrated on ptxas for sm_90: mace-large's forward at 16:64:4 took 214 registers with
-    shared loops (167 without), above the default's budget; 16:64:8 took 116."""
+def test_register_estimate_counts_the_shared_loop(monkeypatch):
+    """Calibrated on ptxas for sm_90 (strided mul_ir tiles, TRITP_COALESCE=0): mace-large's
+    forward at 16:64:4 took 214 registers with shared loops (167 without), above the default's
+    budget; 16:64:8 took 116."""
     from tritp.presets import preset
+
+    monkeypatch.setenv("TRITP_COALESCE", "0")
 
     p, _ = preset("mace-large")
     shared = estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), share=True)
@@ -116,12 +123,18 @@ def test_register_estimate_counts_the_shared_loop():
     assert estimate_registers(p, forward_spec(), "float32", Config(16, 64, 8), share=True) <= REGISTER_BUDGET
 
 
-def test_conv_segment_default_is_sized_for_unshared_loops():
+def test_conv_segment_default_is_sized_for_unshared_loops(monkeypatch):
     """Segment mode keeps one loop per segment, so its default is the unshared estimate's;
-    the atomic mode shares loops and gets the shared one's (8 warps for mace-large)."""
+    the atomic mode shares loops and gets the shared one's (8 warps for mace-large; strided
+    tiles, as calibrated; with 3D tiles both modes take 8:64:8)."""
     from tritp.conv_kernels import default_config
     from tritp.presets import preset
     from tritp.tuning import heuristic
+
+    p, _ = preset("mace-large")
+    for mode in ("segment", "atomic"):
+        assert default_config(mode, 160_000, 160_000, False, p, forward_spec()) == Config(8, 64, 8)
+    monkeypatch.setenv("TRITP_COALESCE", "0")
 
     p, _ = preset("mace-large")
     fwd = forward_spec()

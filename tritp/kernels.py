@@ -37,7 +37,7 @@ from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_ha
 from .compile_pool import compile_in_processes, file_backed, use_processes
 from .jit_key import seed_cache_key
 
-GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py", "coupling.py", "instructions.py", "intmath.py",
+GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py", "cg_tiles.py", "coupling.py", "instructions.py", "intmath.py",
                    "irreps.py", "problem.py", "writer.py")
 INT32_LIMIT = 2**31  # offsets at or past this switch the kernel to int64 addressing (tests lower it)
 _loaded: dict = {}
@@ -60,8 +60,16 @@ def share_loads() -> bool:
     return os.environ.get("TRITP_SHARE_LOADS", "1") != "0"
 
 
+def coalesce() -> bool:
+    """Whether generated kernels read and write ``mul_ir`` segments as one coalesced 3D tile
+    (the default) or as one strided tile per component (``TRITP_COALESCE=0``: the form before,
+    2-3x slower per segment on an H200, kept to time the two; see :mod:`tritp.codegen.cg_tiles`)."""
+    return os.environ.get("TRITP_COALESCE", "1") != "0"
+
+
 def source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None) -> Path:
-    parts = (generator_hash(), problem.key, repr(spec), dtype, block_c, dot_precision(), share_loads())
+    parts = (generator_hash(), problem.key, repr(spec), dtype, block_c, dot_precision(), share_loads(),
+             *(() if coalesce() else ("strided mul_ir tiles",)))
     h = content_hash(*parts, *(() if piece is None else (piece.key() if isinstance(piece, Partial) else tuple(piece),)))
     return cache_dir("kernels") / f"cg_{spec.target}_{h}.py"
 
@@ -74,7 +82,7 @@ def kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int
         return path, path.read_text()
     from .codegen.cg_emit import emit_producer
 
-    src = emit_producer(problem, spec, dtype, block_c, dot_precision(), piece, share_loads())
+    src = emit_producer(problem, spec, dtype, block_c, dot_precision(), piece, share_loads(), coalesce())
     atomic_write(path, src.encode())
     return path, src
 
@@ -93,7 +101,7 @@ def load_generated(path: Path):
 
 
 def get_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None):
-    key = (problem.key, spec, dtype, block_c, dot_precision(), share_loads(), piece)
+    key = (problem.key, spec, dtype, block_c, dot_precision(), share_loads(), coalesce(), piece)
     k = _loaded.get(key)
     if k is None:
         path, _ = kernel_source(problem, spec, dtype, block_c, piece)

@@ -67,12 +67,16 @@ def check_config(config) -> Config:
 #: The GPU defaults the heuristic tries, in order, for a kernel of known structure:
 #: (block_c, num_warps) with 8, 4, 2 and 1 tile elements per thread at 16 rows.
 GPU_LADDER = ((64, 4), (64, 8), (32, 8), (16, 8))
+#: The ladder of kernels with coalesced mul_ir tiles, as ``(block_z, block_c, num_warps)``: their
+#: 3D tiles cost registers per row, so rows go before lanes (8:64:8 before 16:32:8: on an H200
+#: the 3D form moved more bytes per second at 64 and 128 lanes than at 32).
+GPU_LADDER_3D = ((16, 64, 4), (16, 64, 8), (8, 64, 8), (8, 32, 8), (8, 16, 8))
 #: Heuristic configs by (problem key, spec, dtype): the estimate walks the problem once.
 _heuristic_memo: dict = {}
 
 
 def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: str = "float32",
-              share: bool | None = None) -> Config:
+              share: bool | None = None, coalesce: bool | None = None) -> Config:
     """The default when nothing is tuned.
 
     On a GPU: ``block_z=16`` batch rows per program, ``num_stages=1``, and the first
@@ -89,7 +93,11 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
     ``(64, 8)`` and ``(32, 8)``: 236, 181 and 180 registers, no spill; no forward, grad-x1 or
     grad-w kernel of the presets spills at its default. ``share`` says whether the kernel shares
     channel loops (default: :func:`tritp.kernels.share_loads`; the fused convolution's segment
-    mode never does), which the estimate counts. Without ``problem`` and ``spec``
+    mode never does), which the estimate counts. A ``mul_ir`` kernel with coalesced 3D tiles
+    (``coalesce``, default :func:`tritp.kernels.coalesce`) walks :data:`GPU_LADDER_3D` instead
+    -- ``16:64:4``, ``16:64:8``, ``8:64:8``, ``8:32:8``, ``8:16:8`` -- under the estimate that
+    counts its 3D tiles (offline, sm_90: mace-large's forward, grad x1 and grad w at ``8:64:8``
+    164, 128 and 158 registers, no spill; at ``16:64:8`` the forward spilled). Without ``problem`` and ``spec``
     (kernels outside the sparse-CG family): ``Config(block_z=16)``, i.e. ``(64, 4)``.
     Deterministic, compiles nothing, and memoized per (problem, spec, dtype).
 
@@ -102,12 +110,14 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
         >>> from tritp.codegen import Problem
         >>> from tritp.codegen.cg_spec import compact, forward_spec
         >>> p = Problem.channelwise("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")  # mace-large
-        >>> heuristic(50_000, False, p, forward_spec(), "float32", share=False)  # 40 + (13 + 7/4) x 8 = 158
+        >>> heuristic(50_000, False, p, forward_spec(), "float32", share=False, coalesce=False)  # 158
         Config(block_z=16, block_c=64, num_warps=4, num_stages=1, impl='sparse')
-        >>> heuristic(50_000, False, p, forward_spec(), "float32", share=True).num_warps  # loops of 7: 218
+        >>> heuristic(50_000, False, p, forward_spec(), "float32", share=True, coalesce=False).num_warps  # 218
         8
-        >>> heuristic(50_000, False, p, compact(forward_spec().derivative(0))[0]).block_c  # grad x1: 43 tiles
+        >>> heuristic(50_000, False, p, compact(forward_spec().derivative(0))[0], coalesce=False).block_c
         32
+        >>> heuristic(50_000, False, p, forward_spec(), "float32", coalesce=True)  # 3D tiles
+        Config(block_z=8, block_c=64, num_warps=8, num_stages=1, impl='sparse')
     """
     if interpreted:
         rows = 1
@@ -116,18 +126,23 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
         return Config(block_z=rows, block_c=64, num_warps=1, num_stages=1)
     if problem is None or spec is None:
         return Config(block_z=16)
-    if share is None:
-        from ..kernels import share_loads
+    from ..kernels import coalesce as coalesce_default, share_loads
 
-        share = share_loads()
-    key = (problem.key, spec, dtype, share)
+    share = share_loads() if share is None else share
+    coalesce = coalesce_default() if coalesce is None else coalesce
+    key = (problem.key, spec, dtype, share, coalesce)
     found = _heuristic_memo.get(key)
     if found is None:
-        from .registers import REGISTER_BUDGET, estimate_registers
+        from .registers import REGISTER_BUDGET, estimate_registers, groups
 
-        for block_c, num_warps in GPU_LADDER:
-            found = Config(block_z=16, block_c=block_c, num_warps=num_warps, num_stages=1)
-            if estimate_registers(problem, spec, dtype, found, share=share) <= REGISTER_BUDGET:
+        gs = groups(problem, spec)
+        ladder = [(16, c, w) for c, w in GPU_LADDER]
+        if coalesce and any(g.dp3d for g in gs):
+            # a tl.dot kernel launches at least 16 rows (MIN_BLOCK_Z) whatever its config says
+            ladder = [r for r in GPU_LADDER_3D if r[0] >= 16 or all(g.min_bc == 1 for g in gs)]
+        for block_z, block_c, num_warps in ladder:
+            found = Config(block_z=block_z, block_c=block_c, num_warps=num_warps, num_stages=1)
+            if estimate_registers(problem, spec, dtype, found, share=share, coalesce=coalesce) <= REGISTER_BUDGET:
                 break
         _heuristic_memo[key] = found
     return found

@@ -83,13 +83,15 @@ def bucket(n_rows: int) -> int:
 
 
 def identity_salt() -> str:
-    """What every source identity depends on beyond its inputs: the generator's hash, and
-    whether channel loops are shared (``TRITP_SHARE_LOADS``: the kernels differ in registers,
-    so a launch tuned for one form is not the other's)."""
+    """What every source identity depends on beyond its inputs: the generator's hash, and the
+    kernel forms the environment selects (``TRITP_SHARE_LOADS``, ``TRITP_COALESCE``: the
+    kernels differ in registers, so a launch tuned for one form is not the other's)."""
     from .. import kernels
 
     h = kernels.generator_hash()
-    return h if kernels.share_loads() else content_hash(h, "one channel loop per segment")
+    if not kernels.share_loads():
+        h = content_hash(h, "one channel loop per segment")
+    return h if kernels.coalesce() else content_hash(h, "strided mul_ir tiles")
 
 
 def source_hash(problem, spec, dtype: str) -> str:

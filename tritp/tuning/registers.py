@@ -50,6 +50,14 @@ trips at the default and the estimate was already close (110-168 registers).
 
 with ``OVERHEAD = 40`` (row offsets, pointers, masks, loop state).
 
+Coalesced ``mul_ir`` tiles (:mod:`tritp.codegen.cg_tiles`, the default form) load and store a
+segment as one ``[BLOCK_Z, bc, DP]`` tile; the joined tile, its copy in the store's layout and
+their addresses are alive together, which the estimate counts as :data:`PER_3D` (4) tiles per
+padded component of a loop's largest 3D tile. Fitted on sm_90 (Triton 3.9): mace-large's
+forward 164 registers at 8:64:8 (estimate 148), 251-255 at 8:64:4 and 16:64:8 (estimates 257);
+mace-medium's 98 at 8:64:8 (136). Conservative by design: it only moves the default to
+smaller tiles (:data:`tritp.tuning.GPU_LADDER_3D`).
+
 Calibration (Triton 3.9, ptxas for sm_90, no GPU: ``benchmarks/ptxas_audit.py``). Compiled
 as whole kernels (before producers were split into pieces; the estimates quoted here are of
 whole kernels, ``pieces=(None,)``): fp32 forward, grad x1 and per-sample grad w of the
@@ -76,10 +84,12 @@ Example:
     >>> p = Problem.channelwise("128x0e+128x1o", "0e+1o", "0e+1o")
     >>> [g.tiles for g in groups(p, forward_spec())]
     [3, 5, 5, 7]
-    >>> estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4))  # 40 + (7 + 1.25 + 4/4) * 8
+    >>> estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), coalesce=False)  # 40 + (7 + 1.25 + 4/4) * 8
     114
-    >>> estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), share=False)  # one loop per group
+    >>> estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), share=False, coalesce=False)  # a loop each
     104
+    >>> estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), coalesce=True)  # + 4 x 4 tiles (DP 4)
+    242
 """
 
 from __future__ import annotations
@@ -102,6 +112,8 @@ REGISTER_BUDGET = 200
 PER_SHARED = 1.25
 #: Tiles added per extra instruction of a one-channel segment whose lane loops take one trip.
 PER_SERIAL = 1.5
+#: Tiles added per padded component (``DP``) of a group's largest coalesced ``mul_ir`` tile.
+PER_3D = 4
 
 
 class Group(NamedTuple):
@@ -114,6 +126,7 @@ class Group(NamedTuple):
     loop: tuple = None  # its class (tile width): groups of one class may share a loop; None: never
     tiles_read: frozenset = frozenset()  # the operand tiles it could share a loop through
     serial: int = 0     # one-channel target: instructions running their channels as lanes
+    dp3d: int = 0       # mul_ir: padded components of its largest 3D segment tile (cg_tiles)
 
 
 @lru_cache(maxsize=None)
@@ -147,8 +160,13 @@ def groups(problem, spec) -> tuple:
                 n *= s
             tiles = 1 + sum(ms[r] for _ in spec.terms for r in ("x1", "x2", "out")
                             if any(sizes[x] > 1 for x in lt[r]))
+            # operands along the weight lanes alone are loaded as 3D tiles (uvu, uvv, uuu)
+            sized = lambda r: [x for x in lt[r] if sizes[x] > 1]
+            dims = [_segs(p, r)[_seg(ins, r)].ir.dim for r in ("x1", "x2", "out")
+                    if len(sized("w")) == 1 and sized(r) == sized("w")]
             # as CGEmitter.weight_groups: per-sample weights of one size share a loop per operand tile
-            out.append(Group(n, tiles, 1, k, None if p.shared_weights else (n,), tile_keys(p, spec, [(k, ins)])))
+            out.append(Group(n, tiles, 1, k, None if p.shared_weights else (n,), tile_keys(p, spec, [(k, ins)]),
+                             dp3d=_dp(p, dims)))
         return tuple(out)
     segs = {"x1": p.irreps_in1, "x2": p.irreps_in2, "out": p.irreps_out}[target]
     seg_of = lambda ins: {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[target]
@@ -159,6 +177,9 @@ def groups(problem, spec) -> tuple:
             continue
         straight = looped = red_lanes = serial = 0
         min_bc = 1
+        # the target's store (a one-channel target's is one lane wide), and the operand tiles
+        # along its lanes alone
+        dims = [ir.dim] if mul > 1 else []
         for ins in inss:
             lt, sizes, ms = _info(p, ins)
             used = set("".join(lt[r] for r in srcs) + (lt["w"] if ins.has_weight else ""))
@@ -183,13 +204,29 @@ def groups(problem, spec) -> tuple:
                         inner += ms[role]  # loaded inside this term's own loop
                     else:
                         straight += ms[role]
+                        if role != "w" and deps == vec and len(vec) == 1:
+                            dims.append(_segs(p, role)[_seg(ins, role)].ir.dim)
                 looped = max(looped, inner)
         lanes = red_lanes or mul
         # as CGEmitter.segment_groups: no GEMM term, more than one channel
         loop = (mul,) if mul > 1 and min_bc == 1 else None
         out.append(Group(lanes, ir.dim + straight + looped, min_bc, seg, loop, tile_keys(p, spec, list(enumerate(inss))),
-                         serial))
+                         serial, _dp(p, dims)))
     return tuple(out)
+
+
+def _segs(p, role):
+    return {"x1": p.irreps_in1, "x2": p.irreps_in2, "out": p.irreps_out}[role]
+
+
+def _seg(ins, role):
+    return {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[role]
+
+
+def _dp(p, dims) -> int:
+    """Padded components of the largest 3D tile among segments of ``dims`` (mul_ir only)."""
+    big = [d for d in dims if d > 1]
+    return p2(max(big)) if big and p.layout == "mul_ir" else 0
 
 
 def _serial(g: Group, config) -> float:
@@ -200,18 +237,25 @@ def _serial(g: Group, config) -> float:
     return PER_SERIAL * (g.serial - 1) if one_trip else 0.0
 
 
-def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=None) -> int:
+def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=None, coalesce=None) -> int:
     """Estimated 32-bit registers per thread of ``spec``'s kernel launched with ``config``:
     ``OVERHEAD + words * max over loops of (tiles + PER_GROUP * groups) * elements per
     thread``, where ``groups`` counts the groups of one piece (a big producer is emitted as
     several kernels over disjoint segments, :mod:`tritp.codegen.cg_pieces`; ``pieces``
     defaults to its plan), and the largest over the pieces, which share the launch config.
     A loop shared by ``n`` groups (``share``, default :func:`tritp.kernels.share_loads`) counts
-    its worst group's tiles plus :data:`PER_SHARED` per other group."""
-    if share is None:
-        from ..kernels import share_loads
+    its worst group's tiles plus :data:`PER_SHARED` per other group. A ``mul_ir`` kernel with
+    coalesced 3D tiles (``coalesce``, default :func:`tritp.kernels.coalesce`;
+    :mod:`tritp.codegen.cg_tiles`) adds :data:`PER_3D` tiles per padded component of the
+    loop's largest 3D tile: the joined tile, its copy in the store's layout and their 64-bit
+    addresses are alive at once (sm_90, Triton 3.9, mace-large forward: 8:64:8 164 registers
+    against 84 for strided tiles; 16:64:8 and 8:64:4 at or over 251)."""
+    from ..kernels import coalesce as coalesce_default, share_loads
 
+    if share is None:
         share = share_loads()
+    if coalesce is None:
+        coalesce = coalesce_default()
     words = 2 if dtype == "float64" else 1
     worst = 0.0
     for members, n_groups in _loops(problem, spec, None if pieces is None else tuple(pieces), bool(share)):
@@ -219,6 +263,8 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=Non
         bc = max(min(p2(lanes), config.block_c), max(g.min_bc for g in members))
         per_thread = max(1.0, config.block_z * bc / (32 * config.num_warps))
         tiles = max(g.tiles + _serial(g, config) for g in members) + PER_SHARED * (len(members) - 1)
+        if coalesce:
+            tiles += PER_3D * max(g.dp3d for g in members)
         worst = max(worst, (tiles + PER_GROUP * n_groups) * per_thread)
     return int(round(OVERHEAD + words * worst))
 

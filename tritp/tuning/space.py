@@ -26,6 +26,10 @@ Rules of the ``cg`` family (``lanes`` = the widest channel extent of the target'
 5. ``num_stages > 1`` pipelines loads across loop iterations: only kept when the kernel loops
    (over channel chunks or over a channel letter the target does not carry).
 
+A kernel with coalesced ``mul_ir`` 3D tiles (:mod:`tritp.codegen.cg_tiles`; no ``tl.dot``) also
+tries ``block_z = 8`` (version 3): its tiles cost registers per row, and its launch default is
+often ``8:64:8``.
+
 Example:
     >>> from tritp.codegen import Problem
     >>> from tritp.codegen.cg_spec import forward_spec
@@ -55,8 +59,9 @@ AXES = {
 }
 #: Most 32-bit registers per thread a candidate's estimate may need (rule 4).
 REGISTER_WORDS = 256
-#: Version of the ``cg`` rules (part of the space hash): 2 since rule 4 counts every tile alive.
-CG_VERSION = 2
+#: Version of the ``cg`` rules (part of the space hash): 2 since rule 4 counts every tile alive,
+#: 3 since kernels with coalesced 3D tiles also try 8 rows.
+CG_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -178,12 +183,17 @@ def cg_space(problem, spec: ProducerSpec, dtype: str, batch: int, share: bool | 
     """The sparse-CG producer space: :data:`AXES` pruned by the five rules of this module
     (``share``: whether the kernel shares channel loops, as in
     :func:`~tritp.tuning.registers.estimate_registers`)."""
-    from .registers import estimate_registers
+    from ..kernels import coalesce
+    from .registers import estimate_registers, groups
 
     shape = cg_shape(problem, spec)
     registers = lambda c: estimate_registers(problem, spec, dtype, c, share=share)
+    zs = AXES["block_z"]
+    gs = groups(problem, spec)
+    if coalesce() and any(g.dp3d for g in gs) and all(g.min_bc == 1 for g in gs):
+        zs = (8,) + zs  # 3D tiles: rows cost registers (the default is often 8:64:8)
     every = [Config(block_z=z, block_c=c, num_warps=nw, num_stages=ns, impl=i)
-             for i, z, c, nw, ns in product(AXES["impl"], AXES["block_z"], AXES["block_c"],
+             for i, z, c, nw, ns in product(AXES["impl"], zs, AXES["block_c"],
                                             AXES["num_warps"], AXES["num_stages"])]
     kept = tuple(c for c in every if _cg_keep(c, shape, batch, registers))
     if not kept:  # everything spills: keep the smallest tile, one warp and up
