@@ -17,13 +17,15 @@
 #   gaunt     benchmarks/gaunt_bench.py: L = 2, 4, 6, 8, C = 32 first, fp32 and tf32x3 dots (issue 6)
 #   autotune  tritp autotune --preset all --strategy staged --direction fwd,bwd --export autotune_cache/
 #             (issue 5; the exported files come back under $OUT/autotune_cache)
-#   forms     benchmarks/kernel_forms.py: mul_ir vs ir_mul x shared vs unshared channel loops on
-#             mace-large, mace-medium, nequip-benzene, uvu-128x3e (not in the default STAGES: a second call)
+#   forms     benchmarks/kernel_forms.py: mul_ir with 3D (default) or strided tiles, unshared channel
+#             loops, ir_mul; on mace-large, mace-medium, nequip-benzene, uvu-128x3e unless FORMS_ARGS
+#             says otherwise (e.g. "--preset mace-large"; not in the default STAGES)
 # Environment: BUDGET (seconds for the whole script, default 500), HARNESS_S, CONV_S, GAUNT_S,
 # TUNE_S, FORMS_S (each stage's hard stop before the cut, defaults 220, 90, 90, 80, 240; a stage measures for
 # three quarters of it and is then interrupted, keeping what it measured), OUT (where results
 # go; default a new temporary folder).
 set -uo pipefail
+export FORMS_ARGS="${FORMS_ARGS:-}"
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
@@ -120,7 +122,7 @@ if has autotune; then
     cp autotune_cache/*.json "$OUT/autotune_cache/" 2>/dev/null && say "copied autotune_cache/*.json to $OUT/autotune_cache"
 fi
 has forms && run_stage forms "${FORMS_S:-240}" \
-    bash -c 'exec "$0" benchmarks/kernel_forms.py --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY"
+    bash -c 'exec "$0" benchmarks/kernel_forms.py $FORMS_ARGS --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY"
 
 # The newest JSON files this run wrote (at most 5, so that $OUT stays small).
 find benchmarks/results -name '*.json' -newer "$STAMP" -print0 2>/dev/null | xargs -0 -r ls -t | head -n 5 |

@@ -1,21 +1,24 @@
-"""Time tritp's kernel forms against each other: layout x channel loops, one problem, one run.
+"""Time tritp's kernel forms against each other: layout, tile form, channel loops; one run.
 
-Two questions the CPU cannot answer, asked of one GPU at once:
+Three questions the CPU cannot answer, asked of one GPU at once:
 
 * **Layout.** In e3nn's ``mul_ir`` layout a segment's components interleave: the tile of one
   component m is read and written at stride ``2l+1`` along the channels, so each warp access
   touches ``2l+1`` times the sectors it uses (stores reach L2 as partial sectors). In
   cuEquivariance's ``ir_mul`` layout every tile is contiguous. The kernels are otherwise the
   same, so the ratio ``ir_mul / mul_ir`` is what the interleaving costs.
+* **Coalesced mul_ir tiles** (``tritp.codegen.cg_tiles``): the default reads and writes each
+  ``mul_ir`` segment as one 3D tile in memory order and splits it into components (through
+  shared memory); ``TRITP_COALESCE=0`` generates the strided component tiles of before.
 * **Shared channel loops** (README, "How the kernels work"): output segments that read one
   operand tile share a loop and load it once (fewer loads and instructions, more registers);
   ``TRITP_SHARE_LOADS=0`` generates the former one-loop-per-segment kernels.
 
 For each preset and direction (``fwd``, ``fwdbwd``; ``dbl`` on request) it builds the four
-variants, compiles their kernels in parallel, checks each against the float64 reference on the
+forms (``mul_ir/3d``, the default; ``mul_ir/strided``; ``mul_ir/unshared``; ``ir_mul``), compiles their kernels in parallel, checks each against the float64 reference on the
 first rows (inputs converted to the variant's layout, outputs back), then times them
 (``triton.testing.do_bench`` median on CUDA, wall clock elsewhere) and prints milliseconds,
-the ratio to the default form (``mul_ir``, shared) and the percent of the I/O floor from the
+the ratio to the default form and the percent of the I/O floor from the
 copy bandwidth measured in the same run. ``--out DIR`` writes the JSON (the GPU name, versions,
 date and command included). It reports; it never asserts a time.
 
@@ -48,26 +51,29 @@ from tritp.module import TensorProduct  # noqa: E402
 from tritp.presets import preset  # noqa: E402
 from tritp.reference import reference_tp, to_ir_mul, to_mul_ir  # noqa: E402
 
-FORMS = (("mul_ir", "1"), ("mul_ir", "0"), ("ir_mul", "1"), ("ir_mul", "0"))  # (layout, TRITP_SHARE_LOADS)
+# (name, layout, the TRITP_ settings that select the form); the first is the default
+FORMS = (("mul_ir/3d", "mul_ir", {}), ("mul_ir/strided", "mul_ir", {"TRITP_COALESCE": "0"}),
+         ("mul_ir/unshared", "mul_ir", {"TRITP_SHARE_LOADS": "0"}), ("ir_mul", "ir_mul", {}))
 KINDS = {"fwd": ("fwd",), "fwdbwd": ("fwd", "bwd"), "dbl": ("fwd", "bwd", "dbl")}
 
 
-def form_name(layout: str, share: str) -> str:
-    return f"{layout}/{'shared' if share == '1' else 'unshared'}"
-
-
 @contextmanager
-def share_loads(value: str):
-    """``TRITP_SHARE_LOADS=value`` while kernels are generated, chosen and launched."""
-    old = os.environ.get("TRITP_SHARE_LOADS")
-    os.environ["TRITP_SHARE_LOADS"] = value
+def form_env(env: dict):
+    """The form's ``TRITP_*`` settings (the others at their defaults) while kernels are
+    generated, chosen and launched."""
+    keys = ("TRITP_SHARE_LOADS", "TRITP_COALESCE")
+    old = {k: os.environ.get(k) for k in keys}
+    for k in keys:
+        os.environ.pop(k, None)
+    os.environ.update(env)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("TRITP_SHARE_LOADS", None)
-        else:
-            os.environ["TRITP_SHARE_LOADS"] = old
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def in_layout(t: tuple, p, layout: str) -> tuple:
@@ -95,9 +101,8 @@ def run_problem(name: str, problem, batch: int, args, timer, log) -> dict:
     nchk = min(args.check_rows, batch)
     chk64 = bench.rows(full, nchk, problem.shared_weights, torch.float64)
     refs = {d: bench.direction_fn(lambda a, b, c: reference_tp(problem, a, b, c), d, chk64)() for d in args.directions}
-    for layout, share in FORMS:
-        form = form_name(layout, share)
-        with share_loads(share):
+    for form, layout, env in FORMS:
+        with form_env(env):
             p = problem.replace(layout=layout)
             tp = TensorProduct(p, backend="triton")
             fn = lambda a, b, c: tp(a, b, c)  # noqa: E731
@@ -127,7 +132,7 @@ def run_problem(name: str, problem, batch: int, args, timer, log) -> dict:
 def render(result: dict) -> None:
     from rich.table import Table
 
-    forms = [form_name(*f) for f in FORMS]
+    forms = [f[0] for f in FORMS]
     t = Table(title=f"{result['device_name']} | copy {result['bandwidth_Bps'] / 1e9:.0f} GB/s | ms, "
                     f"and ratio to {forms[0]}" + (" | INTERRUPTED" if result.get("interrupted") else ""))
     for col in ["problem", "dir"] + forms + ["% floor " + forms[0]]:
@@ -169,7 +174,7 @@ def main(argv=None) -> int:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python"] + sys.argv), "device_name": torch.cuda.get_device_name()
               if args.device.type == "cuda" else "cpu", "interpreter": bench.interpreter_active(),
-              "dtype": str(args.dtype).replace("torch.", ""), "forms": [form_name(*f) for f in FORMS],
+              "dtype": str(args.dtype).replace("torch.", ""), "forms": [f[0] for f in FORMS],
               "bandwidth_Bps": bench.copy_bandwidth(args.device, timer), "problems": []}
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     try:

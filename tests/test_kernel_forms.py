@@ -1,6 +1,6 @@
-"""CPU smoke runs of two benchmark scripts: kernel_forms.py (the four kernel forms, layout x
-shared channel loops, of the tiny preset through the interpreter, each checked against the
-float64 reference) and first_call.py (compile for sm_90 without a GPU, then load warm)."""
+"""CPU smoke runs of two benchmark scripts: kernel_forms.py (the four kernel forms -- 3D and
+strided mul_ir tiles, per-segment channel loops, ir_mul -- of the tiny preset through the
+interpreter, each checked against the float64 reference) and first_call.py (compile for sm_90 without a GPU, then load warm)."""
 
 import json
 import os
@@ -14,21 +14,24 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_quick_run_checks_and_times_every_form(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", TRITP_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("TRITP_SHARE_LOADS", None)
+    env.pop("TRITP_COALESCE", None)
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_forms.py"), "--quick", "--out",
                         str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     (path,) = (tmp_path / "out").glob("*-kernel-forms.json")
     data = json.loads(path.read_text())
-    assert data["forms"] == ["mul_ir/shared", "mul_ir/unshared", "ir_mul/shared", "ir_mul/unshared"]
+    assert data["forms"] == ["mul_ir/3d", "mul_ir/strided", "mul_ir/unshared", "ir_mul"]
     (rec,) = data["problems"]
     assert rec["failures"] == {}
     for form in data["forms"]:
         assert set(rec["times_ms"][form]) == {"fwd", "fwdbwd"}
         assert all(e <= 1e-5 for e in rec["errors"][form].values()), (form, rec["errors"][form])
-    # both channel-loop forms were generated (the kernel files differ by the form)
-    sources = list((tmp_path / "cache" / "kernels").glob("cg_out_*.py"))
-    loops = {p.read_text().count("for c0 in range") for p in sources}
+    # every form was generated (the kernel files differ by the form): both channel-loop
+    # forms, and 3D tiles beside strided ones
+    sources = [p.read_text() for p in (tmp_path / "cache" / "kernels").glob("cg_out_*.py")]
+    loops = {src.count("for c0 in range") for src in sources}
     assert len(sources) >= 4 and len(loops) == 2, (len(sources), loops)
+    assert {"tl.split(" in src for src in sources} == {True, False}
 
 
 def test_first_call_compiles_cold_then_loads_warm(tmp_path):
