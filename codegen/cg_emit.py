@@ -46,7 +46,8 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
         self.share = share_loads
         # mul_ir segments as one coalesced 3D tile per load and store (see cg_tiles)
         self.tiles3d = coalesce and problem.layout == "mul_ir"
-        self.seg3d = {}  # {lane address: (segment offset, dim, m)} of 3D-loadable tiles
+        self.seg3d = {}  # {lane address: how to load it as part of a 3D tile} (cg_tiles)
+        self.qlane = None  # (lanes, mask, width) of a one-channel target's reduced lanes, inside them
         self.term_cache = {}  # 3D tiles loaded by the current term (no shared loop)
         self.lane_bc = None  # the open channel loop's tile width
         # target segments (instructions for a weight target) this kernel writes; None: all
@@ -93,6 +94,8 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
             addr = self.lane_addr(f"{off} + ({ch}) * {ir.dim} + {m}", ch, ir.dim, off + m)
             if self.tiles3d and ch == "c" and self.in_lane_loop and ir.dim > 1:
                 self.note_seg3d(addr, off, ir.dim, m)
+            elif self.tiles3d and self.qlane is not None and ch == self.qlane[0] and ir.dim > 1:
+                self.note_seg3d(addr, off, ir.dim, m, lane=ch)
             return addr
         return self.lane_addr(f"{off + m * mul} + ({ch})", ch, 1, off + m * mul)
 
@@ -140,7 +143,7 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
         so it can only match within it."""
         if not tile:  # [rows] operands are cheap to reload and costly to keep (registers)
             return self._load(t, role, addr, tile, mask, lane_mask)
-        if mask == "m2d" and addr in self.seg3d:
+        if addr in self.seg3d and mask == self.seg3d[addr].mask:
             return self.load3d(t, role, addr)
         key = (t, role, addr, tile, mask, lane_mask)
         if self.load_cache is not None and key in self.load_cache:

@@ -109,6 +109,7 @@ class TermMixin:
                 self.w(f"{qm} = {q} < {sizes[ch]}")
                 self.w(f"{mq} = zm[:, None] & {qm}[None, :]")
                 vals[ch] = q
+                self.qlane = (q, mq, self.lanes)
             else:
                 vals[ch] = f"L{ch}{self.uid}"
                 ctx = self.w.block(f"for {vals[ch]} in range({sizes[ch]}):")
@@ -119,6 +120,7 @@ class TermMixin:
         self.emit_contraction(entries, loaded[a_role], loaded[b_role], loaded.get("w"), accs)
         for ctx in reversed(depth_ctx):
             ctx.__exit__(None, None, None)
+        self.qlane = None
 
     def emit_contraction(self, entries, A, B, W, accs):
         a_kind = next(iter(A.values()))[1]

@@ -14,7 +14,10 @@ warp's lanes, so the access is coalesced. ``tl.reshape`` to ``[.., 2, .., 2]`` a
 ``tl.split`` give the per-component ``[rows, lanes]`` tiles the sparse coupling works on
 (Triton moves the data between the two layouts through shared memory); a store joins the
 component accumulators back with a tree of ``tl.join``. Components and lanes keep their
-meaning, so the terms and the coupling are unchanged.
+meaning, so the terms and the coupling are unchanged. The lanes are the channel loop's ``c``, or,
+for a one-channel target (the forces kernel), the reduced channels ``q`` its operands are read
+along. On sm_90 the 3D tiles cost registers, which the launch estimate counts
+(:data:`tritp.tuning.registers.PER_3D`).
 
 Example:
     >>> from tritp.codegen import Problem
@@ -27,7 +30,22 @@ Example:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from .intmath import p2
+
+
+class Tile3D(NamedTuple):
+    """How one component address is read as part of its segment's 3D tile."""
+
+    off: int        # the segment's offset in the row
+    dim: int        # its components, 2l+1
+    m: int          # this address's component
+    lane: str       # the lane variable ("c", or a one-channel target's reduced lanes)
+    mask: str       # the [rows, lanes] mask a component tile load of these lanes uses
+    offs: str       # [lanes, DP] offsets lane * dim + arange(DP)
+    comp_mask: str  # [1, 1, DP] mask of the real components
+    width: int      # lanes
 
 
 class TileMixin:
@@ -43,24 +61,31 @@ class TileMixin:
             self.w(f"cf{k} = (c * {k})[:, None] + tl.arange(0, {dp})[None, :]")
             self.w(f"ef{k} = (tl.arange(0, {dp}) < {k})[None, :]")
 
-    def note_seg3d(self, addr: str, off: int, dim: int, m: int) -> None:
-        """Mark ``addr`` (component ``m`` of the segment at ``off`` along the loop's lanes) as
+    def note_seg3d(self, addr: str, off: int, dim: int, m: int, lane: str = "c") -> None:
+        """Mark ``addr`` (component ``m`` of the segment at ``off`` along the lanes ``lane``:
+        the channel loop's ``c``, or a one-channel target's reduced lanes, ``self.qlane``) as
         loadable through one 3D tile of that segment."""
-        self.seg3d[addr] = (off, dim, m)
+        if lane == "c":
+            self.seg3d[addr] = Tile3D(off, dim, m, lane, "m2d", f"cf{dim}", f"ef{dim}[None, :, :]", self.lane_bc)
+        else:
+            q, mq, width = self.qlane
+            dp = p2(dim)
+            self.seg3d[addr] = Tile3D(off, dim, m, lane, mq, f"(({q} * {dim})[:, None] + tl.arange(0, {dp})[None, :])",
+                                      f"(tl.arange(0, {dp}) < {dim})[None, None, :]", width)
 
     def load3d(self, t: int, role: str, addr: str) -> tuple:
         """Component tile of ``addr`` (noted by :meth:`note_seg3d`) as ``(variable, '2d')``: the
         segment's 3D tile is loaded and split once per channel loop group (or term)."""
-        off, dim, m = self.seg3d[addr]
+        tile = self.seg3d[addr]
         cache = self.load_cache if self.load_cache is not None else self.term_cache
-        key = ("3d", t, role, off, dim)
+        key = ("3d", t, role, tile.off, tile.dim, tile.lane)
         comps = cache.get(key)
         if comps is None:
             v = self.fresh("v")
-            self.w(f"{v} = tl.load(tp{t}[:, :, None] + (cf{dim} + {off})[None, :, :], "
-                   f"mask=m2d[:, :, None] & ef{dim}[None, :, :], other=0.0).to(DT)")
-            comps = cache[key] = self.split3d(v, dim, f"BLOCK_Z, {self.lane_bc}")
-        return comps[m], "2d"
+            self.w(f"{v} = tl.load(tp{t}[:, :, None] + ({tile.offs} + {tile.off})[None, :, :], "
+                   f"mask={tile.mask}[:, :, None] & {tile.comp_mask}, other=0.0).to(DT)")
+            comps = cache[key] = self.split3d(v, tile.dim, f"BLOCK_Z, {tile.width}")
+        return comps[tile.m], "2d"
 
     def split3d(self, v: str, dim: int, lead: str) -> list:
         """Split tile ``v`` of shape ``[lead..., DP]`` into its first ``dim`` component tiles."""

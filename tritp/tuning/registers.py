@@ -202,6 +202,8 @@ def groups(problem, spec) -> tuple:
                         continue  # a [BLOCK_Z] row or a scalar, not a tile
                     if red or K is not None or deps - vec:
                         inner += ms[role]  # loaded inside this term's own loop
+                        if red and role != "w" and deps == vec:  # 3D tiles along the reduced lanes
+                            dims.append(_segs(p, role)[_seg(ins, role)].ir.dim)
                     else:
                         straight += ms[role]
                         if role != "w" and deps == vec and len(vec) == 1:
