@@ -308,7 +308,10 @@ def write(args, report, gpu, device) -> None:
     out = args.out or (ROOT / "benchmarks" / "results" if device.type == "cuda" else Path("/tmp/tritp-bench"))
     out.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in gpu.lower()).strip("-")[:40]
-    path = out / f"{datetime.date.today().isoformat()}-{slug}-conv.json"
+    stem = f"{datetime.date.today().isoformat()}-{slug}-conv"
+    path, k = out / f"{stem}.json", 2
+    while path.exists():  # never over an older run's file (as tritp.cli_bench.write_json)
+        path, k = out / f"{stem}-{k}.json", k + 1
     path.write_text(json.dumps(report, indent=1))
     print(f"\nwrote {path}")
 
