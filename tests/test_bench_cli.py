@@ -69,6 +69,7 @@ def test_codegen_preset(capsys):
     (["codegen", "1o", "1o", "1e", "--block-c", "3"], "power of two"),
     (["codegen", "2x1o", "1o", "3x1e", "--mode", "uvu"], "no uvu path"),
     (["bench", "--preset", "nope"], "unknown preset"),
+    (["bench", "--preset", "tiny,nope"], "unknown preset 'nope'"),
     (["bench", "--quick", "--directions", "sideways"], "--directions"),
     (["bench", "--quick", "--peers", "torchmd"], "--peers"),
 ])
@@ -145,3 +146,13 @@ def test_precompile_suite_compiles_each_kernel_once(monkeypatch):
     warmed = [w[0] for w in fakes.warmed]
     assert n == len(warmed) == len(set(warmed)) == 2 * (1 + 3 + 9)  # per problem: fwd, 3 grads, 9 double
     assert "precompiled 26 tritp kernels" in logs[-1]
+
+
+def test_preset_takes_a_comma_list_and_repeats():
+    import argparse
+
+    from tritp.cli_bench import select_problems
+
+    ns = argparse.Namespace(irreps=[], preset=["mace-large,tiny", "mace-medium"], quick=True, batch=None,
+                            mode="uvw", shared=None)
+    assert [n for n, _, _ in select_problems(ns)] == ["mace-large", "tiny", "mace-medium"]

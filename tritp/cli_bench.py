@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("irreps", nargs="*", metavar="IRREPS",
                    help="three irreps IN1 IN2 OUT: one problem instead of presets")
     add_problem_options(p, default_mode="channelwise")
-    p.add_argument("--preset", action="append", metavar="NAME", help="a named problem (repeatable), or 'all'")
+    p.add_argument("--preset", action="append", metavar="NAME",
+                   help="a named problem (repeatable, or a comma list), or 'all'")
     p.add_argument("--batch", type=int, help="rows for every direction (default: each preset's, dbl capped at 20000)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--directions", default="fwd,fwdbwd,dbl", help="comma-separated: fwd, fwdbwd, dbl")
@@ -90,7 +91,8 @@ def select_problems(args) -> list:
 
         problem = problem_from_args(*args.irreps, mode=args.mode, shared=args.shared)
         return [("custom", problem, QUICK_BATCH if args.quick else DEFAULT_BATCH)]
-    names = args.preset or (["tiny"] if args.quick else ["all"])
+    # repeatable, and each value may be a comma list (as --directions and --peers)
+    names = [n for v in args.preset or [] for n in v.split(",") if n] or (["tiny"] if args.quick else ["all"])
     if "all" in names:
         names = [n for n in names if n != "all"] + [n for n in BENCH_PRESETS if n not in names]
     out = []
