@@ -7,6 +7,7 @@ table, a JSON file with the documented keys, and tritp's results checked against
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,11 @@ def test_bench_quick_writes_json(tmp_path):
         assert key in rec, key
     assert set(rec["times_ms"]["tritp"]) == {"fwd", "fwdbwd", "dbl"}
     assert all(t > 0 for t in rec["times_ms"]["tritp"].values())
+    # each timing says what it launched: every kernel of the direction with its configuration
+    cfgs = rec["launch_configs"]
+    assert set(cfgs) == {"fwd", "fwdbwd", "dbl"} and list(cfgs["fwd"]) == ["out_x1x2w"]
+    assert len(cfgs["dbl"]) > len(cfgs["fwdbwd"]) > len(cfgs["fwd"])
+    assert all(re.fullmatch(r"\d+:\d+:\d+:\d+ \((default|tuned)\)", c) for d in cfgs.values() for c in d.values())
     tol = {"fwd": 1e-5, "fwdbwd": 1e-4, "dbl": 1e-4}  # design section 6, fp32 against float64
     assert all(rec["errors"]["tritp"][d] <= tol[d] for d in tol), rec["errors"]
     assert Problem.from_key(rec["problem"]).irreps_out.dim == 4 + 4  # 4x0e from two paths

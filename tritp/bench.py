@@ -164,7 +164,8 @@ def run_problem(name: str, problem: Problem, batch: int, cfg: BenchConfig, log=p
            "default_batch": default_batch,
            "io_bytes": {d: io_bytes(problem, b, itemsize, d) for d, b in batches.items()},
            "times_ms": {}, "errors": {}, "failures": {}, "notes": {},
-           "anchors_h100": {k: v for k, v in PEER_ANCHORS_H100.get(name, {}).items()}}
+           "anchors_h100": {k: v for k, v in PEER_ANCHORS_H100.get(name, {}).items()},
+           "launch_configs": launch_configs(problem, batches, cfg.dtype, cfg.device)}
     impls = {}
     for impl in ("tritp",) + tuple(cfg.peers):
         try:
@@ -216,6 +217,35 @@ def _measure(rec: dict, impl: str, d: str, fn, chk, ref, t_d, cfg: BenchConfig, 
         _free(cfg.device)
 
 
+#: The kernel kinds a bench direction launches: forward, + gradients, + double backward.
+BENCH_KERNELS = {"fwd": ("fwd",), "fwdbwd": ("fwd", "bwd"), "dbl": ("fwd", "bwd", "dbl")}
+
+
+def launch_configs(problem: Problem, batches: dict, dtype: torch.dtype, device) -> dict:
+    """``{direction: {kernel: "BLOCK_Z:BLOCK_C:NUM_WARPS:NUM_STAGES (default|tuned)"}}``: the
+    launch configuration of each tritp kernel a bench direction runs, so that a timing says
+    what it timed.
+
+    Example:
+        >>> from tritp.presets import preset
+        >>> p, _ = preset("tiny")
+        >>> cfgs = launch_configs(p, {"fwd": 16}, torch.float32, torch.device("cpu"))["fwd"]
+        >>> list(cfgs), cfgs["out_x1x2w"].endswith(" (default)")
+        (['out_x1x2w'], True)
+    """
+    from .kernels import interpreter_active
+    from .tuning import choose, lookup
+    from .tuning.tuner import direction_specs
+
+    dt, interp, out = str(dtype).replace("torch.", ""), interpreter_active(), {}
+    for d, b in batches.items():
+        for _, spec in direction_specs(problem, BENCH_KERNELS[d]):
+            c = choose(problem, spec, dt, b, device, interp)
+            how = "tuned" if lookup(problem, spec, dt, b, device, interp) else "default"
+            out.setdefault(d, {})[spec.tag] = f"{c.block_z}:{c.block_c}:{c.num_warps}:{c.num_stages} ({how})"
+    return out
+
+
 def finish_record(rec: dict, bandwidth: float) -> dict:
     """Add I/O floors, the best peer, ratios and % of floor to a :func:`run_problem` record."""
     rec["io_floor_ms"] = {d: b / bandwidth * 1e3 for d, b in rec["io_bytes"].items()}
@@ -240,14 +270,12 @@ def precompile_suite(entries, cfg: BenchConfig, log=print) -> int:
     from .kernels import launch_plan, precompile
     from .tuning.tuner import direction_specs, make_inputs as tune_inputs
 
-    # kernels a bench direction launches: forward, + gradients, + double backward
-    kinds = {"fwd": ("fwd",), "fwdbwd": ("fwd", "bwd"), "dbl": ("fwd", "bwd", "dbl")}
     t0, plans = time.monotonic(), []
     try:
         for _, problem, batch in entries:
             for bd in cfg.directions:
                 b = cfg.batch or (min(batch, ANCHOR_DBL_BATCH) if bd == "dbl" else batch)
-                for _, spec in direction_specs(problem, kinds[bd]):
+                for _, spec in direction_specs(problem, BENCH_KERNELS[bd]):
                     # two rows of data: nothing runs, the configuration follows b; repeats of a
                     # kernel and configuration are compiled once (precompile dedupes)
                     t = tune_inputs(problem, spec, 2, cfg.dtype, cfg.device)
