@@ -233,7 +233,6 @@ def launch_configs(problem: Problem, batches: dict, dtype: torch.dtype, device) 
         >>> list(cfgs), cfgs["out_x1x2w"].endswith(" (default)")
         (['out_x1x2w'], True)
     """
-    from .kernels import interpreter_active
     from .tuning import choose, lookup
     from .tuning.tuner import direction_specs
 
