@@ -84,7 +84,7 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
 
     # -- operand addressing --------------------------------------------------------------------
     def seg_index(self, ins, role: str) -> int:
-        return {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[role]
+        return ins.segment(role)
 
     def elem(self, ins, role: str, ch: str, m: int) -> str:
         seg = self.seg_index(ins, role)
@@ -92,10 +92,7 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
         off = self.offs[role][seg]
         if self.p.layout == "mul_ir":
             addr = self.lane_addr(f"{off} + ({ch}) * {ir.dim} + {m}", ch, ir.dim, off + m)
-            if self.tiles3d and ch == "c" and self.in_lane_loop and ir.dim > 1:
-                self.note_seg3d(addr, off, ir.dim, m)
-            elif self.tiles3d and self.qlane is not None and ch == self.qlane[0] and ir.dim > 1:
-                self.note_seg3d(addr, off, ir.dim, m, lane=ch)
+            self.note_seg3d(addr, off, ir.dim, m, ch)
             return addr
         return self.lane_addr(f"{off + m * mul} + ({ch})", ch, 1, off + m * mul)
 

@@ -48,11 +48,11 @@ DOT_COST = 32
 def _units(problem: Problem, target: str) -> int:
     if target == "w":
         return len(problem.instructions)
-    return len({"x1": problem.irreps_in1, "x2": problem.irreps_in2, "out": problem.irreps_out}[target])
+    return len(problem.irreps(target))
 
 
 def _unit_of(ins, k: int, target: str) -> int:
-    return k if target == "w" else {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[target]
+    return k if target == "w" else ins.segment(target)
 
 
 def unit_costs(problem: Problem, spec: ProducerSpec, per_instruction: bool = False) -> list:
@@ -84,8 +84,7 @@ def _one_channel(problem: Problem, target: str) -> bool:
     # segment: pieces would read them once each, and that kernel runs every training step
     if target == "w":
         return False
-    segs = {"x1": problem.irreps_in1, "x2": problem.irreps_in2, "out": problem.irreps_out}[target]
-    return all(mul <= 1 for mul, _ in segs)
+    return all(mul <= 1 for mul, _ in problem.irreps(target))
 
 
 class Partial(tuple):

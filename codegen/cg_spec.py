@@ -161,8 +161,7 @@ def tile_keys(problem, spec: ProducerSpec, inss) -> frozenset:
             for role in ("x1", "x2", "out"):
                 deps = {ch for ch in lt[role] if sizes[ch] > 1}
                 if role != target and deps & lanes and not deps - lanes:
-                    seg = {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[role]
-                    keys.add((term[ROLE_INDEX[role]], role, seg))
+                    keys.add((term[ROLE_INDEX[role]], role, ins.segment(role)))
     return frozenset(keys)
 
 

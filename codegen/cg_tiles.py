@@ -61,17 +61,24 @@ class TileMixin:
             self.w(f"cf{k} = (c * {k})[:, None] + tl.arange(0, {dp})[None, :]")
             self.w(f"ef{k} = (tl.arange(0, {dp}) < {k})[None, :]")
 
-    def note_seg3d(self, addr: str, off: int, dim: int, m: int, lane: str = "c") -> None:
-        """Mark ``addr`` (component ``m`` of the segment at ``off`` along the lanes ``lane``:
-        the channel loop's ``c``, or a one-channel target's reduced lanes, ``self.qlane``) as
-        loadable through one 3D tile of that segment."""
-        if lane == "c":
-            self.seg3d[addr] = Tile3D(off, dim, m, lane, "m2d", f"cf{dim}", f"ef{dim}[None, :, :]", self.lane_bc)
-        else:
+    def note_seg3d(self, addr: str, off: int, dim: int, m: int, ch: str) -> None:
+        """Where ``addr`` is component ``m`` of the ``mul_ir`` segment at ``off`` indexed by the
+        lanes themselves (``ch`` is the channel loop's ``c``, or, inside its lanes, a one-channel
+        target's reduced lanes ``self.qlane``), mark it loadable through one 3D tile."""
+        if not self.tiles3d or dim == 1:
+            return
+        if ch == "c" and self.in_lane_loop:
+            self.seg3d[addr] = Tile3D(off, dim, m, ch, "m2d", f"cf{dim}", f"ef{dim}[None, :, :]", self.lane_bc)
+        elif self.qlane is not None and ch == self.qlane[0]:
             q, mq, width = self.qlane
             dp = p2(dim)
-            self.seg3d[addr] = Tile3D(off, dim, m, lane, mq, f"(({q} * {dim})[:, None] + tl.arange(0, {dp})[None, :])",
+            self.seg3d[addr] = Tile3D(off, dim, m, ch, mq, f"(({q} * {dim})[:, None] + tl.arange(0, {dp})[None, :])",
                                       f"(tl.arange(0, {dp}) < {dim})[None, None, :]", width)
+
+    @staticmethod
+    def at3d(base: str, offs: str, off: int) -> str:
+        """Pointers of a 3D tile: ``[rows, 1]`` row pointers ``base`` plus ``[lanes, DP]`` offsets."""
+        return f"{base}[:, :, None] + ({offs} + {off})[None, :, :]"
 
     def load3d(self, t: int, role: str, addr: str) -> tuple:
         """Component tile of ``addr`` (noted by :meth:`note_seg3d`) as ``(variable, '2d')``: the
@@ -82,7 +89,7 @@ class TileMixin:
         comps = cache.get(key)
         if comps is None:
             v = self.fresh("v")
-            self.w(f"{v} = tl.load(tp{t}[:, :, None] + ({tile.offs} + {tile.off})[None, :, :], "
+            self.w(f"{v} = tl.load({self.at3d(f'tp{t}', tile.offs, tile.off)}, "
                    f"mask={tile.mask}[:, :, None] & {tile.comp_mask}, other=0.0).to(DT)")
             comps = cache[key] = self.split3d(v, tile.dim, f"BLOCK_Z, {tile.width}")
         return comps[tile.m], "2d"
@@ -145,5 +152,5 @@ class TileMixin:
     def store_tile3d(self, off: int, dim: int, accs: list):
         """Store a segment's component accumulators ``accs`` as one 3D tile at ``off``."""
         v = self.join3d(accs, f"BLOCK_Z, {self.lane_bc}")
-        self.w(f"tl.store(gp[:, :, None] + (cf{dim} + {off})[None, :, :], {v}.to(g.dtype.element_ty), "
+        self.w(f"tl.store({self.at3d('gp', f'cf{dim}', off)}, {v}.to(g.dtype.element_ty), "
                f"mask=m2d[:, :, None] & ef{dim}[None, :, :])")

@@ -173,7 +173,7 @@ class ConvEmitter(CGEmitter):
             self.w(f"tl.store(g + rg + (cf{dim} + {off}), {v}.to(g.dtype.element_ty), mask=cm[:, None] & ef{dim})")
         elif self.mode == "atomic":
             v = self.join3d(accs, f"BLOCK_Z, {self.lane_bc}")
-            self.w(f"tl.atomic_add(gp[:, :, None] + (cf{dim} + {off})[None, :, :], {v}, "
+            self.w(f"tl.atomic_add({self.at3d('gp', f'cf{dim}', off)}, {v}, "
                    f"mask=m2d[:, :, None] & ef{dim}[None, :, :], sem='relaxed')")
         else:
             super().store_tile3d(off, dim, accs)

@@ -46,6 +46,10 @@ class Instruction:
     def as_tuple(self) -> tuple:
         return (self.i_in1, self.i_in2, self.i_out, self.mode, self.has_weight, self.path_weight)
 
+    def segment(self, role: str) -> int:
+        """The segment this path reads or writes in ``role`` (``"x1"``, ``"x2"`` or ``"out"``)."""
+        return {"x1": self.i_in1, "x2": self.i_in2, "out": self.i_out}[role]
+
 
 class ProblemError(ValueError):
     """An invalid tensor product description."""

@@ -178,6 +178,10 @@ class Problem:
             (pos if k in pos else args)[k] = v
         return Problem(pos["irreps_in1"], pos["irreps_in2"], pos["irreps_out"], pos["instructions"], **args)
 
+    def irreps(self, role: str):
+        """The irreps of ``role`` (``"x1"``, ``"x2"`` or ``"out"``)."""
+        return {"x1": self.irreps_in1, "x2": self.irreps_in2, "out": self.irreps_out}[role]
+
     # -- weights -----------------------------------------------------------------------------
     @property
     def weight_numel(self) -> int:

@@ -37,7 +37,7 @@ from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.cg_pieces import plan_pieces
 from .kernels import (LaunchPlan, dot_precision, generator_hash, interpreter_active, launch_dtypes, launch_pieces,
-                      load_generated, share_loads, coalesce, split_programs, target_dim, triton_cdiv)
+                      load_generated, kernel_form, share_loads, coalesce, split_programs, target_dim, triton_cdiv)
 from .conv_tuning import FAMILY, ConvSpec  # registers the "conv" autotune family
 from .tuning import Config, check_config, heuristic, lookup
 
@@ -53,8 +53,7 @@ def conv_generator_hash() -> str:
 
 def conv_source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str, piece=None) -> Path:
     h = content_hash(conv_generator_hash(), problem.key, repr(spec), dtype, block_c, mode, dot_precision(),
-                     share_loads(), *(() if coalesce() else ("strided mul_ir tiles",)),
-                     *(() if piece is None else (tuple(piece),)))
+                     *kernel_form(), *(() if piece is None else (tuple(piece),)))
     return cache_dir("kernels") / f"conv_{mode}_{spec.target}_{h}.py"
 
 
@@ -74,7 +73,7 @@ def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c
 def get_conv_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str, piece=None):
     """The loaded ``tp_producer`` of one conv source (one ``piece`` of it, see
     :mod:`tritp.codegen.cg_pieces`); generated and written on first use."""
-    key = (problem.key, spec, dtype, block_c, mode, dot_precision(), share_loads(), coalesce(), piece)
+    key = (problem.key, spec, dtype, block_c, mode, dot_precision(), *kernel_form(), piece)
     k = _loaded.get(key)
     if k is None:
         path = conv_kernel_source(problem, spec, dtype, block_c, mode, piece)[0]

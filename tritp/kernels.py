@@ -67,9 +67,14 @@ def coalesce() -> bool:
     return os.environ.get("TRITP_COALESCE", "1") != "0"
 
 
+def kernel_form() -> tuple:
+    """What the ``TRITP_*`` form switches add to a generated source's identity and to a loaded
+    kernel's key (:func:`share_loads`, :func:`coalesce`)."""
+    return (share_loads(), *(() if coalesce() else ("strided mul_ir tiles",)))
+
+
 def source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None) -> Path:
-    parts = (generator_hash(), problem.key, repr(spec), dtype, block_c, dot_precision(), share_loads(),
-             *(() if coalesce() else ("strided mul_ir tiles",)))
+    parts = (generator_hash(), problem.key, repr(spec), dtype, block_c, dot_precision(), *kernel_form())
     h = content_hash(*parts, *(() if piece is None else (piece.key() if isinstance(piece, Partial) else tuple(piece),)))
     return cache_dir("kernels") / f"cg_{spec.target}_{h}.py"
 
@@ -101,7 +106,7 @@ def load_generated(path: Path):
 
 
 def get_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None):
-    key = (problem.key, spec, dtype, block_c, dot_precision(), share_loads(), coalesce(), piece)
+    key = (problem.key, spec, dtype, block_c, dot_precision(), *kernel_form(), piece)
     k = _loaded.get(key)
     if k is None:
         path, _ = kernel_source(problem, spec, dtype, block_c, piece)

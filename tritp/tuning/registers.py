@@ -162,17 +162,15 @@ def groups(problem, spec) -> tuple:
                             if any(sizes[x] > 1 for x in lt[r]))
             # operands along the weight lanes alone are loaded as 3D tiles (uvu, uvv, uuu)
             sized = lambda r: [x for x in lt[r] if sizes[x] > 1]
-            dims = [_segs(p, r)[_seg(ins, r)].ir.dim for r in ("x1", "x2", "out")
+            dims = [p.irreps(r)[ins.segment(r)].ir.dim for r in ("x1", "x2", "out")
                     if len(sized("w")) == 1 and sized(r) == sized("w")]
             # as CGEmitter.weight_groups: per-sample weights of one size share a loop per operand tile
             out.append(Group(n, tiles, 1, k, None if p.shared_weights else (n,), tile_keys(p, spec, [(k, ins)]),
                              dp3d=_dp(p, dims)))
         return tuple(out)
-    segs = {"x1": p.irreps_in1, "x2": p.irreps_in2, "out": p.irreps_out}[target]
-    seg_of = lambda ins: {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[target]
     srcs = [r for r in ("x1", "x2", "out") if r != target]
-    for seg, (mul, ir) in enumerate(segs):
-        inss = [i for i in p.instructions if seg_of(i) == seg and 0 not in i.path_shape]
+    for seg, (mul, ir) in enumerate(p.irreps(target)):
+        inss = [i for i in p.instructions if i.segment(target) == seg and 0 not in i.path_shape]
         if mul == 0 or not inss:
             continue
         straight = looped = red_lanes = serial = 0
@@ -203,11 +201,11 @@ def groups(problem, spec) -> tuple:
                     if red or K is not None or deps - vec:
                         inner += ms[role]  # loaded inside this term's own loop
                         if red and role != "w" and deps == vec:  # 3D tiles along the reduced lanes
-                            dims.append(_segs(p, role)[_seg(ins, role)].ir.dim)
+                            dims.append(p.irreps(role)[ins.segment(role)].ir.dim)
                     else:
                         straight += ms[role]
                         if role != "w" and deps == vec and len(vec) == 1:
-                            dims.append(_segs(p, role)[_seg(ins, role)].ir.dim)
+                            dims.append(p.irreps(role)[ins.segment(role)].ir.dim)
                 looped = max(looped, inner)
         lanes = red_lanes or mul
         # as CGEmitter.segment_groups: no GEMM term, more than one channel
@@ -215,14 +213,6 @@ def groups(problem, spec) -> tuple:
         out.append(Group(lanes, ir.dim + straight + looped, min_bc, seg, loop, tile_keys(p, spec, list(enumerate(inss))),
                          serial, _dp(p, dims)))
     return tuple(out)
-
-
-def _segs(p, role):
-    return {"x1": p.irreps_in1, "x2": p.irreps_in2, "out": p.irreps_out}[role]
-
-
-def _seg(ins, role):
-    return {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[role]
 
 
 def _dp(p, dims) -> int:

@@ -126,14 +126,6 @@ def space_for(family: str, problem, spec, dtype: str, batch: int) -> SearchSpace
     return fn(problem, spec, dtype, batch)
 
 
-def _segments(problem, role: str):
-    return {"x1": problem.irreps_in1, "x2": problem.irreps_in2, "out": problem.irreps_out}[role]
-
-
-def _touches(ins, role: str, seg: int) -> bool:
-    return {"x1": ins.i_in1, "x2": ins.i_in2, "out": ins.i_out}[role] == seg
-
-
 def cg_shape(problem, spec: ProducerSpec) -> dict:
     """What the ``cg`` rules need: ``lanes``, ``tiles`` (most tiles alive at once, see
     :func:`tritp.tuning.registers.groups`), ``loops`` (bool), ``nnz``."""
@@ -157,8 +149,8 @@ def cg_shape(problem, spec: ProducerSpec) -> dict:
         used = set("".join(lt[r] for r in ("x1", "x2", "out", "w") if r != target))
         loops = loops or any(ch not in lt[target] and sz[ch] > 1 for ch in used)
     if target != "w":
-        for seg, mi in enumerate(_segments(p, target)):
-            if any(_touches(i, target, seg) for i in p.instructions):
+        for seg, mi in enumerate(p.irreps(target)):
+            if any(i.segment(target) == seg for i in p.instructions):
                 lanes = max(lanes, mi.mul)
     tiles = max([g.tiles for g in groups(p, spec)] + [1])
     return {"lanes": lanes, "tiles": tiles, "loops": loops, "nnz": nnz}
