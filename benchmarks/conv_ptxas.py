@@ -80,9 +80,8 @@ def audit(args, rows: list) -> list:
                             vals = [p[k] for p in parts if k in p]
                             if vals and ok:
                                 agg[k] = max(vals)
-                        # segment mode keeps one channel loop per segment (ConvEmitter.share_loads)
-                        est = estimate_registers(problem, cs.spec, args.dtype, c,
-                                                 share=None if cs.mode != "segment" else False)
+                        # segment mode keeps node accumulators across its edge walk
+                        est = estimate_registers(problem, cs.spec, args.dtype, c, walk=cs.mode == "segment")
                         rows.append({"preset": name, "scatter": scatter, "direction": d, "kernel": label,
                                      "mode": cs.mode, "dtype": args.dtype, "config": c._asdict(),
                                      "requested": cfg if isinstance(cfg, str) else "explicit", "estimate": est,

@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 from .cg_gemm import GemmMixin
 from .cg_pieces import Partial
@@ -257,15 +257,28 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
         """Store this program's batch-reduced partial of a shared-weight gradient."""
         self.w(f"tl.store(g + pg + ({addr}), tl.sum({value}, axis=0).to(g.dtype.element_ty), mask=cm)")
 
-    def row_block(self, accs: list, bc: int):
-        """Context around one target segment's tile accumulation (mask, zeroed ``accs``, all
-        terms); the stores follow it. A fused variant wraps it, e.g. in a loop over row chunks."""
-        return nullcontext()
+    @contextmanager
+    def row_block(self, group: list, bc: int):
+        """Context around one channel loop group's accumulation (its segments' masks, zeroed
+        accumulators and terms); each segment is finished by :meth:`segment_done` inside it. A
+        fused variant wraps it, e.g. in a walk over row chunks, and stores after that walk."""
+        yield
+
+    def segment_done(self, role, seg, ir, accs: list):
+        """A target segment's accumulators ``accs`` are complete: store them (here, at once)."""
+        self.store_segment(role, seg, ir, accs)
+
+    def store_segment(self, role, seg, ir, accs: list):
+        """Store a target segment's accumulator tiles ``accs`` (one per component)."""
+        if self.tiles3d and ir.dim > 1:
+            self.store_tile3d(self.offs[role][seg] + self.slab_off, ir.dim, accs)
+            return
+        for m, a in enumerate(accs):
+            self.store_tile(self._target_addr(role, seg, m), a)
 
     def share_loads(self) -> bool:
         """Whether target segments of one tile width may share one channel loop (and the loads
-        their terms have in common); a subclass whose :meth:`row_block` re-walks rows per
-        segment says no."""
+        their terms have in common)."""
         return self.share
 
     def segment_groups(self) -> list:
@@ -303,18 +316,20 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
             # type change (which Triton's compiler rejects and the interpreter does not notice)
             with self.lane_loop(mul, bc):
                 shared = self.share_loads()
-                if shared:  # every segment of the group reads rows and lanes under one mask
-                    self.w("m2d = zm[:, None] & cm[None, :]")
-                    self.load_cache = {}
-                try:
-                    for seg, _, ir, inss, _ in group:
-                        self.emit_segment(role, seg, mul, ir, inss, bc, mask=not shared)
-                finally:
-                    self.load_cache = None
+                with self.row_block(group, bc):
+                    if shared:  # every segment of the group reads rows and lanes under one mask
+                        self.w("m2d = zm[:, None] & cm[None, :]")
+                        self.load_cache = {}
+                    try:
+                        for seg, _, ir, inss, _ in group:
+                            accs = self.emit_segment(role, seg, mul, ir, inss, bc, mask=not shared)
+                            self.segment_done(role, seg, ir, accs)
+                    finally:
+                        self.load_cache = None
 
-    def emit_segment(self, role, seg, mul, ir, inss, bc, mask: bool):
-        """One target segment's accumulation and stores, inside its channel loop (``mask``:
-        define ``m2d`` inside :meth:`row_block`, whose rows may differ from the loop's)."""
+    def emit_segment(self, role, seg, mul, ir, inss, bc, mask: bool) -> list:
+        """One target segment's accumulation inside its group's :meth:`row_block` (``mask``:
+        define ``m2d`` first, as the group did not); returns its accumulator names."""
         self.w(f"# target segment {seg}: {mul}x{ir}")
         accs = [f"acc{m}" for m in range(ir.dim)]
         # a one-channel target (e.g. the gradient of mul-1 edge harmonics) would leave a
@@ -323,27 +338,21 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
         red = {k: self.reduction_letter(i) for k, i in inss} if mul == 1 else {}
         lanes = max([self.letters(i)[1][ch] for k, i in inss if (ch := red.get(k))] + [0])
         self.lanes = min(p2(lanes), self.block_c) if lanes else 0
-        with self.row_block(accs, bc):
-            if mask:
-                self.w("m2d = zm[:, None] & cm[None, :]")
-            for a in accs:
-                self.w(f"{a} = tl.zeros([BLOCK_Z, {bc}], DT)")
-                if self.lanes:
-                    self.w(f"q{a} = tl.zeros([BLOCK_Z, {self.lanes}], DT)")
-            for k, ins in inss:
-                for term in self.spec.terms:
-                    if not ins.has_weight and term[4]:
-                        continue
-                    self.emit_term(k, ins, term, accs, red.get(k))
+        if mask:
+            self.w("m2d = zm[:, None] & cm[None, :]")
+        for a in accs:
+            self.w(f"{a} = tl.zeros([BLOCK_Z, {bc}], DT)")
             if self.lanes:
-                for a in accs:
-                    self.w(f"{a} += tl.sum(q{a}, axis=1)[:, None]")
-        if self.tiles3d and ir.dim > 1:
-            self.store_tile3d(self.offs[role][seg] + self.slab_off, ir.dim, accs)
-            return
-        for m, a in enumerate(accs):
-            addr = self._target_addr(role, seg, m)
-            self.store_tile(addr, a)
+                self.w(f"q{a} = tl.zeros([BLOCK_Z, {self.lanes}], DT)")
+        for k, ins in inss:
+            for term in self.spec.terms:
+                if not ins.has_weight and term[4]:
+                    continue
+                self.emit_term(k, ins, term, accs, red.get(k))
+        if self.lanes:
+            for a in accs:
+                self.w(f"{a} += tl.sum(q{a}, axis=1)[:, None]")
+        return accs
 
     def _target_addr(self, role, seg, m):
         mul, ir = self.segs[role][seg]

@@ -188,7 +188,12 @@ def test_emitter_modes():
     src = emit_conv_producer(p, f, "float32", mode="atomic")
     assert "tl.atomic_add" in src and "tl.store" not in src
     seg = emit_conv_producer(p, f, "float32", mode="segment")
-    assert "tl.atomic_add" not in seg and seg.count("for e0 in range(e_lo, e_hi, BLOCK_Z):") == 4
+    walk = "for e0 in range(e_lo, e_hi, BLOCK_Z):"
+    # one edge walk per channel loop group (the output paths of x1's 0e, of x1's 1o), each
+    # gathering its x1 segment once per edge; without shared loads, one walk per output segment
+    assert "tl.atomic_add" not in seg and seg.count(walk) == 2 and seg.count("tl.load(tp0") == 2
+    own = emit_conv_producer(p, f, "float32", mode="segment", share_loads=False)
+    assert own.count(walk) == 4 and own.count("tl.load(tp0") == 4
     with pytest.raises(ValueError, match="does not fit"):
         ConvEmitter(p, f, "float32", 64, "edge")
     with pytest.raises(ValueError, match="mode must be"):

@@ -64,14 +64,18 @@ def test_per_sample_weight_gradient_shares_x1_and_shared_weights_do_not():
     assert src.count("for c0 in range") == len(ps.instructions)
 
 
-def test_conv_segment_mode_keeps_one_loop_per_segment():
-    """A node's segment walks its edges inside the channel loop; sharing would keep every
-    segment's node accumulators alive across that walk, so segment mode does not share."""
+def test_conv_segment_mode_walks_once_per_loop_group():
+    """A node's segment walks its edges inside the channel loop, once for every target segment
+    of a loop group (their node accumulators live across the walk), so each edge's x1 tile is
+    gathered once per group as in the atomic kernel; ``TRITP_SHARE_LOADS=0`` walks per segment."""
     p = Problem.channelwise(*MACE_LIKE)
+    walk = "for e0 in range(e_lo, e_hi, BLOCK_Z):"
     seg = emit_conv_producer(p, forward_spec(), "float32", 64, mode="segment")
     atomic = emit_conv_producer(p, forward_spec(), "float32", 64, mode="atomic")
-    assert seg.count("for c0 in range") == len(p.irreps_out)
-    assert atomic.count("for c0 in range") == 3
+    assert seg.count("for c0 in range") == seg.count(walk) == atomic.count("for c0 in range") == 3
+    assert sorted(_x1_loads(seg)) == sorted(_x1_loads(atomic))
+    own = emit_conv_producer(p, forward_spec(), "float32", 64, mode="segment", share_loads=False)
+    assert own.count(walk) == len(p.irreps_out)
 
 
 def test_switch_names_a_different_source(monkeypatch):
@@ -123,24 +127,24 @@ def test_register_estimate_counts_the_shared_loop(monkeypatch):
     assert estimate_registers(p, forward_spec(), "float32", Config(16, 64, 8), share=True) <= REGISTER_BUDGET
 
 
-def test_conv_segment_default_is_sized_for_unshared_loops(monkeypatch):
-    """Segment mode keeps one loop per segment, so its default is the unshared estimate's;
-    the atomic mode shares loops and gets the shared one's (8 warps for mace-large; strided
-    tiles, as calibrated; with 3D tiles both modes take 8:64:8)."""
+def test_conv_segment_default_counts_node_accumulators():
+    """Segment mode walks a node's edges once per channel loop group and keeps every segment
+    of the group's node accumulators across the walk: the estimate counts PER_NODE tiles per
+    accumulator (mace-large's forward: 31 over its largest loop, 2 elements per thread at
+    8:64:8), and the default stays within the budget (offline sm_90: 175 registers, no spill)."""
     from tritp.conv_kernels import default_config
     from tritp.presets import preset
-    from tritp.tuning import heuristic
-
-    p, _ = preset("mace-large")
-    for mode in ("segment", "atomic"):
-        assert default_config(mode, 160_000, 160_000, False, p, forward_spec()) == Config(8, 64, 8)
-    monkeypatch.setenv("TRITP_COALESCE", "0")
+    from tritp.tuning.registers import PER_NODE, REGISTER_BUDGET, estimate_registers
 
     p, _ = preset("mace-large")
     fwd = forward_spec()
+    c = Config(8, 64, 8)
+    walked = estimate_registers(p, fwd, "float32", c, walk=True)
+    # at least the second largest loop's 24 accumulators (of 16, 24, 31)
+    assert walked - estimate_registers(p, fwd, "float32", c) >= PER_NODE * 24 * 2
     seg = default_config("segment", 160_000, 1_000, False, p, fwd)
-    assert seg == heuristic(160, False, p, fwd, share=False) and seg.num_warps == 4
-    assert default_config("atomic", 160_000, 160_000, False, p, fwd).num_warps == 8
+    assert seg == c and estimate_registers(p, fwd, "float32", seg, walk=True) <= REGISTER_BUDGET
+    assert default_config("atomic", 160_000, 160_000, False, p, fwd) == c
 
 
 def test_tuned_entries_are_per_form(monkeypatch):
@@ -161,15 +165,18 @@ def test_tuned_entries_are_per_form(monkeypatch):
     assert keys() == shared
 
 
-def test_conv_segment_space_keeps_what_unshared_loops_fit():
-    """The tuner's register rule sizes segment-mode candidates for one loop per segment."""
+def test_conv_segment_space_counts_node_accumulators(monkeypatch):
+    """The tuner's register rule sizes segment-mode candidates for the node accumulators its
+    edge walk keeps: fewer fit than in the atomic kernel (strided tiles, whose estimate leaves
+    room for more candidates than the 3D tiles')."""
     from tritp.conv_tuning import ConvSpec
     from tritp.presets import preset
     from tritp.tuning.space import cg_space, space_for
 
+    monkeypatch.setenv("TRITP_COALESCE", "0")
     p, _ = preset("mace-large")
     seg = space_for("conv", p, ConvSpec(forward_spec(), "segment"), "float32", 4096)
     atomic = space_for("conv", p, ConvSpec(forward_spec(), "atomic"), "float32", 4096)
-    assert seg.candidates == cg_space(p, forward_spec(), "float32", 4096, share=False).candidates
-    assert atomic.candidates == cg_space(p, forward_spec(), "float32", 4096, share=True).candidates
-    assert len(seg) >= len(atomic)
+    assert seg.candidates == cg_space(p, forward_spec(), "float32", 4096, walk=True).candidates
+    assert atomic.candidates == cg_space(p, forward_spec(), "float32", 4096).candidates
+    assert set(seg.candidates) < set(atomic.candidates)

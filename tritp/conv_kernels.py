@@ -90,9 +90,9 @@ def default_config(mode: str, num_edges: int, num_programs_rows: int, interprete
     ``BLOCK_Z`` is the edge chunk); with ``problem`` and ``spec``, its register-aware lanes and
     warps (the conv kernel holds the plain kernel's tiles, plus node accumulators in segment
     mode)."""
-    if mode == "segment":  # its kernels keep one channel loop per segment (ConvEmitter.share_loads)
+    if mode == "segment":  # node accumulators live across the edge walk (ConvEmitter.row_block)
         rows = max(1, -(-num_edges // max(num_programs_rows, 1)))
-        return heuristic(rows, interpreted, problem, spec, dtype, share=False)
+        return heuristic(rows, interpreted, problem, spec, dtype, walk=True)
     return heuristic(num_edges, interpreted, problem, spec, dtype)
 
 

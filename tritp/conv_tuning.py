@@ -37,7 +37,7 @@ from .tuning.space import SearchSpace, cg_space, register_family
 
 FAMILY = "conv"
 #: Version of the conv rules (part of the space hash).
-CONV_VERSION = 1
+CONV_VERSION = 2  # 2: segment mode walks once per loop group (node accumulators)
 
 
 class ConvSpec(NamedTuple):
@@ -76,9 +76,9 @@ def conv_identity(problem, cspec: ConvSpec, dtype: str) -> str:
 @register_family(FAMILY, identity=conv_identity)
 def conv_space(problem, cspec: ConvSpec, dtype: str, batch: int) -> SearchSpace:
     """The ``cg`` space of the producer at ``batch`` edges, as family ``conv`` (segment mode
-    keeps one channel loop per segment, which the register rule counts)."""
-    share = False if cspec.mode == "segment" else None
-    return SearchSpace(FAMILY, cg_space(problem, cspec.spec, dtype, batch, share=share).candidates, CONV_VERSION)
+    keeps node accumulators across its edge walk, which the register rule counts)."""
+    walk = cspec.mode == "segment"
+    return SearchSpace(FAMILY, cg_space(problem, cspec.spec, dtype, batch, walk=walk).candidates, CONV_VERSION)
 
 
 def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:

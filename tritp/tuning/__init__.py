@@ -76,7 +76,7 @@ _heuristic_memo: dict = {}
 
 
 def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: str = "float32",
-              share: bool | None = None, coalesce: bool | None = None) -> Config:
+              share: bool | None = None, coalesce: bool | None = None, walk: bool = False) -> Config:
     """The default when nothing is tuned.
 
     On a GPU: ``block_z=16`` batch rows per program, ``num_stages=1``, and the first
@@ -92,8 +92,9 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
     sevennet-l2 (208) and nequip-benzene (8228), which the ladder runs at ``(32, 8)``,
     ``(64, 8)`` and ``(32, 8)``: 236, 181 and 180 registers, no spill; no forward, grad-x1 or
     grad-w kernel of the presets spills at its default. ``share`` says whether the kernel shares
-    channel loops (default: :func:`tritp.kernels.share_loads`; the fused convolution's segment
-    mode never does), which the estimate counts. A ``mul_ir`` kernel with coalesced 3D tiles
+    channel loops (default: :func:`tritp.kernels.share_loads`), and ``walk`` whether it keeps
+    node accumulators across an edge walk (the fused convolution's segment mode), which the
+    estimate counts. A ``mul_ir`` kernel with coalesced 3D tiles
     (``coalesce``, default :func:`tritp.kernels.coalesce`) walks :data:`GPU_LADDER_3D` instead
     -- ``16:64:4``, ``16:64:8``, ``8:64:8``, ``8:32:8``, ``8:16:8`` -- under the estimate that
     counts its 3D tiles (offline, sm_90: mace-large's forward, grad x1 and grad w at ``8:64:8``
@@ -130,7 +131,7 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
 
     share = share_loads() if share is None else share
     coalesce = coalesce_default() if coalesce is None else coalesce
-    key = (problem.key, spec, dtype, share, coalesce)
+    key = (problem.key, spec, dtype, share, coalesce, walk)
     found = _heuristic_memo.get(key)
     if found is None:
         from .registers import REGISTER_BUDGET, estimate_registers, groups
@@ -142,7 +143,8 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
             ladder = [r for r in GPU_LADDER_3D if r[0] >= 16 or all(g.min_bc == 1 for g in gs)]
         for block_z, block_c, num_warps in ladder:
             found = Config(block_z=block_z, block_c=block_c, num_warps=num_warps, num_stages=1)
-            if estimate_registers(problem, spec, dtype, found, share=share, coalesce=coalesce) <= REGISTER_BUDGET:
+            if estimate_registers(problem, spec, dtype, found, share=share, coalesce=coalesce,
+                                  walk=walk) <= REGISTER_BUDGET:
                 break
         _heuristic_memo[key] = found
     return found

@@ -58,6 +58,17 @@ forward 164 registers at 8:64:8 (estimate 148), 251-255 at 8:64:4 and 16:64:8 (e
 mace-medium's 98 at 8:64:8 (136). Conservative by design: it only moves the default to
 smaller tiles (:data:`tritp.tuning.GPU_LADDER_3D`).
 
+A fused convolution in segment mode (``walk``: :mod:`tritp.codegen.conv_emit`) walks a node's
+edges once per loop and keeps the node accumulators of every segment of the loop (one tile per
+component) alive across the walk: :data:`PER_NODE` (a half) tile each. Fitted offline (sm_90,
+Triton 3.9, ``benchmarks/conv_ptxas.py``) on mace-large's and mace-medium's forward and grad-x1
+segment kernels at six configurations: over the per-segment walk that kept one segment's
+accumulators, mace-large's forward rose from 100 to 175 registers at 8:64:8 (31 accumulators of
+2 elements: 1.2 per accumulator) and from 64 to 115 at 8:32:8 (1.6), but the base estimate
+already ran 48 and 30 above the per-segment walk there; over all 24 compiles of the shared walk
+the residual is -2 (standard deviation 27) at 0, +14 (32) at a half, +30 (43) at one tile. A
+half keeps the estimate above ptxas where the tiles are largest (8:64:8).
+
 Calibration (Triton 3.9, ptxas for sm_90, no GPU: ``benchmarks/ptxas_audit.py``). Compiled
 as whole kernels (before producers were split into pieces; the estimates quoted here are of
 whole kernels, ``pieces=(None,)``): fp32 forward, grad x1 and per-sample grad w of the
@@ -114,6 +125,9 @@ PER_SHARED = 1.25
 PER_SERIAL = 1.5
 #: Tiles added per padded component (``DP``) of a group's largest coalesced ``mul_ir`` tile.
 PER_3D = 4
+#: Tiles per node accumulator (one per component of each target segment of a loop) that a
+#: convolution's segment-mode walk keeps alive across a node's edges.
+PER_NODE = 0.5
 
 
 class Group(NamedTuple):
@@ -127,6 +141,7 @@ class Group(NamedTuple):
     tiles_read: frozenset = frozenset()  # the operand tiles it could share a loop through
     serial: int = 0     # one-channel target: instructions running their channels as lanes
     dp3d: int = 0       # mul_ir: padded components of its largest 3D segment tile (cg_tiles)
+    accs: int = 0       # its target segment's accumulator tiles (2l+1), 0 for a weight path
 
 
 @lru_cache(maxsize=None)
@@ -211,7 +226,7 @@ def groups(problem, spec) -> tuple:
         # as CGEmitter.segment_groups: no GEMM term, more than one channel
         loop = (mul,) if mul > 1 and min_bc == 1 else None
         out.append(Group(lanes, ir.dim + straight + looped, min_bc, seg, loop, tile_keys(p, spec, list(enumerate(inss))),
-                         serial, _dp(p, dims)))
+                         serial, _dp(p, dims), ir.dim))
     return tuple(out)
 
 
@@ -229,7 +244,8 @@ def _serial(g: Group, config) -> float:
     return PER_SERIAL * (g.serial - 1) if one_trip else 0.0
 
 
-def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=None, coalesce=None) -> int:
+def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=None, coalesce=None,
+                       walk: bool = False) -> int:
     """Estimated 32-bit registers per thread of ``spec``'s kernel launched with ``config``:
     ``OVERHEAD + words * max over loops of (tiles + PER_GROUP * groups) * elements per
     thread``, where ``groups`` counts the groups of one piece (a big producer is emitted as
@@ -241,7 +257,8 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=Non
     :mod:`tritp.codegen.cg_tiles`) adds :data:`PER_3D` tiles per padded component of the
     loop's largest 3D tile: the joined tile, its copy in the store's layout and their 64-bit
     addresses are alive at once (sm_90, Triton 3.9, mace-large forward: 8:64:8 164 registers
-    against 84 for strided tiles; 16:64:8 and 8:64:4 at or over 251)."""
+    against 84 for strided tiles; 16:64:8 and 8:64:4 at or over 251). ``walk`` adds
+    :data:`PER_NODE` tiles per node accumulator of the loop (a convolution's segment mode)."""
     from ..kernels import coalesce as coalesce_default, share_loads
 
     if share is None:
@@ -257,6 +274,8 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=Non
         tiles = max(g.tiles + _serial(g, config) for g in members) + PER_SHARED * (len(members) - 1)
         if coalesce:
             tiles += PER_3D * max(g.dp3d for g in members)
+        if walk:
+            tiles += PER_NODE * sum(g.accs for g in members)
         worst = max(worst, (tiles + PER_GROUP * n_groups) * per_thread)
     return int(round(OVERHEAD + words * worst))
 

@@ -171,15 +171,16 @@ def _cg_keep(c: Config, shape: dict, batch: int, registers: Callable) -> bool:
 
 
 @register_family("cg")
-def cg_space(problem, spec: ProducerSpec, dtype: str, batch: int, share: bool | None = None) -> SearchSpace:
+def cg_space(problem, spec: ProducerSpec, dtype: str, batch: int, share: bool | None = None,
+             walk: bool = False) -> SearchSpace:
     """The sparse-CG producer space: :data:`AXES` pruned by the five rules of this module
-    (``share``: whether the kernel shares channel loops, as in
-    :func:`~tritp.tuning.registers.estimate_registers`)."""
+    (``share``: whether the kernel shares channel loops; ``walk``: whether it keeps node
+    accumulators across an edge walk; as in :func:`~tritp.tuning.registers.estimate_registers`)."""
     from ..kernels import coalesce
     from .registers import estimate_registers, groups
 
     shape = cg_shape(problem, spec)
-    registers = lambda c: estimate_registers(problem, spec, dtype, c, share=share)
+    registers = lambda c: estimate_registers(problem, spec, dtype, c, share=share, walk=walk)
     zs = AXES["block_z"]
     gs = groups(problem, spec)
     if coalesce() and any(g.dp3d for g in gs) and all(g.min_bc == 1 for g in gs):
