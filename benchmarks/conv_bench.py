@@ -16,7 +16,9 @@ and every variant gets the same arrays. Inputs are random normal. Directions: ``
 ``fwdbwd`` (forward + gradients of node features, edge attributes and weights); ``dbl``
 (forward, first gradients with ``create_graph``, then the gradient of a random linear function
 of them: the forces-training pattern). Variants: ``tritp-atomic``, ``tritp-det`` (graph helper
-built once, outside the timing), ``tritp-unfused`` (gather -> tritp.compile layer ->
+built once, outside the timing), ``tritp-det-segwalk`` (the deterministic kernels as before
+session 8: one edge walk per output segment, ``TRITP_SHARE_LOADS=0``, to time the shared walk
+against), ``tritp-unfused`` (gather -> tritp.compile layer ->
 index_add), ``oeq-atomic``, ``oeq-det``, ``cueq`` (``ChannelWiseTensorProduct`` with
 ``indices_1``/``indices_out``, built by ``tritp.bench_peers.cueq_module`` with e3nn's coupling,
 so its values compare).
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+from contextlib import contextmanager
 import json
 import os
 import platform
@@ -46,7 +49,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("tritp-atomic", "tritp-det", "tritp-unfused", "oeq-atomic", "oeq-det", "cueq")
+VARIANTS = ("tritp-atomic", "tritp-det", "tritp-det-segwalk", "tritp-unfused", "oeq-atomic", "oeq-det", "cueq")
+#: tritp variants that run another kernel form: the environment set while they compile and run
+FORM_ENV = {"tritp-det-segwalk": {"TRITP_SHARE_LOADS": "0"}}
 DIRECTIONS = ("fwd", "fwdbwd", "dbl")
 MACE_LARGE = ("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
 QUICK = ("4x0e+4x1o", "0e+1o", "0e+1o")
@@ -100,6 +105,15 @@ def build(variant, torch, problem, dtype, device, src, dst, n):
     """``fn(x, ea, w) -> out [n, dim_out]`` for one variant; raises if it cannot run here."""
     import tritp.conv_module as cm
 
+    if variant in FORM_ENV:
+        env = FORM_ENV[variant]
+        with form_env(env):
+            fn = build("tritp-det", torch, problem, dtype, device, src, dst, n)
+
+        def run(*args):
+            with form_env(env):
+                return fn(*args)
+        return run
     if variant.startswith("tritp"):
         scatter = "deterministic" if variant == "tritp-det" else "atomic"
         conv = cm.TensorProductConv(problem, scatter=scatter, check_indices=False, backend="triton")
@@ -131,6 +145,21 @@ def build(variant, torch, problem, dtype, device, src, dst, n):
 
     tp, _ = cueq_module(problem, device, dtype)
     return lambda x, ea, w: tp(x, ea, w, indices_1=src, indices_out=dst, size_out=n)
+
+
+@contextmanager
+def form_env(env: dict):
+    """``os.environ`` with ``env`` set, restored after (a kernel form switch of tritp)."""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def directional(torch, fn, direction, x, ea, w):

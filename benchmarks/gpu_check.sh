@@ -13,12 +13,13 @@
 #
 # STAGES (comma list, default harness,conv,gaunt,autotune):
 #   harness   benchmarks/harness.py on every preset vs e3nn, cuEquivariance, OpenEquivariance (issue 3)
-#   conv      benchmarks/conv_bench.py: mace-large on the diamond and random graphs, fp32 (issue 7)
+#   conv      benchmarks/conv_bench.py: mace-large on the diamond and random graphs, fp32 (issue 7;
+#             tritp-det-segwalk times the deterministic kernels' former one-walk-per-segment form)
 #   gaunt     benchmarks/gaunt_bench.py: L = 2, 4, 6, 8, C = 32 first, fp32 and tf32x3 dots (issue 6)
 #   autotune  tritp autotune --preset all --strategy staged --direction fwd,bwd --export autotune_cache/
 #             (issue 5; the exported files come back under $OUT/autotune_cache)
-#   forms     benchmarks/kernel_forms.py: mul_ir with 3D (default) or strided tiles, unshared channel
-#             loops, ir_mul; on mace-large, mace-medium, nequip-benzene, uvu-128x3e unless FORMS_ARGS
+#   forms     benchmarks/kernel_forms.py: mul_ir with row-on-warp (default), plain 3D or strided tiles,
+#             unshared channel loops, ir_mul; on mace-large, mace-medium, nequip-benzene, uvu-128x3e unless FORMS_ARGS
 #             says otherwise (e.g. "--preset mace-large"; not in the default STAGES)
 # Environment: BUDGET (seconds for the whole script, default 500), HARNESS_S, CONV_S, GAUNT_S,
 # TUNE_S, FORMS_S (each stage's hard stop before the cut, defaults 220, 90, 90, 80, 240; a stage measures for

@@ -8,14 +8,18 @@ Three questions the CPU cannot answer, asked of one GPU at once:
   cuEquivariance's ``ir_mul`` layout every tile is contiguous. The kernels are otherwise the
   same, so the ratio ``ir_mul / mul_ir`` is what the interleaving costs.
 * **Coalesced mul_ir tiles** (``tritp.codegen.cg_tiles``): the default reads and writes each
-  ``mul_ir`` segment as one 3D tile in memory order and splits it into components (through
-  shared memory); ``TRITP_COALESCE=0`` generates the strided component tiles of before.
+  ``mul_ir`` segment as one tile in memory order and splits it into components (through
+  shared memory), loaded in the row-on-warp form (``mul_ir/rows``: rows on the compute
+  layout's warps, so the conversions stay within warps); ``TRITP_COALESCE=3d`` the 3D
+  pointer tiles without that form (``mul_ir/3d``); ``TRITP_COALESCE=0`` the strided component
+  tiles of before.
 * **Shared channel loops** (README, "How the kernels work"): output segments that read one
   operand tile share a loop and load it once (fewer loads and instructions, more registers);
   ``TRITP_SHARE_LOADS=0`` generates the former one-loop-per-segment kernels.
 
 For each preset and direction (``fwd``, ``fwdbwd``; ``dbl`` on request) it builds the four
-forms (``mul_ir/3d``, the default; ``mul_ir/strided``; ``mul_ir/unshared``; ``ir_mul``), compiles their kernels in parallel, checks each against the float64 reference on the
+forms (``mul_ir/rows``, the default; ``mul_ir/3d``; ``mul_ir/strided``; ``mul_ir/unshared``; ``ir_mul``),
+compiles their kernels in parallel, checks each against the float64 reference on the
 first rows (inputs converted to the variant's layout, outputs back), then times them
 (``triton.testing.do_bench`` median on CUDA, wall clock elsewhere) and prints milliseconds,
 the ratio to the default form and the percent of the I/O floor from the
@@ -52,7 +56,8 @@ from tritp.presets import preset  # noqa: E402
 from tritp.reference import reference_tp, to_ir_mul, to_mul_ir  # noqa: E402
 
 # (name, layout, the TRITP_ settings that select the form); the first is the default
-FORMS = (("mul_ir/3d", "mul_ir", {}), ("mul_ir/strided", "mul_ir", {"TRITP_COALESCE": "0"}),
+FORMS = (("mul_ir/rows", "mul_ir", {}), ("mul_ir/3d", "mul_ir", {"TRITP_COALESCE": "3d"}),
+         ("mul_ir/strided", "mul_ir", {"TRITP_COALESCE": "0"}),
          ("mul_ir/unshared", "mul_ir", {"TRITP_SHARE_LOADS": "0"}), ("ir_mul", "ir_mul", {}))
 KINDS = {"fwd": ("fwd",), "fwdbwd": ("fwd", "bwd"), "dbl": ("fwd", "bwd", "dbl")}
 

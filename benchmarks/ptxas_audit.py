@@ -7,7 +7,9 @@ sources the runtime imports), compiles each for ``sm_90`` at each chosen configu
 reads ``ptxas -v``'s report (``cuobjdump --dump-resource-usage`` of the cubin where there is
 none). Per kernel and configuration it prints the registers per thread (``regs``; 255 is the
 ceiling), the spill stores in bytes per thread (``spill``; above 0 means local-memory traffic,
-and the row says ``SPILL``), the stack frame, the compile time in seconds, and tritp's own
+and the row says ``SPILL``), the stack frame, the CTA-wide and warp-level barriers in the PTX
+(``bar``, ``wbar``: layout conversions through shared memory, across warps or within each
+warp; summed over pieces), the compile time in seconds, and tritp's own
 register estimate (``est``, :func:`tritp.tuning.registers.estimate_registers`), so the
 estimate can be checked against ptxas whenever the generator changes. It is the tool for
 tuning launch defaults without a GPU; it reports and never asserts.
@@ -121,7 +123,7 @@ def compile_cg(job: dict) -> dict:
     fn = m.tp_producer
     names = [p.name for p in fn.params]
     block_z = max(job["block_z"], getattr(m, "MIN_BLOCK_Z", 1))
-    cx = {"IDX64": False, "BLOCK_Z": block_z}
+    cx = {"IDX64": False, "BLOCK_Z": block_z, "NW": job["num_warps"]}
     sig, attrs = {}, {}
     for i, n in enumerate(names):
         if n in cx:
@@ -143,6 +145,10 @@ def compile_cg(job: dict) -> dict:
         ck = triton.compile(src, target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": job["num_warps"], "num_stages": job["num_stages"]})
     ans = {"seconds": round(time.perf_counter() - t0, 1), "block_z": block_z, "status": "ok"}
+    ptx = ck.asm["ptx"]
+    # CTA-wide barriers (layout conversions through shared memory across warps) and warp-level
+    # ones (conversions within each warp): the cost of the 3D tiles' splits and joins
+    ans.update(bar_sync=len(re.findall(r"\b(?:bar|barrier)\.sync\b", ptx)), bar_warp=ptx.count("bar.warp.sync"))
     return dict(ans, **resource_usage(log.getvalue(), ck.asm["cubin"]))
 
 
@@ -242,7 +248,7 @@ def audit(args, rows: list) -> list:
     ptr = "fp64" if args.dtype == "float64" else "fp32"
     seen = {}
     print(f"{'preset':<15} {'dir':<4} {'kernel':<24} {'pcs':>3} {'config':<10} {'est':>4} {'regs':>4} {'spill':>5} "
-          f"{'stack':>5} {'s':>6}  status", flush=True)
+          f"{'stack':>5} {'bar':>4} {'wbar':>4} {'s':>6}  status", flush=True)
     try:
         for name, d, label, problem, spec, batch in kernels(args.preset, args.direction, args.kernel, args.skip):
             batch = args.batch or batch
@@ -278,6 +284,9 @@ def audit(args, rows: list) -> list:
                     vals = [p[k] for p in parts if k in p]
                     if vals and ok:
                         agg[k] = max(vals)
+                for k in ("bar_sync", "bar_warp"):  # summed over the pieces
+                    if ok and all(k in p for p in parts):
+                        agg[k] = sum(p[k] for p in parts)
                 rec = {"preset": name, "direction": d, "kernel": label, "spec": spec.tag, "dtype": args.dtype,
                        "config": c._asdict(), "requested": cfg if isinstance(cfg, str) else "explicit",
                        "estimate": est, **agg, "parts": parts}
@@ -289,7 +298,8 @@ def audit(args, rows: list) -> list:
                     status += " (same kernels as an earlier row)"
                 cell = lambda k: agg.get(k, "-") if ok else "-"
                 print(f"{name:<15} {d:<4} {label:<24} {agg['pieces']:>3} {cs:<10} {est:>4} {cell('regs'):>4} "
-                      f"{cell('spill_stores'):>5} {cell('stack'):>5} {agg['seconds']:>6}  {status}", flush=True)
+                      f"{cell('spill_stores'):>5} {cell('stack'):>5} {cell('bar_sync'):>4} {cell('bar_warp'):>4} "
+                      f"{agg['seconds']:>6}  {status}", flush=True)
     finally:
         worker.stop()
     return rows

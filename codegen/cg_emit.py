@@ -35,6 +35,9 @@ from .writer import SourceWriter
 
 KERNEL_NAME = "tp_producer"
 DEFAULT_BLOCK_C = 64
+#: ``coalesce`` values: True or "rows" (3D tiles, row-on-warp where rows allow), "3d" (3D tiles
+#: only), False or "strided" (one strided tile per component)
+TILE_FORMS = (True, False, "rows", "3d", "strided")
 
 
 class CGEmitter(TermMixin, GemmMixin, TileMixin):
@@ -44,8 +47,14 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
                  piece=None, share_loads: bool = True, coalesce: bool = True):
         self.p, self.spec, self.block_c = problem, spec, block_c
         self.share = share_loads
-        # mul_ir segments as one coalesced 3D tile per load and store (see cg_tiles)
-        self.tiles3d = coalesce and problem.layout == "mul_ir"
+        if coalesce not in TILE_FORMS:
+            raise ValueError(f"coalesce must be one of {TILE_FORMS}, got {coalesce!r}")
+        # mul_ir segments as one coalesced 3D tile per load and store (see cg_tiles), in the
+        # row-on-warp form where this kernel's rows allow it unless coalesce == "3d"
+        self.tiles3d = coalesce not in (False, "strided") and problem.layout == "mul_ir"
+        self.rows_form = self.tiles3d and coalesce != "3d"
+        self.rows_dims = {}  # {lanes: segment widths loaded along them in row-on-warp form} (cg_tiles)
+        self.row_first = None  # this program's first row, where its rows are its own (emit_rows)
         self.seg3d = {}  # {lane address: how to load it as part of a 3D tile} (cg_tiles)
         self.qlane = None  # (lanes, mask, width) of a one-channel target's reduced lanes, inside them
         self.term_cache = {}  # 3D tiles loaded by the current term (no shared loop)
@@ -125,13 +134,13 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
                 for k in self.lane_dims:
                     self.w(f"cd{k} = c2 * {k}")
             if self.tiles3d:
-                self.lane_head3d(self.lane_dims)
+                self.lane_head3d(self.lane_dims, n, bc)
             self.in_lane_loop, self.lane_bc = True, bc
             try:
                 yield
             finally:
                 self.in_lane_loop, self.lane_bc = False, None
-                self.seg3d = {}
+                self.seg3d, self.rows_dims = {}, {}
 
     def load(self, t: int, role: str, addr: str, tile: bool, mask: str = "m2d", lane_mask: str = "cm") -> tuple:
         """Emit a load; returns (variable, kind) with kind in '2d', 'z', 's'. Within one channel
@@ -206,8 +215,9 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
     # -- hooks a subclass (e.g. the fused graph convolution) overrides --------------------------
     def kernel_args(self) -> list:
         n = len(self.spec.roles)
+        # NW: the launch's num_warps, which the row-on-warp tiles follow (cg_tiles.rows_head)
         return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)]
-                + ["g", "sg", "Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr"])
+                + ["g", "sg", "Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr", "NW: tl.constexpr"])
 
     def emit_prologue(self):
         """The program id ``pid``, and unless rows are split (see :meth:`row_loop`) this
@@ -230,6 +240,7 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
     def emit_rows(self, first: str):
         """Rows ``first + arange(BLOCK_Z)``: ``z``, mask ``zm``, row offsets ``r<i>`` / ``rg``."""
         w = self.w
+        self.row_first = first
         w(f"z = {first} + tl.arange(0, BLOCK_Z)")
         w("zm = z < Z")
         with w.block("if IDX64:"):

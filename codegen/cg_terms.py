@@ -110,6 +110,8 @@ class TermMixin:
                 self.w(f"{mq} = zm[:, None] & {qm}[None, :]")
                 vals[ch] = q
                 self.qlane = (q, mq, self.lanes)
+                if self.tiles3d:
+                    self.rows_lanes(self.lane_dims, q, f"{q}_0", sizes[ch], self.lanes)
             else:
                 vals[ch] = f"L{ch}{self.uid}"
                 ctx = self.w.block(f"for {vals[ch]} in range({sizes[ch]}):")
@@ -120,6 +122,8 @@ class TermMixin:
         self.emit_contraction(entries, loaded[a_role], loaded[b_role], loaded.get("w"), accs)
         for ctx in reversed(depth_ctx):
             ctx.__exit__(None, None, None)
+        if self.qlane is not None:
+            self.rows_dims.pop(self.qlane[0], None)
         self.qlane = None
 
     def emit_contraction(self, entries, A, B, W, accs):

@@ -19,6 +19,13 @@ for a one-channel target (the forces kernel), the reduced channels ``q`` its ope
 along. On sm_90 the 3D tiles cost registers, which the launch estimate counts
 (:data:`tritp.tuning.registers.PER_3D`).
 
+Where a program's rows are its own range (not gathered edge endpoints, not a shared-weight
+gradient's strided blocks) and a segment's lanes times ``DP`` fill a warp's 32 columns, the
+tile is loaded and stored in the *row-on-warp* form (:meth:`TileMixin.rows_head`): a 2D
+``[R, 32]`` pointer tile whose warps run along the rows as in the compute layout, permuted to
+``[rows, lanes, DP]`` -- the same values, with the split and join conversions kept within each
+warp. ``coalesce="3d"`` (``TRITP_COALESCE=3d``) keeps the 3D pointer tiles everywhere.
+
 Example:
     >>> from tritp.codegen import Problem
     >>> from tritp.codegen.cg_emit import emit_producer
@@ -54,12 +61,80 @@ class TileMixin:
     ``cf<k>`` (``[lanes, DP]`` offsets ``c * k + arange(DP)``) and ``ef<k>`` (``[1, DP]`` mask
     ``arange(DP) < k``) that :meth:`lane_head3d` defines."""
 
-    def lane_head3d(self, dims):
-        """Offsets and component masks of the 3D tiles, once per channel loop."""
+    def lane_head3d(self, dims, n: int, bc: int):
+        """Offsets and component masks of the 3D tiles, once per channel loop of ``n`` channels
+        in tiles of ``bc`` lanes; and, where the rows are this program's own (:meth:`warp_rows`),
+        the row-on-warp pointer tiles of each segment width (:meth:`rows_head`)."""
         for k in dims:
             dp = p2(k)
             self.w(f"cf{k} = (c * {k})[:, None] + tl.arange(0, {dp})[None, :]")
             self.w(f"ef{k} = (tl.arange(0, {dp}) < {k})[None, :]")
+        self.rows_dims = {}
+        self.rows_lanes(dims, "c", "c0", n, bc)
+
+    def rows_lanes(self, dims, lane: str, first: str, n: int, bc: int):
+        """Row-on-warp pointer tiles (:meth:`rows_head`) of the segment widths ``dims`` whose
+        ``bc`` lanes of ``DP`` components fill a warp's 32 columns, for lanes ``lane`` (the
+        channel loop's ``c``, or a one-channel target's reduced lanes) from ``first``, of
+        extent ``n``."""
+        fit = [k for k in dims if bc * p2(k) >= 32]
+        if self.warp_rows() and fit:
+            self.rows_dims[lane] = set()
+            self.rows_head(fit, n, bc, lane, first)
+
+    def warp_rows(self) -> bool:
+        """Whether this kernel's 3D tiles use the row-on-warp form (:meth:`rows_head`): rows
+        ``row_first + arange(BLOCK_Z)`` of its own (not gathered, not strided over blocks)."""
+        return self.rows_form and getattr(self, "row_first", None) is not None and not self.split_rows
+
+    def rows_head(self, dims, n: int, bc: int, lane: str = "c", first: str = "c0"):
+        """Pointer tiles of the row-on-warp form of ``[BLOCK_Z, bc, DP]`` segment tiles.
+
+        Triton computes the component tiles in a layout with warps along the rows and, at
+        ``LZ`` lanes per row, the rest of a warp's lanes along the channels. A 3D tile
+        ``[BLOCK_Z, bc, DP]`` of ``mul_ir`` addresses has no contiguous axis but the
+        components, so Triton's load layout puts warps along the channels (3.9) or splits a
+        warp over rows (3.6, which then reads 4-8 separate runs per warp instruction); every
+        split or join then moves data across warps through shared memory with two CTA-wide
+        barriers. Here the tile is loaded as ``[R, 32]``: its 32 columns are (LZ rows, LF
+        channels, DP components) -- one warp, whose lanes read ``LF * DP`` contiguous words per
+        row -- and its rows are (channel blocks, row blocks): the warps' axis, as in the
+        compute layout. A reshape and permute give ``[BLOCK_Z, bc, DP]`` with the same
+        warp-to-row map, so Triton converts within each warp (offline sm_90 PTX of mace-large's
+        forward at 8:64:8: 7 ``bar.sync`` + 7 ``bar.warp.sync`` instead of 14 ``bar.sync``,
+        on Triton 3.6 and 3.9). ``LZ`` follows Triton's default blocked layout of the
+        ``[BLOCK_Z, bc]`` compute tiles (elements per thread ``min(4, BLOCK_Z * bc / (32 * NW))``
+        in fp32, lanes along the channels first); a different ``LZ`` computes the same values.
+        """
+        w = self.w
+        ept = 2 if self.dt == "tl.float64" else 4  # 16-byte vectors
+        x, sp, lz = f"WX{bc}", f"WS{bc}", f"WL{bc}"
+        w(f"{x}: tl.constexpr = BLOCK_Z * {bc} // (32 * NW)")
+        w(f"{sp}: tl.constexpr = 1 if {x} < 1 else ({ept} if {x} > {ept} else {x})")
+        w(f"{lz}: tl.constexpr = 32 // (32 if {bc} // {sp} > 32 else ({bc} // {sp} if {bc} // {sp} > 0 else 1))")
+        w("wj = tl.arange(0, 32)[None, :]")
+        for k in dims:
+            dp = p2(k)
+            a, lz_k, lf = f"WA{k}", f"WZ{k}", f"WF{k}"
+            # clamped so that a warp's 32 columns hold whole rows and a row block is not empty
+            w(f"{a}: tl.constexpr = {lz} if {lz} < {32 // dp} else {32 // dp}")
+            w(f"{lz_k}: tl.constexpr = {a} if {a} < BLOCK_Z else BLOCK_Z")
+            w(f"{lf}: tl.constexpr = 32 // ({lz_k} * {dp})")
+            w(f"wr{k} = tl.arange(0, ({bc} // {lf}) * (BLOCK_Z // {lz_k}))[:, None]")
+            w(f"wz{k} = {self.row_first} + (wr{k} % (BLOCK_Z // {lz_k})) * {lz_k} + wj // ({lf} * {dp})")
+            w(f"wc{k} = {first} + (wr{k} // (BLOCK_Z // {lz_k})) * {lf} + (wj // {dp}) % {lf}")
+            w(f"wq{k} = wc{k} * {k} + wj % {dp}")
+            w(f"wm{k} = (wz{k} < Z) & (wc{k} < {n}) & (wj % {dp} < {k})")
+            with w.block("if IDX64:"):
+                w(f"wz{k} = wz{k}.to(tl.int64)")
+            self.rows_dims[lane].add(k)
+
+    def rows_tile(self, k: int, bc: int) -> tuple:
+        """``(shape of the [R, 32] tile as 5 axes, lead)`` names for width ``bc``, dim ``k``."""
+        dp = p2(k)
+        return (f"[{bc} // WF{k}, BLOCK_Z // WZ{k}, WZ{k}, WF{k}, {dp}]",
+                f"[BLOCK_Z // WZ{k}, WZ{k}, {bc} // WF{k}, WF{k}, {dp}]",
+                f"[({bc} // WF{k}) * (BLOCK_Z // WZ{k}), 32]")
 
     def note_seg3d(self, addr: str, off: int, dim: int, m: int, ch: str) -> None:
         """Where ``addr`` is component ``m`` of the ``mul_ir`` segment at ``off`` indexed by the
@@ -89,8 +164,15 @@ class TileMixin:
         comps = cache.get(key)
         if comps is None:
             v = self.fresh("v")
-            self.w(f"{v} = tl.load({self.at3d(f'tp{t}', tile.offs, tile.off)}, "
-                   f"mask={tile.mask}[:, :, None] & {tile.comp_mask}, other=0.0).to(DT)")
+            if tile.dim in self.rows_dims.get(tile.lane, ()):  # row-on-warp form (rows_head)
+                k, dp = tile.dim, p2(tile.dim)
+                loaded, _, _ = self.rows_tile(k, tile.width)
+                self.w(f"{v} = tl.load(t{t} + wz{k} * s{t} + (wq{k} + {tile.off}), mask=wm{k}, other=0.0).to(DT)")
+                self.w(f"{v} = tl.reshape(tl.permute(tl.reshape({v}, {loaded}), (1, 2, 0, 3, 4)), "
+                       f"[BLOCK_Z, {tile.width}, {dp}])")
+            else:
+                self.w(f"{v} = tl.load({self.at3d(f'tp{t}', tile.offs, tile.off)}, "
+                       f"mask={tile.mask}[:, :, None] & {tile.comp_mask}, other=0.0).to(DT)")
             comps = cache[key] = self.split3d(v, tile.dim, f"BLOCK_Z, {tile.width}")
         return comps[tile.m], "2d"
 
@@ -152,5 +234,10 @@ class TileMixin:
     def store_tile3d(self, off: int, dim: int, accs: list):
         """Store a segment's component accumulators ``accs`` as one 3D tile at ``off``."""
         v = self.join3d(accs, f"BLOCK_Z, {self.lane_bc}")
+        if dim in self.rows_dims.get("c", ()):  # row-on-warp form (rows_head): the load's permutation reversed
+            _, joined, flat = self.rows_tile(dim, self.lane_bc)
+            self.w(f"{v} = tl.reshape(tl.permute(tl.reshape({v}, {joined}), (2, 0, 1, 3, 4)), {flat})")
+            self.w(f"tl.store(g + wz{dim} * sg + (wq{dim} + {off}), {v}.to(g.dtype.element_ty), mask=wm{dim})")
+            return
         self.w(f"tl.store({self.at3d('gp', f'cf{dim}', off)}, {v}.to(g.dtype.element_ty), "
                f"mask=m2d[:, :, None] & ef{dim}[None, :, :])")

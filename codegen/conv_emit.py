@@ -60,6 +60,9 @@ class ConvEmitter(CGEmitter):
             raise ValueError(f"mode {mode!r} does not fit target role {spec.target!r}")
         super().__init__(problem, spec, dtype, block_c, dot_precision, piece, share_loads, coalesce)
         self.mode = mode
+        # gathered rows (edge endpoints) and CSR chunks: the 3D tiles keep the [rows, lanes, DP]
+        # pointer form (the row-on-warp form needs a program's rows as one arithmetic range)
+        self.rows_form = False
 
     def row_var(self, role: str) -> str:
         """The index variable that selects a tensor's row, by the tensor's role."""
@@ -75,7 +78,7 @@ class ConvEmitter(CGEmitter):
         graph = ["ptr", "eid", "nbr"] if self.mode == "segment" else ["src", "dst"]
         # tok: never read; it makes the launch depend on the index range check (see conv_ops)
         return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)] + ["g", "sg"] + graph
-                + ["tok", "Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr"])
+                + ["tok", "Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr", "NW: tl.constexpr"])
 
     def _cast(self, names):
         # int32 arithmetic unless some offset can pass 2**31; index arrays may be int32 or int64

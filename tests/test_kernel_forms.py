@@ -1,5 +1,5 @@
-"""CPU smoke runs of two benchmark scripts: kernel_forms.py (the four kernel forms -- 3D and
-strided mul_ir tiles, per-segment channel loops, ir_mul -- of the tiny preset through the
+"""CPU smoke runs of two benchmark scripts: kernel_forms.py (the five kernel forms -- row-on-warp,
+3D and strided mul_ir tiles, per-segment channel loops, ir_mul -- of the tiny preset through the
 interpreter, each checked against the float64 reference) and first_call.py (compile for sm_90 without a GPU, then load warm)."""
 
 import json
@@ -20,18 +20,19 @@ def test_quick_run_checks_and_times_every_form(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     (path,) = (tmp_path / "out").glob("*-kernel-forms.json")
     data = json.loads(path.read_text())
-    assert data["forms"] == ["mul_ir/3d", "mul_ir/strided", "mul_ir/unshared", "ir_mul"]
+    assert data["forms"] == ["mul_ir/rows", "mul_ir/3d", "mul_ir/strided", "mul_ir/unshared", "ir_mul"]
     (rec,) = data["problems"]
     assert rec["failures"] == {}
     for form in data["forms"]:
         assert set(rec["times_ms"][form]) == {"fwd", "fwdbwd"}
         assert all(e <= 1e-5 for e in rec["errors"][form].values()), (form, rec["errors"][form])
     # every form was generated (the kernel files differ by the form): both channel-loop
-    # forms, and 3D tiles beside strided ones
+    # forms, and 3D tiles (row-on-warp or not) beside strided ones
     sources = [p.read_text() for p in (tmp_path / "cache" / "kernels").glob("cg_out_*.py")]
     loops = {src.count("for c0 in range") for src in sources}
-    assert len(sources) >= 4 and len(loops) == 2, (len(sources), loops)
+    assert len(sources) >= 5 and len(loops) == 2, (len(sources), loops)
     assert {"tl.split(" in src for src in sources} == {True, False}
+    assert {"tl.permute(" in src for src in sources if "tl.split(" in src} == {True, False}
 
 
 def test_first_call_compiles_cold_then_loads_warm(tmp_path):

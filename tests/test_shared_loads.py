@@ -163,6 +163,11 @@ def test_tuned_entries_are_per_form(monkeypatch):
     assert shared[0] != apart[0] and shared[1] != apart[1]
     monkeypatch.setenv("TRITP_SHARE_LOADS", "1")
     assert keys() == shared
+    forms = set()
+    for form in ("0", "3d", "1"):  # the tile forms differ in registers too
+        monkeypatch.setenv("TRITP_COALESCE", form)
+        forms.add(keys())
+    assert len(forms) == 3 and keys() == shared
 
 
 def test_conv_segment_space_counts_node_accumulators(monkeypatch):

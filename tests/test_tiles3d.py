@@ -31,7 +31,7 @@ def _stores(src: str) -> list:
 
 def test_forward_stores_each_segment_once_as_a_3d_tile():
     p = Problem.channelwise(*MACE_LIKE)
-    src = emit_producer(p, forward_spec(), "float32", 64)
+    src = emit_producer(p, forward_spec(), "float32", 64, coalesce="3d")
     wide = [ir for _, ir in p.irreps_out if ir.dim > 1]
     stores = _stores(src)
     assert stores.count("[:, :, None]") == len(wide)  # one 3D store per wide output segment
@@ -47,7 +47,7 @@ def test_forces_kernel_loads_its_reduced_lanes_as_3d_tiles():
     output cotangent are read along them, as 3D tiles over (row, q, component)."""
     p = Problem.channelwise(*MACE_LIKE, shared_weights=False)
     spec = compact(forward_spec().derivative(1))[0]
-    src = emit_producer(p, spec, "float32", 64)
+    src = emit_producer(p, spec, "float32", 64, coalesce="3d")
     q_loads = re.findall(r"tl\.load\(tp\d\[:, :, None\] \+ \(\(\(q\d+ \* (\d)\)", src)
     assert q_loads and set(q_loads) == {"3", "5", "7"}
     assert not re.search(r"tl\.load\(tp\d \+ \(\d+ \+ \(q\d+\) \* [357]", src)  # no strided q tiles
@@ -94,3 +94,63 @@ def test_strided_form_computes_the_same(monkeypatch):
     b = tritp.compile(in1, in2, out, paths(in1, in2, out, "uvu", True), shared_weights=False,
                       internal_weights=False, backend="triton")(x1, x2, w)
     assert torch.allclose(a, b, rtol=1e-6, atol=1e-6) and not torch.equal(a, torch.zeros_like(a))
+
+
+def _rows_io(src: str) -> tuple:
+    """Loads and stores of the row-on-warp form: ``(loads, stores)``, by segment width."""
+    return (re.findall(r"tl\.load\(t\d \+ wz(\d) \* s\d \+ \(wq\d \+ \d+\), mask=wm\d", src),
+            re.findall(r"tl\.store\(g \+ wz(\d) \* sg \+ \(wq\d \+ \d+\)", src))
+
+
+def test_rows_form_moves_every_wide_segment_of_a_program_s_own_rows():
+    """The default form loads and stores each wide segment as one [R, 32] row-on-warp tile
+    (cg_tiles.rows_head), where bc * DP fills a warp's 32 columns, and so does the forces
+    kernel along its reduced lanes; the "3d" form and the convolution (gathered rows) keep
+    [rows, lanes, DP] pointer tiles."""
+    p = Problem.channelwise(*MACE_LIKE, shared_weights=False)
+    src = emit_producer(p, forward_spec(), "float32", 64)
+    loads, stores = _rows_io(src)
+    wide = [ir.dim for _, ir in p.irreps_out if ir.dim > 1]
+    assert sorted(stores) == sorted(str(d) for d in wide) and "[:, :, None]" not in src
+    assert sorted(set(loads)) == ["3", "5"]  # x1's 1o and 2e, once each per loop
+    assert "NW: tl.constexpr" in src and "tl.permute(" in src
+    assert _rows_io(emit_producer(p, forward_spec(), "float32", 64, coalesce="3d")) == ([], [])
+    assert _rows_io(emit_conv_producer(p, forward_spec(), "float32", 64, mode="atomic")) == ([], [])
+    forces = emit_producer(p, compact(forward_spec().derivative(1))[0], "float32", 64)
+    assert sorted(set(_rows_io(forces)[0])) == ["3", "5", "7"]
+    assert not re.search(r"tl\.load\(tp\d\[:, :, None\]", forces)  # its one-lane target: 3D stores
+    assert re.search(r"wc\d = q\d+_0 \+", forces)  # the rows' lanes are the reduced channels
+    # 2 channels of 1o: 2 x 4 columns do not fill a warp, so that segment keeps the 3D form
+    narrow = emit_producer(Problem.channelwise("2x1o+8x2e", "0e", "2x1o+8x2e"), forward_spec(), "float32", 64)
+    assert _rows_io(narrow) == (["5"], ["5"]) and "tl.load(tp0[:, :, None] + (cf3" in narrow
+    with pytest.raises(ValueError, match="coalesce must be one of"):
+        emit_producer(p, forward_spec(), "float32", 64, coalesce="warp")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_rows_form_equals_the_3d_form_at_every_lane_split(monkeypatch, dtype):
+    """The rows per warp column block (LZ, from BLOCK_Z, the lanes and NW: 1, 2, 4 and 8 below,
+    clamped per width) only move data: the forward and the three gradients (the forces kernel's
+    reduced lanes included) are bit-identical to the 3D form's at each launch configuration,
+    with a segment too narrow for the form (3 x 1o: 16 columns) alongside."""
+    from tritp.kernels import produce
+    from tritp.tuning import Config
+
+    p = Problem.channelwise("3x1o+32x2e", "0e+1o", "1o+2e", shared_weights=False)
+    g = torch.Generator().manual_seed(3)
+    Z = 21
+    x1, x2 = (torch.randn(Z, ir.dim, generator=g, dtype=dtype) for ir in (p.irreps_in1, p.irreps_in2))
+    w = torch.randn(Z, p.weight_numel, generator=g, dtype=dtype)
+    gout = torch.randn(Z, p.irreps_out.dim, generator=g, dtype=dtype)
+    fwd = forward_spec()
+    jobs = [(fwd, [x1, x2, w])] + [(s, [[x1, x2, w, gout][k] for k in kept])
+                                   for s, kept in (compact(fwd.derivative(i)) for i in range(3))]
+    configs = [Config(8, 32, 8), Config(8, 16, 4), Config(16, 32, 1), Config(32, 8, 1)]
+    for config in configs if dtype == torch.float32 else configs[:2]:
+        for spec, ts in jobs:
+            out = {}
+            for form in ("1", "3d"):
+                monkeypatch.setenv("TRITP_COALESCE", form)
+                out[form] = produce(p, spec, ts, Z, config=config)
+            assert torch.equal(out["1"], out["3d"]), (config, spec.tag)
+            assert out["1"].abs().sum() > 0

@@ -37,7 +37,7 @@ from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.cg_pieces import plan_pieces
 from .kernels import (LaunchPlan, dot_precision, generator_hash, interpreter_active, launch_dtypes, launch_pieces,
-                      load_generated, kernel_form, share_loads, coalesce, split_programs, target_dim, triton_cdiv)
+                      load_generated, kernel_form, share_loads, tile_form, split_programs, target_dim, triton_cdiv)
 from .conv_tuning import FAMILY, ConvSpec  # registers the "conv" autotune family
 from .tuning import Config, check_config, heuristic, lookup
 
@@ -65,7 +65,7 @@ def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c
     if path.exists():
         return path, path.read_text()
     src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision(), piece, share_loads(),
-                                     coalesce())
+                                     tile_form())
     atomic_write(path, src.encode())
     return path, src
 
@@ -188,6 +188,7 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
     reach = [t.numel() if st == 0 else (r - 1) * st + t.shape[-1] for t, st, r in zip(args, strides, rows)]
     big = max([g_shape[0] * g_shape[-1]] + reach) >= kernels.INT32_LIMIT
     tok = graph[0] if token is None else token
-    options = dict(IDX64=big, BLOCK_Z=block_z, num_warps=config.num_warps, num_stages=config.num_stages)
+    options = dict(IDX64=big, BLOCK_Z=block_z, NW=config.num_warps, num_warps=config.num_warps,
+                   num_stages=config.num_stages)
     return LaunchPlan(kerns, (nprog,), (*args, *strides, g, sg, *gargs, tok, nrows), options, g, shared_w, out_dtype,
                       device)

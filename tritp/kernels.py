@@ -60,17 +60,29 @@ def share_loads() -> bool:
     return os.environ.get("TRITP_SHARE_LOADS", "1") != "0"
 
 
+def tile_form() -> str:
+    """How generated kernels read and write ``mul_ir`` segments (:mod:`tritp.codegen.cg_tiles`):
+    ``"rows"`` (the default) one coalesced 3D tile per segment, loaded in the row-on-warp form
+    where a kernel's rows are its own; ``"3d"`` (``TRITP_COALESCE=3d``) the 3D tiles without
+    that form; ``"strided"`` (``TRITP_COALESCE=0``) one strided tile per component, 2-3x slower
+    per segment on an H200. The other two are kept to time the forms against each other."""
+    value = os.environ.get("TRITP_COALESCE", "1")
+    if value == "0":
+        return "strided"
+    return "3d" if value == "3d" else "rows"
+
+
 def coalesce() -> bool:
-    """Whether generated kernels read and write ``mul_ir`` segments as one coalesced 3D tile
-    (the default) or as one strided tile per component (``TRITP_COALESCE=0``: the form before,
-    2-3x slower per segment on an H200, kept to time the two; see :mod:`tritp.codegen.cg_tiles`)."""
-    return os.environ.get("TRITP_COALESCE", "1") != "0"
+    """Whether generated kernels read and write ``mul_ir`` segments as coalesced 3D tiles (in
+    either form, :func:`tile_form`) rather than one strided tile per component."""
+    return tile_form() != "strided"
 
 
 def kernel_form() -> tuple:
     """What the ``TRITP_*`` form switches add to a generated source's identity and to a loaded
-    kernel's key (:func:`share_loads`, :func:`coalesce`)."""
-    return (share_loads(), *(() if coalesce() else ("strided mul_ir tiles",)))
+    kernel's key (:func:`share_loads`, :func:`tile_form`)."""
+    form = tile_form()
+    return (share_loads(), *(() if form == "rows" else ("strided mul_ir tiles",) if form == "strided" else ("3d tiles",)))
 
 
 def source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None) -> Path:
@@ -87,7 +99,7 @@ def kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int
         return path, path.read_text()
     from .codegen.cg_emit import emit_producer
 
-    src = emit_producer(problem, spec, dtype, block_c, dot_precision(), piece, share_loads(), coalesce())
+    src = emit_producer(problem, spec, dtype, block_c, dot_precision(), piece, share_loads(), tile_form())
     atomic_write(path, src.encode())
     return path, src
 
@@ -219,7 +231,8 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
     shape = (0,) if dry else (nprog, dim) if shared_w else (Z, width)  # dry: only the dtype matters
     g = torch.empty(shape, dtype=acc if shared_w or n_slabs > 1 else out_dtype, device=device)
     big = bool(max([Z * max(strides + [width]), nprog * dim] + [t.numel() for t in args]) >= INT32_LIMIT)
-    options = dict(IDX64=big, BLOCK_Z=block_z, num_warps=config.num_warps, num_stages=config.num_stages)
+    options = dict(IDX64=big, BLOCK_Z=block_z, NW=config.num_warps, num_warps=config.num_warps,
+                   num_stages=config.num_stages)
     return LaunchPlan(kerns, (nprog,), (*args, *strides, g, width, Z), options, g, shared_w, out_dtype, device,
                       n_slabs)
 

@@ -91,7 +91,8 @@ def identity_salt() -> str:
     h = kernels.generator_hash()
     if not kernels.share_loads():
         h = content_hash(h, "one channel loop per segment")
-    return h if kernels.coalesce() else content_hash(h, "strided mul_ir tiles")
+    form = kernels.tile_form()
+    return h if form == "rows" else content_hash(h, "strided mul_ir tiles" if form == "strided" else "3d tiles")
 
 
 def source_hash(problem, spec, dtype: str) -> str:

@@ -56,7 +56,11 @@ their addresses are alive together, which the estimate counts as :data:`PER_3D` 
 padded component of a loop's largest 3D tile. Fitted on sm_90 (Triton 3.9): mace-large's
 forward 164 registers at 8:64:8 (estimate 148), 251-255 at 8:64:4 and 16:64:8 (estimates 257);
 mace-medium's 98 at 8:64:8 (136). Conservative by design: it only moves the default to
-smaller tiles (:data:`tritp.tuning.GPU_LADDER_3D`).
+smaller tiles (:data:`tritp.tuning.GPU_LADDER_3D`). The row-on-warp form of those tiles (the
+default since; :meth:`tritp.codegen.cg_tiles.TileMixin.rows_head`) measured at or below that on
+Triton 3.9 (mace-large's forward 148 at 8:64:8, mace-medium's 64; its grad x1 196, up from 128)
+and far below on Triton 3.6 (mace-large's forward 64, 114 at 16:64:8); the estimate is kept
+until a GPU has timed the wider tiles this would allow.
 
 A fused convolution in segment mode (``walk``: :mod:`tritp.codegen.conv_emit`) walks a node's
 edges once per loop and keeps the node accumulators of every segment of the loop (one tile per
