@@ -18,7 +18,9 @@ and every variant gets the same arrays. Inputs are random normal. Directions: ``
 of them: the forces-training pattern). Variants: ``tritp-atomic``, ``tritp-det`` (graph helper
 built once, outside the timing), ``tritp-det-segwalk`` (the deterministic kernels as before
 session 8: one edge walk per output segment, ``TRITP_SHARE_LOADS=0``, to time the shared walk
-against), ``tritp-unfused`` (gather -> tritp.compile layer ->
+against), ``tritp-det-rows`` and ``tritp-atomic-rows`` (the convolution's tiles in the
+row-on-warp form, ``TRITP_CONV_ROWS=1``; the atomic one on request), ``tritp-unfused``
+(gather -> tritp.compile layer ->
 index_add), ``oeq-atomic``, ``oeq-det``, ``cueq`` (``ChannelWiseTensorProduct`` with
 ``indices_1``/``indices_out``, built by ``tritp.bench_peers.cueq_module`` with e3nn's coupling,
 so its values compare).
@@ -38,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-from contextlib import contextmanager
 import json
 import os
 import platform
@@ -49,9 +50,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("tritp-atomic", "tritp-det", "tritp-det-segwalk", "tritp-unfused", "oeq-atomic", "oeq-det", "cueq")
-#: tritp variants that run another kernel form: the environment set while they compile and run
-FORM_ENV = {"tritp-det-segwalk": {"TRITP_SHARE_LOADS": "0"}}
+VARIANTS = ("tritp-atomic", "tritp-det", "tritp-det-segwalk", "tritp-det-rows", "tritp-atomic-rows", "tritp-unfused",
+            "oeq-atomic", "oeq-det", "cueq")
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "tritp-atomic-rows")
+#: tritp variants that run another kernel form: (the variant they are, the environment set
+#: while they compile and run)
+FORM_ENV = {"tritp-det-segwalk": ("tritp-det", {"TRITP_SHARE_LOADS": "0"}),
+            "tritp-det-rows": ("tritp-det", {"TRITP_CONV_ROWS": "1"}),
+            "tritp-atomic-rows": ("tritp-atomic", {"TRITP_CONV_ROWS": "1"})}
 DIRECTIONS = ("fwd", "fwdbwd", "dbl")
 MACE_LARGE = ("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
 QUICK = ("4x0e+4x1o", "0e+1o", "0e+1o")
@@ -63,7 +69,7 @@ def parse(argv=None):
     p.add_argument("--dtypes", nargs="+", default=None, choices=["float32", "float64"],
                    help="default: float32 float64 (--quick: float32)")
     p.add_argument("--directions", nargs="+", default=list(DIRECTIONS), choices=DIRECTIONS)
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
     p.add_argument("--cells", type=int, default=5, help="diamond unit cells per side")
     p.add_argument("--cutoff", type=float, default=6.0, help="diamond cutoff radius, Angstrom")
     p.add_argument("--random-nodes", type=int, default=2500)
@@ -106,9 +112,11 @@ def build(variant, torch, problem, dtype, device, src, dst, n):
     import tritp.conv_module as cm
 
     if variant in FORM_ENV:
-        env = FORM_ENV[variant]
+        from tritp.kernels import form_env
+
+        base, env = FORM_ENV[variant]
         with form_env(env):
-            fn = build("tritp-det", torch, problem, dtype, device, src, dst, n)
+            fn = build(base, torch, problem, dtype, device, src, dst, n)
 
         def run(*args):
             with form_env(env):
@@ -145,21 +153,6 @@ def build(variant, torch, problem, dtype, device, src, dst, n):
 
     tp, _ = cueq_module(problem, device, dtype)
     return lambda x, ea, w: tp(x, ea, w, indices_1=src, indices_out=dst, size_out=n)
-
-
-@contextmanager
-def form_env(env: dict):
-    """``os.environ`` with ``env`` set, restored after (a kernel form switch of tritp)."""
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def directional(torch, fn, direction, x, ea, w):

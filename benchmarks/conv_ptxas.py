@@ -45,7 +45,7 @@ def audit(args, rows: list) -> list:
     ptr = "fp64" if args.dtype == "float64" else "fp32"
     E, N = args.edges, args.nodes
     print(f"{'preset':<12} {'scatter':<13} {'dir':<4} {'kernel':<28} {'pcs':>3} {'config':<10} {'est':>4} "
-          f"{'regs':>4} {'spill':>5} {'stack':>5} {'s':>6}  status", flush=True)
+          f"{'regs':>4} {'spill':>5} {'stack':>5} {'bar':>4} {'wbar':>4} {'s':>6}  status", flush=True)
     try:
         for name in args.preset:
             problem, _ = preset(name)
@@ -80,6 +80,9 @@ def audit(args, rows: list) -> list:
                             vals = [p[k] for p in parts if k in p]
                             if vals and ok:
                                 agg[k] = max(vals)
+                        for k in ("bar_sync", "bar_warp"):  # summed over the pieces
+                            if ok and all(k in p for p in parts):
+                                agg[k] = sum(p[k] for p in parts)
                         # segment mode keeps node accumulators across its edge walk
                         est = estimate_registers(problem, cs.spec, args.dtype, c, walk=cs.mode == "segment")
                         rows.append({"preset": name, "scatter": scatter, "direction": d, "kernel": label,
@@ -91,8 +94,8 @@ def audit(args, rows: list) -> list:
                         status = ("SPILL" if spilled(agg) else "ok") if ok else agg["status"]
                         cell = lambda k: agg.get(k, "-") if ok else "-"  # noqa: E731
                         print(f"{name:<12} {scatter:<13} {d:<4} {label:<28} {agg['pieces']:>3} {cstr:<10} {est:>4} "
-                              f"{cell('regs'):>4} {cell('spill_stores'):>5} {cell('stack'):>5} {agg['seconds']:>6}"
-                              f"  {status}", flush=True)
+                              f"{cell('regs'):>4} {cell('spill_stores'):>5} {cell('stack'):>5} {cell('bar_sync'):>4} "
+                              f"{cell('bar_warp'):>4} {agg['seconds']:>6}  {status}", flush=True)
     finally:
         worker.stop()
     return rows

@@ -39,7 +39,6 @@ import datetime
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -51,6 +50,7 @@ if not torch.cuda.is_available():  # triton reads this when imported, so before 
 
 from tritp import bench, cli_bench  # noqa: E402
 from tritp.cli import interruptible  # noqa: E402
+from tritp.kernels import form_env  # noqa: E402
 from tritp.module import TensorProduct  # noqa: E402
 from tritp.presets import preset  # noqa: E402
 from tritp.reference import reference_tp, to_ir_mul, to_mul_ir  # noqa: E402
@@ -60,25 +60,6 @@ FORMS = (("mul_ir/rows", "mul_ir", {}), ("mul_ir/3d", "mul_ir", {"TRITP_COALESCE
          ("mul_ir/strided", "mul_ir", {"TRITP_COALESCE": "0"}),
          ("mul_ir/unshared", "mul_ir", {"TRITP_SHARE_LOADS": "0"}), ("ir_mul", "ir_mul", {}))
 KINDS = {"fwd": ("fwd",), "fwdbwd": ("fwd", "bwd"), "dbl": ("fwd", "bwd", "dbl")}
-
-
-@contextmanager
-def form_env(env: dict):
-    """The form's ``TRITP_*`` settings (the others at their defaults) while kernels are
-    generated, chosen and launched."""
-    keys = ("TRITP_SHARE_LOADS", "TRITP_COALESCE")
-    old = {k: os.environ.get(k) for k in keys}
-    for k in keys:
-        os.environ.pop(k, None)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def in_layout(t: tuple, p, layout: str) -> tuple:

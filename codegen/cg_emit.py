@@ -55,6 +55,7 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
         self.rows_form = self.tiles3d and coalesce != "3d"
         self.rows_dims = {}  # {lanes: segment widths loaded along them in row-on-warp form} (cg_tiles)
         self.row_first = None  # this program's first row, where its rows are its own (emit_rows)
+        self.row_bound = "Z"  # the rows past which a row-on-warp tile is masked
         self.seg3d = {}  # {lane address: how to load it as part of a 3D tile} (cg_tiles)
         self.qlane = None  # (lanes, mask, width) of a one-channel target's reduced lanes, inside them
         self.term_cache = {}  # 3D tiles loaded by the current term (no shared loop)

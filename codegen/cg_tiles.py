@@ -19,12 +19,14 @@ for a one-channel target (the forces kernel), the reduced channels ``q`` its ope
 along. On sm_90 the 3D tiles cost registers, which the launch estimate counts
 (:data:`tritp.tuning.registers.PER_3D`).
 
-Where a program's rows are its own range (not gathered edge endpoints, not a shared-weight
-gradient's strided blocks) and a segment's lanes times ``DP`` fill a warp's 32 columns, the
-tile is loaded and stored in the *row-on-warp* form (:meth:`TileMixin.rows_head`): a 2D
-``[R, 32]`` pointer tile whose warps run along the rows as in the compute layout, permuted to
-``[rows, lanes, DP]`` -- the same values, with the split and join conversions kept within each
-warp. ``coalesce="3d"`` (``TRITP_COALESCE=3d``) keeps the 3D pointer tiles everywhere.
+Where a program's rows are one range of its own (not a shared-weight gradient's strided
+blocks) and a segment's lanes times ``DP`` fill a warp's 32 columns, the tile is loaded and
+stored in the *row-on-warp* form (:meth:`TileMixin.rows_head`): a 2D ``[R, 32]`` pointer tile
+whose warps run along the rows as in the compute layout, permuted to ``[rows, lanes, DP]`` --
+the same values, with the split and join conversions kept within each warp. A fused
+convolution's rows are edge positions whose tensors' rows are gathered per tile position
+(:meth:`TileMixin.rows_index`; on request only, see ``conv_emit``). ``coalesce="3d"``
+(``TRITP_COALESCE=3d``) keeps the 3D pointer tiles everywhere.
 
 Example:
     >>> from tritp.codegen import Problem
@@ -70,7 +72,21 @@ class TileMixin:
             self.w(f"cf{k} = (c * {k})[:, None] + tl.arange(0, {dp})[None, :]")
             self.w(f"ef{k} = (tl.arange(0, {dp}) < {k})[None, :]")
         self.rows_dims = {}
-        self.rows_lanes(dims, "c", "c0", n, bc)
+        if self.rows_in_lane_head():
+            self.rows_lanes(dims, "c", "c0", n, bc)
+
+    def rows_in_lane_head(self) -> bool:
+        """Whether the channel loop's head opens its row-on-warp tiles (a fused convolution's
+        segment mode opens them per chunk of a node's edges instead)."""
+        return True
+
+    def rows_index(self, role: str, k: int) -> str:
+        """The ``[R, 32]`` row indices of tensor ``role`` in width ``k``'s row-on-warp tile:
+        this program's rows themselves (a fused convolution gathers endpoints there)."""
+        return f"wz{k}"
+
+    def rows_gather(self, k: int):
+        """Hook after width ``k``'s row-on-warp tiles: gathered row indices (conv_emit)."""
 
     def rows_lanes(self, dims, lane: str, first: str, n: int, bc: int):
         """Row-on-warp pointer tiles (:meth:`rows_head`) of the segment widths ``dims`` whose
@@ -124,7 +140,8 @@ class TileMixin:
             w(f"wz{k} = {self.row_first} + (wr{k} % (BLOCK_Z // {lz_k})) * {lz_k} + wj // ({lf} * {dp})")
             w(f"wc{k} = {first} + (wr{k} // (BLOCK_Z // {lz_k})) * {lf} + (wj // {dp}) % {lf}")
             w(f"wq{k} = wc{k} * {k} + wj % {dp}")
-            w(f"wm{k} = (wz{k} < Z) & (wc{k} < {n}) & (wj % {dp} < {k})")
+            w(f"wm{k} = (wz{k} < {self.row_bound}) & (wc{k} < {n}) & (wj % {dp} < {k})")
+            self.rows_gather(k)
             with w.block("if IDX64:"):
                 w(f"wz{k} = wz{k}.to(tl.int64)")
             self.rows_dims[lane].add(k)
@@ -167,7 +184,8 @@ class TileMixin:
             if tile.dim in self.rows_dims.get(tile.lane, ()):  # row-on-warp form (rows_head)
                 k, dp = tile.dim, p2(tile.dim)
                 loaded, _, _ = self.rows_tile(k, tile.width)
-                self.w(f"{v} = tl.load(t{t} + wz{k} * s{t} + (wq{k} + {tile.off}), mask=wm{k}, other=0.0).to(DT)")
+                self.w(f"{v} = tl.load(t{t} + {self.rows_index(role, k)} * s{t} + (wq{k} + {tile.off}), "
+                       f"mask=wm{k}, other=0.0).to(DT)")
                 self.w(f"{v} = tl.reshape(tl.permute(tl.reshape({v}, {loaded}), (1, 2, 0, 3, 4)), "
                        f"[BLOCK_Z, {tile.width}, {dp}])")
             else:
@@ -231,13 +249,20 @@ class TileMixin:
             self.w(f"{v} = tl.reshape({v}, [{lead}, {dp}])")
         return v
 
+    def rows_flat(self, v: str, dim: int) -> str:
+        """Joined ``[BLOCK_Z, lanes, DP]`` tile ``v`` permuted back to its ``[R, 32]`` row-on-warp
+        form (the inverse of the load's permutation)."""
+        _, joined, flat = self.rows_tile(dim, self.lane_bc)
+        self.w(f"{v} = tl.reshape(tl.permute(tl.reshape({v}, {joined}), (2, 0, 1, 3, 4)), {flat})")
+        return v
+
     def store_tile3d(self, off: int, dim: int, accs: list):
         """Store a segment's component accumulators ``accs`` as one 3D tile at ``off``."""
         v = self.join3d(accs, f"BLOCK_Z, {self.lane_bc}")
         if dim in self.rows_dims.get("c", ()):  # row-on-warp form (rows_head): the load's permutation reversed
-            _, joined, flat = self.rows_tile(dim, self.lane_bc)
-            self.w(f"{v} = tl.reshape(tl.permute(tl.reshape({v}, {joined}), (2, 0, 1, 3, 4)), {flat})")
-            self.w(f"tl.store(g + wz{dim} * sg + (wq{dim} + {off}), {v}.to(g.dtype.element_ty), mask=wm{dim})")
+            v = self.rows_flat(v, dim)
+            self.w(f"tl.store(g + {self.rows_index(self.spec.target, dim)} * sg + (wq{dim} + {off}), "
+                   f"{v}.to(g.dtype.element_ty), mask=wm{dim})")
             return
         self.w(f"tl.store({self.at3d('gp', f'cf{dim}', off)}, {v}.to(g.dtype.element_ty), "
                f"mask=m2d[:, :, None] & ef{dim}[None, :, :])")

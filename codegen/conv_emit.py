@@ -53,16 +53,19 @@ class ConvEmitter(CGEmitter):
     """A :class:`CGEmitter` whose rows are edges: overrides the row and store hooks."""
 
     def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str,
-                 dot_precision: str = "ieee", piece=None, share_loads: bool = True, coalesce: bool = True):
+                 dot_precision: str = "ieee", piece=None, share_loads: bool = True, coalesce: bool = True,
+                 rows: bool = False):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if (mode == "edge") != (spec.target in EDGE_ROLES):
             raise ValueError(f"mode {mode!r} does not fit target role {spec.target!r}")
         super().__init__(problem, spec, dtype, block_c, dot_precision, piece, share_loads, coalesce)
         self.mode = mode
-        # gathered rows (edge endpoints) and CSR chunks: the 3D tiles keep the [rows, lanes, DP]
-        # pointer form (the row-on-warp form needs a program's rows as one arithmetic range)
-        self.rows_form = False
+        # the row-on-warp form over edge positions (rows gathered per tile position) only on
+        # request: offline (sm_90, mace-large at 8:64:8) it halves the atomic kernels' CTA
+        # barriers but raises registers (Triton 3.6: 123 -> 162 forward, 128 -> 254 segment
+        # grad x1), so it waits for a GPU to time it (TRITP_CONV_ROWS=1)
+        self.rows_form = self.rows_form and rows
 
     def row_var(self, role: str) -> str:
         """The index variable that selects a tensor's row, by the tensor's role."""
@@ -117,6 +120,7 @@ class ConvEmitter(CGEmitter):
         """Edges ``first + arange(BLOCK_Z)`` and the rows of their endpoints (edge modes)."""
         w = self.w
         need = self._needed() | {self.row_var(self.spec.target)}
+        self.row_first = first
         w(f"z = {first} + tl.arange(0, BLOCK_Z)")
         w("zm = z < Z")
         w("ze = z")
@@ -158,9 +162,42 @@ class ConvEmitter(CGEmitter):
                 w("zself = tl.zeros([BLOCK_Z], ze.dtype) + nsel")
             self._offsets()
             self.emit_row_pointers(target=False)  # the node's row (rg) is one scalar here
+            if self.tiles3d:  # this chunk's edges in the row-on-warp form (cg_tiles.rows_head)
+                self.row_first, self.row_bound = "e0", "e_hi"
+                self.rows_lanes(self.lane_dims, "c", "c0", group[0][1], bc)
             yield
         for role, seg, ir, nodes in self.walked:
             self.store_segment(role, seg, ir, nodes)
+
+    # -- row-on-warp tiles over edges: positions are edges, rows are their endpoints -----------
+    def rows_in_lane_head(self) -> bool:
+        return self.mode != "segment"  # a node's tiles open per chunk of its edges (row_block)
+
+    def rows_gather(self, k: int):
+        """Width ``k``'s row indices of every gathered role: the endpoints (or, in segment
+        mode, the edge ids and neighbours) of the tile's edge positions ``wz<k>``."""
+        arrays = {"zs": "src", "zd": "dst"} if self.mode != "segment" else {"ze": "eid", "zn": "nbr"}
+        names = [(f"w{var}{k}", arrays[var]) for var in sorted(self._needed() | {self.row_var(self.spec.target)})
+                 if var in arrays]
+        if not names:
+            return
+        w = self.w
+        # one row per tile row (WZ == 1, the usual case): gather a [R, 1] column, not [R, 32]
+        # copies of it -- index tiles as large as the data tiles cost ~100 registers at 8:64:8
+        with w.block(f"if WZ{k} == 1:"):
+            w(f"wp{k} = {self.row_first} + wr{k} % BLOCK_Z")
+            for name, arr in names:
+                w(f"{name} = tl.load({arr} + wp{k}, mask=wp{k} < {self.row_bound}, other=0)")
+        with w.block("else:"):
+            for name, arr in names:
+                w(f"{name} = tl.load({arr} + wz{k}, mask=wm{k}, other=0)")
+        self._cast([name for name, _ in names])
+
+    def rows_index(self, role: str, k: int) -> str:
+        var = self.row_var(role)
+        if var == "zself":
+            return "nsel"
+        return f"wz{k}" if var == "ze" and self.mode != "segment" else f"w{var}{k}"
 
     def segment_done(self, role, seg, ir, accs: list):
         if self.mode != "segment":
@@ -187,6 +224,11 @@ class ConvEmitter(CGEmitter):
             self.w(f"tl.store(g + rg + (cf{dim} + {off}), {v}.to(g.dtype.element_ty), mask=cm[:, None] & ef{dim})")
         elif self.mode == "atomic":
             v = self.join3d(accs, f"BLOCK_Z, {self.lane_bc}")
+            if dim in self.rows_dims.get("c", ()):  # row-on-warp form
+                v = self.rows_flat(v, dim)
+                self.w(f"tl.atomic_add(g + {self.rows_index(self.spec.target, dim)} * sg + (wq{dim} + {off}), {v}, "
+                       f"mask=wm{dim}, sem='relaxed')")
+                return
             self.w(f"tl.atomic_add({self.at3d('gp', f'cf{dim}', off)}, {v}, "
                    f"mask=m2d[:, :, None] & ef{dim}[None, :, :], sem='relaxed')")
         else:
@@ -195,7 +237,7 @@ class ConvEmitter(CGEmitter):
 
 def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
                        block_c: int = DEFAULT_BLOCK_C, mode: str = "atomic", dot_precision: str = "ieee",
-                       piece=None, share_loads: bool = True, coalesce: bool = True) -> str:
+                       piece=None, share_loads: bool = True, coalesce: bool = True, rows: bool = False) -> str:
     """Triton source of the convolution producer ``spec`` for ``problem`` in write ``mode``.
 
     Kernel signature ``tp_producer(t0.., s0.., g, sg, <graph>, tok, Z, IDX64, BLOCK_Z)``: one
@@ -203,10 +245,12 @@ def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float
     (edge and atomic modes; ``Z`` = number of edges) or ``ptr, eid, nbr`` (segment mode: CSR
     pointers of the target's endpoint, edge ids in that order, and each edge's other endpoint;
     ``Z`` = number of target nodes), and an unread ``tok`` pointer (a data dependency only).
-    ``dot_precision``, ``piece``, ``share_loads`` and ``coalesce`` are as in ``emit_producer``.
+    ``dot_precision``, ``piece``, ``share_loads`` and ``coalesce`` are as in ``emit_producer``;
+    ``rows`` also puts the convolution's 3D tiles in the row-on-warp form (``cg_tiles``) over
+    edge positions, gathering each tensor's rows per tile position.
     """
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f"block_c must be a power of two, got {block_c}")
     if dot_precision not in ("ieee", "tf32"):
         raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
-    return ConvEmitter(problem, spec, dtype, block_c, mode, dot_precision, piece, share_loads, coalesce).emit()
+    return ConvEmitter(problem, spec, dtype, block_c, mode, dot_precision, piece, share_loads, coalesce, rows).emit()

@@ -27,8 +27,9 @@ MACE_LIKE = ("8x0e+8x1o+8x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
 
 def _x1_loads(src: str) -> list:
     """The x1 (``t0``) tile loads of a forward kernel, as their address expressions (a 3D
-    segment tile's or a component tile's)."""
-    return re.findall(r"tl\.load\(tp0(?:\[:, :, None\] \+ (\(cf\d+ \+ \d+\))|(?: \+ ([^,]*)), mask=)", src)
+    segment tile's, in the row-on-warp form or not, or a component tile's)."""
+    return re.findall(r"tl\.load\((?:tp0(?:\[:, :, None\] \+ (\(cf\d+ \+ \d+\))|(?: \+ ([^,]*)))"
+                      r"|t0 \+ wz\d \* s0 \+ (\(wq\d+ \+ \d+\))), mask=", src)
 
 
 @pytest.mark.parametrize("coalesce", [True, False])

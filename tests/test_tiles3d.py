@@ -61,16 +61,67 @@ def test_other_forms_keep_component_tiles():
 
 
 @pytest.mark.parametrize("mode", ["atomic", "segment", "edge"])
-def test_conv_stores_are_3d(mode):
+def test_conv_tiles_follow_the_edges(mode):
+    """The fused convolution's 3D tiles: by default [rows, lanes, DP] pointer tiles, and on
+    request (``rows``, TRITP_CONV_ROWS=1) in the row-on-warp form over edge positions, with each
+    tensor's rows gathered per tile position (x1 at the edge's source, out at its destination;
+    in segment mode the chunk's edge ids and neighbours)."""
     p = Problem.channelwise(*MACE_LIKE, shared_weights=False)
     spec = forward_spec() if mode != "edge" else compact(forward_spec().derivative(1))[0]
-    src = emit_conv_producer(p, spec, "float32", 64, mode=mode)
+    old = emit_conv_producer(p, spec, "float32", 64, mode=mode)
+    assert old == emit_conv_producer(p, spec, "float32", 64, mode=mode, coalesce="3d")
+    src = emit_conv_producer(p, spec, "float32", 64, mode=mode, rows=True)
     if mode == "atomic":
-        assert "tl.atomic_add(gp[:, :, None] + (cf" in src
-    elif mode == "segment":  # the node's row: a [lanes, DP] tile
-        assert re.search(r"tl\.store\(g \+ rg \+ \(cf\d \+ \d+\)", src)
-    else:  # a one-channel edge target: its operands come in along q as 3D tiles
-        assert re.search(r"tl\.load\(tp\d\[:, :, None\] \+ \(\(\(q", src)
+        assert "tl.atomic_add(gp[:, :, None] + (cf" in old
+        assert re.search(r"tl\.atomic_add\(g \+ wzd\d \* sg \+ \(wq\d \+ \d+\)", src)
+        assert re.search(r"tl\.load\(t0 \+ wzs\d \* s0 \+ \(wq\d", src)
+    elif mode == "segment":  # the node's row: a [lanes, DP] tile either way
+        for s_ in (old, src):
+            assert re.search(r"tl\.store\(g \+ rg \+ \(cf\d \+ \d+\)", s_)
+        assert re.search(r"wz\d = e0 \+", src) and re.search(r"tl\.load\(t0 \+ wzn\d \* s0 \+ \(wq\d", src)
+    else:  # a one-channel edge target: its operands come in along q
+        assert re.search(r"tl\.load\(tp\d\[:, :, None\] \+ \(\(\(q", old)
+        assert re.search(r"tl\.load\(t0 \+ wzs\d \* s0 \+ \(wq\d", src)
+        assert re.search(r"tl\.load\(t\d \+ wzd\d \* s\d \+ \(wq\d", src)
+
+
+@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
+def test_conv_rows_form_equals_the_3d_form(monkeypatch, scatter):
+    """Forward, grad x1 (node targets: atomic or segment) and the forces and weight gradients
+    (edge targets) of a small graph, row-on-warp (TRITP_CONV_ROWS=1) against the 3D form, at
+    two launch configurations (one row or several per warp column block): equal (atomic node
+    targets: to rounding, the adds land in another order)."""
+    from tritp.conv_index import conv_graph
+    from tritp.conv_kernels import produce_conv
+    from tritp.conv_tuning import conv_specs
+    from tritp.tuning import Config
+
+    p = Problem.channelwise("32x0e+32x1o", "0e+1o", "0e+1o", shared_weights=False)
+    g = torch.Generator().manual_seed(5)
+    n, E = 7, 40
+    src, dst = torch.randint(0, n, (E,), generator=g), torch.sort(torch.randint(0, n, (E,), generator=g))[0]
+    graph = {"out": [src, dst], "x1": [src, dst]}
+    if scatter == "deterministic":
+        cg = conv_graph(src, dst, n)
+        graph = {"out": cg.tensors(), "x1": cg.tensors()}
+    x1 = torch.randn(n, p.irreps_in1.dim, generator=g)
+    ea = torch.randn(E, p.irreps_in2.dim, generator=g)
+    w = torch.randn(E, p.weight_numel, generator=g)
+    gout = torch.randn(n, p.irreps_out.dim, generator=g)
+    vals = {"x1": x1, "x2": ea, "w": w, "out": gout}
+    for _, cs in conv_specs(p, scatter, ("fwd", "bwd")):
+        ts = [vals[r] for r in cs.spec.roles]
+        gl = graph.get(cs.target, graph["out"])
+        for config in (Config(8, 32, 8), Config(16, 16, 1)):  # WZ 1 (a gathered column), WZ 8
+            out = {}
+            for form in ("1", "3d"):
+                monkeypatch.setenv("TRITP_CONV_ROWS", "1" if form == "1" else "0")
+                out[form] = produce_conv(p, cs.spec, scatter, ts, gl, n, n, config=config)
+            if cs.mode == "atomic":
+                assert torch.allclose(out["1"], out["3d"], rtol=1e-5, atol=1e-5), (cs.tag, config)
+            else:
+                assert torch.equal(out["1"], out["3d"]), (cs.tag, config)
+            assert out["1"].abs().sum() > 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])

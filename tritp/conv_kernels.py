@@ -38,11 +38,18 @@ from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.cg_pieces import plan_pieces
 from .kernels import (LaunchPlan, dot_precision, generator_hash, interpreter_active, launch_dtypes, launch_pieces,
                       load_generated, kernel_form, share_loads, tile_form, split_programs, target_dim, triton_cdiv)
+from .kernel_forms import conv_rows
 from .conv_tuning import FAMILY, ConvSpec  # registers the "conv" autotune family
 from .tuning import Config, check_config, heuristic, lookup
 
 SCATTERS = ("atomic", "deterministic")
 _loaded: dict = {}
+
+
+def conv_form() -> tuple:
+    """The kernel form switches a conv source depends on: the plain kernels' and
+    ``TRITP_CONV_ROWS`` (:func:`tritp.kernel_forms.conv_rows`)."""
+    return (*kernel_form(), *(("conv rows",) if conv_rows() else ()))
 
 
 @lru_cache(maxsize=None)
@@ -53,7 +60,7 @@ def conv_generator_hash() -> str:
 
 def conv_source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str, piece=None) -> Path:
     h = content_hash(conv_generator_hash(), problem.key, repr(spec), dtype, block_c, mode, dot_precision(),
-                     *kernel_form(), *(() if piece is None else (tuple(piece),)))
+                     *conv_form(), *(() if piece is None else (tuple(piece),)))
     return cache_dir("kernels") / f"conv_{mode}_{spec.target}_{h}.py"
 
 
@@ -65,7 +72,7 @@ def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c
     if path.exists():
         return path, path.read_text()
     src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision(), piece, share_loads(),
-                                     tile_form())
+                                     tile_form(), conv_rows())
     atomic_write(path, src.encode())
     return path, src
 
@@ -73,7 +80,7 @@ def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c
 def get_conv_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str, piece=None):
     """The loaded ``tp_producer`` of one conv source (one ``piece`` of it, see
     :mod:`tritp.codegen.cg_pieces`); generated and written on first use."""
-    key = (problem.key, spec, dtype, block_c, mode, dot_precision(), *kernel_form(), piece)
+    key = (problem.key, spec, dtype, block_c, mode, dot_precision(), *conv_form(), piece)
     k = _loaded.get(key)
     if k is None:
         path = conv_kernel_source(problem, spec, dtype, block_c, mode, piece)[0]

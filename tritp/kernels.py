@@ -36,6 +36,8 @@ from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
 from .compile_pool import compile_in_processes, file_backed, use_processes
 from .jit_key import seed_cache_key
+from .kernel_forms import (FORM_VARIABLES, coalesce, form_env, kernel_form, share_loads,  # noqa: F401  (re-exported)
+                           tile_form)
 
 GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py", "cg_tiles.py", "coupling.py", "instructions.py", "intmath.py",
                    "irreps.py", "problem.py", "writer.py")
@@ -51,38 +53,6 @@ def generator_hash() -> str:
 def dot_precision() -> str:
     """tf32 tensor-core GEMMs unless ``torch.set_float32_matmul_precision("highest")``."""
     return "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
-
-
-def share_loads() -> bool:
-    """Whether generated kernels load an operand tile once for all target segments that read
-    it (the default) or once per segment (``TRITP_SHARE_LOADS=0``: the form before, kept so the
-    two can be timed against each other on a GPU; see ``CGEmitter.segment_groups``)."""
-    return os.environ.get("TRITP_SHARE_LOADS", "1") != "0"
-
-
-def tile_form() -> str:
-    """How generated kernels read and write ``mul_ir`` segments (:mod:`tritp.codegen.cg_tiles`):
-    ``"rows"`` (the default) one coalesced 3D tile per segment, loaded in the row-on-warp form
-    where a kernel's rows are its own; ``"3d"`` (``TRITP_COALESCE=3d``) the 3D tiles without
-    that form; ``"strided"`` (``TRITP_COALESCE=0``) one strided tile per component, 2-3x slower
-    per segment on an H200. The other two are kept to time the forms against each other."""
-    value = os.environ.get("TRITP_COALESCE", "1")
-    if value == "0":
-        return "strided"
-    return "3d" if value == "3d" else "rows"
-
-
-def coalesce() -> bool:
-    """Whether generated kernels read and write ``mul_ir`` segments as coalesced 3D tiles (in
-    either form, :func:`tile_form`) rather than one strided tile per component."""
-    return tile_form() != "strided"
-
-
-def kernel_form() -> tuple:
-    """What the ``TRITP_*`` form switches add to a generated source's identity and to a loaded
-    kernel's key (:func:`share_loads`, :func:`tile_form`)."""
-    form = tile_form()
-    return (share_loads(), *(() if form == "rows" else ("strided mul_ir tiles",) if form == "strided" else ("3d tiles",)))
 
 
 def source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None) -> Path:

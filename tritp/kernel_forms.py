@@ -1,0 +1,86 @@
+"""The ``TRITP_*`` switches that select how the sparse-CG and convolution kernels are generated.
+
+Each alternative form is kept so that it can be timed against the default on a GPU
+(``benchmarks/kernel_forms.py``, ``benchmarks/conv_bench.py``); the form enters a generated
+source's file name, a loaded kernel's key and the autotune cache's source identity, so kernels
+of two forms never mix. :func:`form_env` selects forms for a block of code.
+
+Example:
+    >>> tile_form(), share_loads()
+    ('rows', True)
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+
+def share_loads() -> bool:
+    """Whether generated kernels load an operand tile once for all target segments that read
+    it (the default) or once per segment (``TRITP_SHARE_LOADS=0``: the form before, kept so the
+    two can be timed against each other on a GPU; see ``CGEmitter.segment_groups``)."""
+    return os.environ.get("TRITP_SHARE_LOADS", "1") != "0"
+
+
+def tile_form() -> str:
+    """How generated kernels read and write ``mul_ir`` segments (:mod:`tritp.codegen.cg_tiles`):
+    ``"rows"`` (the default) one coalesced 3D tile per segment, loaded in the row-on-warp form
+    where a kernel's rows are its own; ``"3d"`` (``TRITP_COALESCE=3d``) the 3D tiles without
+    that form; ``"strided"`` (``TRITP_COALESCE=0``) one strided tile per component, 2-3x slower
+    per segment on an H200. The other two are kept to time the forms against each other."""
+    value = os.environ.get("TRITP_COALESCE", "1")
+    if value == "0":
+        return "strided"
+    return "3d" if value == "3d" else "rows"
+
+
+def conv_rows() -> bool:
+    """Whether the fused convolution's ``mul_ir`` tiles take the row-on-warp form too
+    (``TRITP_CONV_ROWS=1``; see :class:`tritp.codegen.conv_emit.ConvEmitter`), gathering
+    each tensor's rows per tile position. Off by default until a GPU has timed it: offline it
+    halves the atomic kernels' CTA barriers but costs registers."""
+    return tile_form() == "rows" and os.environ.get("TRITP_CONV_ROWS", "0") == "1"
+
+
+def coalesce() -> bool:
+    """Whether generated kernels read and write ``mul_ir`` segments as coalesced 3D tiles (in
+    either form, :func:`tile_form`) rather than one strided tile per component."""
+    return tile_form() != "strided"
+
+
+def kernel_form() -> tuple:
+    """What the ``TRITP_*`` form switches add to a generated source's identity and to a loaded
+    kernel's key (:func:`share_loads`, :func:`tile_form`)."""
+    form = tile_form()
+    return (share_loads(), *(() if form == "rows" else ("strided mul_ir tiles",) if form == "strided" else ("3d tiles",)))
+
+
+#: The environment variables that select a kernel form (:func:`share_loads`, :func:`tile_form`,
+#: :func:`conv_rows`).
+FORM_VARIABLES = ("TRITP_SHARE_LOADS", "TRITP_COALESCE", "TRITP_CONV_ROWS")
+
+
+@contextmanager
+def form_env(env: dict):
+    """Select kernel forms for a block: ``env`` (some of :data:`FORM_VARIABLES`) is set and the
+    others are at their defaults while kernels are generated, chosen and launched; restored
+    after. For benchmarks that time the forms against each other in one process.
+
+    Example:
+        >>> with form_env({"TRITP_COALESCE": "3d"}):
+        ...     tile_form()
+        '3d'
+    """
+    old = {k: os.environ.get(k) for k in FORM_VARIABLES}
+    for k in FORM_VARIABLES:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
