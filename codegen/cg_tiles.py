@@ -99,8 +99,10 @@ class TileMixin:
             self.rows_head(fit, n, bc, lane, first)
 
     def warp_rows(self) -> bool:
-        """Whether this kernel's 3D tiles use the row-on-warp form (:meth:`rows_head`): rows
-        ``row_first + arange(BLOCK_Z)`` of its own (not gathered, not strided over blocks)."""
+        """Whether this kernel's 3D tiles use the row-on-warp form (:meth:`rows_head`): its rows
+        are ``row_first + arange(BLOCK_Z)`` (for a convolution, edge positions, whose tensors'
+        rows :meth:`rows_index` gathers), not a shared-weight gradient's blocks strided over
+        the batch."""
         return self.rows_form and getattr(self, "row_first", None) is not None and not self.split_rows
 
     def rows_head(self, dims, n: int, bc: int, lane: str = "c", first: str = "c0"):

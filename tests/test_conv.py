@@ -120,6 +120,20 @@ def test_many_chunks_and_programs(monkeypatch, scatter):
     compare(conv, F64, src, dst, 4, second=False)
 
 
+@pytest.mark.parametrize("scatter, rows", [("deterministic", "0"), ("deterministic", "1"), ("atomic", "1")],
+                         ids=["deterministic-3d", "deterministic-rows", "atomic-rows"])
+def test_loop_groups_and_tile_forms_to_second_order(monkeypatch, scatter, rows):
+    """A node's edge walk shared by a loop group of several output segments (x1's 8x1o under
+    0e, 1o and 2e edge harmonics), beside one-channel targets (1x2e paths), over several edge
+    chunks (BLOCK_Z = 2); in the 3D and the row-on-warp (TRITP_CONV_ROWS=1) tile forms: values,
+    gradients and second derivatives against the unfused reference."""
+    monkeypatch.setenv("TRITP_CONV_ROWS", rows)
+    monkeypatch.setattr(tritp.conv_kernels, "default_config", lambda *a: Config(block_z=2, block_c=8, num_warps=1))
+    conv = compile_conv("8x0e+8x1o+1x2e", "0e+1o+2e", "0e+1o+2e", mode="channelwise", scatter=scatter)
+    src, dst = graph(n=5, e=13, seed=6)
+    compare(conv, F64, src, dst, 5)
+
+
 @pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
 def test_shared_internal_weights_bipartite_int32(scatter):
     """Shared weights (grad: fixed-order per-program partials), n_src != num_nodes, int32."""
