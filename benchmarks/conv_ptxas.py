@@ -39,6 +39,7 @@ def audit(args, rows: list) -> list:
     from tritp.kernels import target_dim
     from tritp.presets import preset
     from tritp.tuning import Config
+    from tritp.kernel_forms import conv_tile_form
     from tritp.tuning.registers import estimate_registers
 
     worker = Worker(args.triton_cache)
@@ -84,7 +85,8 @@ def audit(args, rows: list) -> list:
                             if ok and all(k in p for p in parts):
                                 agg[k] = sum(p[k] for p in parts)
                         # segment mode keeps node accumulators across its edge walk
-                        est = estimate_registers(problem, cs.spec, args.dtype, c, walk=cs.mode == "segment")
+                        est = estimate_registers(problem, cs.spec, args.dtype, c, walk=cs.mode == "segment",
+                                                 coalesce=conv_tile_form())
                         rows.append({"preset": name, "scatter": scatter, "direction": d, "kernel": label,
                                      "mode": cs.mode, "dtype": args.dtype, "config": c._asdict(),
                                      "requested": cfg if isinstance(cfg, str) else "explicit", "estimate": est,

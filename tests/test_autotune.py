@@ -121,9 +121,10 @@ def test_gpu_default_keeps_the_register_estimate_in_budget(key, monkeypatch):
 
 
 # (preset, kernel target, dtype) -> (block_z, block_c, num_warps) of the default with coalesced
-# mul_ir tiles (the default form): the 3D ladder under the estimate with registers.PER_3D; ptxas
-# for sm_90 at the defaults: mace-large out 164, x1 128, w 158 registers, no spill (no forward or
-# backward kernel of the presets spills at its default: benchmarks/ptxas_audit.py --preset all)
+# mul_ir tiles in the row-on-warp form (the default form): the 3D ladder under the estimate with
+# registers.PER_3D_ROWS; ptxas for sm_90 (Triton 3.9) at the defaults: mace-large out 148, x1 196,
+# w 153, forces 80 registers, no spill (no forward, backward or double-backward kernel of the
+# presets spills at its default: benchmarks/ptxas_audit.py --preset ... --config default)
 GPU_DEFAULTS_3D = {
     ("mace-large", "out", "float32"): (8, 64, 8),
     ("mace-large", "x1", "float32"): (8, 64, 8),
@@ -132,8 +133,8 @@ GPU_DEFAULTS_3D = {
     ("mace-medium", "out", "float64"): (8, 32, 8),
     ("nequip-benzene", "x1", "float32"): (8, 32, 8),
     ("nequip-l2", "x1", "float32"): (16, 64, 8),
-    ("nequip-benzene", "x2", "float32"): (8, 32, 8),   # forces: 3D tiles along the reduced lanes (121)
-    ("mace-large", "x2", "float32"): (8, 64, 8),       # forces (173 registers)
+    ("nequip-benzene", "x2", "float32"): (8, 32, 8),   # forces: 3D tiles along the reduced lanes
+    ("mace-large", "x2", "float32"): (8, 64, 8),       # forces
 }
 
 
@@ -155,6 +156,23 @@ def test_gpu_default_of_coalesced_tiles_walks_the_3d_ladder(key, monkeypatch):
             assert estimate_registers(p, spec, dtype, Config(z, bc, nw)) > REGISTER_BUDGET
         # the 3D tiles cost registers the strided form does not have
         assert estimate_registers(p, spec, dtype, c) > estimate_registers(p, spec, dtype, c, coalesce=False)
+
+
+def test_space_keeps_what_ptxas_compiles_without_spilling(monkeypatch):
+    """Row-on-warp tiles (the default form) count PER_3D_ROWS tiles per padded component: the
+    tuner keeps 16:64:8 for mace-large's forward and grad w (sm_90, Triton 3.9: 240 and 252
+    registers, no spill) and drops it for grad x1 (148 bytes of spill); the plain 3D form's
+    estimate drops all three."""
+    from tritp.presets import preset
+    from tritp.tuning.space import cg_space
+
+    monkeypatch.delenv("TRITP_COALESCE", raising=False)
+    p = preset("mace-large")[0]
+    grads = _grads(p)
+    wide = Config(16, 64, 8)
+    for target, kept in (("out", True), ("w", True), ("x1", False)):
+        assert (wide in cg_space(p, grads[target], "float32", 50_000).candidates) == kept, target
+        assert wide not in cg_space(p, grads[target], "float32", 50_000, coalesce="3d").candidates
 
 
 def test_register_estimate_matches_its_calibration(monkeypatch):

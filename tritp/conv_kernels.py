@@ -38,7 +38,7 @@ from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.cg_pieces import plan_pieces
 from .kernels import (LaunchPlan, dot_precision, generator_hash, interpreter_active, launch_dtypes, launch_pieces,
                       load_generated, kernel_form, share_loads, tile_form, split_programs, target_dim, triton_cdiv)
-from .kernel_forms import conv_rows
+from .kernel_forms import conv_rows, conv_tile_form
 from .conv_tuning import FAMILY, ConvSpec  # registers the "conv" autotune family
 from .tuning import Config, check_config, heuristic, lookup
 
@@ -97,10 +97,11 @@ def default_config(mode: str, num_edges: int, num_programs_rows: int, interprete
     ``BLOCK_Z`` is the edge chunk); with ``problem`` and ``spec``, its register-aware lanes and
     warps (the conv kernel holds the plain kernel's tiles, plus node accumulators in segment
     mode)."""
+    form = conv_tile_form()  # the registers of the tiles the conv kernels use
     if mode == "segment":  # node accumulators live across the edge walk (ConvEmitter.row_block)
         rows = max(1, -(-num_edges // max(num_programs_rows, 1)))
-        return heuristic(rows, interpreted, problem, spec, dtype, walk=True)
-    return heuristic(num_edges, interpreted, problem, spec, dtype)
+        return heuristic(rows, interpreted, problem, spec, dtype, walk=True, coalesce=form)
+    return heuristic(num_edges, interpreted, problem, spec, dtype, coalesce=form)
 
 
 def choose_config(problem: Problem, spec: ProducerSpec, mode: str, dtype: str, num_edges, nrows, device,

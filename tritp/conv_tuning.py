@@ -80,8 +80,11 @@ def conv_identity(problem, cspec: ConvSpec, dtype: str) -> str:
 def conv_space(problem, cspec: ConvSpec, dtype: str, batch: int) -> SearchSpace:
     """The ``cg`` space of the producer at ``batch`` edges, as family ``conv`` (segment mode
     keeps node accumulators across its edge walk, which the register rule counts)."""
+    from .kernel_forms import conv_tile_form
+
     walk = cspec.mode == "segment"
-    return SearchSpace(FAMILY, cg_space(problem, cspec.spec, dtype, batch, walk=walk).candidates, CONV_VERSION)
+    space = cg_space(problem, cspec.spec, dtype, batch, walk=walk, coalesce=conv_tile_form())
+    return SearchSpace(FAMILY, space.candidates, CONV_VERSION)
 
 
 def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:

@@ -43,6 +43,13 @@ def conv_rows() -> bool:
     return tile_form() == "rows" and os.environ.get("TRITP_CONV_ROWS", "0") == "1"
 
 
+def conv_tile_form() -> str:
+    """The tile form of the fused convolution's kernels: :func:`tile_form`, except that its
+    default keeps the plain 3D tiles unless :func:`conv_rows`."""
+    form = tile_form()
+    return "3d" if form == "rows" and not conv_rows() else form
+
+
 def coalesce() -> bool:
     """Whether generated kernels read and write ``mul_ir`` segments as coalesced 3D tiles (in
     either form, :func:`tile_form`) rather than one strided tile per component."""

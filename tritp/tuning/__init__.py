@@ -94,8 +94,9 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
     grad-w kernel of the presets spills at its default. ``share`` says whether the kernel shares
     channel loops (default: :func:`tritp.kernels.share_loads`), and ``walk`` whether it keeps
     node accumulators across an edge walk (the fused convolution's segment mode), which the
-    estimate counts. A ``mul_ir`` kernel with coalesced 3D tiles
-    (``coalesce``, default :func:`tritp.kernels.coalesce`) walks :data:`GPU_LADDER_3D` instead
+    estimate counts. A ``mul_ir`` kernel with coalesced 3D tiles (``coalesce``: the tile form,
+    default :func:`tritp.kernel_forms.tile_form`; a bool means the default form or strided
+    tiles) walks :data:`GPU_LADDER_3D` instead
     -- ``16:64:4``, ``16:64:8``, ``8:64:8``, ``8:32:8``, ``8:16:8`` -- under the estimate that
     counts its 3D tiles (offline, sm_90: mace-large's forward, grad x1 and grad w at ``8:64:8``
     164, 128 and 158 registers, no spill; at ``16:64:8`` the forward spilled). Without ``problem`` and ``spec``
@@ -127,10 +128,11 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
         return Config(block_z=rows, block_c=64, num_warps=1, num_stages=1)
     if problem is None or spec is None:
         return Config(block_z=16)
-    from ..kernels import coalesce as coalesce_default, share_loads
+    from ..kernel_forms import share_loads, tile_form
+    from .registers import tile_form3d
 
     share = share_loads() if share is None else share
-    coalesce = coalesce_default() if coalesce is None else coalesce
+    coalesce = tile_form3d(tile_form() if coalesce is None else coalesce)
     key = (problem.key, spec, dtype, share, coalesce, walk)
     found = _heuristic_memo.get(key)
     if found is None:
@@ -138,7 +140,7 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
 
         gs = groups(problem, spec)
         ladder = [(16, c, w) for c, w in GPU_LADDER]
-        if coalesce and any(g.dp3d for g in gs):
+        if coalesce != "strided" and any(g.dp3d for g in gs):
             # a tl.dot kernel launches at least 16 rows (MIN_BLOCK_Z) whatever its config says
             ladder = [r for r in GPU_LADDER_3D if r[0] >= 16 or all(g.min_bc == 1 for g in gs)]
         for block_z, block_c, num_warps in ladder:

@@ -60,7 +60,16 @@ smaller tiles (:data:`tritp.tuning.GPU_LADDER_3D`). The row-on-warp form of thos
 default since; :meth:`tritp.codegen.cg_tiles.TileMixin.rows_head`) measured at or below that on
 Triton 3.9 (mace-large's forward 148 at 8:64:8, mace-medium's 64; its grad x1 196, up from 128)
 and far below on Triton 3.6 (mace-large's forward 64, 114 at 16:64:8); the estimate is kept
-until a GPU has timed the wider tiles this would allow.
+until a GPU has timed the wider tiles this would allow, except that the form counts
+:data:`PER_3D_ROWS` (3.5) tiles per padded component instead of 4: over 46 sm_90 compiles
+(Triton 3.9; the nine presets' kernels at their defaults, mace-large's at 16:64:8) the residual
+is then +34 (standard deviation 46; +41 at 4, +27 at 3), no default of the presets changes
+(at 3, thirteen kernels would move to bigger tiles and nequip-benzene's forces kernel would spill 4
+bytes at 8:64:8), and the kernels that reach ptxas's ceiling stay estimated above 256 only
+where ptxas spills (mace-large grad x1 at 16:64:8: 325, 148 bytes of spill), not where it
+does not (its forward and grad w at 16:64:8: 241; ptxas 240 and 252 registers), so the tuner
+may try those. The largest underestimate is diffdock-L2's grad w at 16:64:4 (about 140
+against 242, no spill).
 
 A fused convolution in segment mode (``walk``: :mod:`tritp.codegen.conv_emit`) walks a node's
 edges once per loop and keeps the node accumulators of every segment of the loop (one tile per
@@ -103,8 +112,10 @@ Example:
     114
     >>> estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), share=False, coalesce=False)  # a loop each
     104
-    >>> estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), coalesce=True)  # + 4 x 4 tiles (DP 4)
+    >>> estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), coalesce="3d")  # + 4 x 4 tiles (DP 4)
     242
+    >>> estimate_registers(p, forward_spec(), "float32", Config(16, 64, 4), coalesce=True)  # row-on-warp: + 3.5 x 4
+    226
 """
 
 from __future__ import annotations
@@ -129,6 +140,8 @@ PER_SHARED = 1.25
 PER_SERIAL = 1.5
 #: Tiles added per padded component (``DP``) of a group's largest coalesced ``mul_ir`` tile.
 PER_3D = 4
+#: The same in the row-on-warp form of those tiles (the default; see the module docstring).
+PER_3D_ROWS = 3.5
 #: Tiles per node accumulator (one per component of each target segment of a loop) that a
 #: convolution's segment-mode walk keeps alive across a node's edges.
 PER_NODE = 0.5
@@ -262,13 +275,16 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=Non
     loop's largest 3D tile: the joined tile, its copy in the store's layout and their 64-bit
     addresses are alive at once (sm_90, Triton 3.9, mace-large forward: 8:64:8 164 registers
     against 84 for strided tiles; 16:64:8 and 8:64:4 at or over 251). ``walk`` adds
-    :data:`PER_NODE` tiles per node accumulator of the loop (a convolution's segment mode)."""
-    from ..kernels import coalesce as coalesce_default, share_loads
+    :data:`PER_NODE` tiles per node accumulator of the loop (a convolution's segment mode).
+    ``coalesce`` may also name the tile form (:func:`tritp.kernel_forms.tile_form`): True is
+    the default form, ``"rows"``, whose 3D tiles count :data:`PER_3D_ROWS` tiles per padded
+    component; ``"3d"`` counts :data:`PER_3D`."""
+    from ..kernel_forms import share_loads, tile_form
 
     if share is None:
         share = share_loads()
-    if coalesce is None:
-        coalesce = coalesce_default()
+    per3d = PER_3D_ROWS if tile_form3d(coalesce if coalesce is not None else tile_form()) == "rows" else PER_3D
+    coalesce = tile_form3d(coalesce if coalesce is not None else tile_form()) != "strided"
     words = 2 if dtype == "float64" else 1
     worst = 0.0
     for members, n_groups in _loops(problem, spec, None if pieces is None else tuple(pieces), bool(share)):
@@ -277,11 +293,27 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=Non
         per_thread = max(1.0, config.block_z * bc / (32 * config.num_warps))
         tiles = max(g.tiles + _serial(g, config) for g in members) + PER_SHARED * (len(members) - 1)
         if coalesce:
-            tiles += PER_3D * max(g.dp3d for g in members)
+            tiles += per3d * max(g.dp3d for g in members)
         if walk:
             tiles += PER_NODE * sum(g.accs for g in members)
         worst = max(worst, (tiles + PER_GROUP * n_groups) * per_thread)
     return int(round(OVERHEAD + words * worst))
+
+
+def tile_form3d(coalesce) -> str:
+    """A ``coalesce`` argument as a tile form name: True is the default (row-on-warp) form.
+
+    Example:
+        >>> tile_form3d(True), tile_form3d(False), tile_form3d("3d")
+        ('rows', 'strided', '3d')
+    """
+    if coalesce is True:
+        return "rows"
+    if coalesce is False:
+        return "strided"
+    if coalesce not in ("rows", "3d", "strided"):
+        raise ValueError(f"coalesce must be a bool or one of 'rows', '3d', 'strided', got {coalesce!r}")
+    return coalesce
 
 
 @lru_cache(maxsize=1024)  # the tuner's space asks once per candidate launch configuration

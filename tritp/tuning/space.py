@@ -172,18 +172,20 @@ def _cg_keep(c: Config, shape: dict, batch: int, registers: Callable) -> bool:
 
 @register_family("cg")
 def cg_space(problem, spec: ProducerSpec, dtype: str, batch: int, share: bool | None = None,
-             walk: bool = False) -> SearchSpace:
+             walk: bool = False, coalesce=None) -> SearchSpace:
     """The sparse-CG producer space: :data:`AXES` pruned by the five rules of this module
     (``share``: whether the kernel shares channel loops; ``walk``: whether it keeps node
-    accumulators across an edge walk; as in :func:`~tritp.tuning.registers.estimate_registers`)."""
-    from ..kernels import coalesce
-    from .registers import estimate_registers, groups
+    accumulators across an edge walk; ``coalesce``: the tile form, default the environment's;
+    as in :func:`~tritp.tuning.registers.estimate_registers`)."""
+    from ..kernel_forms import tile_form
+    from .registers import estimate_registers, groups, tile_form3d
 
+    form = tile_form3d(tile_form() if coalesce is None else coalesce)
     shape = cg_shape(problem, spec)
-    registers = lambda c: estimate_registers(problem, spec, dtype, c, share=share, walk=walk)
+    registers = lambda c: estimate_registers(problem, spec, dtype, c, share=share, walk=walk, coalesce=form)
     zs = AXES["block_z"]
     gs = groups(problem, spec)
-    if coalesce() and any(g.dp3d for g in gs) and all(g.min_bc == 1 for g in gs):
+    if form != "strided" and any(g.dp3d for g in gs) and all(g.min_bc == 1 for g in gs):
         zs = (8,) + zs  # 3D tiles: rows cost registers (the default is often 8:64:8)
     every = [Config(block_z=z, block_c=c, num_warps=nw, num_stages=ns, impl=i)
              for i, z, c, nw, ns in product(AXES["impl"], zs, AXES["block_c"],
