@@ -28,16 +28,13 @@ from .cg_gemm import GemmMixin
 from .cg_pieces import Partial
 from .cg_spec import ProducerSpec, letters, loop_groups, tile_keys
 from .cg_terms import TermMixin
-from .cg_tiles import TileMixin
+from .cg_tiles import TileMixin, form_name
 from .intmath import p2
 from .problem import Problem
 from .writer import SourceWriter
 
 KERNEL_NAME = "tp_producer"
 DEFAULT_BLOCK_C = 64
-#: ``coalesce`` values: True or "rows" (3D tiles, row-on-warp where rows allow), "3d" (3D tiles
-#: only), False or "strided" (one strided tile per component)
-TILE_FORMS = (True, False, "rows", "3d", "strided")
 
 
 class CGEmitter(TermMixin, GemmMixin, TileMixin):
@@ -47,12 +44,11 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
                  piece=None, share_loads: bool = True, coalesce: bool = True):
         self.p, self.spec, self.block_c = problem, spec, block_c
         self.share = share_loads
-        if coalesce not in TILE_FORMS:
-            raise ValueError(f"coalesce must be one of {TILE_FORMS}, got {coalesce!r}")
         # mul_ir segments as one coalesced 3D tile per load and store (see cg_tiles), in the
         # row-on-warp form where this kernel's rows allow it unless coalesce == "3d"
-        self.tiles3d = coalesce not in (False, "strided") and problem.layout == "mul_ir"
-        self.rows_form = self.tiles3d and coalesce != "3d"
+        form = form_name(coalesce)
+        self.tiles3d = form != "strided" and problem.layout == "mul_ir"
+        self.rows_form = self.tiles3d and form == "rows"
         self.rows_dims = {}  # {lanes: segment widths loaded along them in row-on-warp form} (cg_tiles)
         self.row_first = None  # this program's first row, where its rows are its own (emit_rows)
         self.row_bound = "Z"  # the rows past which a row-on-warp tile is masked

@@ -44,6 +44,23 @@ from typing import NamedTuple
 from .intmath import p2
 
 
+#: ``coalesce`` values: True or "rows" (3D tiles, row-on-warp where rows allow), "3d" (3D tiles
+#: only), False or "strided" (one strided tile per component)
+TILE_FORMS = (True, False, "rows", "3d", "strided")
+
+
+def form_name(coalesce) -> str:
+    """A ``coalesce`` argument as the name of its tile form: True is the default, ``"rows"``.
+
+    Example:
+        >>> form_name(True), form_name(False), form_name("3d")
+        ('rows', 'strided', '3d')
+    """
+    if coalesce not in TILE_FORMS:
+        raise ValueError(f"coalesce must be one of {TILE_FORMS}, got {coalesce!r}")
+    return {True: "rows", False: "strided"}.get(coalesce, coalesce)
+
+
 class Tile3D(NamedTuple):
     """How one component address is read as part of its segment's 3D tile."""
 
@@ -71,7 +88,6 @@ class TileMixin:
             dp = p2(k)
             self.w(f"cf{k} = (c * {k})[:, None] + tl.arange(0, {dp})[None, :]")
             self.w(f"ef{k} = (tl.arange(0, {dp}) < {k})[None, :]")
-        self.rows_dims = {}
         if self.rows_in_lane_head():
             self.rows_lanes(dims, "c", "c0", n, bc)
 
@@ -103,7 +119,7 @@ class TileMixin:
         are ``row_first + arange(BLOCK_Z)`` (for a convolution, edge positions, whose tensors'
         rows :meth:`rows_index` gathers), not a shared-weight gradient's blocks strided over
         the batch."""
-        return self.rows_form and getattr(self, "row_first", None) is not None and not self.split_rows
+        return self.rows_form and self.row_first is not None and not self.split_rows
 
     def rows_head(self, dims, n: int, bc: int, lane: str = "c", first: str = "c0"):
         """Pointer tiles of the row-on-warp form of ``[BLOCK_Z, bc, DP]`` segment tiles.
@@ -258,13 +274,16 @@ class TileMixin:
         self.w(f"{v} = tl.reshape(tl.permute(tl.reshape({v}, {joined}), (2, 0, 1, 3, 4)), {flat})")
         return v
 
+    def rows_target(self, dim: int, off: int) -> str:
+        """Pointers of the target's row-on-warp tile of width ``dim`` at ``off``."""
+        return f"g + {self.rows_index(self.spec.target, dim)} * sg + (wq{dim} + {off})"
+
     def store_tile3d(self, off: int, dim: int, accs: list):
         """Store a segment's component accumulators ``accs`` as one 3D tile at ``off``."""
         v = self.join3d(accs, f"BLOCK_Z, {self.lane_bc}")
         if dim in self.rows_dims.get("c", ()):  # row-on-warp form (rows_head): the load's permutation reversed
             v = self.rows_flat(v, dim)
-            self.w(f"tl.store(g + {self.rows_index(self.spec.target, dim)} * sg + (wq{dim} + {off}), "
-                   f"{v}.to(g.dtype.element_ty), mask=wm{dim})")
+            self.w(f"tl.store({self.rows_target(dim, off)}, {v}.to(g.dtype.element_ty), mask=wm{dim})")
             return
         self.w(f"tl.store({self.at3d('gp', f'cf{dim}', off)}, {v}.to(g.dtype.element_ty), "
                f"mask=m2d[:, :, None] & ef{dim}[None, :, :])")

@@ -53,19 +53,17 @@ class ConvEmitter(CGEmitter):
     """A :class:`CGEmitter` whose rows are edges: overrides the row and store hooks."""
 
     def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str,
-                 dot_precision: str = "ieee", piece=None, share_loads: bool = True, coalesce: bool = True,
-                 rows: bool = False):
+                 dot_precision: str = "ieee", piece=None, share_loads: bool = True, coalesce="3d"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if (mode == "edge") != (spec.target in EDGE_ROLES):
             raise ValueError(f"mode {mode!r} does not fit target role {spec.target!r}")
+        # coalesce defaults to the plain 3D tiles: the row-on-warp form over edge positions (rows
+        # gathered per tile position, coalesce="rows") halves the atomic kernels' CTA barriers
+        # offline (sm_90, mace-large at 8:64:8) but raises registers (Triton 3.6: 123 -> 162
+        # forward, 128 -> 254 segment grad x1), so it waits for a GPU to time it (TRITP_CONV_ROWS=1)
         super().__init__(problem, spec, dtype, block_c, dot_precision, piece, share_loads, coalesce)
         self.mode = mode
-        # the row-on-warp form over edge positions (rows gathered per tile position) only on
-        # request: offline (sm_90, mace-large at 8:64:8) it halves the atomic kernels' CTA
-        # barriers but raises registers (Triton 3.6: 123 -> 162 forward, 128 -> 254 segment
-        # grad x1), so it waits for a GPU to time it (TRITP_CONV_ROWS=1)
-        self.rows_form = self.rows_form and rows
 
     def row_var(self, role: str) -> str:
         """The index variable that selects a tensor's row, by the tensor's role."""
@@ -226,8 +224,7 @@ class ConvEmitter(CGEmitter):
             v = self.join3d(accs, f"BLOCK_Z, {self.lane_bc}")
             if dim in self.rows_dims.get("c", ()):  # row-on-warp form
                 v = self.rows_flat(v, dim)
-                self.w(f"tl.atomic_add(g + {self.rows_index(self.spec.target, dim)} * sg + (wq{dim} + {off}), {v}, "
-                       f"mask=wm{dim}, sem='relaxed')")
+                self.w(f"tl.atomic_add({self.rows_target(dim, off)}, {v}, mask=wm{dim}, sem='relaxed')")
                 return
             self.w(f"tl.atomic_add({self.at3d('gp', f'cf{dim}', off)}, {v}, "
                    f"mask=m2d[:, :, None] & ef{dim}[None, :, :], sem='relaxed')")
@@ -237,7 +234,7 @@ class ConvEmitter(CGEmitter):
 
 def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
                        block_c: int = DEFAULT_BLOCK_C, mode: str = "atomic", dot_precision: str = "ieee",
-                       piece=None, share_loads: bool = True, coalesce: bool = True, rows: bool = False) -> str:
+                       piece=None, share_loads: bool = True, coalesce="3d") -> str:
     """Triton source of the convolution producer ``spec`` for ``problem`` in write ``mode``.
 
     Kernel signature ``tp_producer(t0.., s0.., g, sg, <graph>, tok, Z, IDX64, BLOCK_Z)``: one
@@ -245,12 +242,13 @@ def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float
     (edge and atomic modes; ``Z`` = number of edges) or ``ptr, eid, nbr`` (segment mode: CSR
     pointers of the target's endpoint, edge ids in that order, and each edge's other endpoint;
     ``Z`` = number of target nodes), and an unread ``tok`` pointer (a data dependency only).
-    ``dot_precision``, ``piece``, ``share_loads`` and ``coalesce`` are as in ``emit_producer``;
-    ``rows`` also puts the convolution's 3D tiles in the row-on-warp form (``cg_tiles``) over
-    edge positions, gathering each tensor's rows per tile position.
+    ``dot_precision``, ``piece``, ``share_loads`` and ``coalesce`` are as in ``emit_producer``,
+    except that ``coalesce`` defaults to the plain 3D tiles: ``"rows"`` (or True) puts the
+    convolution's tiles in the row-on-warp form (``cg_tiles``) over edge positions, gathering
+    each tensor's rows per tile position.
     """
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f"block_c must be a power of two, got {block_c}")
     if dot_precision not in ("ieee", "tf32"):
         raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
-    return ConvEmitter(problem, spec, dtype, block_c, mode, dot_precision, piece, share_loads, coalesce, rows).emit()
+    return ConvEmitter(problem, spec, dtype, block_c, mode, dot_precision, piece, share_loads, coalesce).emit()

@@ -63,14 +63,14 @@ def test_other_forms_keep_component_tiles():
 @pytest.mark.parametrize("mode", ["atomic", "segment", "edge"])
 def test_conv_tiles_follow_the_edges(mode):
     """The fused convolution's 3D tiles: by default [rows, lanes, DP] pointer tiles, and on
-    request (``rows``, TRITP_CONV_ROWS=1) in the row-on-warp form over edge positions, with each
+    request (``coalesce="rows"``, TRITP_CONV_ROWS=1) in the row-on-warp form over edge positions, with each
     tensor's rows gathered per tile position (x1 at the edge's source, out at its destination;
     in segment mode the chunk's edge ids and neighbours)."""
     p = Problem.channelwise(*MACE_LIKE, shared_weights=False)
     spec = forward_spec() if mode != "edge" else compact(forward_spec().derivative(1))[0]
     old = emit_conv_producer(p, spec, "float32", 64, mode=mode)
     assert old == emit_conv_producer(p, spec, "float32", 64, mode=mode, coalesce="3d")
-    src = emit_conv_producer(p, spec, "float32", 64, mode=mode, rows=True)
+    src = emit_conv_producer(p, spec, "float32", 64, mode=mode, coalesce="rows")
     if mode == "atomic":
         assert "tl.atomic_add(gp[:, :, None] + (cf" in old
         assert re.search(r"tl\.atomic_add\(g \+ wzd\d \* sg \+ \(wq\d \+ \d+\)", src)

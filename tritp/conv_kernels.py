@@ -37,19 +37,13 @@ from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.cg_pieces import plan_pieces
 from .kernels import (LaunchPlan, dot_precision, generator_hash, interpreter_active, launch_dtypes, launch_pieces,
-                      load_generated, kernel_form, share_loads, tile_form, split_programs, target_dim, triton_cdiv)
-from .kernel_forms import conv_rows, conv_tile_form
+                      load_generated, split_programs, target_dim, triton_cdiv)
+from .kernel_forms import conv_form, conv_tile_form, share_loads
 from .conv_tuning import FAMILY, ConvSpec  # registers the "conv" autotune family
 from .tuning import Config, check_config, heuristic, lookup
 
 SCATTERS = ("atomic", "deterministic")
 _loaded: dict = {}
-
-
-def conv_form() -> tuple:
-    """The kernel form switches a conv source depends on: the plain kernels' and
-    ``TRITP_CONV_ROWS`` (:func:`tritp.kernel_forms.conv_rows`)."""
-    return (*kernel_form(), *(("conv rows",) if conv_rows() else ()))
 
 
 @lru_cache(maxsize=None)
@@ -72,7 +66,7 @@ def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c
     if path.exists():
         return path, path.read_text()
     src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision(), piece, share_loads(),
-                                     tile_form(), conv_rows())
+                                     conv_tile_form())
     atomic_write(path, src.encode())
     return path, src
 

@@ -70,10 +70,7 @@ def conv_identity(problem, cspec: ConvSpec, dtype: str) -> str:
     from .conv_kernels import conv_generator_hash
     from .tuning.cache import identity_salt
 
-    from .kernel_forms import conv_rows
-
-    return content_hash(conv_generator_hash(), identity_salt(), problem.key, cspec.spec.to_str(), cspec.mode, dtype,
-                        *(("conv rows",) if conv_rows() else ()))
+    return content_hash(conv_generator_hash(), identity_salt(), problem.key, cspec.spec.to_str(), cspec.mode, dtype)
 
 
 @register_family(FAMILY, identity=conv_identity)

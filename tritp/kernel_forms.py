@@ -50,17 +50,17 @@ def conv_tile_form() -> str:
     return "3d" if form == "rows" and not conv_rows() else form
 
 
-def coalesce() -> bool:
-    """Whether generated kernels read and write ``mul_ir`` segments as coalesced 3D tiles (in
-    either form, :func:`tile_form`) rather than one strided tile per component."""
-    return tile_form() != "strided"
-
-
 def kernel_form() -> tuple:
     """What the ``TRITP_*`` form switches add to a generated source's identity and to a loaded
     kernel's key (:func:`share_loads`, :func:`tile_form`)."""
     form = tile_form()
     return (share_loads(), *(() if form == "rows" else ("strided mul_ir tiles",) if form == "strided" else ("3d tiles",)))
+
+
+def conv_form() -> tuple:
+    """What the form switches add to a fused-convolution source's identity: the plain kernels'
+    (:func:`kernel_form`) and ``TRITP_CONV_ROWS`` (:func:`conv_rows`)."""
+    return (*kernel_form(), *(("conv rows",) if conv_rows() else ()))
 
 
 #: The environment variables that select a kernel form (:func:`share_loads`, :func:`tile_form`,

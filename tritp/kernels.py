@@ -36,7 +36,7 @@ from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
 from .compile_pool import compile_in_processes, file_backed, use_processes
 from .jit_key import seed_cache_key
-from .kernel_forms import (FORM_VARIABLES, coalesce, form_env, kernel_form, share_loads,  # noqa: F401  (re-exported)
+from .kernel_forms import (FORM_VARIABLES, form_env, kernel_form, share_loads,  # noqa: F401  (re-exported)
                            tile_form)
 
 GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py", "cg_tiles.py", "coupling.py", "instructions.py", "intmath.py",

@@ -128,11 +128,11 @@ def heuristic(n_rows: int, interpreted: bool, problem=None, spec=None, dtype: st
         return Config(block_z=rows, block_c=64, num_warps=1, num_stages=1)
     if problem is None or spec is None:
         return Config(block_z=16)
-    from ..kernel_forms import share_loads, tile_form
+    from ..kernel_forms import share_loads
     from .registers import tile_form3d
 
     share = share_loads() if share is None else share
-    coalesce = tile_form3d(tile_form() if coalesce is None else coalesce)
+    coalesce = tile_form3d(coalesce)
     key = (problem.key, spec, dtype, share, coalesce, walk)
     found = _heuristic_memo.get(key)
     if found is None:

@@ -83,16 +83,16 @@ def bucket(n_rows: int) -> int:
 
 
 def identity_salt() -> str:
-    """What every source identity depends on beyond its inputs: the generator's hash, and the
-    kernel forms the environment selects (``TRITP_SHARE_LOADS``, ``TRITP_COALESCE``: the
-    kernels differ in registers, so a launch tuned for one form is not the other's)."""
+    """What every source identity (and the memo of lookups) depends on beyond its inputs: the
+    generator's hash, and the kernel forms the environment selects (``TRITP_SHARE_LOADS``,
+    ``TRITP_COALESCE``, ``TRITP_CONV_ROWS``: the kernels differ in registers, so a launch tuned
+    for one form is not the other's)."""
     from .. import kernels
+    from ..kernel_forms import conv_form
 
     h = kernels.generator_hash()
-    if not kernels.share_loads():
-        h = content_hash(h, "one channel loop per segment")
-    form = kernels.tile_form()
-    return h if form == "rows" else content_hash(h, "strided mul_ir tiles" if form == "strided" else "3d tiles")
+    form = conv_form()  # every form switch, the convolution's included
+    return h if form == (True,) else content_hash(h, *form)  # (True,): the default forms
 
 
 def source_hash(problem, spec, dtype: str) -> str:

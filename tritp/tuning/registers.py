@@ -126,6 +126,7 @@ from typing import NamedTuple
 from ..codegen.cg_gemm import dot_letter
 from ..codegen.cg_pieces import Partial
 from ..codegen.cg_spec import letters, loop_groups, tile_keys
+from ..codegen.cg_tiles import form_name
 from ..codegen.intmath import p2
 
 #: Registers per thread that do not scale with the tiles (row offsets, pointers, masks, loops).
@@ -270,7 +271,7 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=Non
     defaults to its plan), and the largest over the pieces, which share the launch config.
     A loop shared by ``n`` groups (``share``, default :func:`tritp.kernels.share_loads`) counts
     its worst group's tiles plus :data:`PER_SHARED` per other group. A ``mul_ir`` kernel with
-    coalesced 3D tiles (``coalesce``, default :func:`tritp.kernels.coalesce`;
+    coalesced 3D tiles (``coalesce``, default :func:`tritp.kernel_forms.tile_form`;
     :mod:`tritp.codegen.cg_tiles`) adds :data:`PER_3D` tiles per padded component of the
     loop's largest 3D tile: the joined tile, its copy in the store's layout and their 64-bit
     addresses are alive at once (sm_90, Triton 3.9, mace-large forward: 8:64:8 164 registers
@@ -279,12 +280,12 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=Non
     ``coalesce`` may also name the tile form (:func:`tritp.kernel_forms.tile_form`): True is
     the default form, ``"rows"``, whose 3D tiles count :data:`PER_3D_ROWS` tiles per padded
     component; ``"3d"`` counts :data:`PER_3D`."""
-    from ..kernel_forms import share_loads, tile_form
+    from ..kernel_forms import share_loads
 
     if share is None:
         share = share_loads()
-    per3d = PER_3D_ROWS if tile_form3d(coalesce if coalesce is not None else tile_form()) == "rows" else PER_3D
-    coalesce = tile_form3d(coalesce if coalesce is not None else tile_form()) != "strided"
+    form = tile_form3d(coalesce)
+    per3d = {"rows": PER_3D_ROWS, "3d": PER_3D, "strided": 0}[form]
     words = 2 if dtype == "float64" else 1
     worst = 0.0
     for members, n_groups in _loops(problem, spec, None if pieces is None else tuple(pieces), bool(share)):
@@ -292,28 +293,25 @@ def estimate_registers(problem, spec, dtype: str, config, pieces=None, share=Non
         bc = max(min(p2(lanes), config.block_c), max(g.min_bc for g in members))
         per_thread = max(1.0, config.block_z * bc / (32 * config.num_warps))
         tiles = max(g.tiles + _serial(g, config) for g in members) + PER_SHARED * (len(members) - 1)
-        if coalesce:
-            tiles += per3d * max(g.dp3d for g in members)
+        tiles += per3d * max(g.dp3d for g in members)
         if walk:
             tiles += PER_NODE * sum(g.accs for g in members)
         worst = max(worst, (tiles + PER_GROUP * n_groups) * per_thread)
     return int(round(OVERHEAD + words * worst))
 
 
-def tile_form3d(coalesce) -> str:
-    """A ``coalesce`` argument as a tile form name: True is the default (row-on-warp) form.
+def tile_form3d(coalesce=None) -> str:
+    """A ``coalesce`` argument as a tile form name (:func:`tritp.codegen.cg_tiles.form_name`;
+    True is the default, row-on-warp form); None: the environment's
+    (:func:`tritp.kernel_forms.tile_form`).
 
     Example:
         >>> tile_form3d(True), tile_form3d(False), tile_form3d("3d")
         ('rows', 'strided', '3d')
     """
-    if coalesce is True:
-        return "rows"
-    if coalesce is False:
-        return "strided"
-    if coalesce not in ("rows", "3d", "strided"):
-        raise ValueError(f"coalesce must be a bool or one of 'rows', '3d', 'strided', got {coalesce!r}")
-    return coalesce
+    from ..kernel_forms import tile_form
+
+    return tile_form() if coalesce is None else form_name(coalesce)
 
 
 @lru_cache(maxsize=1024)  # the tuner's space asks once per candidate launch configuration

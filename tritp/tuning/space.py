@@ -177,10 +177,9 @@ def cg_space(problem, spec: ProducerSpec, dtype: str, batch: int, share: bool | 
     (``share``: whether the kernel shares channel loops; ``walk``: whether it keeps node
     accumulators across an edge walk; ``coalesce``: the tile form, default the environment's;
     as in :func:`~tritp.tuning.registers.estimate_registers`)."""
-    from ..kernel_forms import tile_form
     from .registers import estimate_registers, groups, tile_form3d
 
-    form = tile_form3d(tile_form() if coalesce is None else coalesce)
+    form = tile_form3d(coalesce)
     shape = cg_shape(problem, spec)
     registers = lambda c: estimate_registers(problem, spec, dtype, c, share=share, walk=walk, coalesce=form)
     zs = AXES["block_z"]
