@@ -16,9 +16,14 @@ Three questions the CPU cannot answer, asked of one GPU at once:
 * **Shared channel loops** (README, "How the kernels work"): output segments that read one
   operand tile share a loop and load it once (fewer loads and instructions, more registers);
   ``TRITP_SHARE_LOADS=0`` generates the former one-loop-per-segment kernels.
+* **Fused backward** (``tritp.codegen.cg_fused``): a channelwise backward computes the
+  gradients of x1, the weights and x2 in one kernel that reads the cotangent once;
+  ``TRITP_FUSED_BWD=0`` (``mul_ir/unfused``) runs one kernel per gradient, as before. Timed
+  for ``fwdbwd`` and ``dbl`` only (the forward is the same kernel).
 
-For each preset and direction (``fwd``, ``fwdbwd``; ``dbl`` on request) it builds the four
-forms (``mul_ir/rows``, the default; ``mul_ir/3d``; ``mul_ir/strided``; ``mul_ir/unshared``; ``ir_mul``),
+For each preset and direction (``fwd``, ``fwdbwd``; ``dbl`` on request) it builds the
+forms (``mul_ir/rows``, the default; ``mul_ir/3d``; ``mul_ir/strided``; ``mul_ir/unshared``;
+``mul_ir/unfused``; ``ir_mul``),
 compiles their kernels in parallel, checks each against the float64 reference on the
 first rows (inputs converted to the variant's layout, outputs back), then times them
 (``triton.testing.do_bench`` median on CUDA, wall clock elsewhere) and prints milliseconds,
@@ -58,7 +63,10 @@ from tritp.reference import reference_tp, to_ir_mul, to_mul_ir  # noqa: E402
 # (name, layout, the TRITP_ settings that select the form); the first is the default
 FORMS = (("mul_ir/rows", "mul_ir", {}), ("mul_ir/3d", "mul_ir", {"TRITP_COALESCE": "3d"}),
          ("mul_ir/strided", "mul_ir", {"TRITP_COALESCE": "0"}),
-         ("mul_ir/unshared", "mul_ir", {"TRITP_SHARE_LOADS": "0"}), ("ir_mul", "ir_mul", {}))
+         ("mul_ir/unshared", "mul_ir", {"TRITP_SHARE_LOADS": "0"}),
+         ("mul_ir/unfused", "mul_ir", {"TRITP_FUSED_BWD": "0"}), ("ir_mul", "ir_mul", {}))
+#: Forms that differ from the default only in some directions: the others are not timed twice
+ONLY = {"mul_ir/unfused": ("fwdbwd", "dbl")}
 KINDS = {"fwd": ("fwd",), "fwdbwd": ("fwd", "bwd"), "dbl": ("fwd", "bwd", "dbl")}
 
 
@@ -99,6 +107,8 @@ def run_problem(name: str, problem, batch: int, args, timer, log) -> dict:
                     kinds = sorted({k for d in args.directions for k in KINDS[d]})
                     tp.precompile(batch=batch, directions=kinds, dtype=args.dtype, device=args.device)
                 for d in args.directions:
+                    if d not in ONLY.get(form, (d,)):
+                        continue
                     if args.out_of_time():
                         rec["failures"][f"{form}:{d}"] = "skipped: time limit"
                         continue

@@ -239,8 +239,7 @@ def spilled(r: dict) -> bool:
 
 
 def audit(args, rows: list) -> list:
-    from tritp.codegen.cg_pieces import plan_pieces
-    from tritp.kernels import kernel_source, target_dim
+    from tritp.kernels import kernel_source, pieces_of, target_dim
     from tritp.tuning import Config, heuristic
     from tritp.tuning.registers import estimate_registers
 
@@ -264,7 +263,7 @@ def audit(args, rows: list) -> list:
                 ints.update(sg=target_dim(problem, spec.target), Z=batch)
                 est = estimate_registers(problem, spec, args.dtype, c)
                 parts = []
-                for piece in plan_pieces(problem, spec):  # the kernels one launch runs, as the runtime splits it
+                for piece in pieces_of(problem, spec):  # the kernels one launch runs, as the runtime splits it
                     path, src = kernel_source(problem, spec, args.dtype, c.block_c, piece)
                     job = {"path": str(path), "ptr": ptr, "ints": ints, "block_z": c.block_z,
                            "num_warps": c.num_warps, "num_stages": c.num_stages}
@@ -278,7 +277,7 @@ def audit(args, rows: list) -> list:
                 ok = all(p["status"] == "ok" for p in parts)
                 agg = {"status": "ok" if ok else next(p["status"] for p in parts if p["status"] != "ok"),
                        "seconds": round(sum(p["seconds"] for p in parts if not p.get("same_as_above")), 1),
-                       "pieces": len(plan_pieces(problem, spec)),
+                       "pieces": len(pieces_of(problem, spec)),
                        "same_as_above": all(p.get("same_as_above") for p in parts)}
                 for k in ("regs", "spill_stores", "spill_loads", "stack", "block_z"):
                     vals = [p[k] for p in parts if k in p]

@@ -124,6 +124,68 @@ class ProducerSpec:
             raise ValueError(f"malformed producer spec {text!r}: {e}") from None
 
 
+@dataclass(frozen=True)
+class FusedSpec:
+    """Several producers one kernel computes together: ``parts``, derivative specs over the
+    same tensor arguments with distinct targets (a channelwise backward's gradients with
+    respect to x1, w and x2, from one read of the cotangent; see :mod:`.cg_fused`). The
+    kernel writes the parts side by side in one output row, in the order of ``parts``.
+
+    Example:
+        >>> fwd = forward_spec()
+        >>> s = FusedSpec((fwd.derivative(0), fwd.derivative(2)))
+        >>> s.target, s.roles
+        ('x1+w', ('x1', 'x2', 'w', 'out'))
+        >>> parse_spec(s.to_str()) == s
+        True
+    """
+
+    parts: tuple
+
+    def __post_init__(self):
+        if len(self.parts) < 2 or not all(isinstance(p, ProducerSpec) for p in self.parts):
+            raise ValueError(f"a fused spec needs two or more ProducerSpec parts, got {self.parts!r}")
+        if len({p.roles for p in self.parts}) != 1:
+            raise ValueError("the parts of a fused spec must take the same tensor arguments")
+        if len({p.target for p in self.parts}) != len(self.parts):
+            raise ValueError(f"the parts of a fused spec need distinct targets, got {self.target}")
+
+    @property
+    def target(self) -> str:
+        return "+".join(p.target for p in self.parts)
+
+    @property
+    def targets(self) -> tuple:
+        return tuple(p.target for p in self.parts)
+
+    @property
+    def roles(self) -> tuple:
+        return self.parts[0].roles
+
+    @property
+    def tag(self) -> str:
+        return "+".join(p.tag for p in self.parts)
+
+    def part(self, target: str) -> ProducerSpec:
+        """The part whose target is ``target``."""
+        return self.parts[self.targets.index(target)]
+
+    def to_str(self) -> str:
+        return "&".join(p.to_str() for p in self.parts)
+
+
+def parse_spec(text: str):
+    """A spec's text form (:meth:`ProducerSpec.to_str`, :meth:`FusedSpec.to_str`) parsed back.
+
+    Example:
+        >>> parse_spec("out|x1,x2,w|0.1.2.-.0") == forward_spec()
+        True
+    """
+    if "&" in text:
+        return FusedSpec(tuple(ProducerSpec.from_str(t) for t in text.split("&")))
+    return ProducerSpec.from_str(text)
+
+
 def forward_spec(has_weights: bool = True) -> ProducerSpec:
     if has_weights:
         return ProducerSpec("out", ("x1", "x2", "w"), ((0, 1, 2, None, False),))

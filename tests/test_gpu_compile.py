@@ -116,6 +116,14 @@ SCRIPT = textwrap.dedent('''
     mace = Problem.channelwise("8x0e+8x1o+8x2e", "0e+1o+2e", "0e+1o+2e", shared_weights=False)
     cg("partial forces kernel", mace, bwd[1])
     cg_pieces.PIECE_BUDGET = budget
+    # the fused backward (cg_fused): whole, fp64, and in pieces (3: later pieces add to grad x2)
+    import tritp.codegen.cg_fused as cg_fused
+    fused = cg_fused.fused_backward(p, {"x1", "w", "x2"})
+    cg("fused backward", p, fused)
+    cg("fused backward fp64", p, fused, dtype=torch.float64)
+    cg_fused.PIECE_BUDGET, fbudget = 60, cg_fused.PIECE_BUDGET
+    cg("fused backward in pieces", mace, cg_fused.fused_backward(mace, {"x1", "w", "x2"}))
+    cg_fused.PIECE_BUDGET = fbudget
     # tensor-core paths: uvw with shared weights, forward and the weight-gradient GEMM; fp64 dot
     q = Problem.all_paths("16x0e+16x1o", "16x0e+16x1o", "16x0e+16x1o", "uvw")
     cg("uvw forward", q, fwd, expect=DOT)
@@ -136,6 +144,7 @@ SCRIPT = textwrap.dedent('''
     conv("conv atomic grad x1", bwd[0], "atomic", [src, dst], expect=(r"= tt\\.atomic_rmw ",))
     with int64_offsets():
         cg("cw forward int64", p, fwd)
+        cg("fused backward int64", p, fused)
         conv("conv segment forward int64", fwd, "deterministic", graph32)
 
     # Gaunt grid and fft: one fused GEMM kernel per producer (sparse: a CG kernel without
@@ -168,9 +177,9 @@ SCRIPT = textwrap.dedent('''
     print("kernels", len(kernels), "keyed", sum(kernels.values()), "formula", tritp.jit_key._verdict)
 ''')
 
-# 25 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
-# partial forces kernel as four (cg_pieces)
-EXPECTED = 31
+# 29 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
+# partial forces kernel as four (cg_pieces), the fused backward in pieces as three (cg_fused)
+EXPECTED = 37
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):

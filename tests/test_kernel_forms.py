@@ -1,6 +1,6 @@
-"""CPU smoke runs of two benchmark scripts: kernel_forms.py (the five kernel forms -- row-on-warp,
-3D and strided mul_ir tiles, per-segment channel loops, ir_mul -- of the tiny preset through the
-interpreter, each checked against the float64 reference) and first_call.py (compile for sm_90 without a GPU, then load warm)."""
+"""CPU smoke runs of two benchmark scripts: kernel_forms.py (the six kernel forms -- row-on-warp,
+3D and strided mul_ir tiles, per-segment channel loops, the backward unfused, ir_mul -- of the
+tiny preset through the interpreter, each checked against the float64 reference) and first_call.py (compile for sm_90 without a GPU, then load warm)."""
 
 import json
 import os
@@ -15,16 +15,18 @@ def test_quick_run_checks_and_times_every_form(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1", TRITP_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("TRITP_SHARE_LOADS", None)
     env.pop("TRITP_COALESCE", None)
+    env.pop("TRITP_FUSED_BWD", None)
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_forms.py"), "--quick", "--out",
                         str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     (path,) = (tmp_path / "out").glob("*-kernel-forms.json")
     data = json.loads(path.read_text())
-    assert data["forms"] == ["mul_ir/rows", "mul_ir/3d", "mul_ir/strided", "mul_ir/unshared", "ir_mul"]
+    assert data["forms"] == ["mul_ir/rows", "mul_ir/3d", "mul_ir/strided", "mul_ir/unshared", "mul_ir/unfused",
+                             "ir_mul"]
     (rec,) = data["problems"]
     assert rec["failures"] == {}
-    for form in data["forms"]:
-        assert set(rec["times_ms"][form]) == {"fwd", "fwdbwd"}
+    for form in data["forms"]:  # the unfused backward's forward is the default's: not timed twice
+        assert set(rec["times_ms"][form]) == ({"fwdbwd"} if form == "mul_ir/unfused" else {"fwd", "fwdbwd"})
         assert all(e <= 1e-5 for e in rec["errors"][form].values()), (form, rec["errors"][form])
     # every form was generated (the kernel files differ by the form): both channel-loop
     # forms, and 3D tiles (row-on-warp or not) beside strided ones
@@ -33,6 +35,7 @@ def test_quick_run_checks_and_times_every_form(tmp_path):
     assert len(sources) >= 5 and len(loops) == 2, (len(sources), loops)
     assert {"tl.split(" in src for src in sources} == {True, False}
     assert {"tl.permute(" in src for src in sources if "tl.split(" in src} == {True, False}
+    assert list((tmp_path / "cache" / "kernels").glob("cg_x1wx2_*.py"))  # the fused backward ran
 
 
 def test_first_call_compiles_cold_then_loads_warm(tmp_path):

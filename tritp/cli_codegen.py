@@ -23,6 +23,7 @@ import argparse
 from .cli_show import add_problem_options, problem_from_args
 from .codegen import Problem
 from .codegen.cg_emit import DEFAULT_BLOCK_C
+from .codegen.cg_fused import fused_backward
 from .codegen.cg_spec import ProducerSpec, compact, forward_spec
 
 DIRECTIONS = ("fwd", "bwd", "dbl")
@@ -61,14 +62,19 @@ def producer_specs(problem: Problem, direction: str) -> list:
     """``[(label, spec)]``: the producer kernels of ``direction`` in launch order.
 
     Backward specs are the forward's derivatives with respect to each input, compacted to
-    the tensors they use; double-backward specs are the derivatives of each backward spec
-    with respect to each of its tensor arguments (as :class:`tritp.autograd.Produce` builds
-    them). Raises ValueError for an unknown direction.
+    the tensors they use, led (where it applies and ``TRITP_FUSED_BWD`` is not 0) by the fused
+    backward that computes the gradients of x1, the weights and x2 in one kernel
+    (:mod:`tritp.codegen.cg_fused`; the separate kernels run when one gradient is asked for);
+    double-backward specs are the derivatives of each separate backward spec with respect to
+    each of its tensor arguments (as the autograd formula of :mod:`tritp.ops` builds them).
+    Raises ValueError for an unknown direction.
 
     Example:
         >>> p = Problem.channelwise("4x0e+4x1o", "0e+1o", "0e+1o")
         >>> [len(producer_specs(p, d)) for d in ("fwd", "bwd", "dbl")]
-        [1, 3, 9]
+        [1, 4, 9]
+        >>> producer_specs(p, "bwd")[0][0]
+        'backward: fused grad x1+w+x2'
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"--direction {direction!r} is not one of {', '.join(DIRECTIONS)}")
@@ -81,7 +87,10 @@ def producer_specs(problem: Problem, direction: str) -> list:
         if spec.terms:
             bwd.append((f"backward: {_grad_name(role)}", spec))
     if direction == "bwd":
-        return bwd
+        from .kernel_forms import fused_backward_on
+
+        fused = fused_backward(problem, set(fwd.roles)) if fused_backward_on() else None
+        return ([(f"backward: fused grad {fused.target}", fused)] if fused else []) + bwd
     dbl = []
     for label, spec in bwd:
         for i, role in enumerate(spec.roles):
@@ -122,8 +131,7 @@ def header(k: int, n: int, label: str, spec: ProducerSpec, path) -> str:
 
 def run(args) -> int:
     """Execute ``tritp codegen`` (the protocol of :mod:`tritp.cli`)."""
-    from .codegen.cg_pieces import plan_pieces
-    from .kernels import kernel_source  # imports torch: only when the command runs
+    from .kernels import kernel_source, pieces_of  # imports torch: only when the command runs
 
     if args.block_c < 1 or args.block_c & (args.block_c - 1):
         raise ValueError(f"--block-c must be a power of two, got {args.block_c}")
@@ -132,7 +140,7 @@ def run(args) -> int:
     print(f"# tritp codegen --direction {args.direction} --dtype {args.dtype}: {problem!r}")
     print(f"# problem key: {problem.key}")
     for k, (label, spec) in enumerate(specs, 1):
-        pieces = plan_pieces(problem, spec)  # a big kernel is emitted as pieces (cg_pieces)
+        pieces = pieces_of(problem, spec)  # a big kernel is emitted as pieces (cg_pieces, cg_fused)
         for j, piece in enumerate(pieces, 1):
             path, src = kernel_source(problem, spec, args.dtype, args.block_c, piece)
             print()

@@ -50,6 +50,13 @@ def conv_tile_form() -> str:
     return "3d" if form == "rows" and not conv_rows() else form
 
 
+def fused_backward_on() -> bool:
+    """Whether the backward of a channelwise product runs as one fused kernel for the
+    gradients of x1, the weights and x2 (the default; :mod:`tritp.codegen.cg_fused`) or as one
+    kernel per gradient (``TRITP_FUSED_BWD=0``: the form before, kept to time the two)."""
+    return os.environ.get("TRITP_FUSED_BWD", "1") != "0"
+
+
 def kernel_form() -> tuple:
     """What the ``TRITP_*`` form switches add to a generated source's identity and to a loaded
     kernel's key (:func:`share_loads`, :func:`tile_form`)."""
@@ -64,8 +71,8 @@ def conv_form() -> tuple:
 
 
 #: The environment variables that select a kernel form (:func:`share_loads`, :func:`tile_form`,
-#: :func:`conv_rows`).
-FORM_VARIABLES = ("TRITP_SHARE_LOADS", "TRITP_COALESCE", "TRITP_CONV_ROWS")
+#: :func:`conv_rows`, :func:`fused_backward_on`).
+FORM_VARIABLES = ("TRITP_SHARE_LOADS", "TRITP_COALESCE", "TRITP_CONV_ROWS", "TRITP_FUSED_BWD")
 
 
 @contextmanager

@@ -32,14 +32,15 @@ import torch
 from .codegen import Problem
 from .codegen.cg_pieces import Partial, plan_pieces, slabs
 from .codegen.intmath import cdiv as triton_cdiv
-from .codegen.cg_spec import ProducerSpec
+from .codegen.cg_fused import fused_pieces
+from .codegen.cg_spec import FusedSpec, ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
 from .compile_pool import compile_in_processes, file_backed, use_processes
 from .jit_key import seed_cache_key
 from .kernel_forms import (FORM_VARIABLES, form_env, kernel_form, share_loads,  # noqa: F401  (re-exported)
                            tile_form)
 
-GENERATOR_FILES = ("cg_emit.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py", "cg_tiles.py", "coupling.py", "instructions.py", "intmath.py",
+GENERATOR_FILES = ("cg_emit.py", "cg_fused.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py", "cg_tiles.py", "coupling.py", "instructions.py", "intmath.py",
                    "irreps.py", "problem.py", "writer.py")
 INT32_LIMIT = 2**31  # offsets at or past this switch the kernel to int64 addressing (tests lower it)
 _loaded: dict = {}
@@ -58,7 +59,7 @@ def dot_precision() -> str:
 def source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None) -> Path:
     parts = (generator_hash(), problem.key, repr(spec), dtype, block_c, dot_precision(), *kernel_form())
     h = content_hash(*parts, *(() if piece is None else (piece.key() if isinstance(piece, Partial) else tuple(piece),)))
-    return cache_dir("kernels") / f"cg_{spec.target}_{h}.py"
+    return cache_dir("kernels") / f"cg_{spec.target.replace('+', '')}_{h}.py"
 
 
 def kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, piece=None) -> tuple:
@@ -67,9 +68,14 @@ def kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int
     path = source_path(problem, spec, dtype, block_c, piece)
     if path.exists():
         return path, path.read_text()
-    from .codegen.cg_emit import emit_producer
+    if isinstance(spec, FusedSpec):
+        from .codegen.cg_fused import emit_fused
 
-    src = emit_producer(problem, spec, dtype, block_c, dot_precision(), piece, share_loads(), tile_form())
+        src = emit_fused(problem, spec, dtype, block_c, piece, tile_form())
+    else:
+        from .codegen.cg_emit import emit_producer
+
+        src = emit_producer(problem, spec, dtype, block_c, dot_precision(), piece, share_loads(), tile_form())
     atomic_write(path, src.encode())
     return path, src
 
@@ -123,6 +129,9 @@ def launch_dtypes(tensors, out_dtype=None) -> tuple:
 
 
 def target_dim(problem: Problem, role: str) -> int:
+    """Width of target ``role``'s row; a fused spec's target (``"x1+w+x2"``) sums its parts'."""
+    if "+" in role:
+        return sum(target_dim(problem, r) for r in role.split("+"))
     return {"x1": problem.irreps_in1.dim, "x2": problem.irreps_in2.dim, "out": problem.irreps_out.dim,
             "w": problem.weight_numel}[role]
 
@@ -143,6 +152,12 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     if plan.slabs > 1:  # Partial pieces (cg_pieces): each wrote its own slab of [Z, slabs * dim]
         return plan.g.view(Z, plan.slabs, -1).sum(1).to(plan.out_dtype)
     return plan.g.sum(0).to(plan.out_dtype) if plan.shared_w else plan.g
+
+
+def pieces_of(problem: Problem, spec) -> tuple:
+    """The kernels one producer launches (:func:`~tritp.codegen.cg_pieces.plan_pieces`; a
+    fused backward's, :func:`~tritp.codegen.cg_fused.fused_pieces`)."""
+    return fused_pieces(problem, spec) if isinstance(spec, FusedSpec) else plan_pieces(problem, spec)
 
 
 class LaunchPlan(NamedTuple):
@@ -180,7 +195,7 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
         from .tuning import check_config
 
         check_config(config)
-    pieces = plan_pieces(problem, spec)
+    pieces = pieces_of(problem, spec)
     kerns = [get_kernel(problem, spec, dtype_name, config.block_c, piece) for piece in pieces]
     n_slabs = slabs(pieces)
     block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # one grid for every piece

@@ -126,6 +126,31 @@ def cg_gradients(spec: ProducerSpec, tensors: Sequence, grad: torch.Tensor, need
     return grads
 
 
+def fused_gradients(spec, widths: dict, tensors: Sequence, grad: torch.Tensor, needs: Sequence,
+                    call: Callable) -> list:
+    """The gradients of a fused spec's arguments (:class:`~tritp.codegen.cg_spec.FusedSpec`,
+    its parts side by side in one output row; ``widths``: ``{target: (offset, width)}``): the
+    sum over parts of :func:`cg_gradients` of each part's slice of ``grad``.
+
+    Example:
+        >>> from tritp.codegen.cg_spec import FusedSpec, forward_spec
+        >>> fwd = forward_spec()
+        >>> s = FusedSpec((fwd.derivative(0), fwd.derivative(2)))
+        >>> ts = [torch.ones(2, 4), torch.ones(2, 1), torch.ones(2, 4), torch.ones(2, 4)]
+        >>> gs = fused_gradients(s, {"x1": (0, 4), "w": (4, 4)}, ts, torch.ones(2, 8), (True,) * 4,
+        ...                      lambda t, dspec, args: torch.ones_like(t))
+        >>> [g[0, 0].item() for g in gs]  # x1 and x2 reached by both parts, w and gout by one
+        [1.0, 2.0, 1.0, 2.0]
+    """
+    total = [None] * len(tensors)
+    for part in spec.parts:
+        o, d = widths[part.target]
+        for i, g in enumerate(cg_gradients(part, tensors, grad[:, o:o + d], needs, call)):
+            if g is not None:
+                total[i] = g if total[i] is None else total[i] + g
+    return total
+
+
 def pick(opaque, visible, tensors: Sequence):
     """The registration to run: the Inductor-visible ``triton_op`` on CUDA, the opaque
     ``custom_op`` elsewhere.

@@ -30,9 +30,11 @@ import torch
 from torch.library import custom_op, wrap_triton
 
 from .codegen import Problem
-from .codegen.cg_spec import ProducerSpec
+from .codegen.cg_fused import fused_backward, part_dims
+from .codegen.cg_spec import FusedSpec, forward_spec, parse_spec
+from .kernel_forms import fused_backward_on
 from .kernels import produce, target_dim
-from .op_pair import cg_gradients, pick, register, save_inputs, unbroadcast, visible_op
+from .op_pair import cg_gradients, fused_gradients, pick, register, save_inputs, unbroadcast, visible_op
 
 
 @lru_cache(maxsize=512)
@@ -41,8 +43,19 @@ def problem_from_key(key: str) -> Problem:
 
 
 @lru_cache(maxsize=4096)
-def spec_from_str(text: str) -> ProducerSpec:
-    return ProducerSpec.from_str(text)
+def spec_from_str(text: str):
+    """A :class:`ProducerSpec` (or, for a fused backward, a :class:`FusedSpec`) from its text."""
+    return parse_spec(text)
+
+
+@lru_cache(maxsize=4096)
+def fused_for(key: str, spec: str, needs: tuple):
+    """The fused backward (:func:`~tritp.codegen.cg_fused.fused_backward`) of the forward
+    ``spec`` of problem ``key`` for the gradients ``needs`` (one flag per tensor), or None."""
+    s, p = spec_from_str(spec), problem_from_key(key)
+    if s != forward_spec(p.weight_numel > 0):
+        return None
+    return fused_backward(p, {r for r, n in zip(s.roles, needs) if n})
 
 
 @custom_op("tritp::produce", mutates_args=())
@@ -68,8 +81,21 @@ def _make_backward(op):
         def call(t, dspec, args):
             return unbroadcast(t, op(ctx.key, dspec, ctx.Z, t.dtype, args))
 
-        grads = cg_gradients(spec_from_str(ctx.spec), ctx.saved_tensors, grad, ctx.needs_input_grad[4], call)
-        return None, None, None, None, grads
+        spec, tensors, needs = spec_from_str(ctx.spec), ctx.saved_tensors, tuple(ctx.needs_input_grad[4])
+        if isinstance(spec, FusedSpec):
+            widths = part_dims(problem_from_key(ctx.key), spec)
+            return None, None, None, None, fused_gradients(spec, widths, tensors, grad, needs, call)
+        fused = fused_for(ctx.key, ctx.spec, needs) if fused_backward_on() else None
+        if fused is None or len({t.dtype for t in tensors}) > 1:
+            return None, None, None, None, cg_gradients(spec, tensors, grad, needs, call)
+        # one kernel for the gradients of x1, the weights and x2 (codegen.cg_fused): views of its row
+        both = op(ctx.key, fused.to_str(), ctx.Z, tensors[0].dtype, [*tensors, grad])
+        grads = [None] * len(tensors)
+        for target, (o, d) in part_dims(problem_from_key(ctx.key), fused).items():
+            i = spec.roles.index(target)
+            grads[i] = unbroadcast(tensors[i], both[:, o:o + d])
+        rest = cg_gradients(spec, tensors, grad, [n and g is None for n, g in zip(needs, grads)], call)
+        return None, None, None, None, [g if g is not None else r for g, r in zip(grads, rest)]
 
     return backward
 

@@ -125,7 +125,7 @@ from typing import NamedTuple
 
 from ..codegen.cg_gemm import dot_letter
 from ..codegen.cg_pieces import Partial
-from ..codegen.cg_spec import letters, loop_groups, tile_keys
+from ..codegen.cg_spec import FusedSpec, letters, loop_groups, tile_keys
 from ..codegen.cg_tiles import form_name
 from ..codegen.intmath import p2
 
@@ -143,6 +143,10 @@ PER_SERIAL = 1.5
 PER_3D = 4
 #: The same in the row-on-warp form of those tiles (the default; see the module docstring).
 PER_3D_ROWS = 3.5
+#: Tiles per work unit of an x1 segment of a fused backward (its unrolled loads and coupling
+#: terms): the longer the straight-line code, the more values the compiler keeps in flight
+#: (fitted to ptxas for sm_90, Triton 3.9, at 8:64:8 and 8:32:8 on six presets).
+PER_FUSED_UNIT = 0.07
 #: Tiles per node accumulator (one per component of each target segment of a loop) that a
 #: convolution's segment-mode walk keeps alive across a node's edges.
 PER_NODE = 0.5
@@ -181,6 +185,8 @@ def _info(p, ins):
 @lru_cache(maxsize=4096)  # the tuner's space asks once per candidate launch configuration
 def groups(problem, spec) -> tuple:
     """The :class:`Group` of every tile group of ``spec``'s kernel, in kernel order."""
+    if isinstance(spec, FusedSpec):
+        return _fused_groups(problem, spec)
     p, target = problem, spec.target
     out = []
     if target == "w":
@@ -245,6 +251,36 @@ def groups(problem, spec) -> tuple:
         loop = (mul,) if mul > 1 and min_bc == 1 else None
         out.append(Group(lanes, ir.dim + straight + looped, min_bc, seg, loop, tile_keys(p, spec, list(enumerate(inss))),
                          serial, _dp(p, dims), ir.dim))
+    return tuple(out)
+
+
+def _fused_groups(p, spec) -> tuple:
+    """One group per x1 segment of a fused backward (:mod:`tritp.codegen.cg_fused`): its x1
+    gradient accumulators and x1 tile (alive through the segment's loop), the lane partials of
+    one x2 segment's gradient (alive through that segment's paths), per path the cotangent tile,
+    the weight tile, one ``t_j`` and the weight gradient; plus :data:`PER_FUSED_UNIT` tiles per
+    work unit of the segment (:func:`~tritp.codegen.cg_fused.segment_costs`)."""
+    from ..codegen.cg_fused import segment_costs
+
+    want = set(spec.targets)
+    costs = segment_costs(p, spec)
+    out = []
+    for seg, (mul, ir) in enumerate(p.irreps_in1):
+        inss = [i for i in p.instructions if i.i_in1 == seg and 0 not in i.path_shape]
+        if mul == 0 or not (inss or "x1" in want):
+            continue
+        tiles = ir.dim if "x1" in want else 0
+        per_path, q, dims = 0, 0, [ir.dim]
+        for ins in inss:
+            _, _, ms = _info(p, ins)
+            if "x2" in want:
+                q = max(q, p.irreps_in2[ins.i_in2].ir.dim)
+            per_path = max(per_path, ms["out"] + (3 if want & {"w", "x2"} else 1))
+            dims.append(p.irreps_out[ins.i_out].ir.dim)
+        if want & {"w", "x2"} and inss:
+            tiles += ir.dim
+        tiles = tiles + q + per_path + PER_FUSED_UNIT * costs[seg]
+        out.append(Group(mul, tiles, 1, seg, None, frozenset(), dp3d=_dp(p, dims)))
     return tuple(out)
 
 
@@ -319,13 +355,17 @@ def _loops(problem, spec, pieces, share: bool) -> tuple:
     """The emitter's channel loops (``CGEmitter.segment_groups`` / ``weight_groups``) of each
     piece, as ``(groups in the loop, groups in the piece)``: everything of the estimate that
     does not depend on the launch configuration."""
+    fused = isinstance(spec, FusedSpec)
     if pieces is None:
+        from ..codegen.cg_fused import fused_pieces
         from ..codegen.cg_pieces import plan_pieces
 
-        pieces = plan_pieces(problem, spec)
+        pieces = fused_pieces(problem, spec) if fused else plan_pieces(problem, spec)
     every = groups(problem, spec)
     out = []
     for piece in pieces:
+        if fused and piece is not None:
+            piece = piece[0]  # (x1 segments, adds)
         # a Partial piece (one-channel target) runs every segment loop, on fewer instructions:
         # counted as the whole kernel (an upper bound)
         gs = every if piece is None or isinstance(piece, Partial) else [g for g in every if g.unit in piece]

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from itertools import product
 from typing import Callable
 
-from ..codegen.cg_spec import ProducerSpec, letters
+from ..codegen.cg_spec import FusedSpec, ProducerSpec, letters
 from ..codegen.diskcache import content_hash
 from ..codegen.intmath import p2
 from . import Config
@@ -134,6 +134,12 @@ def cg_shape(problem, spec: ProducerSpec) -> dict:
 
     p, target = problem, spec.target
     lanes, loops, nnz = 1, False, 0
+    if isinstance(spec, FusedSpec):  # channels along x1's segments, no loops of their own
+        nnz = sum(len(sparse_coupling(p.irreps_in1[i.i_in1].ir.l, p.irreps_in2[i.i_in2].ir.l,
+                                      p.irreps_out[i.i_out].ir.l)) for i in p.instructions)
+        gs = groups(p, spec)
+        return {"lanes": max([g.lanes for g in gs] + [1]), "tiles": max([g.tiles for g in gs] + [1]),
+                "loops": False, "nnz": nnz}
     for ins in p.instructions:
         if 0 in ins.path_shape or (target == "w" and not ins.has_weight):
             continue

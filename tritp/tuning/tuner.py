@@ -26,8 +26,10 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from ..codegen.cg_fused import fused_backward
 from ..codegen.cg_spec import ProducerSpec, compact, forward_spec
 from ..codegen.diskcache import content_hash
+from ..kernel_forms import fused_backward_on
 from ..kernels import launch_plan, precompile
 from . import Config, heuristic
 from .cache import SCHEMA, bucket, gpu_name, make_key, store as store_entry
@@ -94,11 +96,14 @@ class TuneResult(NamedTuple):
 
 def direction_specs(problem, directions=DIRECTIONS) -> list:
     """``[(direction, spec)]`` of the kernels a forward, backward and double backward launch.
+    The backward's are the fused kernel of x1's, the weights' and x2's gradients where it
+    applies (:mod:`tritp.codegen.cg_fused`, unless ``TRITP_FUSED_BWD=0``), then the kernel of
+    each gradient alone (what runs when one gradient is asked for).
 
     Example:
         >>> from tritp.codegen import Problem
-        >>> [d for d, _ in direction_specs(Problem.channelwise("4x0e", "0e", "0e"), ("fwd", "bwd"))]
-        ['fwd', 'bwd', 'bwd', 'bwd']
+        >>> [s.target for _, s in direction_specs(Problem.channelwise("4x0e", "0e", "0e"), ("fwd", "bwd"))]
+        ['out', 'x1+w+x2', 'x1', 'x2', 'w']
     """
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad:
@@ -114,6 +119,9 @@ def direction_specs(problem, directions=DIRECTIONS) -> list:
             out.append((d, s))
     if "fwd" in directions:
         add("fwd", fwd)
+    fused = fused_backward(problem, set(fwd.roles)) if fused_backward_on() else None
+    if fused is not None and "bwd" in directions:
+        out.append(("bwd", fused))
     for s in bwd if "bwd" in directions else ():
         add("bwd", s)
     for b in bwd if "dbl" in directions else ():

@@ -1,0 +1,178 @@
+"""The fused backward of a channelwise product (``codegen/cg_fused.py``): one kernel for the
+gradients of x1, the weights and x2, against the separate kernels (``TRITP_FUSED_BWD=0``, the
+form before), the float64 reference and second derivatives through it.
+"""
+
+import re
+
+import pytest
+import torch
+
+import tritp
+import tritp.codegen.cg_fused as cg_fused
+import tritp.ops
+from tritp.codegen import Problem
+from tritp.codegen.cg_fused import emit_fused, fused_backward, fused_pieces, segment_costs
+from tritp.codegen.cg_spec import FusedSpec, forward_spec, parse_spec
+from tritp.reference import reference_tp
+
+F64 = torch.float64
+MACE_LIKE = ("8x0e+8x1o+4x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
+
+
+class Spy:
+    """Wraps ``tritp.ops.produce`` and records the spec of every launch."""
+
+    def __init__(self, monkeypatch):
+        self.specs, inner = [], tritp.ops.produce
+
+        def produce(problem, spec, *args, **kw):
+            self.specs.append(spec)
+            return inner(problem, spec, *args, **kw)
+
+        monkeypatch.setattr(tritp.ops, "produce", produce)
+
+    def fused(self) -> list:
+        return [s.target for s in self.specs if isinstance(s, FusedSpec)]
+
+
+def _inputs(tp, Z, dtype=F64, seed=0, needs=("x1", "x2", "w")):
+    g = torch.Generator().manual_seed(seed)
+    dims = {"x1": tp.irreps_in1.dim, "x2": tp.irreps_in2.dim, "w": tp.weight_numel}
+    return {r: torch.randn(Z, d, generator=g, dtype=dtype).requires_grad_(r in needs) for r, d in dims.items() if d}
+
+
+def _grads(tp, xs, fused: str, monkeypatch, second: bool = True):
+    """First gradients of a random scalar of the output, then (``second``) the gradients of a
+    nonlinear function of them, with the fused backward on or off."""
+    monkeypatch.setenv("TRITP_FUSED_BWD", fused)
+    args = [xs["x1"], xs["x2"]] + ([xs["w"]] if "w" in xs else [])
+    y = tp(*args)
+    cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=y.dtype)
+    wrt = [a for a in args if a.requires_grad]
+    first = torch.autograd.grad(y, wrt, cot, create_graph=second)
+    if not second:
+        return first
+    s = sum((g * torch.sin(g)).sum() for g in first)
+    return first + torch.autograd.grad(s, wrt)
+
+
+@pytest.mark.parametrize("layout", ["mul_ir", "ir_mul"])
+def test_fused_backward_equals_separate_kernels_to_second_order(layout, monkeypatch):
+    tp = tritp.compile(*MACE_LIKE, mode="channelwise", layout=layout)
+    xs = _inputs(tp, 13)
+    spy = Spy(monkeypatch)
+    fused = _grads(tp, xs, "1", monkeypatch)
+    assert spy.fused() == ["x1+w+x2"]  # the backward ran as one kernel
+    spy.specs.clear()
+    apart = _grads(tp, xs, "0", monkeypatch)
+    assert spy.fused() == []
+    for a, b in zip(fused, apart):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_fused_backward_against_float64_reference(monkeypatch):
+    """fp32 fused gradients against the float64 reference's autograd."""
+    tp = tritp.compile(*MACE_LIKE, mode="channelwise")
+    xs = _inputs(tp, 21, torch.float32)
+    got = _grads(tp, xs, "1", monkeypatch, second=False)
+    ref_in = [xs[r].detach().double().requires_grad_() for r in ("x1", "x2", "w")]
+    y = reference_tp(tp.problem, *ref_in)
+    cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float32).double()
+    want = torch.autograd.grad(y, ref_in, cot)
+    for g, r in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max().item())
+
+
+@pytest.mark.parametrize("needs", [("x1", "w"), ("x2", "w"), ("x1", "x2")])
+def test_fused_parts_follow_the_gradients_asked_for(needs, monkeypatch):
+    tp = tritp.compile(*MACE_LIKE, mode="channelwise")
+    xs = _inputs(tp, 9, needs=needs)
+    spy = Spy(monkeypatch)
+    fused = _grads(tp, xs, "1", monkeypatch)
+    assert spy.fused() == ["+".join(r for r in ("x1", "w", "x2") if r in needs)]
+    apart = _grads(tp, xs, "0", monkeypatch)
+    for a, b in zip(fused, apart):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_one_gradient_runs_its_own_kernel(monkeypatch):
+    tp = tritp.compile(*MACE_LIKE, mode="channelwise")
+    xs = _inputs(tp, 5, needs=("x2",))
+    spy = Spy(monkeypatch)
+    _grads(tp, xs, "1", monkeypatch, second=False)
+    assert spy.fused() == [] and [s.target for s in spy.specs] == ["out", "x2"]
+
+
+def test_pieces_add_their_share_of_the_x2_gradient(monkeypatch):
+    """A fused backward split by x1 segment: later pieces add to the x2 gradient the earlier
+    ones stored; the result is the whole kernel's."""
+    tp = tritp.compile(*MACE_LIKE, mode="channelwise")
+    spec = fused_backward(tp.problem, {"x1", "w", "x2"})
+    whole = _grads(tp, _inputs(tp, 11), "1", monkeypatch, second=False)
+    costs = segment_costs(tp.problem, spec)
+    monkeypatch.setattr(cg_fused, "PIECE_BUDGET", min(costs))  # one segment a piece
+    pieces = fused_pieces(tp.problem, spec)
+    assert len(pieces) == 3 and [p[1] for p in pieces] == [False, True, True]
+    split = _grads(tp, _inputs(tp, 11), "1", monkeypatch, second=False)
+    for a, b in zip(whole, split):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_weightless_and_broadcast_operands(monkeypatch):
+    """Paths without weights (parts x1 and x2 only), and x2 one row broadcast over the batch
+    (its gradient summed over the rows)."""
+    p = Problem("6x0e+6x1o", "0e+1o", "6x0e+6x1o+6x1o", [(0, 0, 0, "uvu", False), (1, 1, 0, "uvu", False),
+                                                        (1, 0, 1, "uvu", False), (0, 1, 2, "uvu", False)])
+    assert fused_backward(p, {"x1", "x2", "w"}).target == "x1+x2"
+    tp = tritp.TensorProduct(p)
+    g = torch.Generator().manual_seed(3)
+    x1 = torch.randn(7, 24, generator=g, dtype=F64, requires_grad=True)
+    x2 = torch.randn(1, 4, generator=g, dtype=F64, requires_grad=True)
+    cot = torch.randn(7, p.irreps_out.dim, generator=g, dtype=F64)
+    spy = Spy(monkeypatch)
+    got = torch.autograd.grad(tp(x1, x2), (x1, x2), cot)
+    assert spy.fused() == ["x1+x2"] and got[1].shape == (1, 4)
+    want = torch.autograd.grad(reference_tp(p, x1, x2.expand(7, 4)), (x1, x2), cot)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_opcheck_of_the_fused_op():
+    tp = tritp.compile("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise")
+    spec = fused_backward(tp.problem, {"x1", "w", "x2"})
+    g = torch.Generator().manual_seed(0)
+    dims = (tp.irreps_in1.dim, tp.irreps_in2.dim, tp.weight_numel, tp.irreps_out.dim)
+    ts = [torch.randn(3, d, generator=g, dtype=F64, requires_grad=True) for d in dims]
+    torch.library.opcheck(torch.ops.tritp.produce.default, (tp.problem.key, spec.to_str(), 3, F64, ts))
+
+
+def test_where_fusion_applies():
+    fwd = forward_spec()
+    ch = Problem.channelwise(*MACE_LIKE)
+    assert fused_backward(ch, {"x1", "w", "x2", "out"}).targets == ("x1", "w", "x2")
+    assert fused_backward(ch, {"w"}) is None
+    assert fused_backward(Problem.fully_connected("4x0e", "4x0e", "4x0e"), {"x1", "w"}) is None  # uvw
+    assert fused_backward(Problem.channelwise("4x0e", "2x0e", "4x0e"), {"x1", "w"}) is None  # x2 of 2 channels
+    assert fused_backward(Problem.channelwise("4x0e", "0e", "4x0e", shared_weights=True), {"x1", "w"}) is None
+    spec = fused_backward(ch, {"x1", "w"})
+    assert parse_spec(spec.to_str()) == spec and spec.part("w") == fwd.derivative(2)
+    with pytest.raises(ValueError, match="distinct targets"):
+        FusedSpec((fwd.derivative(0), fwd.derivative(0)))
+    with pytest.raises(ValueError, match="budget"):
+        fused_pieces(ch, spec, budget=0)
+    with pytest.raises(TypeError, match="FusedSpec"):
+        emit_fused(ch, fwd)
+
+
+def test_the_cotangent_is_read_once_per_path():
+    """Each path's cotangent tile is loaded once for all three gradients, each x1 segment's
+    channels are walked once, and x2's gradient is summed along the lanes once per pair of x1
+    and x2 segments (every component of the x2 segment in one reduction)."""
+    p = Problem.channelwise(*MACE_LIKE)
+    src = emit_fused(p, fused_backward(p, {"x1", "w", "x2"}), "float32")
+    n_paths = len(p.instructions)
+    assert len(re.findall(r"tl\.load\(tp?3\b", src)) == n_paths
+    assert src.count("for c0 in range(") == len(p.irreps_in1)
+    assert src.count("tl.sum(") == len({(i.i_in1, i.i_in2) for i in p.instructions})
