@@ -128,7 +128,7 @@ def compile_cg(job: dict) -> dict:
     for i, n in enumerate(names):
         if n in cx:
             sig[n] = "constexpr"
-        elif (n[0] == "t" and n[1:].isdigit()) or n == "g" or n in job.get("index_ptrs", {}):
+        elif (n[0] in "tg" and n[1:].isdigit()) or n == "g" or n in job.get("index_ptrs", {}):
             sig[n] = "*" + job.get("index_ptrs", {}).get(n, job["ptr"])
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
@@ -261,6 +261,8 @@ def audit(args, rows: list) -> list:
                 ints = {f"s{i}": (0 if r == "w" and problem.shared_weights else target_dim(problem, r))
                         for i, r in enumerate(spec.roles)}
                 ints.update(sg=target_dim(problem, spec.target), Z=batch)
+                # a fused backward: one output per part (tritp.codegen.cg_fused)
+                ints.update({f"sg{i}": target_dim(problem, t) for i, t in enumerate(getattr(spec, "targets", ()))})
                 est = estimate_registers(problem, spec, args.dtype, c)
                 parts = []
                 for piece in pieces_of(problem, spec):  # the kernels one launch runs, as the runtime splits it

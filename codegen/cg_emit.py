@@ -79,6 +79,9 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
         # shared-weight gradients sum over the whole batch: a fixed grid of programs strides
         # over the row blocks and writes one partial row each (split-K), not one per block
         self.split_rows = spec.target == "w" and problem.shared_weights
+        # suffix of the target names g<s>, sg<s>, rg<s>, gp<s> the stores use (a kernel with
+        # several targets, cg_fused, switches it per target); the names of each target
+        self.tg, self.tgs = "", ("",)
 
     def fresh(self, stem: str) -> str:
         self.uid += 1
@@ -246,7 +249,8 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
             w("zz = z")
         for i in range(len(self.spec.roles)):
             w(f"r{i} = zz * s{i}")
-        w("rg = zz * sg")
+        for t in self.tgs:
+            w(f"rg{t} = zz * sg{t}")
         self.emit_row_pointers(target=True)
 
     def emit_row_pointers(self, target: bool):
@@ -255,11 +259,13 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
         for i in range(len(self.spec.roles)):
             self.w(f"tp{i} = t{i} + r{i}[:, None]")
         if target:
-            self.w("gp = g + rg[:, None]")
+            for t in self.tgs:
+                self.w(f"gp{t} = g{t} + rg{t}[:, None]")
 
     def store_tile(self, addr: str, value: str):
         """Store a ``[BLOCK_Z, BLOCK_C]`` target tile at channel offsets ``addr``."""
-        self.w(f"tl.store(gp + {self.lanes2d(addr)}, {value}.to(g.dtype.element_ty), mask=m2d)")
+        t = self.tg
+        self.w(f"tl.store(gp{t} + {self.lanes2d(addr)}, {value}.to(g{t}.dtype.element_ty), mask=m2d)")
 
     def store_shared_weight(self, addr: str, value: str):
         """Store this program's batch-reduced partial of a shared-weight gradient."""

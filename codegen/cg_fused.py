@@ -4,7 +4,7 @@ from one read of the output cotangent.
 A backward run as separate producers (:mod:`.cg_spec`) launches one kernel per gradient, and
 each reads the cotangent ``gout`` -- the largest tensor of a channelwise product (mace-large:
 9,088 numbers a row against 1,152 for x1): three reads where one would do, plus each kernel's
-other operands (37,000 numbers moved a row against 15,800). Here one program walks each x1
+other operands (37,300 numbers moved a row against 15,800). Here one program walks each x1
 segment's channel tiles once and, for every path ``k`` of that segment (``uvu``, x2 of one
 channel), loads ``gout_k`` and the path weight tile ``w_k`` once and computes, with ``C`` the
 path's coupling (times its normalization):
@@ -14,11 +14,12 @@ path's coupling (times its normalization):
 * ``gw_k = sum_j x2_j t_j`` (the path's weight gradient, one tile, stored at once);
 * ``gx2_j += sum over lanes of w_k * t_j`` (summed along the channels after the loop).
 
-The parts (:class:`~.cg_spec.FusedSpec`) are written side by side in one output row
-``[gx1 | gw | gx2]`` (those asked for, in that order). A big kernel is split into pieces by x1
-segment (:func:`fused_pieces`): the pieces read disjoint parts of x1, w and gout, write disjoint
-parts of gx1 and gw, and launched in order on one stream, each later piece adds its share of
-gx2 to what the earlier ones stored (a few numbers a row).
+The parts (:class:`~.cg_spec.FusedSpec`: those of gx1, gw, gx2 asked for, in that order) go
+to one output tensor each: the kernel takes a pointer and a row stride per part (``g<i>``,
+``sg<i>``). A big kernel is split into pieces by x1 segment (:func:`fused_pieces`): the pieces
+read disjoint parts of x1, w and gout, write disjoint parts of gx1 and gw, and launched in order
+on one stream, each later piece adds its share of gx2 to what the earlier ones stored (a few
+numbers a row).
 
 Example:
     >>> from tritp.codegen import Problem
@@ -64,16 +65,6 @@ def fused_backward(problem: Problem, needs) -> FusedSpec | None:
     fwd = forward_spec(problem.weight_numel > 0)
     parts = tuple(fwd.derivative(fwd.roles.index(r)) for r in FUSABLE if r in needs and r in fwd.roles)
     return FusedSpec(parts) if len(parts) > 1 else None
-
-
-def part_dims(problem: Problem, spec: FusedSpec) -> dict:
-    """``{target: (offset in the output row, width)}`` of each part."""
-    dims = {"x1": problem.irreps_in1.dim, "x2": problem.irreps_in2.dim, "w": problem.weight_numel}
-    out, o = {}, 0
-    for t in spec.targets:
-        out[t] = (o, dims[t])
-        o += dims[t]
-    return out
 
 
 def _paths(problem: Problem, seg: int) -> list:
@@ -133,10 +124,17 @@ class FusedEmitter(CGEmitter):
         super().__init__(problem, spec.parts[0], dtype, block_c, "ieee", None, True, coalesce)
         self.spec = spec  # the kernel's header and argument list follow the fused spec
         self.want = set(spec.targets)
-        self.base = {t: o for t, (o, _) in part_dims(problem, spec).items()}
+        self.tgs = tuple(str(i) for i in range(len(spec.parts)))  # target i: g<i>, sg<i>, rg<i>, gp<i>
+        self.part_tg = dict(zip(spec.targets, self.tgs))
         self.t = {r: i for i, r in enumerate(spec.roles)}
         self.segs_done = None if piece is None else set(piece[0])
         self.adds = piece is not None and piece[1]
+
+    def kernel_args(self) -> list:
+        n = len(self.spec.roles)
+        return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)]
+                + [x for t in self.tgs for x in (f"g{t}", f"sg{t}")]
+                + ["Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr", "NW: tl.constexpr"])
 
     def emit_segment_target(self):
         w, p = self.w, self.p
@@ -186,7 +184,7 @@ class FusedEmitter(CGEmitter):
                     if qs:
                         self.sum_lanes(s2, qs, rows[s2], bc)
                 if "x1" in self.want:
-                    self.slab_off = self.base["x1"]
+                    self.tg = self.part_tg["x1"]
                     self.store_segment("x1", seg, ir, gx1)
             finally:
                 self.load_cache = None
@@ -245,37 +243,37 @@ class FusedEmitter(CGEmitter):
             if j in qs:
                 w(f"{qs[j]} = tl.fma({wt[0]}, {t}, {qs[j]})" if wt else f"{qs[j]} += {t}")
         if gw is not None:
-            self.slab_off = self.base["w"]
-            self.store_tile(self.lane_addr(f"{self.woffs[k] + self.slab_off} + c", "c", 1,
-                                           self.woffs[k] + self.slab_off), gw)
+            self.tg = self.part_tg["w"]
+            self.store_tile(self.lane_addr(f"{self.woffs[k]} + c", "c", 1, self.woffs[k]), gw)
 
     def store_x2(self, rows):
         """Store the x2 gradient rows (the first piece: every segment, zeros where no path of
         it reaches; a later piece adds its rows to what is there)."""
-        w = self.w
+        w, t = self.w, self.part_tg["x2"]
         for s2, (mul, ir) in enumerate(self.p.irreps_in2):
             row = rows.get(s2)
             if mul == 0 or (row is None and self.adds):
                 continue
-            off = self.base["x2"] + self.offs["x2"][s2]
+            off = self.offs["x2"][s2]
             dp = p2(ir.dim)
             if ir.dim == 1:
-                addr, mask = f"g + rg + {off}", "zm"
+                addr, mask = f"g{t} + rg{t} + {off}", "zm"
             else:
-                addr = f"g + rg[:, None] + ({off} + tl.arange(0, {dp}))[None, :]"
+                addr = f"g{t} + rg{t}[:, None] + ({off} + tl.arange(0, {dp}))[None, :]"
                 mask = f"zm[:, None] & (tl.arange(0, {dp}) < {ir.dim})[None, :]"
             if row is None:
                 row = "tl.zeros([BLOCK_Z" + (f", {dp}" if ir.dim > 1 else "") + "], DT)"
             elif self.adds:
                 row = f"{row} + tl.load({addr}, mask={mask}, other=0.0).to(DT)"
-            w(f"tl.store({addr}, ({row}).to(g.dtype.element_ty), mask={mask})")
+            w(f"tl.store({addr}, ({row}).to(g{t}.dtype.element_ty), mask={mask})")
 
 
 def emit_fused(problem: Problem, spec: FusedSpec, dtype: str = "float32", block_c: int = 64, piece=None,
                coalesce=True) -> str:
     """Triton source of the fused backward ``spec`` (:func:`fused_backward`) of ``problem``:
-    the kernel ``tp_producer`` with :func:`~.cg_emit.emit_producer`'s arguments, writing the
-    parts into one ``[Z, sum of their widths]`` target; ``piece`` one of :func:`fused_pieces`."""
+    the kernel ``tp_producer(t0.., s0.., g0, sg0, g1, sg1, .., Z, IDX64, BLOCK_Z, NW)``, one
+    pointer and row stride per tensor argument and per part (its target, ``[Z, width]``), as
+    :func:`~.cg_emit.emit_producer`'s; ``piece`` one of :func:`fused_pieces`."""
     if not isinstance(spec, FusedSpec):
         raise TypeError(f"spec must be a FusedSpec, got {type(spec).__name__}")
     if block_c < 1 or block_c & (block_c - 1):

@@ -170,6 +170,26 @@ class FusedSpec:
         """The part whose target is ``target``."""
         return self.parts[self.targets.index(target)]
 
+    def derivative(self, wrt_tensor: int, live=None) -> ProducerSpec:
+        """One producer for the derivative with respect to tensor ``wrt_tensor``: the sum of the
+        derivative terms of the parts ``live`` (indices; default all), whose cotangents are
+        appended as tensor arguments in that order (a part with no cotangent adds nothing).
+
+        Example:
+            >>> fwd = forward_spec()
+            >>> s = FusedSpec((fwd.derivative(0), fwd.derivative(2)))
+            >>> compact(s.derivative(3))[0].to_str()  # d/d out: the x1 part's term and the w part's
+            'out|x1,x2,w,x1,w|3.1.2.-.0;0.1.4.-.1'
+        """
+        live = tuple(range(len(self.parts))) if live is None else tuple(live)
+        roles = self.roles + tuple(self.parts[j].target for j in live)
+        terms = []
+        for pos, j in enumerate(live):
+            n = len(self.parts[j].roles)  # a part's derivative appends its cotangent after its tensors
+            for t in self.parts[j].derivative(wrt_tensor).terms:
+                terms.append(tuple(n + pos if x == n else x for x in t[:4]) + (t[4],))
+        return ProducerSpec(self.roles[wrt_tensor], roles, tuple(terms))
+
     def to_str(self) -> str:
         return "&".join(p.to_str() for p in self.parts)
 

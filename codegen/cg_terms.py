@@ -177,7 +177,7 @@ class TermMixin:
         fp-fusion default is on, which Triton 3.10 turns off (+59% floating-point instructions
         in mace-medium's forward, offline), and kernels launched through Inductor get the default.
         """
-        t = self.fresh("s")
+        t = self.fresh("sp")  # not "s": s<i> are the tensors' row strides
         (x0, y0), rest = pairs[0], pairs[1:]
         self.w(f"{t} = {x0} * {y0}")
         for x, y in rest:

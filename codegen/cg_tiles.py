@@ -276,14 +276,15 @@ class TileMixin:
 
     def rows_target(self, dim: int, off: int) -> str:
         """Pointers of the target's row-on-warp tile of width ``dim`` at ``off``."""
-        return f"g + {self.rows_index(self.spec.target, dim)} * sg + (wq{dim} + {off})"
+        t = self.tg
+        return f"g{t} + {self.rows_index(self.spec.target, dim)} * sg{t} + (wq{dim} + {off})"
 
     def store_tile3d(self, off: int, dim: int, accs: list):
         """Store a segment's component accumulators ``accs`` as one 3D tile at ``off``."""
         v = self.join3d(accs, f"BLOCK_Z, {self.lane_bc}")
         if dim in self.rows_dims.get("c", ()):  # row-on-warp form (rows_head): the load's permutation reversed
             v = self.rows_flat(v, dim)
-            self.w(f"tl.store({self.rows_target(dim, off)}, {v}.to(g.dtype.element_ty), mask=wm{dim})")
+            self.w(f"tl.store({self.rows_target(dim, off)}, {v}.to(g{self.tg}.dtype.element_ty), mask=wm{dim})")
             return
-        self.w(f"tl.store({self.at3d('gp', f'cf{dim}', off)}, {v}.to(g.dtype.element_ty), "
+        self.w(f"tl.store({self.at3d(f'gp{self.tg}', f'cf{dim}', off)}, {v}.to(g{self.tg}.dtype.element_ty), "
                f"mask=m2d[:, :, None] & ef{dim}[None, :, :])")

@@ -484,9 +484,11 @@ def spy_pieces(monkeypatch) -> list:
 def test_one_channel_target_in_partial_pieces(monkeypatch, dtype):
     """The forces kernel (gradient of mul-1 edge harmonics) split by instruction: each piece
     sums its instructions into its own slab of a [rows, slabs * dim] buffer, the slabs are
-    summed after; gradients and double gradients still match the float64 reference."""
+    summed after; gradients and double gradients still match the float64 reference. (The
+    separate forces kernel: the backward's fused kernel, cg_fused, would run instead.)"""
     import tritp.codegen.cg_pieces as cg_pieces
 
+    monkeypatch.setenv("TRITP_FUSED_BWD", "0")
     monkeypatch.setattr(cg_pieces, "PIECE_BUDGET", 30)
     seen = spy_pieces(monkeypatch)
     in1, in2 = "3x0e+3x1o+2x2e", "0e+1o+2e"

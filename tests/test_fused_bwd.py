@@ -10,6 +10,7 @@ import torch
 
 import tritp
 import tritp.codegen.cg_fused as cg_fused
+import tritp.kernels
 import tritp.ops
 from tritp.codegen import Problem
 from tritp.codegen.cg_fused import emit_fused, fused_backward, fused_pieces, segment_costs
@@ -110,14 +111,32 @@ def test_pieces_add_their_share_of_the_x2_gradient(monkeypatch):
     ones stored; the result is the whole kernel's."""
     tp = tritp.compile(*MACE_LIKE, mode="channelwise")
     spec = fused_backward(tp.problem, {"x1", "w", "x2"})
-    whole = _grads(tp, _inputs(tp, 11), "1", monkeypatch, second=False)
     costs = segment_costs(tp.problem, spec)
+    monkeypatch.setattr(cg_fused, "PIECE_BUDGET", sum(costs))
+    assert fused_pieces(tp.problem, spec) == (None,)
+    whole = _grads(tp, _inputs(tp, 11), "1", monkeypatch, second=False)
     monkeypatch.setattr(cg_fused, "PIECE_BUDGET", min(costs))  # one segment a piece
     pieces = fused_pieces(tp.problem, spec)
     assert len(pieces) == 3 and [p[1] for p in pieces] == [False, True, True]
     split = _grads(tp, _inputs(tp, 11), "1", monkeypatch, second=False)
     for a, b in zip(whole, split):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_pieces_sum_the_x2_gradient_in_float32_for_bfloat16(monkeypatch):
+    """bf16 operands: the later pieces add to x2's gradient in the accumulation dtype (a bf16
+    buffer would round after every piece), and the parts come back in bf16."""
+    tp = tritp.compile(*MACE_LIKE, mode="channelwise")
+    spec = fused_backward(tp.problem, {"x1", "w", "x2"})
+    monkeypatch.setattr(cg_fused, "PIECE_BUDGET", min(segment_costs(tp.problem, spec)))
+    g = torch.Generator().manual_seed(5)
+    dims = (tp.irreps_in1.dim, tp.irreps_in2.dim, tp.weight_numel, tp.irreps_out.dim)
+    ts = [torch.randn(32, d, generator=g).bfloat16() for d in dims]
+    parts = tritp.kernels.produce(tp.problem, spec, ts, 32)
+    want = tritp.kernels.produce(tp.problem, spec, [t.double() for t in ts], 32)
+    assert [p.dtype for p in parts] == [torch.bfloat16] * 3
+    err = (parts[2].double() - want[2]).norm() / want[2].norm()
+    assert err < 4e-3, err  # one bf16 rounding of the sum (2**-8 relative at most), not three
 
 
 def test_weightless_and_broadcast_operands(monkeypatch):
@@ -145,7 +164,11 @@ def test_opcheck_of_the_fused_op():
     g = torch.Generator().manual_seed(0)
     dims = (tp.irreps_in1.dim, tp.irreps_in2.dim, tp.weight_numel, tp.irreps_out.dim)
     ts = [torch.randn(3, d, generator=g, dtype=F64, requires_grad=True) for d in dims]
-    torch.library.opcheck(torch.ops.tritp.produce.default, (tp.problem.key, spec.to_str(), 3, F64, ts))
+    torch.library.opcheck(torch.ops.tritp.produce_fused.default, (tp.problem.key, spec.to_str(), 3, F64, ts))
+    with pytest.raises(ValueError, match="produce_fused"):
+        torch.ops.tritp.produce(tp.problem.key, spec.to_str(), 3, F64, ts)
+    with pytest.raises(ValueError, match="fused backward"):
+        torch.ops.tritp.produce_fused(tp.problem.key, forward_spec().to_str(), 3, F64, ts[:3])
 
 
 def test_where_fusion_applies():
@@ -176,3 +199,28 @@ def test_the_cotangent_is_read_once_per_path():
     assert len(re.findall(r"tl\.load\(tp?3\b", src)) == n_paths
     assert src.count("for c0 in range(") == len(p.irreps_in1)
     assert src.count("tl.sum(") == len({(i.i_in1, i.i_in2) for i in p.instructions})
+
+
+def test_second_order_runs_one_kernel_per_tensor_and_skips_unused_parts(monkeypatch):
+    """The fused op's derivative sums the terms of every part with a cotangent into one kernel
+    per tensor; a part nothing used (forces: only x2's gradient is differentiated again) has
+    no cotangent and no terms, so the double backward launches what the separate kernels did."""
+    tp = tritp.compile(*MACE_LIKE, mode="channelwise")
+    xs = _inputs(tp, 6)
+    args = [xs["x1"], xs["x2"], xs["w"]]
+    cot = torch.randn(6, tp.irreps_out.dim, dtype=F64)
+    spy = Spy(monkeypatch)
+    first = torch.autograd.grad(tp(*args), args, cot, create_graph=True)
+    del spy.specs[:]
+    torch.autograd.grad(sum((g * g).sum() for g in first), args)
+    assert sorted((s.target, len(s.terms)) for s in spy.specs) == [("w", 2), ("x1", 2), ("x2", 2)]
+    # forces: differentiate x2's gradient alone; x1's and w's parts have no cotangent
+    (gx2,) = torch.autograd.grad(tp(*args), args[1], cot, create_graph=True)
+    del spy.specs[:]
+    got = torch.autograd.grad((gx2 * gx2).sum(), [args[0], args[2]])
+    assert sorted((s.target, len(s.terms)) for s in spy.specs) == [("w", 1), ("x1", 1)]
+    monkeypatch.setenv("TRITP_FUSED_BWD", "0")
+    (gx2,) = torch.autograd.grad(tp(*args), args[1], cot, create_graph=True)
+    want = torch.autograd.grad((gx2 * gx2).sum(), [args[0], args[2]])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

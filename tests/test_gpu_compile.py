@@ -121,6 +121,7 @@ SCRIPT = textwrap.dedent('''
     fused = cg_fused.fused_backward(p, {"x1", "w", "x2"})
     cg("fused backward", p, fused)
     cg("fused backward fp64", p, fused, dtype=torch.float64)
+    cg("fused backward's derivative d/d out (three terms)", p, compact(fused.derivative(3))[0])
     cg_fused.PIECE_BUDGET, fbudget = 60, cg_fused.PIECE_BUDGET
     cg("fused backward in pieces", mace, cg_fused.fused_backward(mace, {"x1", "w", "x2"}))
     cg_fused.PIECE_BUDGET = fbudget
@@ -177,9 +178,9 @@ SCRIPT = textwrap.dedent('''
     print("kernels", len(kernels), "keyed", sum(kernels.values()), "formula", tritp.jit_key._verdict)
 ''')
 
-# 29 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
+# 30 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
 # partial forces kernel as four (cg_pieces), the fused backward in pieces as three (cg_fused)
-EXPECTED = 37
+EXPECTED = 38
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):

@@ -65,14 +65,15 @@ def producer_specs(problem: Problem, direction: str) -> list:
     the tensors they use, led (where it applies and ``TRITP_FUSED_BWD`` is not 0) by the fused
     backward that computes the gradients of x1, the weights and x2 in one kernel
     (:mod:`tritp.codegen.cg_fused`; the separate kernels run when one gradient is asked for);
-    double-backward specs are the derivatives of each separate backward spec with respect to
-    each of its tensor arguments (as the autograd formula of :mod:`tritp.ops` builds them).
-    Raises ValueError for an unknown direction.
+    double-backward specs are the fused kernel's derivatives (one per tensor, summing its parts'
+    terms), then the derivatives of each separate backward spec with respect to each of its
+    tensor arguments (what runs when one part alone is differentiated again), as the autograd
+    formulas of :mod:`tritp.ops` build them. Raises ValueError for an unknown direction.
 
     Example:
         >>> p = Problem.channelwise("4x0e+4x1o", "0e+1o", "0e+1o")
         >>> [len(producer_specs(p, d)) for d in ("fwd", "bwd", "dbl")]
-        [1, 4, 9]
+        [1, 4, 13]
         >>> producer_specs(p, "bwd")[0][0]
         'backward: fused grad x1+w+x2'
     """
@@ -86,12 +87,14 @@ def producer_specs(problem: Problem, direction: str) -> list:
         spec, _ = compact(fwd.derivative(i))
         if spec.terms:
             bwd.append((f"backward: {_grad_name(role)}", spec))
-    if direction == "bwd":
-        from .kernel_forms import fused_backward_on
+    from .kernel_forms import fused_backward_on
 
-        fused = fused_backward(problem, set(fwd.roles)) if fused_backward_on() else None
+    fused = fused_backward(problem, set(fwd.roles)) if fused_backward_on() else None
+    if direction == "bwd":
         return ([(f"backward: fused grad {fused.target}", fused)] if fused else []) + bwd
     dbl = []
+    for i, role in enumerate(fused.roles if fused else ()):  # every part differentiated again
+        dbl.append((f"double backward: d(fused grad {fused.target})/d {role}", compact(fused.derivative(i))[0]))
     for label, spec in bwd:
         for i, role in enumerate(spec.roles):
             d, _ = compact(spec.derivative(i))

@@ -183,7 +183,7 @@ class TensorProductConv(torch.nn.Module):
         graph = [src, src] if self.scatter == "atomic" else list(conv_graph(src, src, 2, check_indices=False).tensors())
         plans = [conv_launch_plan(self.problem, spec, self.scatter, make_inputs(self.problem, spec, 2, dtype, device),
                                   graph, num_nodes, num_nodes, num_edges=num_edges, dry=True)
-                 for _, spec in direction_specs(self.problem, tuple(directions))]
+                 for _, spec in direction_specs(self.problem, tuple(directions), fused=False)]
         return precompile(plans)
 
     def autotune(self, num_nodes: int, num_edges: int, directions=("fwd", "bwd", "dbl"), dtype=None, timer=None,

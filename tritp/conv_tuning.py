@@ -99,7 +99,8 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
 
     if scatter not in SCATTERS:
         raise ValueError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
-    return [(d, ConvSpec(s, write_mode(s.target, scatter))) for d, s in direction_specs(problem, tuple(directions))]
+    return [(d, ConvSpec(s, write_mode(s.target, scatter)))
+            for d, s in direction_specs(problem, tuple(directions), fused=False)]
 
 
 def random_graph(num_nodes: int, num_edges: int, scatter: str, device, index_dtype=None, seed: int = 0) -> list:

@@ -141,7 +141,8 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     """Run producer ``spec`` on 2D tensors ``[Z or 1, dim]`` (shared weights: 1D ``[numel]``).
 
     Returns the target: ``[Z, dim]``, or ``[numel]`` for shared weights (summed over the batch
-    deterministically: per-program partials, then one ``sum``). ``config`` (a
+    deterministically: per-program partials, then one ``sum``); for a fused backward
+    (:class:`~tritp.codegen.cg_spec.FusedSpec`) the list of its parts' ``[Z, dim]`` gradients. ``config`` (a
     :class:`tritp.tuning.Config`) overrides the tuned or heuristic launch configuration.
     ``wrap`` (``wrap_triton`` inside a ``triton_op``) wraps the kernel so that Inductor sees it.
     """
@@ -149,6 +150,8 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
     if not plan.kernels:
         return plan.g
     launch_pieces(plan.kernels, plan.grid, plan.args, plan.options, wrap)
+    if isinstance(plan.g, list):  # a fused backward's parts
+        return [g.to(plan.out_dtype) for g in plan.g]
     if plan.slabs > 1:  # Partial pieces (cg_pieces): each wrote its own slab of [Z, slabs * dim]
         return plan.g.view(Z, plan.slabs, -1).sum(1).to(plan.out_dtype)
     return plan.g.sum(0).to(plan.out_dtype) if plan.shared_w else plan.g
@@ -168,7 +171,7 @@ class LaunchPlan(NamedTuple):
     grid: tuple
     args: tuple
     options: dict
-    g: torch.Tensor
+    g: torch.Tensor  # a list of one tensor per part for a fused backward
     shared_w: bool
     out_dtype: torch.dtype
     device: torch.device
@@ -182,10 +185,14 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
     int64 addressing follow ``Z``), and no output buffer is allocated."""
     acc, dtype_name, out_dtype = launch_dtypes(tensors, out_dtype)
     device = tensors[0].device
+    fused = isinstance(spec, FusedSpec)
     dim = target_dim(problem, spec.target)
     shared_w = spec.target == "w" and problem.shared_weights
     if Z == 0 or dim == 0:
-        zeros = torch.zeros((dim,) if shared_w else (Z, dim), dtype=out_dtype, device=device)
+        if fused:  # one [Z, width] gradient per part
+            zeros = [torch.zeros((Z, target_dim(problem, t)), dtype=out_dtype, device=device) for t in spec.targets]
+        else:
+            zeros = torch.zeros((dim,) if shared_w else (Z, dim), dtype=out_dtype, device=device)
         return LaunchPlan([], (0,), (), {}, zeros, False, out_dtype, device)
     if config is None:
         from .tuning import choose
@@ -213,12 +220,21 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
     # shared-weight gradients: one partial row per program, summed by produce (deterministic)
     # Partial pieces: summed in the accumulation dtype, like the shared-weight partials
     width = dim * n_slabs
-    shape = (0,) if dry else (nprog, dim) if shared_w else (Z, width)  # dry: only the dtype matters
-    g = torch.empty(shape, dtype=acc if shared_w or n_slabs > 1 else out_dtype, device=device)
+    if fused:  # a fused backward writes each part to its own [Z, width] tensor (cg_fused)
+        widths = [target_dim(problem, t) for t in spec.targets]
+        # pieces after the first add their share of x2's gradient to it: in the accumulation
+        # dtype, as the partial slabs of the separate kernel are summed (cast by produce)
+        dts = [acc if len(kerns) > 1 and t == "x2" else out_dtype for t in spec.targets]
+        g = [torch.empty((0,) if dry else (Z, d), dtype=dt, device=device) for d, dt in zip(widths, dts)]
+        targets = tuple(x for gd in zip(g, widths) for x in gd)
+    else:
+        shape = (0,) if dry else (nprog, dim) if shared_w else (Z, width)  # dry: only the dtype matters
+        g = torch.empty(shape, dtype=acc if shared_w or n_slabs > 1 else out_dtype, device=device)
+        targets = (g, width)
     big = bool(max([Z * max(strides + [width]), nprog * dim] + [t.numel() for t in args]) >= INT32_LIMIT)
     options = dict(IDX64=big, BLOCK_Z=block_z, NW=config.num_warps, num_warps=config.num_warps,
                    num_stages=config.num_stages)
-    return LaunchPlan(kerns, (nprog,), (*args, *strides, g, width, Z), options, g, shared_w, out_dtype, device,
+    return LaunchPlan(kerns, (nprog,), (*args, *strides, *targets, Z), options, g, shared_w, out_dtype, device,
                       n_slabs)
 
 

@@ -126,29 +126,34 @@ def cg_gradients(spec: ProducerSpec, tensors: Sequence, grad: torch.Tensor, need
     return grads
 
 
-def fused_gradients(spec, widths: dict, tensors: Sequence, grad: torch.Tensor, needs: Sequence,
-                    call: Callable) -> list:
-    """The gradients of a fused spec's arguments (:class:`~tritp.codegen.cg_spec.FusedSpec`,
-    its parts side by side in one output row; ``widths``: ``{target: (offset, width)}``): the
-    sum over parts of :func:`cg_gradients` of each part's slice of ``grad``.
+def fused_gradients(spec, tensors: Sequence, grads: Sequence, needs: Sequence, call: Callable) -> list:
+    """The gradients of a fused spec's arguments (:class:`~tritp.codegen.cg_spec.FusedSpec`)
+    from the cotangents ``grads`` of its parts (None: nothing used that part): for each tensor
+    in ``needs``, one producer summing the derivative terms of every part with a cotangent
+    (:meth:`~tritp.codegen.cg_spec.FusedSpec.derivative`; :func:`compact` keeps the tensors its
+    terms read), run through ``call(t, dspec, args)``; None where no term reaches the tensor.
 
     Example:
         >>> from tritp.codegen.cg_spec import FusedSpec, forward_spec
         >>> fwd = forward_spec()
         >>> s = FusedSpec((fwd.derivative(0), fwd.derivative(2)))
         >>> ts = [torch.ones(2, 4), torch.ones(2, 1), torch.ones(2, 4), torch.ones(2, 4)]
-        >>> gs = fused_gradients(s, {"x1": (0, 4), "w": (4, 4)}, ts, torch.ones(2, 8), (True,) * 4,
-        ...                      lambda t, dspec, args: torch.ones_like(t))
-        >>> [g[0, 0].item() for g in gs]  # x1 and x2 reached by both parts, w and gout by one
-        [1.0, 2.0, 1.0, 2.0]
+        >>> gs = fused_gradients(s, ts, [torch.ones(2, 4), None], (True,) * 4,  # no cotangent for w
+        ...                      lambda t, dspec, args: print(dspec, len(args)))
+        x2|w,out,x1|2.-.0.1.0 3
+        w|x2,out,x1|2.0.-.1.0 3
+        out|x2,w,x1|2.0.1.-.0 3
     """
-    total = [None] * len(tensors)
-    for part in spec.parts:
-        o, d = widths[part.target]
-        for i, g in enumerate(cg_gradients(part, tensors, grad[:, o:o + d], needs, call)):
-            if g is not None:
-                total[i] = g if total[i] is None else total[i] + g
-    return total
+    live = [j for j, g in enumerate(grads) if g is not None]
+    args = list(tensors) + [grads[j] for j in live]
+    out = []
+    for i, t in enumerate(tensors):
+        dspec, kept = compact(spec.derivative(i, live))
+        if not needs[i] or not dspec.terms:
+            out.append(None)
+            continue
+        out.append(call(t, dspec.to_str(), [args[k] for k in kept]))
+    return out
 
 
 def pick(opaque, visible, tensors: Sequence):

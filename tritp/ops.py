@@ -30,8 +30,8 @@ import torch
 from torch.library import custom_op, wrap_triton
 
 from .codegen import Problem
-from .codegen.cg_fused import fused_backward, part_dims
-from .codegen.cg_spec import FusedSpec, forward_spec, parse_spec
+from .codegen.cg_fused import fused_backward
+from .codegen.cg_spec import FusedSpec, ProducerSpec, forward_spec, parse_spec
 from .kernel_forms import fused_backward_on
 from .kernels import produce, target_dim
 from .op_pair import cg_gradients, fused_gradients, pick, register, save_inputs, unbroadcast, visible_op
@@ -48,6 +48,20 @@ def spec_from_str(text: str):
     return parse_spec(text)
 
 
+def single_spec(text: str) -> ProducerSpec:
+    s = spec_from_str(text)
+    if not isinstance(s, ProducerSpec):
+        raise ValueError(f"spec {text!r} is a fused backward: run it with tritp::produce_fused")
+    return s
+
+
+def fused_spec(text: str) -> FusedSpec:
+    s = spec_from_str(text)
+    if not isinstance(s, FusedSpec):
+        raise ValueError(f"tritp::produce_fused runs a fused backward, not spec {text!r}: use tritp::produce")
+    return s
+
+
 @lru_cache(maxsize=4096)
 def fused_for(key: str, spec: str, needs: tuple):
     """The fused backward (:func:`~tritp.codegen.cg_fused.fused_backward`) of the forward
@@ -60,20 +74,41 @@ def fused_for(key: str, spec: str, needs: tuple):
 
 @custom_op("tritp::produce", mutates_args=())
 def produce_op(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: List[torch.Tensor]) -> torch.Tensor:
-    return produce(problem_from_key(key), spec_from_str(spec), tensors, Z, out_dtype=out_dtype)
+    return produce(problem_from_key(key), single_spec(spec), tensors, Z, out_dtype=out_dtype)
 
 
 @visible_op("tritp::produce_triton")
 def produce_triton_op(key: str, spec: str, Z: int, out_dtype: torch.dtype,
                       tensors: List[torch.Tensor]) -> torch.Tensor:
-    return produce(problem_from_key(key), spec_from_str(spec), tensors, Z, out_dtype=out_dtype, wrap=wrap_triton)
+    return produce(problem_from_key(key), single_spec(spec), tensors, Z, out_dtype=out_dtype, wrap=wrap_triton)
+
+
+@custom_op("tritp::produce_fused", mutates_args=())
+def produce_fused_op(key: str, spec: str, Z: int, out_dtype: torch.dtype,
+                     tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    return produce(problem_from_key(key), fused_spec(spec), tensors, Z, out_dtype=out_dtype)
+
+
+@visible_op("tritp::produce_fused_triton")
+def produce_fused_triton_op(key: str, spec: str, Z: int, out_dtype: torch.dtype,
+                            tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    return produce(problem_from_key(key), fused_spec(spec), tensors, Z, out_dtype=out_dtype, wrap=wrap_triton)
+
+
+#: The fused backward's op beside each single-target op, of the same registration
+FUSED = {produce_op: produce_fused_op, produce_triton_op: produce_fused_triton_op}
 
 
 def _fake(key, spec, Z, out_dtype, tensors):
-    p, s = problem_from_key(key), spec_from_str(spec)
+    p, s = problem_from_key(key), single_spec(spec)
     dim = target_dim(p, s.target)
     shape = (dim,) if s.target == "w" and p.shared_weights else (Z, dim)
     return tensors[0].new_empty(shape, dtype=out_dtype)
+
+
+def _fused_fake(key, spec, Z, out_dtype, tensors):
+    p = problem_from_key(key)
+    return [tensors[0].new_empty((Z, target_dim(p, t)), dtype=out_dtype) for t in fused_spec(spec).targets]
 
 
 def _make_backward(op):
@@ -82,25 +117,41 @@ def _make_backward(op):
             return unbroadcast(t, op(ctx.key, dspec, ctx.Z, t.dtype, args))
 
         spec, tensors, needs = spec_from_str(ctx.spec), ctx.saved_tensors, tuple(ctx.needs_input_grad[4])
-        if isinstance(spec, FusedSpec):
-            widths = part_dims(problem_from_key(ctx.key), spec)
-            return None, None, None, None, fused_gradients(spec, widths, tensors, grad, needs, call)
         fused = fused_for(ctx.key, ctx.spec, needs) if fused_backward_on() else None
         if fused is None or len({t.dtype for t in tensors}) > 1:
             return None, None, None, None, cg_gradients(spec, tensors, grad, needs, call)
-        # one kernel for the gradients of x1, the weights and x2 (codegen.cg_fused): views of its row
-        both = op(ctx.key, fused.to_str(), ctx.Z, tensors[0].dtype, [*tensors, grad])
+        # one kernel for the gradients of x1, the weights and x2 (codegen.cg_fused)
+        parts = FUSED[op](ctx.key, fused.to_str(), ctx.Z, tensors[0].dtype, [*tensors, grad])
         grads = [None] * len(tensors)
-        for target, (o, d) in part_dims(problem_from_key(ctx.key), fused).items():
+        for target, g in zip(fused.targets, parts):
             i = spec.roles.index(target)
-            grads[i] = unbroadcast(tensors[i], both[:, o:o + d])
+            grads[i] = unbroadcast(tensors[i], g)
         rest = cg_gradients(spec, tensors, grad, [n and g is None for n, g in zip(needs, grads)], call)
         return None, None, None, None, [g if g is not None else r for g, r in zip(grads, rest)]
 
     return backward
 
 
+def _save_fused(ctx, inputs, output):
+    save_inputs(ctx, inputs, output)
+    ctx.set_materialize_grads(False)  # a part nothing downstream used has no cotangent: skip its terms
+
+
+def _make_fused_backward(op):
+    single = {v: k for k, v in FUSED.items()}[op]  # derivatives run on the single-target op
+
+    def backward(ctx, grads):
+        def call(t, dspec, args):
+            return unbroadcast(t, single(ctx.key, dspec, ctx.Z, t.dtype, args))
+
+        spec, needs = spec_from_str(ctx.spec), tuple(ctx.needs_input_grad[4])
+        return None, None, None, None, fused_gradients(spec, ctx.saved_tensors, grads, needs, call)
+
+    return backward
+
+
 register((produce_op, produce_triton_op), _fake, save_inputs, _make_backward)
+register((produce_fused_op, produce_fused_triton_op), _fused_fake, _save_fused, _make_fused_backward)
 
 
 def run(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: list) -> torch.Tensor:

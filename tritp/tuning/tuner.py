@@ -94,11 +94,14 @@ class TuneResult(NamedTuple):
         return self.default_ms / self.ms if self.ms > 0 and math.isfinite(self.default_ms) else float("nan")
 
 
-def direction_specs(problem, directions=DIRECTIONS) -> list:
+def direction_specs(problem, directions=DIRECTIONS, fused: bool = True) -> list:
     """``[(direction, spec)]`` of the kernels a forward, backward and double backward launch.
     The backward's are the fused kernel of x1's, the weights' and x2's gradients where it
     applies (:mod:`tritp.codegen.cg_fused`, unless ``TRITP_FUSED_BWD=0``), then the kernel of
-    each gradient alone (what runs when one gradient is asked for).
+    each gradient alone (what runs when one gradient is asked for); the double backward's, the
+    fused kernel's derivatives (one kernel per tensor summing every part's terms), then those of
+    each gradient alone (what runs when only one part is differentiated again, as for forces).
+    ``fused=False``: no fused kernels (the fused graph convolution's kernels, which have none).
 
     Example:
         >>> from tritp.codegen import Problem
@@ -119,11 +122,13 @@ def direction_specs(problem, directions=DIRECTIONS) -> list:
             out.append((d, s))
     if "fwd" in directions:
         add("fwd", fwd)
-    fused = fused_backward(problem, set(fwd.roles)) if fused_backward_on() else None
+    fused = fused_backward(problem, set(fwd.roles)) if fused and fused_backward_on() else None
     if fused is not None and "bwd" in directions:
         out.append(("bwd", fused))
     for s in bwd if "bwd" in directions else ():
         add("bwd", s)
+    for i in range(len(fused.roles)) if fused is not None and "dbl" in directions else ():
+        add("dbl", compact(fused.derivative(i))[0])  # every part differentiated again (training)
     for b in bwd if "dbl" in directions else ():
         for i in range(len(b.roles)):
             add("dbl", compact(b.derivative(i))[0])
