@@ -33,8 +33,7 @@ GRAPH_ARGS = ("src", "dst", "ptr", "eid", "nbr", "tok")  # index pointers of the
 
 
 def audit(args, rows: list) -> list:
-    from tritp.codegen.cg_pieces import plan_pieces
-    from tritp.conv_kernels import conv_kernel_source, default_config, target_shape
+    from tritp.conv_kernels import conv_kernel_source, conv_pieces, default_config, target_shape
     from tritp.conv_tuning import conv_specs
     from tritp.kernels import target_dim
     from tritp.presets import preset
@@ -64,8 +63,11 @@ def audit(args, rows: list) -> list:
                         ints = {f"s{i}": (0 if r == "w" and problem.shared_weights else target_dim(problem, r))
                                 for i, r in enumerate(cs.spec.roles)}
                         ints.update(sg=target_dim(problem, cs.target), Z=rows_)
+                        # the fused edge backward: one output per part (tritp.codegen.conv_fused)
+                        ints.update({f"sg{i}": target_dim(problem, t)
+                                     for i, t in enumerate(getattr(cs.spec, "targets", ()))})
                         parts = []
-                        for piece in plan_pieces(problem, cs.spec):
+                        for piece in conv_pieces(problem, cs.spec):  # as the runtime launches it
                             path, _ = conv_kernel_source(problem, cs.spec, args.dtype, c.block_c, cs.mode, piece)
                             job = {"path": str(path), "ptr": ptr, "ints": ints, "block_z": c.block_z,
                                    "num_warps": c.num_warps, "num_stages": c.num_stages,

@@ -216,8 +216,12 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
     def kernel_args(self) -> list:
         n = len(self.spec.roles)
         # NW: the launch's num_warps, which the row-on-warp tiles follow (cg_tiles.rows_head)
-        return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)]
-                + ["g", "sg", "Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr", "NW: tl.constexpr"])
+        return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)] + self.target_args()
+                + ["Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr", "NW: tl.constexpr"])
+
+    def target_args(self) -> list:
+        """Each target's pointer and row stride: ``g, sg`` (``g<s>, sg<s>`` per suffix ``tgs``)."""
+        return [x for t in self.tgs for x in (f"g{t}", f"sg{t}")]
 
     def emit_prologue(self):
         """The program id ``pid``, and unless rows are split (see :meth:`row_loop`) this

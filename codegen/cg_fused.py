@@ -116,12 +116,13 @@ def fused_pieces(problem: Problem, spec: FusedSpec, budget: int | None = None) -
     return tuple((tuple(g), j > 0) for j, g in enumerate(groups))
 
 
-class FusedEmitter(CGEmitter):
-    """Writes the fused backward kernel; the operand addressing, tiles and stores are
-    :class:`~.cg_emit.CGEmitter`'s."""
+class FusedMixin:
+    """The fused backward's body, over the rows of a :class:`~.cg_emit.CGEmitter` (this
+    module's :class:`FusedEmitter`) or of a graph convolution's edges (``conv_fused``), whose
+    operand addressing, tiles and stores it uses; :meth:`init_fused` after the emitter's own
+    ``__init__``."""
 
-    def __init__(self, problem: Problem, spec: FusedSpec, dtype: str, block_c: int, piece=None, coalesce=True):
-        super().__init__(problem, spec.parts[0], dtype, block_c, "ieee", None, True, coalesce)
+    def init_fused(self, spec: FusedSpec, piece):
         self.spec = spec  # the kernel's header and argument list follow the fused spec
         self.want = set(spec.targets)
         self.tgs = tuple(str(i) for i in range(len(spec.parts)))  # target i: g<i>, sg<i>, rg<i>, gp<i>
@@ -129,12 +130,6 @@ class FusedEmitter(CGEmitter):
         self.t = {r: i for i, r in enumerate(spec.roles)}
         self.segs_done = None if piece is None else set(piece[0])
         self.adds = piece is not None and piece[1]
-
-    def kernel_args(self) -> list:
-        n = len(self.spec.roles)
-        return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)]
-                + [x for t in self.tgs for x in (f"g{t}", f"sg{t}")]
-                + ["Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr", "NW: tl.constexpr"])
 
     def emit_segment_target(self):
         w, p = self.w, self.p
@@ -266,6 +261,14 @@ class FusedEmitter(CGEmitter):
             elif self.adds:
                 row = f"{row} + tl.load({addr}, mask={mask}, other=0.0).to(DT)"
             w(f"tl.store({addr}, ({row}).to(g{t}.dtype.element_ty), mask={mask})")
+
+
+class FusedEmitter(FusedMixin, CGEmitter):
+    """Writes the fused backward kernel over a batch of rows."""
+
+    def __init__(self, problem: Problem, spec: FusedSpec, dtype: str, block_c: int, piece=None, coalesce=True):
+        CGEmitter.__init__(self, problem, spec.parts[0], dtype, block_c, "ieee", None, True, coalesce)
+        self.init_fused(spec, piece)
 
 
 def emit_fused(problem: Problem, spec: FusedSpec, dtype: str = "float32", block_c: int = 64, piece=None,

@@ -78,7 +78,7 @@ class ConvEmitter(CGEmitter):
         n = len(self.spec.roles)
         graph = ["ptr", "eid", "nbr"] if self.mode == "segment" else ["src", "dst"]
         # tok: never read; it makes the launch depend on the index range check (see conv_ops)
-        return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)] + ["g", "sg"] + graph
+        return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)] + self.target_args() + graph
                 + ["tok", "Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr", "NW: tl.constexpr"])
 
     def _cast(self, names):
@@ -129,7 +129,8 @@ class ConvEmitter(CGEmitter):
                 names.append(var)
         self._cast(names)
         self._offsets()
-        w(f"rg = {self.row_var(self.spec.target)} * sg")
+        for t in self.tgs:
+            w(f"rg{t} = {self.row_var(self.spec.target)} * sg{t}")
         self.emit_row_pointers(target=True)
 
     @contextmanager

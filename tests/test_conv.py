@@ -314,6 +314,9 @@ def test_precompile_warms_every_kernel_without_launching(monkeypatch, scatter):
     monkeypatch.setattr(tritp.conv_kernels, "interpreter_active", lambda: False)
     n = conv.precompile(num_nodes=1000, num_edges=40_000, directions=("fwd", "bwd", "dbl"))
     warmed = fakes.warmed
-    assert n == len(warmed) == len(fakes.kernels) == 13  # forward, 3 gradients, 9 double-backward producers
+    # forward, the fused edge gradients, 3 gradients alone, 9 double-backward producers, and the
+    # fused kernel's derivatives with respect to x1 and out (two terms each; its d/dx2 and d/dw
+    # have one term, the separate kernels' own)
+    assert n == len(warmed) == len(fakes.kernels) == 16
     nrows = {w[1][-1] for w in warmed}  # the last argument: edges, or target nodes (segment mode)
     assert nrows <= {40_000, 1000} and 40_000 in nrows

@@ -143,6 +143,8 @@ SCRIPT = textwrap.dedent('''
     conv("conv segment forward", fwd, "deterministic", graph32)
     conv("conv atomic forward", fwd, "atomic", [src, dst], expect=(r"= tt\\.atomic_rmw ",))
     conv("conv atomic grad x1", bwd[0], "atomic", [src, dst], expect=(r"= tt\\.atomic_rmw ",))
+    conv("conv fused edge backward (grad x2 + grad w)", cg_fused.fused_backward(p, {"x2", "w"}), "deterministic",
+         graph32)
     with int64_offsets():
         cg("cw forward int64", p, fwd)
         cg("fused backward int64", p, fused)
@@ -178,9 +180,9 @@ SCRIPT = textwrap.dedent('''
     print("kernels", len(kernels), "keyed", sum(kernels.values()), "formula", tritp.jit_key._verdict)
 ''')
 
-# 30 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
+# 31 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
 # partial forces kernel as four (cg_pieces), the fused backward in pieces as three (cg_fused)
-EXPECTED = 38
+EXPECTED = 39
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):

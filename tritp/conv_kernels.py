@@ -12,6 +12,7 @@ target        scatter="atomic"       scatter="deterministic"
 out (at dst)  atomic: edge blocks    segment: one program per node, edges by dst
 x1 (at src)   atomic: edge blocks    segment: one program per node, edges by src
 x2, w         edge: plain stores     edge: plain stores (shared w: fixed-order sum)
+x2+w (fused)  edge: one kernel for both gradients (:mod:`tritp.codegen.conv_fused`)
 ============  =====================  ===============================================
 
 Example:
@@ -32,8 +33,9 @@ from pathlib import Path
 import torch
 
 from . import kernels
-from .codegen import Problem, conv_emit
-from .codegen.cg_spec import ProducerSpec
+from .codegen import Problem, conv_emit, conv_fused
+from .codegen.cg_fused import fused_pieces
+from .codegen.cg_spec import FusedSpec, ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.cg_pieces import plan_pieces
 from .kernels import (LaunchPlan, dot_precision, generator_hash, interpreter_active, launch_dtypes, launch_pieces,
@@ -49,13 +51,14 @@ _loaded: dict = {}
 @lru_cache(maxsize=None)
 def conv_generator_hash() -> str:
     """Hash of the conv generator: the CG generator's files and ``codegen/conv_emit.py``."""
-    return content_hash(generator_hash(), Path(conv_emit.__file__).read_bytes())
+    return content_hash(generator_hash(), Path(conv_emit.__file__).read_bytes(),
+                        Path(conv_fused.__file__).read_bytes())
 
 
 def conv_source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str, piece=None) -> Path:
     h = content_hash(conv_generator_hash(), problem.key, repr(spec), dtype, block_c, mode, dot_precision(),
                      *conv_form(), *(() if piece is None else (tuple(piece),)))
-    return cache_dir("kernels") / f"conv_{mode}_{spec.target}_{h}.py"
+    return cache_dir("kernels") / f"conv_{mode}_{spec.target.replace('+', '')}_{h}.py"
 
 
 def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str,
@@ -65,8 +68,11 @@ def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c
     path = conv_source_path(problem, spec, dtype, block_c, mode, piece)
     if path.exists():
         return path, path.read_text()
-    src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision(), piece, share_loads(),
-                                     conv_tile_form())
+    if isinstance(spec, FusedSpec):
+        src = conv_fused.emit_fused_conv(problem, spec, dtype, block_c, piece, conv_tile_form())
+    else:
+        src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision(), piece,
+                                         share_loads(), conv_tile_form())
     atomic_write(path, src.encode())
     return path, src
 
@@ -109,6 +115,15 @@ def choose_config(problem: Problem, spec: ProducerSpec, mode: str, dtype: str, n
     return default_config(mode, num_edges, nrows, interpreted, problem, spec, dtype)
 
 
+def conv_pieces(problem: Problem, spec) -> tuple:
+    """The kernels one conv producer launches: :func:`~tritp.codegen.cg_pieces.plan_pieces`
+    without partial slabs (nothing here sums them), or a fused backward's
+    :func:`~tritp.codegen.cg_fused.fused_pieces`."""
+    if isinstance(spec, FusedSpec):
+        return fused_pieces(problem, spec)
+    return plan_pieces(problem, spec, partial=False)
+
+
 def target_shape(problem: Problem, target: str, num_edges, n_in, n_out) -> tuple:
     dim = target_dim(problem, target)
     if target == "w" and problem.shared_weights:
@@ -132,6 +147,8 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
     if not plan.kernels:
         return plan.g
     launch_pieces(plan.kernels, plan.grid, plan.args, plan.options, wrap)
+    if isinstance(plan.g, list):  # a fused backward's edge gradients
+        return [g.to(plan.out_dtype) for g in plan.g]
     if plan.shared_w:
         return plan.g.sum(0).to(plan.out_dtype)
     return plan.g.to(plan.out_dtype)
@@ -146,7 +163,8 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
     if scatter not in SCATTERS:
         raise ValueError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
     acc, dtype_name, out_dtype = launch_dtypes(tensors, out_dtype)
-    mode = conv_emit.write_mode(spec.target, scatter)
+    fused = isinstance(spec, FusedSpec)  # edge gradients only (conv_fused)
+    mode = "edge" if fused else conv_emit.write_mode(spec.target, scatter)
     device = tensors[0].device
     E = graph[0].shape[0] if num_edges is None else num_edges
     shape = target_shape(problem, spec.target, E, n_in, n_out)
@@ -155,9 +173,11 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         config = choose_config(problem, spec, mode, dtype_name, E, nrows, device, interpreter_active())
     else:
         check_config(config)
+    widths = [target_dim(problem, t) for t in spec.targets] if fused else None
     if E == 0 or shape[-1] == 0 or nrows == 0:
-        return LaunchPlan([], (0,), (), {}, torch.zeros(shape, dtype=out_dtype, device=device), False, out_dtype,
-                          device)
+        zeros = ([torch.zeros((E, d), dtype=out_dtype, device=device) for d in widths] if fused
+                 else torch.zeros(shape, dtype=out_dtype, device=device))
+        return LaunchPlan([], (0,), (), {}, zeros, False, out_dtype, device)
     strides, args, rows = [], [], []
     for role, t in zip(spec.roles, tensors):
         if t.stride(-1) != 1:  # rows may be strided, channels must be contiguous
@@ -166,7 +186,7 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         rows.append({"x1": n_in, "out": n_out}.get(role, E))
         args.append(t)
     kerns = [get_conv_kernel(problem, spec, dtype_name, config.block_c, mode, piece)
-             for piece in plan_pieces(problem, spec, partial=False)]  # no slab sum here
+             for piece in conv_pieces(problem, spec)]
     block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # tl.dot paths need 16 rows
     nprog = nrows if mode == "segment" else triton_cdiv(E, block_z)
     shared_w = len(shape) == 1
@@ -174,13 +194,18 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         nprog = split_programs(nprog, device)
     g_shape = (nprog, shape[0]) if shared_w else shape  # per-program partials / the target
     g_dtype = acc if mode == "atomic" or shared_w else out_dtype  # atomics add at full precision
-    if dry:
+    if dry or fused:  # (a fused backward's are allocated below)
         g = torch.empty((0,), dtype=g_dtype, device=device)
     elif mode == "atomic":
         g = torch.zeros(g_shape, dtype=g_dtype, device=device)
     else:
         g = torch.empty(g_shape, dtype=g_dtype, device=device)
     sg = shape[-1]
+    targets = (g, sg)
+    if fused:  # one [E, width] gradient per part; later pieces add to x2's (in acc, cf. kernels.launch_plan)
+        dts = [acc if len(kerns) > 1 and t == "x2" else out_dtype for t in spec.targets]
+        g = [torch.empty((0,) if dry else (E, d), dtype=dt, device=device) for d, dt in zip(widths, dts)]
+        targets = tuple(x for gd in zip(g, widths) for x in gd)
     if mode == "segment":
         off = 2 if spec.target == "out" else 5
         gargs = graph[off:off + 3]
@@ -188,9 +213,9 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         gargs = graph[:2]
     # element offsets reach (rows - 1) * row stride + dim: strided rows can pass 2**31 with few elements
     reach = [t.numel() if st == 0 else (r - 1) * st + t.shape[-1] for t, st, r in zip(args, strides, rows)]
-    big = max([g_shape[0] * g_shape[-1]] + reach) >= kernels.INT32_LIMIT
+    big = max([g_shape[0] * (max(widths) if fused else g_shape[-1])] + reach) >= kernels.INT32_LIMIT
     tok = graph[0] if token is None else token
     options = dict(IDX64=big, BLOCK_Z=block_z, NW=config.num_warps, num_warps=config.num_warps,
                    num_stages=config.num_stages)
-    return LaunchPlan(kerns, (nprog,), (*args, *strides, g, sg, *gargs, tok, nrows), options, g, shared_w, out_dtype,
-                      device)
+    return LaunchPlan(kerns, (nprog,), (*args, *strides, *targets, *gargs, tok, nrows), options, g, shared_w,
+                      out_dtype, device)

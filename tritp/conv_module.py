@@ -175,15 +175,17 @@ class TensorProductConv(torch.nn.Module):
         """
         from .conv_kernels import conv_launch_plan
         from .kernels import precompile
-        from .tuning.tuner import direction_specs, make_inputs
+        from .conv_tuning import conv_specs
+        from .tuning.tuner import make_inputs
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # a two-edge stand-in graph: only its index dtype reaches the compiled kernels
         src = torch.zeros(2, dtype=index_dtype, device=device)
         graph = [src, src] if self.scatter == "atomic" else list(conv_graph(src, src, 2, check_indices=False).tensors())
-        plans = [conv_launch_plan(self.problem, spec, self.scatter, make_inputs(self.problem, spec, 2, dtype, device),
-                                  graph, num_nodes, num_nodes, num_edges=num_edges, dry=True)
-                 for _, spec in direction_specs(self.problem, tuple(directions), fused=False)]
+        plans = [conv_launch_plan(self.problem, cs.spec, self.scatter,
+                                  make_inputs(self.problem, cs.spec, 2, dtype, device), graph, num_nodes, num_nodes,
+                                  num_edges=num_edges, dry=True)
+                 for _, cs in conv_specs(self.problem, self.scatter, tuple(directions))]
         return precompile(plans)
 
     def autotune(self, num_nodes: int, num_edges: int, directions=("fwd", "bwd", "dbl"), dtype=None, timer=None,

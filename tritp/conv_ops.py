@@ -40,10 +40,16 @@ from typing import List
 import torch
 from torch.library import custom_op, wrap_triton
 
+from functools import lru_cache
+
+from .codegen.cg_fused import fused_backward
+from .codegen.cg_spec import forward_spec
+from .codegen.conv_emit import EDGE_ROLES
 from .conv_index import check_ranges
 from .conv_kernels import produce_conv, target_shape
-from .op_pair import cg_gradients, pick, register, visible_op
-from .ops import problem_from_key, spec_from_str
+from .kernel_forms import fused_backward_on
+from .op_pair import cg_gradients, fused_gradients, pick, register, visible_op
+from .ops import fused_spec, problem_from_key, single_spec, spec_from_str
 
 
 @custom_op("tritp::conv_check_indices", mutates_args=())
@@ -71,9 +77,42 @@ def conv_produce_triton_op(key: str, spec: str, scatter: str, n_in: int, n_out: 
                         token=graph[-1], out_dtype=out_dtype, wrap=wrap_triton)
 
 
+@custom_op("tritp::conv_produce_fused", mutates_args=())
+def conv_produce_fused_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
+                          tensors: List[torch.Tensor], graph: List[torch.Tensor]) -> List[torch.Tensor]:
+    return produce_conv(problem_from_key(key), fused_spec(spec), scatter, tensors, graph[:-1], n_in, n_out,
+                        token=graph[-1], out_dtype=out_dtype)
+
+
+@visible_op("tritp::conv_produce_fused_triton")
+def conv_produce_fused_triton_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
+                                 tensors: List[torch.Tensor], graph: List[torch.Tensor]) -> List[torch.Tensor]:
+    return produce_conv(problem_from_key(key), fused_spec(spec), scatter, tensors, graph[:-1], n_in, n_out,
+                        token=graph[-1], out_dtype=out_dtype, wrap=wrap_triton)
+
+
+#: The fused edge backward's op beside each single-target op, of the same registration
+FUSED = {conv_produce_op: conv_produce_fused_op, conv_produce_triton_op: conv_produce_fused_triton_op}
+
+
+@lru_cache(maxsize=4096)
+def fused_for(key: str, spec: str, needs: tuple):
+    """The fused backward of a convolution's forward ``spec`` for the *edge* gradients among
+    ``needs`` (x2's and the weights': :mod:`tritp.codegen.conv_fused`), or None."""
+    s, p = spec_from_str(spec), problem_from_key(key)
+    if s != forward_spec(p.weight_numel > 0):
+        return None
+    return fused_backward(p, {r for r, n in zip(s.roles, needs) if n and r in EDGE_ROLES})
+
+
 def _fake(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph):
-    shape = target_shape(problem_from_key(key), spec_from_str(spec).target, graph[0].shape[0], n_in, n_out)
+    shape = target_shape(problem_from_key(key), single_spec(spec).target, graph[0].shape[0], n_in, n_out)
     return tensors[0].new_empty(shape, dtype=out_dtype)
+
+
+def _fused_fake(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph):
+    p, E = problem_from_key(key), graph[0].shape[0]
+    return [tensors[0].new_empty(target_shape(p, t, E, n_in, n_out), dtype=out_dtype) for t in fused_spec(spec).targets]
 
 
 def _setup(ctx, inputs, output):
@@ -92,13 +131,45 @@ def _make_backward(op):
         def call(t, dspec, args):
             return op(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
 
-        grads = cg_gradients(spec_from_str(spec), tensors, grad, ctx.needs_input_grad[6], call)
+        s, needs = spec_from_str(spec), tuple(ctx.needs_input_grad[6])
+        fused = fused_for(key, spec, needs) if fused_backward_on() else None
+        grads = [None] * len(tensors)
+        if fused is not None and len({t.dtype for t in tensors}) == 1:
+            # one edge kernel for the gradients of x2 and the weights (codegen.conv_fused)
+            parts = FUSED[op](key, fused.to_str(), scatter, n_in, n_out, tensors[0].dtype, [*tensors, grad], graph)
+            for target, g in zip(fused.targets, parts):
+                grads[s.roles.index(target)] = g
+        rest = cg_gradients(s, tensors, grad, [n and g is None for n, g in zip(needs, grads)], call)
+        grads = [g if g is not None else r for g, r in zip(grads, rest)]
         return None, None, None, None, None, None, grads, [None] * len(graph)
 
     return backward
 
 
+def _setup_fused(ctx, inputs, output):
+    _setup(ctx, inputs, output)
+    ctx.set_materialize_grads(False)  # a part nothing downstream used has no cotangent
+
+
+def _make_fused_backward(op):
+    single = {v: k for k, v in FUSED.items()}[op]  # derivatives run on the single-target op
+
+    def backward(ctx, grads):
+        key, spec, scatter, n_in, n_out = ctx.args
+        saved = ctx.saved_tensors
+        tensors, graph = saved[:ctx.n_tensors], list(saved[ctx.n_tensors:])
+
+        def call(t, dspec, args):
+            return single(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
+
+        out = fused_gradients(fused_spec(spec), tensors, grads, tuple(ctx.needs_input_grad[6]), call)
+        return None, None, None, None, None, None, out, [None] * len(graph)
+
+    return backward
+
+
 register((conv_produce_op, conv_produce_triton_op), _fake, _setup, _make_backward)
+register((conv_produce_fused_op, conv_produce_fused_triton_op), _fused_fake, _setup_fused, _make_fused_backward)
 
 
 def run(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype, tensors: list,

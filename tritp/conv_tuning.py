@@ -85,22 +85,40 @@ def conv_space(problem, cspec: ConvSpec, dtype: str, batch: int) -> SearchSpace:
 
 
 def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
-    """``[(direction, ConvSpec)]`` of the kernels a convolution launches in ``directions``.
+    """``[(direction, ConvSpec)]`` of the kernels a convolution launches in ``directions``: as
+    :func:`tritp.tuning.tuner.direction_specs`, with the fused kernel of the edge gradients
+    (x2's and the weights', :mod:`tritp.codegen.conv_fused`) and its derivatives where it
+    applies, not the plain fused backward (whose x1 gradient is a node target here).
 
     Example:
         >>> from tritp.codegen import Problem
         >>> p = Problem.channelwise("4x0e", "0e", "0e", shared_weights=False)
-        >>> [(d, c.mode, c.target) for d, c in conv_specs(p, "deterministic", ("fwd", "bwd"))]
-        [('fwd', 'segment', 'out'), ('bwd', 'segment', 'x1'), ('bwd', 'edge', 'x2'), ('bwd', 'edge', 'w')]
+        >>> [(d, c.mode, c.target) for d, c in conv_specs(p, "deterministic", ("fwd", "bwd"))]  # doctest: +NORMALIZE_WHITESPACE
+        [('fwd', 'segment', 'out'), ('bwd', 'edge', 'w+x2'), ('bwd', 'segment', 'x1'), ('bwd', 'edge', 'x2'),
+         ('bwd', 'edge', 'w')]
     """
-    from .codegen.conv_emit import write_mode
+    from .codegen.cg_fused import fused_backward
+    from .codegen.cg_spec import compact
+    from .codegen.conv_emit import EDGE_ROLES, write_mode
     from .conv_kernels import SCATTERS
+    from .kernel_forms import fused_backward_on
     from .tuning.tuner import direction_specs
 
     if scatter not in SCATTERS:
         raise ValueError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
-    return [(d, ConvSpec(s, write_mode(s.target, scatter)))
-            for d, s in direction_specs(problem, tuple(directions), fused=False)]
+    out = [(d, ConvSpec(s, write_mode(s.target, scatter)))
+           for d, s in direction_specs(problem, tuple(directions), fused=False)]
+    fused = fused_backward(problem, set(EDGE_ROLES)) if fused_backward_on() else None
+    if fused is None:
+        return out
+    # the edge gradients' fused kernel (codegen.conv_fused) and its derivatives, each summing
+    # both parts' terms: after the forward, and before the double backward's other kernels
+    extra = [("bwd", ConvSpec(fused, "edge"))] if "bwd" in directions else []
+    for i in range(len(fused.roles)) if "dbl" in directions else ():
+        d = compact(fused.derivative(i))[0]
+        extra.append(("dbl", ConvSpec(d, write_mode(d.target, scatter))))
+    first = 1 if "fwd" in directions else 0
+    return out[:first] + extra + [x for x in out[first:] if x not in extra]
 
 
 def random_graph(num_nodes: int, num_edges: int, scatter: str, device, index_dtype=None, seed: int = 0) -> list:
