@@ -19,7 +19,9 @@ of them: the forces-training pattern). Variants: ``tritp-atomic``, ``tritp-det``
 built once, outside the timing), ``tritp-det-segwalk`` (the deterministic kernels as before
 session 8: one edge walk per output segment, ``TRITP_SHARE_LOADS=0``, to time the shared walk
 against), ``tritp-det-rows`` and ``tritp-atomic-rows`` (the convolution's tiles in the
-row-on-warp form, ``TRITP_CONV_ROWS=1``; the atomic one on request), ``tritp-unfused``
+row-on-warp form, ``TRITP_CONV_ROWS=1``; the atomic one on request), ``tritp-det-bwd-apart``
+(the backward's edge gradients in two kernels, as before the fused edge backward,
+``TRITP_FUSED_BWD=0``; the forward is the same), ``tritp-unfused``
 (gather -> tritp.compile layer ->
 index_add), ``oeq-atomic``, ``oeq-det``, ``cueq`` (``ChannelWiseTensorProduct`` with
 ``indices_1``/``indices_out``, built by ``tritp.bench_peers.cueq_module`` with e3nn's coupling,
@@ -50,14 +52,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("tritp-atomic", "tritp-det", "tritp-det-segwalk", "tritp-det-rows", "tritp-atomic-rows", "tritp-unfused",
-            "oeq-atomic", "oeq-det", "cueq")
+VARIANTS = ("tritp-atomic", "tritp-det", "tritp-det-segwalk", "tritp-det-rows", "tritp-atomic-rows",
+            "tritp-det-bwd-apart", "tritp-unfused", "oeq-atomic", "oeq-det", "cueq")
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "tritp-atomic-rows")
 #: tritp variants that run another kernel form: (the variant they are, the environment set
 #: while they compile and run)
 FORM_ENV = {"tritp-det-segwalk": ("tritp-det", {"TRITP_SHARE_LOADS": "0"}),
             "tritp-det-rows": ("tritp-det", {"TRITP_CONV_ROWS": "1"}),
-            "tritp-atomic-rows": ("tritp-atomic", {"TRITP_CONV_ROWS": "1"})}
+            "tritp-atomic-rows": ("tritp-atomic", {"TRITP_CONV_ROWS": "1"}),
+            "tritp-det-bwd-apart": ("tritp-det", {"TRITP_FUSED_BWD": "0"})}
 DIRECTIONS = ("fwd", "fwdbwd", "dbl")
 MACE_LARGE = ("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
 QUICK = ("4x0e+4x1o", "0e+1o", "0e+1o")
@@ -121,6 +124,7 @@ def build(variant, torch, problem, dtype, device, src, dst, n):
         def run(*args):
             with form_env(env):
                 return fn(*args)
+        run.form_env = env  # directional() keeps it set through the backward too
         return run
     if variant.startswith("tritp"):
         scatter = "deterministic" if variant == "tritp-det" else "atomic"
@@ -156,10 +160,21 @@ def build(variant, torch, problem, dtype, device, src, dst, n):
 
 
 def directional(torch, fn, direction, x, ea, w):
+    """The timed closure of one direction; a kernel-form variant's environment (``FORM_ENV``)
+    stays set through its backward and double backward, whose kernels are chosen at launch."""
     gen = torch.Generator(device=x.device).manual_seed(1)
     go = None
+    env = getattr(fn, "form_env", None)
 
     def run():
+        if env is None:
+            return body()
+        from tritp.kernels import form_env
+
+        with form_env(env):
+            return body()
+
+    def body():
         nonlocal go
         if direction == "fwd":  # inference: nothing saved for backward
             with torch.no_grad():
