@@ -57,3 +57,16 @@ def test_the_fused_conv_kernel_reads_each_gathered_tile_once():
     assert src.count("for c0 in range(") == len(p.irreps_in1)
     with pytest.raises(ValueError, match="edge gradients"):
         emit_fused_conv(p, fused_backward(p, {"x1", "w"}))
+
+
+def test_each_op_names_the_other_for_the_wrong_spec():
+    conv = compile_conv("2x0e", "0e", "2x0e", mode="channelwise")
+    p = conv.problem
+    fused = fused_backward(p, {"x2", "w"}).to_str()
+    ts = [torch.randn(2, 2), torch.randn(3, 1), torch.randn(3, 2), torch.randn(2, 2)]
+    g = [torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1])]
+    g = g + [g[0]]
+    with pytest.raises(ValueError, match="tritp::conv_produce_fused, not tritp::conv_produce"):
+        torch.ops.tritp.conv_produce(p.key, fused, "atomic", 2, 2, torch.float32, ts, g)
+    with pytest.raises(ValueError, match="tritp::conv_produce_fused runs a fused backward"):
+        torch.ops.tritp.conv_produce_fused(p.key, "out|x1,x2,w|0.1.2.-.0", "atomic", 2, 2, torch.float32, ts[:3], g)

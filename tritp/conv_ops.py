@@ -10,6 +10,9 @@ is off. Registrations:
 
 * ``tritp::conv_produce`` -- ``custom_op``: opaque, runs everywhere incl. the interpreter;
 * ``tritp::conv_produce_triton`` -- ``triton_op``: Inductor sees the kernels (CUDA);
+* ``tritp::conv_produce_fused`` / ``_fused_triton`` -- the same for the backward's edge
+  gradients in one kernel (:mod:`tritp.codegen.conv_fused`): a list, x2's and the weights'
+  gradients (those asked for);
 * ``tritp::conv_check_indices(src, dst, n_in, n_out) -> Tensor`` -- the range check. It is a
   separate opaque op so that it also runs, on real tensors, inside a ``torch.compile``-d graph
   (a data-dependent check in Python would break the graph). It returns a one-element token
@@ -40,16 +43,14 @@ from typing import List
 import torch
 from torch.library import custom_op, wrap_triton
 
-from functools import lru_cache
-
-from .codegen.cg_fused import fused_backward
-from .codegen.cg_spec import forward_spec
 from .codegen.conv_emit import EDGE_ROLES
 from .conv_index import check_ranges
 from .conv_kernels import produce_conv, target_shape
 from .kernel_forms import fused_backward_on
 from .op_pair import cg_gradients, fused_gradients, pick, register, visible_op
-from .ops import fused_spec, problem_from_key, single_spec, spec_from_str
+from .ops import fused_for, fused_spec, problem_from_key, single_spec, spec_from_str
+
+OP = "tritp::conv_produce"
 
 
 @custom_op("tritp::conv_check_indices", mutates_args=())
@@ -66,28 +67,28 @@ def _check_fake(src, dst, n_in, n_out):
 @custom_op("tritp::conv_produce", mutates_args=())
 def conv_produce_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
                     tensors: List[torch.Tensor], graph: List[torch.Tensor]) -> torch.Tensor:
-    return produce_conv(problem_from_key(key), spec_from_str(spec), scatter, tensors, graph[:-1], n_in, n_out,
+    return produce_conv(problem_from_key(key), single_spec(spec, OP), scatter, tensors, graph[:-1], n_in, n_out,
                         token=graph[-1], out_dtype=out_dtype)
 
 
 @visible_op("tritp::conv_produce_triton")
 def conv_produce_triton_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
                            tensors: List[torch.Tensor], graph: List[torch.Tensor]) -> torch.Tensor:
-    return produce_conv(problem_from_key(key), spec_from_str(spec), scatter, tensors, graph[:-1], n_in, n_out,
+    return produce_conv(problem_from_key(key), single_spec(spec, OP), scatter, tensors, graph[:-1], n_in, n_out,
                         token=graph[-1], out_dtype=out_dtype, wrap=wrap_triton)
 
 
 @custom_op("tritp::conv_produce_fused", mutates_args=())
 def conv_produce_fused_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
                           tensors: List[torch.Tensor], graph: List[torch.Tensor]) -> List[torch.Tensor]:
-    return produce_conv(problem_from_key(key), fused_spec(spec), scatter, tensors, graph[:-1], n_in, n_out,
+    return produce_conv(problem_from_key(key), fused_spec(spec, OP), scatter, tensors, graph[:-1], n_in, n_out,
                         token=graph[-1], out_dtype=out_dtype)
 
 
 @visible_op("tritp::conv_produce_fused_triton")
 def conv_produce_fused_triton_op(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
                                  tensors: List[torch.Tensor], graph: List[torch.Tensor]) -> List[torch.Tensor]:
-    return produce_conv(problem_from_key(key), fused_spec(spec), scatter, tensors, graph[:-1], n_in, n_out,
+    return produce_conv(problem_from_key(key), fused_spec(spec, OP), scatter, tensors, graph[:-1], n_in, n_out,
                         token=graph[-1], out_dtype=out_dtype, wrap=wrap_triton)
 
 
@@ -95,24 +96,14 @@ def conv_produce_fused_triton_op(key: str, spec: str, scatter: str, n_in: int, n
 FUSED = {conv_produce_op: conv_produce_fused_op, conv_produce_triton_op: conv_produce_fused_triton_op}
 
 
-@lru_cache(maxsize=4096)
-def fused_for(key: str, spec: str, needs: tuple):
-    """The fused backward of a convolution's forward ``spec`` for the *edge* gradients among
-    ``needs`` (x2's and the weights': :mod:`tritp.codegen.conv_fused`), or None."""
-    s, p = spec_from_str(spec), problem_from_key(key)
-    if s != forward_spec(p.weight_numel > 0):
-        return None
-    return fused_backward(p, {r for r, n in zip(s.roles, needs) if n and r in EDGE_ROLES})
-
-
 def _fake(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph):
-    shape = target_shape(problem_from_key(key), single_spec(spec).target, graph[0].shape[0], n_in, n_out)
+    shape = target_shape(problem_from_key(key), single_spec(spec, OP).target, graph[0].shape[0], n_in, n_out)
     return tensors[0].new_empty(shape, dtype=out_dtype)
 
 
 def _fused_fake(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph):
     p, E = problem_from_key(key), graph[0].shape[0]
-    return [tensors[0].new_empty(target_shape(p, t, E, n_in, n_out), dtype=out_dtype) for t in fused_spec(spec).targets]
+    return [tensors[0].new_empty(target_shape(p, t, E, n_in, n_out), dtype=out_dtype) for t in fused_spec(spec, OP).targets]
 
 
 def _setup(ctx, inputs, output):
@@ -132,7 +123,9 @@ def _make_backward(op):
             return op(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
 
         s, needs = spec_from_str(spec), tuple(ctx.needs_input_grad[6])
-        fused = fused_for(key, spec, needs) if fused_backward_on() else None
+        # the edge gradients (x2's, the weights') in one kernel: x1's is a node target here
+        edge = tuple(n and r in EDGE_ROLES for r, n in zip(s.roles, needs))
+        fused = fused_for(key, spec, edge) if fused_backward_on() else None
         grads = [None] * len(tensors)
         if fused is not None and len({t.dtype for t in tensors}) == 1:
             # one edge kernel for the gradients of x2 and the weights (codegen.conv_fused)
@@ -162,7 +155,7 @@ def _make_fused_backward(op):
         def call(t, dspec, args):
             return single(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
 
-        out = fused_gradients(fused_spec(spec), tensors, grads, tuple(ctx.needs_input_grad[6]), call)
+        out = fused_gradients(fused_spec(spec, OP), tensors, grads, tuple(ctx.needs_input_grad[6]), call)
         return None, None, None, None, None, None, out, [None] * len(graph)
 
     return backward

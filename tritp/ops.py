@@ -48,17 +48,19 @@ def spec_from_str(text: str):
     return parse_spec(text)
 
 
-def single_spec(text: str) -> ProducerSpec:
+def single_spec(text: str, op: str = "tritp::produce") -> ProducerSpec:
+    """The producer spec ``text`` that op ``op`` runs; ValueError for a fused backward's."""
     s = spec_from_str(text)
     if not isinstance(s, ProducerSpec):
-        raise ValueError(f"spec {text!r} is a fused backward: run it with tritp::produce_fused")
+        raise ValueError(f"spec {text!r} is a fused backward: run it with {op}_fused, not {op}")
     return s
 
 
-def fused_spec(text: str) -> FusedSpec:
+def fused_spec(text: str, op: str = "tritp::produce") -> FusedSpec:
+    """The fused backward spec ``text`` that op ``<op>_fused`` runs; ValueError for another."""
     s = spec_from_str(text)
     if not isinstance(s, FusedSpec):
-        raise ValueError(f"tritp::produce_fused runs a fused backward, not spec {text!r}: use tritp::produce")
+        raise ValueError(f"{op}_fused runs a fused backward, not spec {text!r}: use {op}")
     return s
 
 
