@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .cg_emit import CGEmitter
-from .cg_pieces import PIECE_BUDGET
+from .cg_pieces import PIECE_BUDGET, pack
 from .cg_spec import FusedSpec, forward_spec
 from .coupling import sparse_coupling
 from .intmath import p2
@@ -105,14 +105,7 @@ def fused_pieces(problem: Problem, spec: FusedSpec, budget: int | None = None) -
     costs = segment_costs(problem, spec)
     if sum(costs) <= budget:
         return (None,)
-    groups, cur, acc = [], [], 0
-    for seg, c in enumerate(costs):
-        if cur and acc + c > budget and c > 0:
-            groups.append(cur)
-            cur, acc = [], 0
-        cur.append(seg)
-        acc += c
-    groups.append(cur)
+    groups = pack([[seg] for seg in range(len(costs))], costs, budget)
     return tuple((tuple(g), j > 0) for j, g in enumerate(groups))
 
 

@@ -166,14 +166,27 @@ def _plan(problem: Problem, spec: ProducerSpec, budget: int, partial: bool) -> t
         else:
             where[keys[u]] = len(runs)
             runs.append([u])
+    return tuple(tuple(sorted(p)) for p in pack(runs, costs, budget))
+
+
+def pack(runs, costs, budget: int) -> list:
+    """Runs of units (lists of indices into ``costs``) packed in order into pieces of at most
+    ``budget`` where whole runs fit; a run larger than ``budget`` is split unit by unit, and a
+    unit never splits (so a piece may pass ``budget`` by one unit). Zero-cost units join the
+    piece at hand.
+
+    Example:
+        >>> pack([[0, 1], [2], [3]], [40, 40, 30, 90], 100)
+        [[0, 1], [2], [3]]
+    """
     pieces, cur, acc = [], [], 0
 
     def add(units, c):
         nonlocal cur, acc
         if cur and acc + c > budget and c > 0:
-            pieces.append(tuple(cur))
+            pieces.append(cur)
             cur, acc = [], 0
-        cur.extend(units)
+        cur = cur + list(units)
         acc += c
 
     for run in runs:
@@ -184,8 +197,8 @@ def _plan(problem: Problem, spec: ProducerSpec, budget: int, partial: bool) -> t
             for u in run:
                 add([u], costs[u])
     if cur:
-        pieces.append(tuple(cur))
-    return tuple(tuple(sorted(p)) for p in pieces)
+        pieces.append(cur)
+    return pieces
 
 
 def _partials(problem: Problem, spec: ProducerSpec, budget: int) -> tuple:

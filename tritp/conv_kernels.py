@@ -173,7 +173,7 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         config = choose_config(problem, spec, mode, dtype_name, E, nrows, device, interpreter_active())
     else:
         check_config(config)
-    widths = [target_dim(problem, t) for t in spec.targets] if fused else None
+    widths = kernels.part_widths(problem, spec) if fused else None
     if E == 0 or shape[-1] == 0 or nrows == 0:
         zeros = ([torch.zeros((E, d), dtype=out_dtype, device=device) for d in widths] if fused
                  else torch.zeros(shape, dtype=out_dtype, device=device))
@@ -202,10 +202,8 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         g = torch.empty(g_shape, dtype=g_dtype, device=device)
     sg = shape[-1]
     targets = (g, sg)
-    if fused:  # one [E, width] gradient per part; later pieces add to x2's (in acc, cf. kernels.launch_plan)
-        dts = [acc if len(kerns) > 1 and t == "x2" else out_dtype for t in spec.targets]
-        g = [torch.empty((0,) if dry else (E, d), dtype=dt, device=device) for d, dt in zip(widths, dts)]
-        targets = tuple(x for gd in zip(g, widths) for x in gd)
+    if fused:  # one [E, width] gradient per part
+        g, targets = kernels.fused_outputs(problem, spec, E, len(kerns), acc, out_dtype, device, dry)
     if mode == "segment":
         off = 2 if spec.target == "out" else 5
         gargs = graph[off:off + 3]

@@ -47,7 +47,7 @@ from .codegen.conv_emit import EDGE_ROLES
 from .conv_index import check_ranges
 from .conv_kernels import produce_conv, target_shape
 from .kernel_forms import fused_backward_on
-from .op_pair import cg_gradients, fused_gradients, pick, register, visible_op
+from .op_pair import backward_gradients, fused_gradients, pick, register, visible_op
 from .ops import fused_for, fused_spec, problem_from_key, single_spec, spec_from_str
 
 OP = "tritp::conv_produce"
@@ -113,27 +113,32 @@ def _setup(ctx, inputs, output):
     ctx.save_for_backward(*tensors, *graph)
 
 
+def _saved(ctx, op) -> tuple:
+    """``(spec text, tensors, graph, call)`` of a backward: ``call(t, dspec, args)`` runs the
+    derivative ``dspec`` on ``op`` with the forward's graph and strategy."""
+    key, spec, scatter, n_in, n_out = ctx.args
+    saved = ctx.saved_tensors
+    tensors, graph = saved[:ctx.n_tensors], list(saved[ctx.n_tensors:])
+
+    def call(t, dspec, args):
+        return op(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
+
+    return spec, tensors, graph, call
+
+
 def _make_backward(op):
     def backward(ctx, grad):
-        key, spec, scatter, n_in, n_out = ctx.args
-        saved = ctx.saved_tensors
-        tensors, graph = saved[:ctx.n_tensors], list(saved[ctx.n_tensors:])
+        spec, tensors, graph, call = _saved(ctx, op)
+        key, _, scatter, n_in, n_out = ctx.args
 
-        def call(t, dspec, args):
-            return op(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
+        def call_fused(text, args):  # the edge gradients in one kernel (codegen.conv_fused)
+            return FUSED[op](key, text, scatter, n_in, n_out, args[0].dtype, args, graph)
 
         s, needs = spec_from_str(spec), tuple(ctx.needs_input_grad[6])
-        # the edge gradients (x2's, the weights') in one kernel: x1's is a node target here
+        # x2's and the weights' gradients fuse; x1's is a node target here
         edge = tuple(n and r in EDGE_ROLES for r, n in zip(s.roles, needs))
         fused = fused_for(key, spec, edge) if fused_backward_on() else None
-        grads = [None] * len(tensors)
-        if fused is not None and len({t.dtype for t in tensors}) == 1:
-            # one edge kernel for the gradients of x2 and the weights (codegen.conv_fused)
-            parts = FUSED[op](key, fused.to_str(), scatter, n_in, n_out, tensors[0].dtype, [*tensors, grad], graph)
-            for target, g in zip(fused.targets, parts):
-                grads[s.roles.index(target)] = g
-        rest = cg_gradients(s, tensors, grad, [n and g is None for n, g in zip(needs, grads)], call)
-        grads = [g if g is not None else r for g, r in zip(grads, rest)]
+        grads = backward_gradients(s, fused, tensors, grad, needs, call, call_fused)
         return None, None, None, None, None, None, grads, [None] * len(graph)
 
     return backward
@@ -148,13 +153,7 @@ def _make_fused_backward(op):
     single = {v: k for k, v in FUSED.items()}[op]  # derivatives run on the single-target op
 
     def backward(ctx, grads):
-        key, spec, scatter, n_in, n_out = ctx.args
-        saved = ctx.saved_tensors
-        tensors, graph = saved[:ctx.n_tensors], list(saved[ctx.n_tensors:])
-
-        def call(t, dspec, args):
-            return single(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
-
+        spec, tensors, graph, call = _saved(ctx, single)
         out = fused_gradients(fused_spec(spec, OP), tensors, grads, tuple(ctx.needs_input_grad[6]), call)
         return None, None, None, None, None, None, out, [None] * len(graph)
 

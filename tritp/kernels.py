@@ -163,6 +163,24 @@ def pieces_of(problem: Problem, spec) -> tuple:
     return fused_pieces(problem, spec) if isinstance(spec, FusedSpec) else plan_pieces(problem, spec)
 
 
+def part_widths(problem: Problem, spec: FusedSpec) -> list:
+    """The row width of each part of a fused backward."""
+    return [target_dim(problem, t) for t in spec.targets]
+
+
+def fused_outputs(problem: Problem, spec: FusedSpec, rows: int, n_kernels: int, acc, out_dtype, device,
+                  dry: bool = False) -> tuple:
+    """``(outputs, kernel arguments)`` of a fused backward (:mod:`tritp.codegen.cg_fused`, or
+    a convolution's, ``conv_fused``): one ``[rows, width]`` tensor per part and the ``g<i>,
+    sg<i>`` arguments. Pieces after the first add their share of x2's gradient to it, so with
+    several kernels that part is kept in the accumulation dtype (as the separate kernel's
+    partial slabs are summed), and the launcher casts it; ``dry``: empty tensors (dtypes only)."""
+    widths = part_widths(problem, spec)
+    dts = [acc if n_kernels > 1 and t == "x2" else out_dtype for t in spec.targets]
+    g = [torch.empty((0,) if dry else (rows, d), dtype=dt, device=device) for d, dt in zip(widths, dts)]
+    return g, tuple(x for gd in zip(g, widths) for x in gd)
+
+
 class LaunchPlan(NamedTuple):
     """What one producer launch needs: its piece kernels, grid, arguments and options; ``g``
     is the output buffer (the result itself when there is nothing to launch)."""
@@ -190,7 +208,7 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
     shared_w = spec.target == "w" and problem.shared_weights
     if Z == 0 or dim == 0:
         if fused:  # one [Z, width] gradient per part
-            zeros = [torch.zeros((Z, target_dim(problem, t)), dtype=out_dtype, device=device) for t in spec.targets]
+            zeros = [torch.zeros(Z, d, dtype=out_dtype, device=device) for d in part_widths(problem, spec)]
         else:
             zeros = torch.zeros((dim,) if shared_w else (Z, dim), dtype=out_dtype, device=device)
         return LaunchPlan([], (0,), (), {}, zeros, False, out_dtype, device)
@@ -221,12 +239,7 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
     # Partial pieces: summed in the accumulation dtype, like the shared-weight partials
     width = dim * n_slabs
     if fused:  # a fused backward writes each part to its own [Z, width] tensor (cg_fused)
-        widths = [target_dim(problem, t) for t in spec.targets]
-        # pieces after the first add their share of x2's gradient to it: in the accumulation
-        # dtype, as the partial slabs of the separate kernel are summed (cast by produce)
-        dts = [acc if len(kerns) > 1 and t == "x2" else out_dtype for t in spec.targets]
-        g = [torch.empty((0,) if dry else (Z, d), dtype=dt, device=device) for d, dt in zip(widths, dts)]
-        targets = tuple(x for gd in zip(g, widths) for x in gd)
+        g, targets = fused_outputs(problem, spec, Z, len(kerns), acc, out_dtype, device, dry)
     else:
         shape = (0,) if dry else (nprog, dim) if shared_w else (Z, width)  # dry: only the dtype matters
         g = torch.empty(shape, dtype=acc if shared_w or n_slabs > 1 else out_dtype, device=device)

@@ -126,6 +126,33 @@ def cg_gradients(spec: ProducerSpec, tensors: Sequence, grad: torch.Tensor, need
     return grads
 
 
+def backward_gradients(spec: ProducerSpec, fused, tensors: Sequence, grad: torch.Tensor, needs: Sequence,
+                       call: Callable, call_fused: Callable) -> list:
+    """:func:`cg_gradients`, except that where ``fused`` (a
+    :class:`~tritp.codegen.cg_spec.FusedSpec` of ``spec``'s derivatives, or None) applies and
+    the tensors share one dtype, its parts' gradients come from one ``call_fused(fused_text,
+    args)`` (a list, one per part; the tensor arguments then the cotangent).
+
+    Example:
+        >>> from tritp.codegen.cg_spec import FusedSpec, forward_spec
+        >>> fwd = forward_spec()
+        >>> ts = [torch.ones(2, 4), torch.ones(1, 1), torch.ones(2, 4)]
+        >>> fused = FusedSpec((fwd.derivative(1), fwd.derivative(2)))  # x2 and w together
+        >>> gs = backward_gradients(fwd, fused, ts, torch.ones(2, 4), (True,) * 3,
+        ...                         lambda t, dspec, args: torch.zeros_like(t),
+        ...                         lambda text, args: [torch.ones(2, 1), torch.ones(2, 4)])
+        >>> [tuple(g.shape) for g in gs], gs[1].tolist()  # x2 was one row: its gradient summed
+        ([(2, 4), (1, 1), (2, 4)], [[2.0]])
+    """
+    grads = [None] * len(tensors)
+    if fused is not None and len({t.dtype for t in tensors}) == 1:
+        for target, g in zip(fused.targets, call_fused(fused.to_str(), [*tensors, grad])):
+            i = spec.roles.index(target)
+            grads[i] = unbroadcast(tensors[i], g)
+    rest = cg_gradients(spec, tensors, grad, [n and g is None for n, g in zip(needs, grads)], call)
+    return [g if g is not None else r for g, r in zip(grads, rest)]
+
+
 def fused_gradients(spec, tensors: Sequence, grads: Sequence, needs: Sequence, call: Callable) -> list:
     """The gradients of a fused spec's arguments (:class:`~tritp.codegen.cg_spec.FusedSpec`)
     from the cotangents ``grads`` of its parts (None: nothing used that part): for each tensor

@@ -34,7 +34,7 @@ from .codegen.cg_fused import fused_backward
 from .codegen.cg_spec import FusedSpec, ProducerSpec, forward_spec, parse_spec
 from .kernel_forms import fused_backward_on
 from .kernels import produce, target_dim
-from .op_pair import cg_gradients, fused_gradients, pick, register, save_inputs, unbroadcast, visible_op
+from .op_pair import backward_gradients, fused_gradients, pick, register, save_inputs, unbroadcast, visible_op
 
 
 @lru_cache(maxsize=512)
@@ -118,18 +118,12 @@ def _make_backward(op):
         def call(t, dspec, args):
             return unbroadcast(t, op(ctx.key, dspec, ctx.Z, t.dtype, args))
 
-        spec, tensors, needs = spec_from_str(ctx.spec), ctx.saved_tensors, tuple(ctx.needs_input_grad[4])
+        def call_fused(text, args):  # the gradients of x1, the weights and x2 in one kernel (cg_fused)
+            return FUSED[op](ctx.key, text, ctx.Z, args[0].dtype, args)
+
+        spec, needs = spec_from_str(ctx.spec), tuple(ctx.needs_input_grad[4])
         fused = fused_for(ctx.key, ctx.spec, needs) if fused_backward_on() else None
-        if fused is None or len({t.dtype for t in tensors}) > 1:
-            return None, None, None, None, cg_gradients(spec, tensors, grad, needs, call)
-        # one kernel for the gradients of x1, the weights and x2 (codegen.cg_fused)
-        parts = FUSED[op](ctx.key, fused.to_str(), ctx.Z, tensors[0].dtype, [*tensors, grad])
-        grads = [None] * len(tensors)
-        for target, g in zip(fused.targets, parts):
-            i = spec.roles.index(target)
-            grads[i] = unbroadcast(tensors[i], g)
-        rest = cg_gradients(spec, tensors, grad, [n and g is None for n, g in zip(needs, grads)], call)
-        return None, None, None, None, [g if g is not None else r for g, r in zip(grads, rest)]
+        return None, None, None, None, backward_gradients(spec, fused, ctx.saved_tensors, grad, needs, call, call_fused)
 
     return backward
 
