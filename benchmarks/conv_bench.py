@@ -20,7 +20,9 @@ built once, outside the timing), ``tritp-det-segwalk`` (the deterministic kernel
 session 8: one edge walk per output segment, ``TRITP_SHARE_LOADS=0``, to time the shared walk
 against), ``tritp-det-rows`` and ``tritp-atomic-rows`` (the convolution's tiles in the
 row-on-warp form, ``TRITP_CONV_ROWS=1``; the atomic one on request), ``tritp-det-bwd-apart``
-(the backward's edge gradients in two kernels, as before the fused edge backward,
+and ``tritp-atomic-bwd-apart`` (one backward kernel per gradient, as before the fused backward
+-- which is one kernel for all three gradients under atomics, and one for the two edge
+gradients beside x1's segment kernel under the deterministic scatter --
 ``TRITP_FUSED_BWD=0``; the forward is the same), ``tritp-unfused``
 (gather -> tritp.compile layer ->
 index_add), ``oeq-atomic``, ``oeq-det``, ``cueq`` (``ChannelWiseTensorProduct`` with
@@ -53,14 +55,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("tritp-atomic", "tritp-det", "tritp-det-segwalk", "tritp-det-rows", "tritp-atomic-rows",
-            "tritp-det-bwd-apart", "tritp-unfused", "oeq-atomic", "oeq-det", "cueq")
+            "tritp-det-bwd-apart", "tritp-atomic-bwd-apart", "tritp-unfused", "oeq-atomic", "oeq-det", "cueq")
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "tritp-atomic-rows")
 #: tritp variants that run another kernel form: (the variant they are, the environment set
 #: while they compile and run)
 FORM_ENV = {"tritp-det-segwalk": ("tritp-det", {"TRITP_SHARE_LOADS": "0"}),
             "tritp-det-rows": ("tritp-det", {"TRITP_CONV_ROWS": "1"}),
             "tritp-atomic-rows": ("tritp-atomic", {"TRITP_CONV_ROWS": "1"}),
-            "tritp-det-bwd-apart": ("tritp-det", {"TRITP_FUSED_BWD": "0"})}
+            "tritp-det-bwd-apart": ("tritp-det", {"TRITP_FUSED_BWD": "0"}),
+            "tritp-atomic-bwd-apart": ("tritp-atomic", {"TRITP_FUSED_BWD": "0"})}
 DIRECTIONS = ("fwd", "fwdbwd", "dbl")
 MACE_LARGE = ("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
 QUICK = ("4x0e+4x1o", "0e+1o", "0e+1o")

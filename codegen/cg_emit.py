@@ -219,6 +219,11 @@ class CGEmitter(TermMixin, GemmMixin, TileMixin):
         return ([f"t{i}" for i in range(n)] + [f"s{i}" for i in range(n)] + self.target_args()
                 + ["Z", "IDX64: tl.constexpr", "BLOCK_Z: tl.constexpr", "NW: tl.constexpr"])
 
+    def part_role(self, t: str) -> str:
+        """The role of the target named with suffix ``t`` (``g<t>``): the spec's one target (a
+        fused graph-convolution kernel's parts have rows of their own, conv_fused)."""
+        return self.spec.target
+
     def target_args(self) -> list:
         """Each target's pointer and row stride: ``g, sg`` (``g<s>, sg<s>`` per suffix ``tgs``)."""
         return [x for t in self.tgs for x in (f"g{t}", f"sg{t}")]

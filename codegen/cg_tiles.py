@@ -277,7 +277,7 @@ class TileMixin:
     def rows_target(self, dim: int, off: int) -> str:
         """Pointers of the target's row-on-warp tile of width ``dim`` at ``off``."""
         t = self.tg
-        return f"g{t} + {self.rows_index(self.spec.target, dim)} * sg{t} + (wq{dim} + {off})"
+        return f"g{t} + {self.rows_index(self.part_role(t), dim)} * sg{t} + (wq{dim} + {off})"
 
     def store_tile3d(self, off: int, dim: int, accs: list):
         """Store a segment's component accumulators ``accs`` as one 3D tile at ``off``."""

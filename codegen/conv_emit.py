@@ -97,6 +97,14 @@ class ConvEmitter(CGEmitter):
     def _needed(self) -> set:
         return {self.row_var(r) for r in self.spec.roles}
 
+    def _target_rows(self) -> set:
+        return {self.row_var(self.part_role(t)) for t in self.tgs}
+
+    def atomic_target(self) -> bool:
+        """Whether the target being stored is added atomically into node rows (a fused edge
+        kernel, conv_fused, adds x1's gradient so and stores its edge gradients)."""
+        return self.mode == "atomic"
+
     def emit(self) -> str:
         return f"# conv write mode: {self.mode}\n" + super().emit()
 
@@ -117,7 +125,7 @@ class ConvEmitter(CGEmitter):
     def emit_rows(self, first: str):
         """Edges ``first + arange(BLOCK_Z)`` and the rows of their endpoints (edge modes)."""
         w = self.w
-        need = self._needed() | {self.row_var(self.spec.target)}
+        need = self._needed() | self._target_rows()
         self.row_first = first
         w(f"z = {first} + tl.arange(0, BLOCK_Z)")
         w("zm = z < Z")
@@ -130,7 +138,7 @@ class ConvEmitter(CGEmitter):
         self._cast(names)
         self._offsets()
         for t in self.tgs:
-            w(f"rg{t} = {self.row_var(self.spec.target)} * sg{t}")
+            w(f"rg{t} = {self.row_var(self.part_role(t))} * sg{t}")
         self.emit_row_pointers(target=True)
 
     @contextmanager
@@ -176,7 +184,7 @@ class ConvEmitter(CGEmitter):
         """Width ``k``'s row indices of every gathered role: the endpoints (or, in segment
         mode, the edge ids and neighbours) of the tile's edge positions ``wz<k>``."""
         arrays = {"zs": "src", "zd": "dst"} if self.mode != "segment" else {"ze": "eid", "zn": "nbr"}
-        names = [(f"w{var}{k}", arrays[var]) for var in sorted(self._needed() | {self.row_var(self.spec.target)})
+        names = [(f"w{var}{k}", arrays[var]) for var in sorted(self._needed() | self._target_rows())
                  if var in arrays]
         if not names:
             return
@@ -211,9 +219,9 @@ class ConvEmitter(CGEmitter):
         if self.mode == "segment":
             # masked rows hold zeros, so summing the whole tile is exact
             self.w(f"tl.store(g + rg + ({addr}), tl.sum({value}, axis=0).to(g.dtype.element_ty), mask=cm)")
-        elif self.mode == "atomic":
+        elif self.atomic_target():
             # g is a zeroed fp32/fp64 buffer; relaxed order suffices for a pure sum
-            self.w(f"tl.atomic_add(gp + {self.lanes2d(addr)}, {value}, mask=m2d, sem='relaxed')")
+            self.w(f"tl.atomic_add(gp{self.tg} + {self.lanes2d(addr)}, {value}, mask=m2d, sem='relaxed')")
         else:
             super().store_tile(addr, value)
 
@@ -221,13 +229,13 @@ class ConvEmitter(CGEmitter):
         if self.mode == "segment":  # the node's row: [lanes, DP], one sum over its edges each
             v = self.join3d([f"tl.sum({a}, axis=0)" for a in accs], str(self.lane_bc))
             self.w(f"tl.store(g + rg + (cf{dim} + {off}), {v}.to(g.dtype.element_ty), mask=cm[:, None] & ef{dim})")
-        elif self.mode == "atomic":
+        elif self.atomic_target():
             v = self.join3d(accs, f"BLOCK_Z, {self.lane_bc}")
             if dim in self.rows_dims.get("c", ()):  # row-on-warp form
                 v = self.rows_flat(v, dim)
                 self.w(f"tl.atomic_add({self.rows_target(dim, off)}, {v}, mask=wm{dim}, sem='relaxed')")
                 return
-            self.w(f"tl.atomic_add({self.at3d('gp', f'cf{dim}', off)}, {v}, "
+            self.w(f"tl.atomic_add({self.at3d(f'gp{self.tg}', f'cf{dim}', off)}, {v}, "
                    f"mask=m2d[:, :, None] & ef{dim}[None, :, :], sem='relaxed')")
         else:
             super().store_tile3d(off, dim, accs)

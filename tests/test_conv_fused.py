@@ -1,14 +1,16 @@
-"""The fused edge backward of a graph convolution (``codegen/conv_fused.py``): the gradients of
-the edge attributes and the per-edge weights in one edge kernel, against the separate kernels
-(``TRITP_FUSED_BWD=0``) to second order, for both scatter strategies."""
+"""The fused backward of a graph convolution (``codegen/conv_fused.py``): the gradients of the
+edge attributes and the per-edge weights in one edge kernel -- and under the atomic scatter x1's
+too -- against the separate kernels (``TRITP_FUSED_BWD=0``) to second order, for both scatter
+strategies."""
 
 import pytest
 import torch
 
 import tritp.conv_ops
 from tritp.codegen.cg_fused import fused_backward
-from tritp.codegen.cg_spec import FusedSpec
+from tritp.codegen.cg_spec import FusedSpec, forward_spec
 from tritp.codegen.conv_fused import emit_fused_conv
+from tritp.conv_index import conv_graph
 from tritp.conv_module import compile_conv
 
 F64 = torch.float64
@@ -24,6 +26,17 @@ def _run(conv, ts, src, dst, n, fused: str, monkeypatch):
     return first + second
 
 
+def _spied(monkeypatch):
+    specs, inner = [], tritp.conv_ops.produce_conv
+
+    def spy(problem, spec, *a, **k):
+        specs.append(spec)
+        return inner(problem, spec, *a, **k)
+
+    monkeypatch.setattr(tritp.conv_ops, "produce_conv", spy)
+    return specs
+
+
 @pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
 def test_edge_gradients_in_one_kernel_to_second_order(scatter, monkeypatch):
     conv = compile_conv(*IRREPS, mode="channelwise", scatter=scatter)
@@ -33,15 +46,10 @@ def test_edge_gradients_in_one_kernel_to_second_order(scatter, monkeypatch):
     ts = [torch.randn(n, conv.irreps_in1.dim, generator=g, dtype=F64).requires_grad_(),
           torch.randn(e, conv.irreps_in2.dim, generator=g, dtype=F64).requires_grad_(),
           torch.randn(e, conv.weight_numel, generator=g, dtype=F64).requires_grad_()]
-    specs, inner = [], tritp.conv_ops.produce_conv
-
-    def spy(problem, spec, *a, **k):
-        specs.append(spec)
-        return inner(problem, spec, *a, **k)
-
-    monkeypatch.setattr(tritp.conv_ops, "produce_conv", spy)
+    specs = _spied(monkeypatch)
     fused = _run(conv, ts, src, dst, n, "1", monkeypatch)
-    assert [s.target for s in specs if isinstance(s, FusedSpec)] == ["w+x2"]
+    # atomics: the whole backward is one kernel; deterministic: x1's is its segment kernel
+    assert [s.target for s in specs if isinstance(s, FusedSpec)] == ["x1+w+x2" if scatter == "atomic" else "w+x2"]
     del specs[:]
     apart = _run(conv, ts, src, dst, n, "0", monkeypatch)
     assert not any(isinstance(s, FusedSpec) for s in specs)
@@ -49,14 +57,71 @@ def test_edge_gradients_in_one_kernel_to_second_order(scatter, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_the_fused_conv_kernel_reads_each_gathered_tile_once():
+@pytest.mark.parametrize("needs", [{"x2", "w"}, {"x1", "x2", "w"}])
+def test_the_fused_conv_kernel_reads_each_gathered_tile_once(needs):
     conv = compile_conv(*IRREPS, mode="channelwise")
     p = conv.problem
-    src = emit_fused_conv(p, fused_backward(p, {"x2", "w"}))
+    src = emit_fused_conv(p, fused_backward(p, needs))
     assert src.count("tl.load(src + z") == 1 and src.count("tl.load(dst + z") == 1
     assert src.count("for c0 in range(") == len(p.irreps_in1)
+    # x1's gradient: one atomic add per x1 segment (a 3D tile), at the source rows
+    assert src.count("tl.atomic_add(") == (len(p.irreps_in1) if "x1" in needs else 0)
+    assert ("rg0 = zs * sg0" in src) == ("x1" in needs)
     with pytest.raises(ValueError, match="edge gradients"):
-        emit_fused_conv(p, fused_backward(p, {"x1", "w"}))
+        emit_fused_conv(p, forward_spec())
+
+
+def _graph(n_in, n_out, e, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, n_in, (e,), generator=g), torch.randint(0, n_out, (e,), generator=g), g
+
+
+def test_atomic_x1_and_weights_without_x2(monkeypatch):
+    """Energy-only training (the edge attributes need no gradient): x1's and the weights'
+    gradients from one atomic edge kernel, on a bipartite graph with isolated nodes."""
+    conv = compile_conv(*IRREPS, mode="channelwise", scatter="atomic")
+    src, dst, g = _graph(7, 4, 19, 3)  # input nodes 7: some are sources of no edge
+    x = torch.randn(7, conv.irreps_in1.dim, generator=g, dtype=F64, requires_grad=True)
+    ea = torch.randn(19, conv.irreps_in2.dim, generator=g, dtype=F64)
+    w = torch.randn(19, conv.weight_numel, generator=g, dtype=F64, requires_grad=True)
+    specs = _spied(monkeypatch)
+    got = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("TRITP_FUSED_BWD", flag)
+        y = conv(x, ea, w, src, dst, 4)
+        got.append(torch.autograd.grad((y * y.sin()).sum(), (x, w)))
+    assert [s.target for s in specs if isinstance(s, FusedSpec)] == ["x1+w"]
+    for a, b in zip(*got):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert got[0][0][torch.isin(torch.arange(7), src, invert=True)].abs().max() == 0
+
+
+def test_atomic_fused_float32_and_pieces_against_float64(monkeypatch):
+    """fp32: x1's part added atomically in fp32 and returned; split into one piece per x1
+    segment (each adds its own x1 columns, later ones add to x2's): the float64 result."""
+    import tritp.conv_kernels as ck
+    from tritp.codegen import cg_fused
+
+    conv = compile_conv(*IRREPS, mode="channelwise", scatter="atomic")
+    p = conv.problem
+    spec = fused_backward(p, {"x1", "x2", "w"})
+    monkeypatch.setattr(cg_fused, "PIECE_BUDGET", min(cg_fused.segment_costs(p, spec)))
+    assert len(ck.conv_pieces(p, spec)) == 3
+    src, dst, g = _graph(5, 5, 31, 4)
+    ts = [torch.randn(5, conv.irreps_in1.dim, generator=g), torch.randn(31, conv.irreps_in2.dim, generator=g),
+          torch.randn(31, conv.weight_numel, generator=g), torch.randn(5, conv.irreps_out.dim, generator=g)]
+    parts = ck.produce_conv(p, spec, "atomic", ts, [src, dst], 5, 5)
+    monkeypatch.setattr(cg_fused, "PIECE_BUDGET", 10 ** 9)
+    want = ck.produce_conv(p, spec, "atomic", [t.double() for t in ts], [src, dst], 5, 5)
+    assert [tuple(t.shape) for t in parts] == [(5, ts[0].shape[1]), (31, ts[2].shape[1]), (31, ts[1].shape[1])]
+    assert [t.dtype for t in parts] == [torch.float32] * 3
+    for a, b in zip(parts, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="scatter must be 'atomic'"):
+        ck.produce_conv(p, spec, "deterministic", ts, conv_graph(src, dst, 5).tensors(), 5, 5)
+    empty = ck.produce_conv(p, spec, "atomic", [ts[0], ts[1][:0], ts[2][:0], ts[3]], [src[:0], dst[:0]], 5, 5)
+    assert [tuple(t.shape) for t in empty] == [(5, ts[0].shape[1]), (0, ts[2].shape[1]), (0, ts[1].shape[1])]
+    assert all(t.abs().sum() == 0 for t in empty)
 
 
 def test_each_op_names_the_other_for_the_wrong_spec():

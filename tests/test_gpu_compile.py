@@ -145,6 +145,8 @@ SCRIPT = textwrap.dedent('''
     conv("conv atomic grad x1", bwd[0], "atomic", [src, dst], expect=(r"= tt\\.atomic_rmw ",))
     conv("conv fused edge backward (grad x2 + grad w)", cg_fused.fused_backward(p, {"x2", "w"}), "deterministic",
          graph32)
+    conv("conv fused atomic backward (grad x1 + grad w + grad x2)", cg_fused.fused_backward(p, {"x1", "x2", "w"}),
+         "atomic", [src, dst], expect=(r"= tt\\.atomic_rmw ",))
     with int64_offsets():
         cg("cw forward int64", p, fwd)
         cg("fused backward int64", p, fused)
@@ -180,9 +182,9 @@ SCRIPT = textwrap.dedent('''
     print("kernels", len(kernels), "keyed", sum(kernels.values()), "formula", tritp.jit_key._verdict)
 ''')
 
-# 31 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
+# 32 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
 # partial forces kernel as four (cg_pieces), the fused backward in pieces as three (cg_fused)
-EXPECTED = 39
+EXPECTED = 40
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):

@@ -12,8 +12,11 @@ target        scatter="atomic"       scatter="deterministic"
 out (at dst)  atomic: edge blocks    segment: one program per node, edges by dst
 x1 (at src)   atomic: edge blocks    segment: one program per node, edges by src
 x2, w         edge: plain stores     edge: plain stores (shared w: fixed-order sum)
-x2+w (fused)  edge: one kernel for both gradients (:mod:`tritp.codegen.conv_fused`)
+backward      edge: x1, w, x2 in     edge: w and x2 in one kernel
+(fused)       one kernel (x1 atomic) (x1: its segment kernel)
 ============  =====================  ===============================================
+
+(The fused backwards: :mod:`tritp.codegen.conv_fused`.)
 
 Example:
     >>> import torch, tritp
@@ -163,7 +166,10 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
     if scatter not in SCATTERS:
         raise ValueError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
     acc, dtype_name, out_dtype = launch_dtypes(tensors, out_dtype)
-    fused = isinstance(spec, FusedSpec)  # edge gradients only (conv_fused)
+    fused = isinstance(spec, FusedSpec)  # edge gradients, and x1's under atomics (conv_fused)
+    if fused and "x1" in spec.targets and scatter != "atomic":
+        raise ValueError(f"a fused convolution backward adds x1's gradient with atomics: scatter must be "
+                         f"'atomic' for {spec.to_str()!r}, got {scatter!r}")
     mode = "edge" if fused else conv_emit.write_mode(spec.target, scatter)
     device = tensors[0].device
     E = graph[0].shape[0] if num_edges is None else num_edges
@@ -173,9 +179,10 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         config = choose_config(problem, spec, mode, dtype_name, E, nrows, device, interpreter_active())
     else:
         check_config(config)
-    widths = kernels.part_widths(problem, spec) if fused else None
+    # a fused backward: each part's rows (x1's, added atomically at the sources, the input nodes)
+    part_rows = [target_shape(problem, t, E, n_in, n_out) for t in spec.targets] if fused else None
     if E == 0 or shape[-1] == 0 or nrows == 0:
-        zeros = ([torch.zeros((E, d), dtype=out_dtype, device=device) for d in widths] if fused
+        zeros = ([torch.zeros(s, dtype=out_dtype, device=device) for s in part_rows] if fused
                  else torch.zeros(shape, dtype=out_dtype, device=device))
         return LaunchPlan([], (0,), (), {}, zeros, False, out_dtype, device)
     strides, args, rows = [], [], []
@@ -202,8 +209,9 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         g = torch.empty(g_shape, dtype=g_dtype, device=device)
     sg = shape[-1]
     targets = (g, sg)
-    if fused:  # one [E, width] gradient per part
-        g, targets = kernels.fused_outputs(problem, spec, E, len(kerns), acc, out_dtype, device, dry)
+    if fused:  # one [E, width] gradient per part ([n_in, width] for x1)
+        nodes = {"x1": n_in} if "x1" in spec.targets else None
+        g, targets = kernels.fused_outputs(problem, spec, E, len(kerns), acc, out_dtype, device, dry, nodes)
     if mode == "segment":
         off = 2 if spec.target == "out" else 5
         gargs = graph[off:off + 3]
@@ -211,7 +219,8 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         gargs = graph[:2]
     # element offsets reach (rows - 1) * row stride + dim: strided rows can pass 2**31 with few elements
     reach = [t.numel() if st == 0 else (r - 1) * st + t.shape[-1] for t, st, r in zip(args, strides, rows)]
-    big = max([g_shape[0] * (max(widths) if fused else g_shape[-1])] + reach) >= kernels.INT32_LIMIT
+    outs = [r * d for r, d in part_rows] if fused else [g_shape[0] * g_shape[-1]]
+    big = max(outs + reach) >= kernels.INT32_LIMIT
     tok = graph[0] if token is None else token
     options = dict(IDX64=big, BLOCK_Z=block_z, NW=config.num_warps, num_warps=config.num_warps,
                    num_stages=config.num_stages)

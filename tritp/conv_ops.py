@@ -10,9 +10,9 @@ is off. Registrations:
 
 * ``tritp::conv_produce`` -- ``custom_op``: opaque, runs everywhere incl. the interpreter;
 * ``tritp::conv_produce_triton`` -- ``triton_op``: Inductor sees the kernels (CUDA);
-* ``tritp::conv_produce_fused`` / ``_fused_triton`` -- the same for the backward's edge
-  gradients in one kernel (:mod:`tritp.codegen.conv_fused`): a list, x2's and the weights'
-  gradients (those asked for);
+* ``tritp::conv_produce_fused`` / ``_fused_triton`` -- the same for the backward's gradients
+  in one kernel (:mod:`tritp.codegen.conv_fused`): a list, one per part -- x1's (atomic scatter
+  only), the weights' and x2's, those asked for;
 * ``tritp::conv_check_indices(src, dst, n_in, n_out) -> Tensor`` -- the range check. It is a
   separate opaque op so that it also runs, on real tensors, inside a ``torch.compile``-d graph
   (a data-dependent check in Python would break the graph). It returns a one-element token
@@ -135,9 +135,10 @@ def _make_backward(op):
             return FUSED[op](key, text, scatter, n_in, n_out, args[0].dtype, args, graph)
 
         s, needs = spec_from_str(spec), tuple(ctx.needs_input_grad[6])
-        # x2's and the weights' gradients fuse; x1's is a node target here
-        edge = tuple(n and r in EDGE_ROLES for r, n in zip(s.roles, needs))
-        fused = fused_for(key, spec, edge) if fused_backward_on() else None
+        # x2's and the weights' gradients fuse, and x1's (a node target) too under atomics
+        joins = EDGE_ROLES + (("x1",) if scatter == "atomic" else ())
+        joined = tuple(n and r in joins for r, n in zip(s.roles, needs))
+        fused = fused_for(key, spec, joined) if fused_backward_on() else None
         grads = backward_gradients(s, fused, tensors, grad, needs, call, call_fused)
         return None, None, None, None, None, None, grads, [None] * len(graph)
 

@@ -86,9 +86,11 @@ def conv_space(problem, cspec: ConvSpec, dtype: str, batch: int) -> SearchSpace:
 
 def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
     """``[(direction, ConvSpec)]`` of the kernels a convolution launches in ``directions``: as
-    :func:`tritp.tuning.tuner.direction_specs`, with the fused kernel of the edge gradients
-    (x2's and the weights', :mod:`tritp.codegen.conv_fused`) and its derivatives where it
-    applies, not the plain fused backward (whose x1 gradient is a node target here).
+    :func:`tritp.tuning.tuner.direction_specs`, with the fused backward
+    (:mod:`tritp.codegen.conv_fused`) and its derivatives where it applies, not the plain
+    one: the edge gradients' (x2's and the weights') under the deterministic scatter, whose x1
+    gradient is a segment kernel; all three under atomics (and the edge pair alone, which runs
+    where x1 needs no gradient).
 
     Example:
         >>> from tritp.codegen import Problem
@@ -96,6 +98,8 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
         >>> [(d, c.mode, c.target) for d, c in conv_specs(p, "deterministic", ("fwd", "bwd"))]  # doctest: +NORMALIZE_WHITESPACE
         [('fwd', 'segment', 'out'), ('bwd', 'edge', 'w+x2'), ('bwd', 'segment', 'x1'), ('bwd', 'edge', 'x2'),
          ('bwd', 'edge', 'w')]
+        >>> [c.target for d, c in conv_specs(p, "atomic", ("bwd",))]
+        ['x1+w+x2', 'w+x2', 'x1', 'x2', 'w']
     """
     from .codegen.cg_fused import fused_backward
     from .codegen.cg_spec import compact
@@ -108,14 +112,17 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
         raise ValueError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
     out = [(d, ConvSpec(s, write_mode(s.target, scatter)))
            for d, s in direction_specs(problem, tuple(directions), fused=False)]
-    fused = fused_backward(problem, set(EDGE_ROLES)) if fused_backward_on() else None
-    if fused is None:
+    if not fused_backward_on():
         return out
-    # the edge gradients' fused kernel (codegen.conv_fused) and its derivatives, each summing
-    # both parts' terms: after the forward, and before the double backward's other kernels
-    extra = [("bwd", ConvSpec(fused, "edge"))] if "bwd" in directions else []
-    for i in range(len(fused.roles)) if "dbl" in directions else ():
-        d = compact(fused.derivative(i))[0]
+    joins = [set(EDGE_ROLES) | {"x1"}] if scatter == "atomic" else []
+    fused = [f for f in (fused_backward(problem, j) for j in joins + [set(EDGE_ROLES)]) if f is not None]
+    if not fused:
+        return out
+    # the fused kernels (codegen.conv_fused) and the derivatives of the widest, each summing
+    # its parts' terms: after the forward, and before the double backward's other kernels
+    extra = [("bwd", ConvSpec(f, "edge")) for f in fused] if "bwd" in directions else []
+    for i in range(len(fused[0].roles)) if "dbl" in directions else ():
+        d = compact(fused[0].derivative(i))[0]
         extra.append(("dbl", ConvSpec(d, write_mode(d.target, scatter))))
     first = 1 if "fwd" in directions else 0
     return out[:first] + extra + [x for x in out[first:] if x not in extra]

@@ -169,15 +169,23 @@ def part_widths(problem: Problem, spec: FusedSpec) -> list:
 
 
 def fused_outputs(problem: Problem, spec: FusedSpec, rows: int, n_kernels: int, acc, out_dtype, device,
-                  dry: bool = False) -> tuple:
+                  dry: bool = False, nodes: dict | None = None) -> tuple:
     """``(outputs, kernel arguments)`` of a fused backward (:mod:`tritp.codegen.cg_fused`, or
     a convolution's, ``conv_fused``): one ``[rows, width]`` tensor per part and the ``g<i>,
     sg<i>`` arguments. Pieces after the first add their share of x2's gradient to it, so with
     several kernels that part is kept in the accumulation dtype (as the separate kernel's
-    partial slabs are summed), and the launcher casts it; ``dry``: empty tensors (dtypes only)."""
-    widths = part_widths(problem, spec)
-    dts = [acc if n_kernels > 1 and t == "x2" else out_dtype for t in spec.targets]
-    g = [torch.empty((0,) if dry else (rows, d), dtype=dt, device=device) for d, dt in zip(widths, dts)]
+    partial slabs are summed), and the launcher casts it; ``nodes`` (``{part: rows}``): parts
+    the kernel adds atomically into node rows (a convolution's x1), zeroed, in the
+    accumulation dtype; ``dry``: empty tensors (dtypes only)."""
+    widths, nodes = part_widths(problem, spec), nodes or {}
+    g = []
+    for t, d in zip(spec.targets, widths):
+        n = nodes.get(t, rows)
+        if t in nodes:
+            g.append(torch.zeros((0,) if dry else (n, d), dtype=acc, device=device))
+        else:
+            dt = acc if n_kernels > 1 and t == "x2" else out_dtype
+            g.append(torch.empty((0,) if dry else (n, d), dtype=dt, device=device))
     return g, tuple(x for gd in zip(g, widths) for x in gd)
 
 
