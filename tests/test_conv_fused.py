@@ -135,3 +135,25 @@ def test_each_op_names_the_other_for_the_wrong_spec():
         torch.ops.tritp.conv_produce(p.key, fused, "atomic", 2, 2, torch.float32, ts, g)
     with pytest.raises(ValueError, match="tritp::conv_produce_fused runs a fused backward"):
         torch.ops.tritp.conv_produce_fused(p.key, "out|x1,x2,w|0.1.2.-.0", "atomic", 2, 2, torch.float32, ts[:3], g)
+
+
+@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
+@pytest.mark.parametrize("needs", [(1, 1, 1), (1, 0, 1), (1, 1, 0), (0, 1, 1)], ids=["all", "x1+w", "x1+x2", "w+x2"])
+def test_every_backward_kernel_is_listed_for_precompile_and_tuning(needs, scatter, monkeypatch):
+    """What a backward launches for any set of needed gradients is in ``conv_specs`` (which
+    precompile and autotune walk)."""
+    from tritp.conv_tuning import conv_specs
+
+    conv = compile_conv("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise", scatter=scatter)
+    listed = {c.spec for _, c in conv_specs(conv.problem, scatter, ("fwd", "bwd"))}
+    src, dst, g = _graph(5, 5, 9, 8)
+    ts = [torch.randn(5, 16, generator=g, dtype=F64), torch.randn(9, 4, generator=g, dtype=F64),
+          torch.randn(9, conv.weight_numel, generator=g, dtype=F64)]
+    for t, n in zip(ts, needs):
+        t.requires_grad_(bool(n))
+    specs = _spied(monkeypatch)
+    conv(*ts, src, dst, 5).pow(2).sum().backward()
+    assert len(specs) > 1 and all(s in listed for s in specs), [s.target for s in specs]
+    # atomics: any two gradients fuse; deterministic: the two edge gradients (x2, w)
+    fuses = sum(needs) > 1 if scatter == "atomic" else needs[1] and needs[2]
+    assert sum(isinstance(s, FusedSpec) for s in specs) == fuses

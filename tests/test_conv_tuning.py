@@ -48,9 +48,11 @@ def test_space_is_the_cg_space_under_its_own_name():
 
 def test_modes_and_kernels_per_scatter():
     modes = {(d, c.target): c.mode for d, c in conv_specs(problem(), "atomic", ("fwd", "bwd"))}
-    # x1+w+x2: the whole backward in one edge kernel (x1's part atomic); w+x2: where x1 needs none
-    assert modes == {("fwd", "out"): "atomic", ("bwd", "x1+w+x2"): "edge", ("bwd", "w+x2"): "edge",
-                     ("bwd", "x1"): "atomic", ("bwd", "x2"): "edge", ("bwd", "w"): "edge"}
+    # x1+w+x2: the whole backward in one edge kernel (x1's part atomic); a pair: where the
+    # third needs no gradient
+    fused = {("bwd", t): "edge" for t in ("x1+w+x2", "x1+w", "x1+x2", "w+x2")}
+    assert modes == {("fwd", "out"): "atomic", **fused, ("bwd", "x1"): "atomic", ("bwd", "x2"): "edge",
+                     ("bwd", "w"): "edge"}
     with pytest.raises(ValueError, match="scatter must be one of"):
         conv_specs(problem(), "sorted")
 

@@ -150,7 +150,7 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
     if not plan.kernels:
         return plan.g
     launch_pieces(plan.kernels, plan.grid, plan.args, plan.options, wrap)
-    if isinstance(plan.g, list):  # a fused backward's edge gradients
+    if isinstance(plan.g, list):  # a fused backward's gradients, one per part
         return [g.to(plan.out_dtype) for g in plan.g]
     if plan.shared_w:
         return plan.g.sum(0).to(plan.out_dtype)

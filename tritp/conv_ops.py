@@ -92,7 +92,7 @@ def conv_produce_fused_triton_op(key: str, spec: str, scatter: str, n_in: int, n
                         token=graph[-1], out_dtype=out_dtype, wrap=wrap_triton)
 
 
-#: The fused edge backward's op beside each single-target op, of the same registration
+#: The fused backward's op beside each single-target op, of the same registration
 FUSED = {conv_produce_op: conv_produce_fused_op, conv_produce_triton_op: conv_produce_fused_triton_op}
 
 
@@ -131,7 +131,7 @@ def _make_backward(op):
         spec, tensors, graph, call = _saved(ctx, op)
         key, _, scatter, n_in, n_out = ctx.args
 
-        def call_fused(text, args):  # the edge gradients in one kernel (codegen.conv_fused)
+        def call_fused(text, args):  # several gradients in one kernel (codegen.conv_fused)
             return FUSED[op](key, text, scatter, n_in, n_out, args[0].dtype, args, graph)
 
         s, needs = spec_from_str(spec), tuple(ctx.needs_input_grad[6])

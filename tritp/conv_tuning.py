@@ -89,8 +89,8 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
     :func:`tritp.tuning.tuner.direction_specs`, with the fused backward
     (:mod:`tritp.codegen.conv_fused`) and its derivatives where it applies, not the plain
     one: the edge gradients' (x2's and the weights') under the deterministic scatter, whose x1
-    gradient is a segment kernel; all three under atomics (and the edge pair alone, which runs
-    where x1 needs no gradient).
+    gradient is a segment kernel; under atomics every pair and all three, each running where
+    just those gradients are asked for; the double backward's through the widest.
 
     Example:
         >>> from tritp.codegen import Problem
@@ -99,7 +99,7 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
         [('fwd', 'segment', 'out'), ('bwd', 'edge', 'w+x2'), ('bwd', 'segment', 'x1'), ('bwd', 'edge', 'x2'),
          ('bwd', 'edge', 'w')]
         >>> [c.target for d, c in conv_specs(p, "atomic", ("bwd",))]
-        ['x1+w+x2', 'w+x2', 'x1', 'x2', 'w']
+        ['x1+w+x2', 'x1+w', 'x1+x2', 'w+x2', 'x1', 'x2', 'w']
     """
     from .codegen.cg_fused import fused_backward
     from .codegen.cg_spec import compact
@@ -114,7 +114,8 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
            for d, s in direction_specs(problem, tuple(directions), fused=False)]
     if not fused_backward_on():
         return out
-    joins = [set(EDGE_ROLES) | {"x1"}] if scatter == "atomic" else []
+    # atomics: x1 joins any of them (energy-only training: x1+w; frozen weights: x1+x2)
+    joins = [{"x1", "w", "x2"}, {"x1", "w"}, {"x1", "x2"}] if scatter == "atomic" else []
     fused = [f for f in (fused_backward(problem, j) for j in joins + [set(EDGE_ROLES)]) if f is not None]
     if not fused:
         return out
