@@ -11,7 +11,8 @@ target is written depend on the target's role. Three write modes:
 * ``"edge"``: the target is edge-indexed (``x2``, ``w``); one program per ``BLOCK_Z`` edges,
   plain stores (shared weights: per-program partials, as in the plain kernel);
 * ``"atomic"``: the target is node-indexed (``out`` at dst, ``x1`` at src); one program per
-  ``BLOCK_Z`` edges, each tile is ``tl.atomic_add``-ed into a zeroed fp32/fp64 buffer;
+  ``BLOCK_Z`` edges, each tile is ``tl.atomic_add``-ed into a zeroed fp32/fp64 buffer (at the
+  destinations, a block of edges that share one adds the sum of its rows once);
 * ``"segment"``: node-indexed target, deterministic: one program per target node, which walks
   that node's edges (a CSR segment of edges sorted by the target's endpoint) in chunks of
   ``BLOCK_Z``, adds every chunk's tile into a register tile, and stores the node's row once
@@ -53,7 +54,8 @@ class ConvEmitter(CGEmitter):
     """A :class:`CGEmitter` whose rows are edges: overrides the row and store hooks."""
 
     def __init__(self, problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str,
-                 dot_precision: str = "ieee", piece=None, share_loads: bool = True, coalesce="3d"):
+                 dot_precision: str = "ieee", piece=None, share_loads: bool = True, coalesce="3d",
+                 block_sums: bool = True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if (mode == "edge") != (spec.target in EDGE_ROLES):
@@ -64,6 +66,9 @@ class ConvEmitter(CGEmitter):
         # forward, 128 -> 254 segment grad x1), so it waits for a GPU to time it (TRITP_CONV_ROWS=1)
         super().__init__(problem, spec, dtype, block_c, dot_precision, piece, share_loads, coalesce)
         self.mode = mode
+        # an atomic kernel's target rows at the destination: a block of edges that share one
+        # sums its rows before adding them (see emit_block_sum)
+        self.block_sums = block_sums and mode == "atomic" and spec.target == "out"
 
     def row_var(self, role: str) -> str:
         """The index variable that selects a tensor's row, by the tensor's role."""
@@ -139,7 +144,36 @@ class ConvEmitter(CGEmitter):
         self._offsets()
         for t in self.tgs:
             w(f"rg{t} = {self.row_var(self.part_role(t))} * sg{t}")
+        if self.block_sums:
+            self.emit_block_sum(first)
         self.emit_row_pointers(target=True)
+
+    def emit_block_sum(self, first: str):
+        """Whether all edges of this block share one destination (``one``; its row offset
+        ``rf``), for :meth:`store_block_sum`. Each atomic add is an L2 operation, and their
+        rate, not the arithmetic, bounds an atomic forward (mace-large: 9,088 per edge, 32 per
+        output element of a node of the diamond graph). With the edges sorted by destination
+        (the usual order, and the one ``conv_graph`` keeps), nearly every block of ``BLOCK_Z``
+        edges has one destination: such a block sums its rows and adds them once (``BLOCK_Z``
+        times fewer adds, and fewer adds contending for one address); a block of several adds
+        every row, as before. Offline for sm_90 (mace-large, 8:64:8, Triton 3.9) the forward
+        needs fewer registers so (128, row by row 146); its rows span the warps, so each sum
+        is an exchange through shared memory (CTA barriers 32 -> 256, in the taken branch)."""
+        w = self.w
+        w(f"kf = tl.load(dst + {first})")
+        self._cast(["kf"])
+        w("one = tl.sum((zm & (zd != kf)).to(tl.int32), axis=0) == 0")
+        w("rf = kf * sg")
+
+    def store_block_sum(self, value: str, rows: tuple, lanes: str, lane_mask: str):
+        """Atomic adds of target tile ``value``: summed over its rows at lane offsets ``lanes``
+        of the one destination's row where the block has one (:meth:`emit_block_sum`), else
+        row by row (``rows``: pointers and mask)."""
+        w = self.w
+        with w.block("if one:"):
+            w(f"tl.atomic_add(g + rf + ({lanes}), tl.sum({value}, axis=0), mask={lane_mask}, sem='relaxed')")
+        with w.block("else:"):
+            w(f"tl.atomic_add({rows[0]}, {value}, mask={rows[1]}, sem='relaxed')")
 
     @contextmanager
     def row_block(self, group: list, bc: int):
@@ -219,6 +253,8 @@ class ConvEmitter(CGEmitter):
         if self.mode == "segment":
             # masked rows hold zeros, so summing the whole tile is exact
             self.w(f"tl.store(g + rg + ({addr}), tl.sum({value}, axis=0).to(g.dtype.element_ty), mask=cm)")
+        elif self.block_sums:
+            self.store_block_sum(value, (f"gp + {self.lanes2d(addr)}", "m2d"), addr, "cm")
         elif self.atomic_target():
             # g is a zeroed fp32/fp64 buffer; relaxed order suffices for a pure sum
             self.w(f"tl.atomic_add(gp{self.tg} + {self.lanes2d(addr)}, {value}, mask=m2d, sem='relaxed')")
@@ -231,9 +267,13 @@ class ConvEmitter(CGEmitter):
             self.w(f"tl.store(g + rg + (cf{dim} + {off}), {v}.to(g.dtype.element_ty), mask=cm[:, None] & ef{dim})")
         elif self.atomic_target():
             v = self.join3d(accs, f"BLOCK_Z, {self.lane_bc}")
-            if dim in self.rows_dims.get("c", ()):  # row-on-warp form
+            if dim in self.rows_dims.get("c", ()):  # row-on-warp form (one add per row)
                 v = self.rows_flat(v, dim)
                 self.w(f"tl.atomic_add({self.rows_target(dim, off)}, {v}, mask=wm{dim}, sem='relaxed')")
+                return
+            if self.block_sums:
+                rows = (self.at3d("gp", f"cf{dim}", off), f"m2d[:, :, None] & ef{dim}[None, :, :]")
+                self.store_block_sum(v, rows, f"cf{dim} + {off}", f"cm[:, None] & ef{dim}")
                 return
             self.w(f"tl.atomic_add({self.at3d(f'gp{self.tg}', f'cf{dim}', off)}, {v}, "
                    f"mask=m2d[:, :, None] & ef{dim}[None, :, :], sem='relaxed')")
@@ -243,7 +283,7 @@ class ConvEmitter(CGEmitter):
 
 def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float32",
                        block_c: int = DEFAULT_BLOCK_C, mode: str = "atomic", dot_precision: str = "ieee",
-                       piece=None, share_loads: bool = True, coalesce="3d") -> str:
+                       piece=None, share_loads: bool = True, coalesce="3d", block_sums: bool = True) -> str:
     """Triton source of the convolution producer ``spec`` for ``problem`` in write ``mode``.
 
     Kernel signature ``tp_producer(t0.., s0.., g, sg, <graph>, tok, Z, IDX64, BLOCK_Z)``: one
@@ -254,10 +294,13 @@ def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float
     ``dot_precision``, ``piece``, ``share_loads`` and ``coalesce`` are as in ``emit_producer``,
     except that ``coalesce`` defaults to the plain 3D tiles: ``"rows"`` (or True) puts the
     convolution's tiles in the row-on-warp form (``cg_tiles``) over edge positions, gathering
-    each tensor's rows per tile position.
+    each tensor's rows per tile position. ``block_sums`` (atomic mode, target ``out``): a block
+    of edges with one destination sums its rows before adding them
+    (:meth:`ConvEmitter.emit_block_sum`); False adds every row.
     """
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f"block_c must be a power of two, got {block_c}")
     if dot_precision not in ("ieee", "tf32"):
         raise ValueError(f"dot_precision must be 'ieee' or 'tf32', got {dot_precision!r}")
-    return ConvEmitter(problem, spec, dtype, block_c, mode, dot_precision, piece, share_loads, coalesce).emit()
+    return ConvEmitter(problem, spec, dtype, block_c, mode, dot_precision, piece, share_loads, coalesce,
+                       block_sums).emit()

@@ -43,7 +43,7 @@ from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.cg_pieces import plan_pieces
 from .kernels import (LaunchPlan, dot_precision, generator_hash, interpreter_active, launch_dtypes, launch_pieces,
                       load_generated, split_programs, target_dim, triton_cdiv)
-from .kernel_forms import conv_form, conv_tile_form, share_loads
+from .kernel_forms import conv_block_sums, conv_form, conv_tile_form, share_loads
 from .conv_tuning import FAMILY, ConvSpec  # registers the "conv" autotune family
 from .tuning import Config, check_config, heuristic, lookup
 
@@ -75,7 +75,7 @@ def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c
         src = conv_fused.emit_fused_conv(problem, spec, dtype, block_c, piece, conv_tile_form())
     else:
         src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision(), piece,
-                                         share_loads(), conv_tile_form())
+                                           share_loads(), conv_tile_form(), conv_block_sums())
     atomic_write(path, src.encode())
     return path, src
 

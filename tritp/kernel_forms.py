@@ -50,6 +50,14 @@ def conv_tile_form() -> str:
     return "3d" if form == "rows" and not conv_rows() else form
 
 
+def conv_block_sums() -> bool:
+    """Whether an atomic convolution kernel's block of edges that share one destination sums
+    its rows before adding them (the default;
+    :meth:`tritp.codegen.conv_emit.ConvEmitter.emit_block_sum`) or adds every edge's row
+    (``TRITP_CONV_BLOCK_SUMS=0``: the form before, kept to time the two)."""
+    return os.environ.get("TRITP_CONV_BLOCK_SUMS", "1") != "0"
+
+
 def fused_backward_on() -> bool:
     """Whether the backward of a channelwise product runs as one fused kernel for the
     gradients of x1, the weights and x2 (the default; :mod:`tritp.codegen.cg_fused`) or as one
@@ -66,13 +74,16 @@ def kernel_form() -> tuple:
 
 def conv_form() -> tuple:
     """What the form switches add to a fused-convolution source's identity: the plain kernels'
-    (:func:`kernel_form`) and ``TRITP_CONV_ROWS`` (:func:`conv_rows`)."""
-    return (*kernel_form(), *(("conv rows",) if conv_rows() else ()))
+    (:func:`kernel_form`), ``TRITP_CONV_ROWS`` (:func:`conv_rows`) and ``TRITP_CONV_BLOCK_SUMS``
+    (:func:`conv_block_sums`)."""
+    return (*kernel_form(), *(("conv rows",) if conv_rows() else ()),
+            *(() if conv_block_sums() else ("row-by-row atomics",)))
 
 
 #: The environment variables that select a kernel form (:func:`share_loads`, :func:`tile_form`,
-#: :func:`conv_rows`, :func:`fused_backward_on`).
-FORM_VARIABLES = ("TRITP_SHARE_LOADS", "TRITP_COALESCE", "TRITP_CONV_ROWS", "TRITP_FUSED_BWD")
+#: :func:`conv_rows`, :func:`conv_block_sums`, :func:`fused_backward_on`).
+FORM_VARIABLES = ("TRITP_SHARE_LOADS", "TRITP_COALESCE", "TRITP_CONV_ROWS", "TRITP_CONV_BLOCK_SUMS",
+                  "TRITP_FUSED_BWD")
 
 
 @contextmanager

@@ -1,0 +1,89 @@
+"""Atomic convolution kernels add the sum of a block's rows once where the block's edges share
+one destination (``ConvEmitter.emit_block_sum``; ``TRITP_CONV_BLOCK_SUMS=0`` adds every row):
+equal to the row-by-row adds and to the unfused reference whatever the order of the edges --
+one destination per block, two, many, every edge its own -- to second order."""
+
+import pytest
+import torch
+
+from tritp.codegen import Problem
+from tritp.codegen.cg_spec import compact, forward_spec
+from tritp.codegen.conv_emit import emit_conv_producer
+from tritp.conv_kernels import produce_conv
+from tritp.conv_module import compile_conv
+from tritp.tuning import Config
+
+F64 = torch.float64
+IRREPS = ("3x0e+2x1o+1x2e", "0e+1o+2e", "0e+1o+2e")
+
+
+def _problem():
+    return Problem.channelwise(*IRREPS, shared_weights=False)
+
+
+def test_only_destination_targets_sum_blocks():
+    p = _problem()
+    fwd = forward_spec()
+    src = emit_conv_producer(p, fwd, "float32", mode="atomic")
+    assert "one = tl.sum((zm & (zd != kf)).to(tl.int32), axis=0) == 0" in src
+    # per target store: the block's sum where it has one destination, else every row
+    stores = sum(1 for (mul, _) in p.irreps_out if mul)
+    assert src.count("tl.atomic_add(") == 2 * stores and src.count("if one:") == stores
+    assert src.count("tl.atomic_add(g + rf + (") == stores
+    plain = emit_conv_producer(p, fwd, "float32", mode="atomic", block_sums=False)
+    assert "if one:" not in plain and plain.count("tl.atomic_add(") == stores
+    # x1's gradient adds at the sources, which a destination order leaves scattered: row by row
+    gx1 = emit_conv_producer(p, compact(fwd.derivative(0))[0], "float32", mode="atomic")
+    assert "if one:" not in gx1 and "tl.atomic_add(" in gx1
+    assert "if one:" not in emit_conv_producer(p, fwd, "float32", mode="segment")
+
+
+def _graphs(n: int, g: torch.Generator) -> dict:
+    """Edge lists whose blocks of 4 hold one destination, two, several, or one per edge."""
+    return {
+        "sorted, long runs": torch.arange(n).repeat_interleave(9),
+        "sorted, runs of 1-3": torch.sort(torch.randint(0, n, (3 * n,), generator=g))[0],
+        "unsorted": torch.randint(0, n, (40,), generator=g),
+        "all distinct": torch.randperm(n, generator=g),
+    }
+
+
+@pytest.mark.parametrize("case", ["sorted, long runs", "sorted, runs of 1-3", "unsorted", "all distinct"])
+def test_block_sums_equal_row_adds_forward(case, monkeypatch):
+    p = _problem()
+    g = torch.Generator().manual_seed(11)
+    n = 13
+    dst = _graphs(n, g)[case]
+    E = dst.shape[0]
+    src = torch.randint(0, n, (E,), generator=g)
+    ts = [torch.randn(n, p.irreps_in1.dim, generator=g, dtype=F64), torch.randn(E, p.irreps_in2.dim, generator=g,
+          dtype=F64), torch.randn(E, p.weight_numel, generator=g, dtype=F64)]
+    out = {}
+    for sums in ("1", "0"):
+        monkeypatch.setenv("TRITP_CONV_BLOCK_SUMS", sums)
+        out[sums] = produce_conv(p, forward_spec(), "atomic", ts, [src, dst], n, n, config=Config(4, 16, 1))
+    torch.testing.assert_close(out["1"], out["0"], rtol=1e-12, atol=1e-12)
+    assert out["1"][torch.unique(dst)].abs().min() > 0
+
+
+@pytest.mark.parametrize("sort", [True, False], ids=["sorted", "unsorted"])
+def test_block_sums_to_second_order_against_reference(sort):
+    """The module's atomic forward and the double backward's destination targets (all with
+    block sums) against the unfused float64 reference."""
+    conv = compile_conv(*IRREPS, mode="channelwise", scatter="atomic")
+    g = torch.Generator().manual_seed(4)
+    n, E = 6, 29
+    dst = torch.randint(0, n, (E,), generator=g)
+    dst = torch.sort(dst)[0] if sort else dst
+    src = torch.randint(0, n, (E,), generator=g)
+    ts = [torch.randn(n, conv.irreps_in1.dim, generator=g, dtype=F64).requires_grad_(),
+          torch.randn(E, conv.irreps_in2.dim, generator=g, dtype=F64).requires_grad_(),
+          torch.randn(E, conv.weight_numel, generator=g, dtype=F64).requires_grad_()]
+    res = []
+    for run in (lambda *a: conv(*a, src, dst, n), lambda *a: conv.unfused(*a, src, dst, n, backend="reference")):
+        y = run(*ts)
+        first = torch.autograd.grad((y * y.sin()).sum(), ts, create_graph=True)
+        second = torch.autograd.grad(sum((f * f.cos()).sum() for f in first), ts)
+        res.append((y, *first, *second))
+    for a, b in zip(*res):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
