@@ -25,7 +25,9 @@ and ``tritp-atomic-bwd-apart`` (one backward kernel per gradient, as before the 
 gradients beside x1's segment kernel under the deterministic scatter --
 ``TRITP_FUSED_BWD=0``; the forward is the same), ``tritp-atomic-rowadds`` (every edge's row
 added atomically at its destination, as before a block of edges with one destination added
-their sum once, ``TRITP_CONV_BLOCK_SUMS=0``), ``tritp-unfused``
+their sum once, ``TRITP_CONV_BLOCK_SUMS=0``), ``tritp-det-x1-segment`` (the deterministic
+backward's x1 gradient from its own segment kernel beside the fused edge pair, as before the
+per-edge rows, ``TRITP_CONV_X1_ROWS=0``), ``tritp-unfused``
 (gather -> tritp.compile layer ->
 index_add), ``oeq-atomic``, ``oeq-det``, ``cueq`` (``ChannelWiseTensorProduct`` with
 ``indices_1``/``indices_out``, built by ``tritp.bench_peers.cueq_module`` with e3nn's coupling,
@@ -57,8 +59,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("tritp-atomic", "tritp-det", "tritp-det-segwalk", "tritp-det-rows", "tritp-atomic-rows",
-            "tritp-det-bwd-apart", "tritp-atomic-bwd-apart", "tritp-atomic-rowadds", "tritp-unfused", "oeq-atomic",
-            "oeq-det", "cueq")
+            "tritp-det-bwd-apart", "tritp-det-x1-segment", "tritp-atomic-bwd-apart", "tritp-atomic-rowadds",
+            "tritp-unfused", "oeq-atomic", "oeq-det", "cueq")
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "tritp-atomic-rows")
 #: tritp variants that run another kernel form: (the variant they are, the environment set
 #: while they compile and run)
@@ -67,7 +69,8 @@ FORM_ENV = {"tritp-det-segwalk": ("tritp-det", {"TRITP_SHARE_LOADS": "0"}),
             "tritp-atomic-rows": ("tritp-atomic", {"TRITP_CONV_ROWS": "1"}),
             "tritp-det-bwd-apart": ("tritp-det", {"TRITP_FUSED_BWD": "0"}),
             "tritp-atomic-bwd-apart": ("tritp-atomic", {"TRITP_FUSED_BWD": "0"}),
-            "tritp-atomic-rowadds": ("tritp-atomic", {"TRITP_CONV_BLOCK_SUMS": "0"})}
+            "tritp-atomic-rowadds": ("tritp-atomic", {"TRITP_CONV_BLOCK_SUMS": "0"}),
+            "tritp-det-x1-segment": ("tritp-det", {"TRITP_CONV_X1_ROWS": "0"})}
 DIRECTIONS = ("fwd", "fwdbwd", "dbl")
 MACE_LARGE = ("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
 QUICK = ("4x0e+4x1o", "0e+1o", "0e+1o")

@@ -1,16 +1,21 @@
-"""The fused backward of a graph convolution: the gradients with respect to the edge
-attributes (x2, which carry the forces) and the per-edge weights in one kernel, and under the
-atomic scatter x1's gradient from the same kernel too.
+"""The fused backward of a graph convolution: the gradients with respect to x1 (node
+features), the per-edge weights and the edge attributes (x2, which carry the forces) -- those
+asked for -- in one edge kernel.
 
-A convolution's backward ran one kernel per gradient; the x2 and weight kernels each gather the
-output cotangent at the edge's destination and x1 at its source (mace-large: 9,088 + 1,152
-numbers an edge) and write edge rows. Here one ``edge``-mode program per ``BLOCK_Z`` edges does
-both, with :mod:`.cg_fused`'s walk (each x1 segment's channel tiles once; per path the cotangent
-and weight tiles once). x1's gradient is a node target: under the deterministic scatter it keeps
-its own kernel (a segment walk over the edges sorted by source); under the atomic scatter it is a
-part of this kernel too, each program adding its edges' tiles atomically into the source nodes'
-rows of a zeroed fp32/fp64 buffer, as the separate atomic kernel did -- the whole backward is
-then one kernel, which reads the cotangent once.
+A convolution's backward ran one kernel per gradient, each gathering the output cotangent at the
+edge's destination (mace-large: 9,088 numbers an edge; x1's and x2's kernels also x1 at its
+source). Here one program per ``BLOCK_Z`` edges computes them all with :mod:`.cg_fused`'s walk
+(each x1 segment's channel tiles once; per path the cotangent and weight tiles once): the edge
+gradients are stored per edge. x1's gradient is a node target, the sum over each source's
+edges; its part is written according to the scatter (:func:`fused_mode`):
+
+* ``"edge+atomic"``: added atomically into the source nodes' rows of a zeroed fp32/fp64 buffer,
+  as the separate atomic kernel did;
+* ``"edge+rows"`` (deterministic): stored per edge, ``[E, dim1]`` in the accumulation dtype, and
+  summed per source node in a fixed order afterwards (:mod:`.segment_sum`). The separate
+  segment kernel it replaces walked each source's edges and gathered the cotangent again --
+  a whole contraction, as costly as the forward -- where this buffer costs one write and one
+  read of x1's width per edge (1,152 numbers for mace-large, against 9,088 for the cotangent).
 
 Example:
     >>> from tritp.codegen import Problem
@@ -19,8 +24,10 @@ Example:
     >>> src = emit_fused_conv(p, fused_backward(p, {"x2", "w"}))
     >>> "# conv write mode: edge" in src and "tl.load(src + z" in src
     True
-    >>> "tl.atomic_add(" in emit_fused_conv(p, fused_backward(p, {"x1", "x2", "w"}))
+    >>> "tl.atomic_add(" in emit_fused_conv(p, fused_backward(p, {"x1", "x2", "w"}), mode="edge+atomic")
     True
+    >>> "tl.atomic_add(" in emit_fused_conv(p, fused_backward(p, {"x1", "x2", "w"}), mode="edge+rows")
+    False
 """
 
 from __future__ import annotations
@@ -30,36 +37,72 @@ from .cg_spec import FusedSpec
 from .conv_emit import EDGE_ROLES, ConvEmitter
 from .problem import Problem
 
-#: The parts a fused convolution backward may have: the edge targets, and x1 (atomic adds)
+#: The parts a fused convolution backward may have: the edge targets, and x1
 PARTS = ("x1", *EDGE_ROLES)
+#: How a fused convolution backward writes x1's part (none: "edge"); see the module docstring
+FUSED_MODES = ("edge", "edge+atomic", "edge+rows")
+
+
+def fused_mode(spec: FusedSpec, scatter: str) -> str:
+    """The write mode of fused backward ``spec`` under ``scatter`` ("atomic" or
+    "deterministic"): how its x1 part, if any, reaches the nodes.
+
+    Example:
+        >>> from tritp.codegen import Problem
+        >>> from tritp.codegen.cg_fused import fused_backward
+        >>> p = Problem.channelwise("4x0e", "0e", "4x0e", shared_weights=False)
+        >>> fused_mode(fused_backward(p, {"x1", "w"}), "deterministic")
+        'edge+rows'
+    """
+    if "x1" not in spec.targets:
+        return "edge"
+    return "edge+atomic" if scatter == "atomic" else "edge+rows"
 
 
 class FusedConvEmitter(FusedMixin, ConvEmitter):
     """:class:`~.cg_fused.FusedMixin`'s kernel over graph edges: edge targets stored per
-    edge, x1's gradient (where a part) added atomically at each edge's source."""
+    edge; x1's gradient (where a part) added atomically at each edge's source, or stored per
+    edge (``mode``, :data:`FUSED_MODES`)."""
 
-    def __init__(self, problem: Problem, spec: FusedSpec, dtype: str, block_c: int, piece=None, coalesce="3d"):
+    def __init__(self, problem: Problem, spec: FusedSpec, dtype: str, block_c: int, piece=None, coalesce="3d",
+                 mode: str = "edge"):
+        if mode not in FUSED_MODES or (mode == "edge") != ("x1" not in spec.targets):
+            raise ValueError(f"mode must be one of {FUSED_MODES[1:]} for a fused backward with x1's gradient, "
+                             f"else 'edge'; got {mode!r} for {spec.target}")
         edge = next(part for part in spec.parts if part.target in EDGE_ROLES)
         ConvEmitter.__init__(self, problem, edge, dtype, block_c, "edge", "ieee", None, True, coalesce)
         self.init_fused(spec, piece)
+        self.x1_atomic = mode == "edge+atomic"
         self.tg_role = {t: r for r, t in self.part_tg.items()}
 
+    def emit(self) -> str:
+        return super().emit().replace("# conv write mode: edge\n", f"# conv write mode: {self.fused_mode}\n", 1)
+
+    @property
+    def fused_mode(self) -> str:
+        return "edge" if "x1" not in self.want else "edge+atomic" if self.x1_atomic else "edge+rows"
+
     def part_role(self, t: str) -> str:
-        return self.tg_role[t]
+        role = self.tg_role[t]
+        # x1's part stored per edge: its rows are the edges' ("x2" stands for any edge role)
+        return "x2" if role == "x1" and not self.x1_atomic else role
 
     def atomic_target(self) -> bool:
-        return self.tg_role[self.tg] == "x1"
+        return self.x1_atomic and self.tg_role[self.tg] == "x1"
 
 
 def emit_fused_conv(problem: Problem, spec: FusedSpec, dtype: str = "float32", block_c: int = 64, piece=None,
-                    coalesce="3d") -> str:
+                    coalesce="3d", mode: str | None = None) -> str:
     """Triton source of the fused convolution backward ``spec`` (parts among x1, w and x2, at
     least one of them an edge target; :func:`~.cg_fused.fused_backward`): the kernel
     ``tp_producer(t0.., s0.., g0, sg0, g1, sg1, .., src, dst, tok, Z, IDX64, BLOCK_Z, NW)`` over
-    ``Z`` edges; x1's part (the atomic scatter's) is added into a zeroed ``[nodes, dim]``
-    buffer; ``piece`` one of :func:`~.cg_fused.fused_pieces`."""
+    ``Z`` edges. ``mode`` (:data:`FUSED_MODES`; default: "edge", or "edge+atomic" with an x1
+    part): x1's part is added into a zeroed ``[nodes, dim1]`` buffer ("edge+atomic") or stored
+    per edge, ``[E, dim1]`` ("edge+rows"); ``piece`` one of :func:`~.cg_fused.fused_pieces`."""
     if (not isinstance(spec, FusedSpec) or not set(spec.targets) <= set(PARTS)
             or not set(spec.targets) & set(EDGE_ROLES)):
         raise ValueError(f"a fused convolution backward computes edge gradients (x2, w), and perhaps x1's, "
                          f"got {spec!r}")
-    return FusedConvEmitter(problem, spec, dtype, block_c, piece, coalesce).emit()
+    if mode is None:
+        mode = fused_mode(spec, "atomic")
+    return FusedConvEmitter(problem, spec, dtype, block_c, piece, coalesce, mode).emit()

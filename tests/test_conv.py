@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import tritp.conv_kernels
+import tritp.conv_segsum
 import tritp.kernels
 from tritp.codegen import Problem
 from tritp.codegen.cg_spec import forward_spec
@@ -310,14 +311,15 @@ def test_precompile_warms_every_kernel_without_launching(monkeypatch, scatter):
     assert conv.precompile(num_nodes=10, num_edges=40) == 0  # interpreter
     fakes = FakeKernels()
     monkeypatch.setattr(tritp.conv_kernels, "get_conv_kernel", fakes)
+    monkeypatch.setattr(tritp.conv_segsum, "get_segment_sum", lambda dtype: fakes(Problem.channelwise(
+        "0e", "0e", "0e"), "segment sum", dtype))
     monkeypatch.setattr(tritp.kernels, "interpreter_active", lambda: False)
     monkeypatch.setattr(tritp.conv_kernels, "interpreter_active", lambda: False)
     n = conv.precompile(num_nodes=1000, num_edges=40_000, directions=("fwd", "bwd", "dbl"))
     warmed = fakes.warmed
-    # deterministic: forward, the fused edge gradients, 3 gradients alone, 9 double-backward
-    # producers, and the fused kernel's derivatives with respect to x1 and out (two terms each;
-    # its d/dx2 and d/dw have one term, the separate kernels' own). Atomic: forward, the fused
-    # x1+w+x2, x1+w, x1+x2 and w+x2, 3 alone, 9, and the derivatives of x1+w+x2 (2, 2, 2, 3 terms)
-    assert n == len(warmed) == len(fakes.kernels) == {"atomic": 21, "deterministic": 16}[scatter]
-    nrows = {w[1][-1] for w in warmed}  # the last argument: edges, or target nodes (segment mode)
+    # forward, the fused x1+w+x2, x1+w, x1+x2 and w+x2, 3 gradients alone, 9 double-backward
+    # producers, and the derivatives of x1+w+x2 (2, 2, 2 and 3 terms); deterministic: and the
+    # segment sum of x1's per-edge rows (one kernel, after each fused kernel with an x1 part)
+    assert n == len(warmed) == len(fakes.kernels) == {"atomic": 21, "deterministic": 22}[scatter]
+    nrows = {w[1][-1] for w in warmed if w[0][1] != "segment sum"}  # the last argument: edges, or target nodes
     assert nrows <= {40_000, 1000} and 40_000 in nrows

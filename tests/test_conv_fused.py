@@ -1,7 +1,7 @@
-"""The fused backward of a graph convolution (``codegen/conv_fused.py``): the gradients of the
-edge attributes and the per-edge weights in one edge kernel -- and under the atomic scatter x1's
-too -- against the separate kernels (``TRITP_FUSED_BWD=0``) to second order, for both scatter
-strategies."""
+"""The fused backward of a graph convolution (``codegen/conv_fused.py``): the gradients of x1,
+the edge attributes and the per-edge weights in one edge kernel (x1's added atomically, or stored
+per edge and summed per source node in a fixed order), against the separate kernels
+(``TRITP_FUSED_BWD=0``) to second order, for both scatter strategies."""
 
 import pytest
 import torch
@@ -48,8 +48,8 @@ def test_edge_gradients_in_one_kernel_to_second_order(scatter, monkeypatch):
           torch.randn(e, conv.weight_numel, generator=g, dtype=F64).requires_grad_()]
     specs = _spied(monkeypatch)
     fused = _run(conv, ts, src, dst, n, "1", monkeypatch)
-    # atomics: the whole backward is one kernel; deterministic: x1's is its segment kernel
-    assert [s.target for s in specs if isinstance(s, FusedSpec)] == ["x1+w+x2" if scatter == "atomic" else "w+x2"]
+    # the whole backward is one kernel (deterministic: x1's rows then summed per source node)
+    assert [s.target for s in specs if isinstance(s, FusedSpec)] == ["x1+w+x2"]
     del specs[:]
     apart = _run(conv, ts, src, dst, n, "0", monkeypatch)
     assert not any(isinstance(s, FusedSpec) for s in specs)
@@ -67,6 +67,12 @@ def test_the_fused_conv_kernel_reads_each_gathered_tile_once(needs):
     # x1's gradient: one atomic add per x1 segment (a 3D tile), at the source rows
     assert src.count("tl.atomic_add(") == (len(p.irreps_in1) if "x1" in needs else 0)
     assert ("rg0 = zs * sg0" in src) == ("x1" in needs)
+    if "x1" in needs:  # deterministic: x1's part stored per edge, no atomics
+        rows = emit_fused_conv(p, fused_backward(p, needs), mode="edge+rows")
+        assert "rg0 = ze * sg0" in rows and "tl.atomic_add(" not in rows
+        assert rows.count("tl.store(") > src.count("tl.store(")
+        with pytest.raises(ValueError, match="mode must be one of"):
+            emit_fused_conv(p, fused_backward(p, needs), mode="edge")
     with pytest.raises(ValueError, match="edge gradients"):
         emit_fused_conv(p, forward_spec())
 
@@ -96,30 +102,32 @@ def test_atomic_x1_and_weights_without_x2(monkeypatch):
     assert got[0][0][torch.isin(torch.arange(7), src, invert=True)].abs().max() == 0
 
 
-def test_atomic_fused_float32_and_pieces_against_float64(monkeypatch):
-    """fp32: x1's part added atomically in fp32 and returned; split into one piece per x1
-    segment (each adds its own x1 columns, later ones add to x2's): the float64 result."""
+@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
+def test_fused_float32_and_pieces_against_float64(scatter, monkeypatch):
+    """fp32: x1's part added atomically in fp32 (or its per-edge rows summed per source node);
+    split into one piece per x1 segment (each writes its own x1 columns, later ones add to
+    x2's): the float64 result."""
     import tritp.conv_kernels as ck
     from tritp.codegen import cg_fused
 
-    conv = compile_conv(*IRREPS, mode="channelwise", scatter="atomic")
+    conv = compile_conv(*IRREPS, mode="channelwise", scatter=scatter)
     p = conv.problem
     spec = fused_backward(p, {"x1", "x2", "w"})
     monkeypatch.setattr(cg_fused, "PIECE_BUDGET", min(cg_fused.segment_costs(p, spec)))
     assert len(ck.conv_pieces(p, spec)) == 3
     src, dst, g = _graph(5, 5, 31, 4)
+    graph = [src, dst] if scatter == "atomic" else conv_graph(src, dst, 5).tensors()
     ts = [torch.randn(5, conv.irreps_in1.dim, generator=g), torch.randn(31, conv.irreps_in2.dim, generator=g),
           torch.randn(31, conv.weight_numel, generator=g), torch.randn(5, conv.irreps_out.dim, generator=g)]
-    parts = ck.produce_conv(p, spec, "atomic", ts, [src, dst], 5, 5)
+    parts = ck.produce_conv(p, spec, scatter, ts, graph, 5, 5)
     monkeypatch.setattr(cg_fused, "PIECE_BUDGET", 10 ** 9)
-    want = ck.produce_conv(p, spec, "atomic", [t.double() for t in ts], [src, dst], 5, 5)
+    want = ck.produce_conv(p, spec, scatter, [t.double() for t in ts], graph, 5, 5)
     assert [tuple(t.shape) for t in parts] == [(5, ts[0].shape[1]), (31, ts[2].shape[1]), (31, ts[1].shape[1])]
     assert [t.dtype for t in parts] == [torch.float32] * 3
     for a, b in zip(parts, want):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="scatter must be 'atomic'"):
-        ck.produce_conv(p, spec, "deterministic", ts, conv_graph(src, dst, 5).tensors(), 5, 5)
-    empty = ck.produce_conv(p, spec, "atomic", [ts[0], ts[1][:0], ts[2][:0], ts[3]], [src[:0], dst[:0]], 5, 5)
+    empty = ck.produce_conv(p, spec, scatter, [ts[0], ts[1][:0], ts[2][:0], ts[3]], [t[:0] for t in graph[:2]]
+                            + list(graph[2:]), 5, 5)
     assert [tuple(t.shape) for t in empty] == [(5, ts[0].shape[1]), (0, ts[2].shape[1]), (0, ts[1].shape[1])]
     assert all(t.abs().sum() == 0 for t in empty)
 
@@ -154,6 +162,50 @@ def test_every_backward_kernel_is_listed_for_precompile_and_tuning(needs, scatte
     specs = _spied(monkeypatch)
     conv(*ts, src, dst, 5).pow(2).sum().backward()
     assert len(specs) > 1 and all(s in listed for s in specs), [s.target for s in specs]
-    # atomics: any two gradients fuse; deterministic: the two edge gradients (x2, w)
-    fuses = sum(needs) > 1 if scatter == "atomic" else needs[1] and needs[2]
-    assert sum(isinstance(s, FusedSpec) for s in specs) == fuses
+    assert sum(isinstance(s, FusedSpec) for s in specs) == (sum(needs) > 1)  # any two fuse
+
+
+def test_deterministic_x1_rows_are_summed_in_a_fixed_order(monkeypatch):
+    """Deterministic scatter: x1's gradient stored per edge by the fused kernel and summed per
+    source node: bit-identical run to run, equal (to rounding) to x1's own segment kernel
+    (``TRITP_CONV_X1_ROWS=0``), fp32; isolated sources get zero rows; bipartite graph."""
+    conv = compile_conv(*IRREPS, mode="channelwise", scatter="deterministic")
+    src, dst, g = _graph(9, 4, 37, 12)
+    src[src == 3] = 4  # source 3 has no edge
+    graph = conv_graph(src, dst, 4, 9)
+    ts = [torch.randn(9, conv.irreps_in1.dim, generator=g).requires_grad_(),
+          torch.randn(37, conv.irreps_in2.dim, generator=g).requires_grad_(),
+          torch.randn(37, conv.weight_numel, generator=g).requires_grad_()]
+    specs = _spied(monkeypatch)
+    cot = torch.randn(4, conv.irreps_out.dim, generator=g)
+
+    def grads():
+        return torch.autograd.grad(conv(*ts, src, dst, 4, graph=graph), ts, cot)
+
+    first, again = grads(), grads()
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert [s.target for s in specs if isinstance(s, FusedSpec)] == ["x1+w+x2"] * 2
+    assert first[0][3].abs().max() == 0 and first[0][4].abs().max() > 0
+    monkeypatch.setenv("TRITP_CONV_X1_ROWS", "0")
+    del specs[:]
+    apart = grads()
+    assert [s.target for s in specs if isinstance(s, FusedSpec)] == ["w+x2"]
+    for a, b in zip(first, apart):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_segment_sum_kernel():
+    """The segment sum alone: every node's rows in CSR order, float64, with empty nodes, more
+    edges per node than one chunk, IDX64 addressing, and channel blocks narrower than the row."""
+    import tritp.conv_segsum as cs
+    from tritp.kernels import launch_pieces
+
+    src = torch.tensor([2, 0, 2, 2, 5, 0] + [4] * 19)
+    dst = torch.zeros_like(src)
+    buf = torch.randn(src.shape[0], 300, dtype=F64, generator=torch.Generator().manual_seed(1))
+    for idx64 in (False, True):
+        plan = cs.segment_sum_plan(buf, conv_graph(src, dst, 1, 6).tensors(), 6, F64)
+        launch_pieces(plan.kernels, plan.grid, plan.args, dict(plan.options, IDX64=idx64))
+        want = torch.zeros(6, 300, dtype=F64).index_add_(0, src, buf)
+        torch.testing.assert_close(plan.g, want, rtol=1e-12, atol=1e-12)
+        assert plan.grid == (6, 3) and plan.g[[1, 3]].abs().max() == 0

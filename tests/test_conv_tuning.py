@@ -46,13 +46,18 @@ def test_space_is_the_cg_space_under_its_own_name():
     assert conv.candidates == cg.candidates and conv.family == "conv" and conv.hash != cg.hash
 
 
-def test_modes_and_kernels_per_scatter():
-    modes = {(d, c.target): c.mode for d, c in conv_specs(problem(), "atomic", ("fwd", "bwd"))}
-    # x1+w+x2: the whole backward in one edge kernel (x1's part atomic); a pair: where the
-    # third needs no gradient
-    fused = {("bwd", t): "edge" for t in ("x1+w+x2", "x1+w", "x1+x2", "w+x2")}
-    assert modes == {("fwd", "out"): "atomic", **fused, ("bwd", "x1"): "atomic", ("bwd", "x2"): "edge",
-                     ("bwd", "w"): "edge"}
+@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
+def test_modes_and_kernels_per_scatter(scatter, monkeypatch):
+    node = "atomic" if scatter == "atomic" else "segment"
+    modes = {(d, c.target): c.mode for d, c in conv_specs(problem(), scatter, ("fwd", "bwd"))}
+    # x1+w+x2: the whole backward in one edge kernel (x1's part atomic, or rows per edge); a
+    # pair: where the third needs no gradient
+    x1 = "edge+atomic" if scatter == "atomic" else "edge+rows"
+    fused = {("bwd", "x1+w+x2"): x1, ("bwd", "x1+w"): x1, ("bwd", "x1+x2"): x1, ("bwd", "w+x2"): "edge"}
+    assert modes == {("fwd", "out"): node, **fused, ("bwd", "x1"): node, ("bwd", "x2"): "edge", ("bwd", "w"): "edge"}
+    monkeypatch.setenv("TRITP_CONV_X1_ROWS", "0")  # deterministic: x1's own segment kernel
+    fused = {t for d, c in conv_specs(problem(), scatter, ("bwd",)) if "+" in (t := c.target)}
+    assert fused == ({"x1+w+x2", "x1+w", "x1+x2", "w+x2"} if scatter == "atomic" else {"w+x2"})
     with pytest.raises(ValueError, match="scatter must be one of"):
         conv_specs(problem(), "sorted")
 

@@ -147,6 +147,9 @@ SCRIPT = textwrap.dedent('''
          graph32)
     conv("conv fused atomic backward (grad x1 + grad w + grad x2)", cg_fused.fused_backward(p, {"x1", "x2", "w"}),
          "atomic", [src, dst], expect=(r"= tt\\.atomic_rmw ",))
+    # deterministic: x1's rows per edge, then their segment sum (two kernels)
+    conv("conv fused deterministic backward + segment sum", cg_fused.fused_backward(p, {"x1", "x2", "w"}),
+         "deterministic", graph32)
     with int64_offsets():
         cg("cw forward int64", p, fwd)
         cg("fused backward int64", p, fused)
@@ -182,9 +185,9 @@ SCRIPT = textwrap.dedent('''
     print("kernels", len(kernels), "keyed", sum(kernels.values()), "formula", tritp.jit_key._verdict)
 ''')
 
-# 32 producers; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
+# 34 kernels; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
 # partial forces kernel as four (cg_pieces), the fused backward in pieces as three (cg_fused)
-EXPECTED = 40
+EXPECTED = 42
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):

@@ -12,8 +12,8 @@ target        scatter="atomic"       scatter="deterministic"
 out (at dst)  atomic: edge blocks    segment: one program per node, edges by dst
 x1 (at src)   atomic: edge blocks    segment: one program per node, edges by src
 x2, w         edge: plain stores     edge: plain stores (shared w: fixed-order sum)
-backward      edge: x1, w, x2 in     edge: w and x2 in one kernel
-(fused)       one kernel (x1 atomic) (x1: its segment kernel)
+backward      edge: x1, w, x2 in     edge: x1, w, x2 in one kernel, x1 per edge,
+(fused)       one kernel (x1 atomic) then a fixed-order sum per source node
 ============  =====================  ===============================================
 
 (The fused backwards: :mod:`tritp.codegen.conv_fused`.)
@@ -44,6 +44,7 @@ from .codegen.cg_pieces import plan_pieces
 from .kernels import (LaunchPlan, dot_precision, generator_hash, interpreter_active, launch_dtypes, launch_pieces,
                       load_generated, split_programs, target_dim, triton_cdiv)
 from .kernel_forms import conv_block_sums, conv_form, conv_tile_form, share_loads
+from .conv_segsum import segment_sum_plan
 from .conv_tuning import FAMILY, ConvSpec  # registers the "conv" autotune family
 from .tuning import Config, check_config, heuristic, lookup
 
@@ -61,7 +62,7 @@ def conv_generator_hash() -> str:
 def conv_source_path(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str, piece=None) -> Path:
     h = content_hash(conv_generator_hash(), problem.key, repr(spec), dtype, block_c, mode, dot_precision(),
                      *conv_form(), *(() if piece is None else (tuple(piece),)))
-    return cache_dir("kernels") / f"conv_{mode}_{spec.target.replace('+', '')}_{h}.py"
+    return cache_dir("kernels") / f"conv_{mode.replace('+', '_')}_{spec.target.replace('+', '')}_{h}.py"
 
 
 def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, mode: str,
@@ -72,7 +73,7 @@ def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c
     if path.exists():
         return path, path.read_text()
     if isinstance(spec, FusedSpec):
-        src = conv_fused.emit_fused_conv(problem, spec, dtype, block_c, piece, conv_tile_form())
+        src = conv_fused.emit_fused_conv(problem, spec, dtype, block_c, piece, conv_tile_form(), mode)
     else:
         src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision(), piece,
                                            share_loads(), conv_tile_form(), conv_block_sums())
@@ -151,7 +152,11 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
         return plan.g
     launch_pieces(plan.kernels, plan.grid, plan.args, plan.options, wrap)
     if isinstance(plan.g, list):  # a fused backward's gradients, one per part
-        return [g.to(plan.out_dtype) for g in plan.g]
+        parts = [g.to(plan.out_dtype) for g in plan.g]
+        if plan.then is not None:  # x1's per-edge rows, summed per source node (conv_segsum)
+            launch_pieces(plan.then.kernels, plan.then.grid, plan.then.args, plan.then.options, wrap)
+            parts[spec.targets.index("x1")] = plan.then.g
+        return parts
     if plan.shared_w:
         return plan.g.sum(0).to(plan.out_dtype)
     return plan.g.to(plan.out_dtype)
@@ -166,11 +171,8 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
     if scatter not in SCATTERS:
         raise ValueError(f"scatter must be one of {SCATTERS}, got {scatter!r}")
     acc, dtype_name, out_dtype = launch_dtypes(tensors, out_dtype)
-    fused = isinstance(spec, FusedSpec)  # edge gradients, and x1's under atomics (conv_fused)
-    if fused and "x1" in spec.targets and scatter != "atomic":
-        raise ValueError(f"a fused convolution backward adds x1's gradient with atomics: scatter must be "
-                         f"'atomic' for {spec.to_str()!r}, got {scatter!r}")
-    mode = "edge" if fused else conv_emit.write_mode(spec.target, scatter)
+    fused = isinstance(spec, FusedSpec)  # the gradients in one edge kernel (conv_fused)
+    mode = conv_fused.fused_mode(spec, scatter) if fused else conv_emit.write_mode(spec.target, scatter)
     device = tensors[0].device
     E = graph[0].shape[0] if num_edges is None else num_edges
     shape = target_shape(problem, spec.target, E, n_in, n_out)
@@ -179,10 +181,13 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         config = choose_config(problem, spec, mode, dtype_name, E, nrows, device, interpreter_active())
     else:
         check_config(config)
-    # a fused backward: each part's rows (x1's, added atomically at the sources, the input nodes)
-    part_rows = [target_shape(problem, t, E, n_in, n_out) for t in spec.targets] if fused else None
+    # a fused backward: each part's buffer (x1's: added atomically at the sources, the input
+    # nodes, or stored per edge and summed per source after the kernel)
+    part_rows = [(E, target_shape(problem, t, E, n_in, n_out)[1]) if (t, mode) == ("x1", "edge+rows")
+                 else target_shape(problem, t, E, n_in, n_out) for t in spec.targets] if fused else None
     if E == 0 or shape[-1] == 0 or nrows == 0:
-        zeros = ([torch.zeros(s, dtype=out_dtype, device=device) for s in part_rows] if fused
+        zeros = ([torch.zeros(target_shape(problem, t, E, n_in, n_out), dtype=out_dtype, device=device)
+                  for t in spec.targets] if fused
                  else torch.zeros(shape, dtype=out_dtype, device=device))
         return LaunchPlan([], (0,), (), {}, zeros, False, out_dtype, device)
     strides, args, rows = [], [], []
@@ -209,9 +214,13 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         g = torch.empty(g_shape, dtype=g_dtype, device=device)
     sg = shape[-1]
     targets = (g, sg)
-    if fused:  # one [E, width] gradient per part ([n_in, width] for x1)
-        nodes = {"x1": n_in} if "x1" in spec.targets else None
-        g, targets = kernels.fused_outputs(problem, spec, E, len(kerns), acc, out_dtype, device, dry, nodes)
+    then = None
+    if fused:  # one [E, width] gradient per part (x1 under atomics: [n_in, width])
+        nodes = {"x1": n_in} if mode == "edge+atomic" else None
+        keep = ("x1",) if mode == "edge+rows" else ()
+        g, targets = kernels.fused_outputs(problem, spec, E, len(kerns), acc, out_dtype, device, dry, nodes, keep)
+        if mode == "edge+rows":
+            then = segment_sum_plan(g[spec.targets.index("x1")], graph, n_in, out_dtype, dry=dry, num_edges=E)
     if mode == "segment":
         off = 2 if spec.target == "out" else 5
         gargs = graph[off:off + 3]
@@ -225,4 +234,4 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
     options = dict(IDX64=big, BLOCK_Z=block_z, NW=config.num_warps, num_warps=config.num_warps,
                    num_stages=config.num_stages)
     return LaunchPlan(kerns, (nprog,), (*args, *strides, *targets, *gargs, tok, nrows), options, g, shared_w,
-                      out_dtype, device)
+                      out_dtype, device, then=then)

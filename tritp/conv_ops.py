@@ -11,8 +11,9 @@ is off. Registrations:
 * ``tritp::conv_produce`` -- ``custom_op``: opaque, runs everywhere incl. the interpreter;
 * ``tritp::conv_produce_triton`` -- ``triton_op``: Inductor sees the kernels (CUDA);
 * ``tritp::conv_produce_fused`` / ``_fused_triton`` -- the same for the backward's gradients
-  in one kernel (:mod:`tritp.codegen.conv_fused`): a list, one per part -- x1's (atomic scatter
-  only), the weights' and x2's, those asked for;
+  in one kernel (:mod:`tritp.codegen.conv_fused`; the deterministic x1 part then summed per
+  source node, :mod:`tritp.conv_segsum`): a list, one per part -- x1's, the weights' and x2's,
+  those asked for;
 * ``tritp::conv_check_indices(src, dst, n_in, n_out) -> Tensor`` -- the range check. It is a
   separate opaque op so that it also runs, on real tensors, inside a ``torch.compile``-d graph
   (a data-dependent check in Python would break the graph). It returns a one-element token
@@ -46,7 +47,7 @@ from torch.library import custom_op, wrap_triton
 from .codegen.conv_emit import EDGE_ROLES
 from .conv_index import check_ranges
 from .conv_kernels import produce_conv, target_shape
-from .kernel_forms import fused_backward_on
+from .kernel_forms import conv_x1_rows, fused_backward_on
 from .op_pair import backward_gradients, fused_gradients, pick, register, visible_op
 from .ops import fused_for, fused_spec, problem_from_key, single_spec, spec_from_str
 
@@ -135,8 +136,9 @@ def _make_backward(op):
             return FUSED[op](key, text, scatter, n_in, n_out, args[0].dtype, args, graph)
 
         s, needs = spec_from_str(spec), tuple(ctx.needs_input_grad[6])
-        # x2's and the weights' gradients fuse, and x1's (a node target) too under atomics
-        joins = EDGE_ROLES + (("x1",) if scatter == "atomic" else ())
+        # x2's and the weights' gradients fuse, and x1's (a node target: atomic adds, or rows
+        # per edge summed per source afterwards) too
+        joins = EDGE_ROLES + (("x1",) if scatter == "atomic" or conv_x1_rows() else ())
         joined = tuple(n and r in joins for r, n in zip(s.roles, needs))
         fused = fused_for(key, spec, joined) if fused_backward_on() else None
         grads = backward_gradients(s, fused, tensors, grad, needs, call, call_fused)

@@ -42,7 +42,8 @@ CONV_VERSION = 2  # 2: segment mode walks once per loop group (node accumulators
 
 class ConvSpec(NamedTuple):
     """One conv kernel: the producer ``spec`` and its write ``mode`` (``edge``, ``atomic`` or
-    ``segment``, :func:`tritp.codegen.conv_emit.write_mode`).
+    ``segment``, :func:`tritp.codegen.conv_emit.write_mode`; a fused backward's
+    :func:`tritp.codegen.conv_fused.fused_mode`).
 
     Example:
         >>> from tritp.codegen.cg_spec import forward_spec
@@ -88,16 +89,16 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
     """``[(direction, ConvSpec)]`` of the kernels a convolution launches in ``directions``: as
     :func:`tritp.tuning.tuner.direction_specs`, with the fused backward
     (:mod:`tritp.codegen.conv_fused`) and its derivatives where it applies, not the plain
-    one: the edge gradients' (x2's and the weights') under the deterministic scatter, whose x1
-    gradient is a segment kernel; under atomics every pair and all three, each running where
-    just those gradients are asked for; the double backward's through the widest.
+    one: all three gradients and every pair of them, each running where just those gradients
+    are asked for (x1's part added atomically, or stored per edge under the deterministic
+    scatter; ``TRITP_CONV_X1_ROWS=0`` leaves that one x1's segment kernel and fuses the edge
+    pair alone); the double backward's through the widest.
 
     Example:
         >>> from tritp.codegen import Problem
         >>> p = Problem.channelwise("4x0e", "0e", "0e", shared_weights=False)
-        >>> [(d, c.mode, c.target) for d, c in conv_specs(p, "deterministic", ("fwd", "bwd"))]  # doctest: +NORMALIZE_WHITESPACE
-        [('fwd', 'segment', 'out'), ('bwd', 'edge', 'w+x2'), ('bwd', 'segment', 'x1'), ('bwd', 'edge', 'x2'),
-         ('bwd', 'edge', 'w')]
+        >>> [(d, c.mode, c.target) for d, c in conv_specs(p, "deterministic", ("fwd", "bwd"))][:3]
+        [('fwd', 'segment', 'out'), ('bwd', 'edge+rows', 'x1+w+x2'), ('bwd', 'edge+rows', 'x1+w')]
         >>> [c.target for d, c in conv_specs(p, "atomic", ("bwd",))]
         ['x1+w+x2', 'x1+w', 'x1+x2', 'w+x2', 'x1', 'x2', 'w']
     """
@@ -105,7 +106,8 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
     from .codegen.cg_spec import compact
     from .codegen.conv_emit import EDGE_ROLES, write_mode
     from .conv_kernels import SCATTERS
-    from .kernel_forms import fused_backward_on
+    from .codegen.conv_fused import fused_mode
+    from .kernel_forms import conv_x1_rows, fused_backward_on
     from .tuning.tuner import direction_specs
 
     if scatter not in SCATTERS:
@@ -114,14 +116,14 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
            for d, s in direction_specs(problem, tuple(directions), fused=False)]
     if not fused_backward_on():
         return out
-    # atomics: x1 joins any of them (energy-only training: x1+w; frozen weights: x1+x2)
-    joins = [{"x1", "w", "x2"}, {"x1", "w"}, {"x1", "x2"}] if scatter == "atomic" else []
+    # x1 joins any of them (energy-only training: x1+w; frozen weights: x1+x2)
+    joins = [{"x1", "w", "x2"}, {"x1", "w"}, {"x1", "x2"}] if scatter == "atomic" or conv_x1_rows() else []
     fused = [f for f in (fused_backward(problem, j) for j in joins + [set(EDGE_ROLES)]) if f is not None]
     if not fused:
         return out
     # the fused kernels (codegen.conv_fused) and the derivatives of the widest, each summing
     # its parts' terms: after the forward, and before the double backward's other kernels
-    extra = [("bwd", ConvSpec(f, "edge")) for f in fused] if "bwd" in directions else []
+    extra = [("bwd", ConvSpec(f, fused_mode(f, scatter))) for f in fused] if "bwd" in directions else []
     for i in range(len(fused[0].roles)) if "dbl" in directions else ():
         d = compact(fused[0].derivative(i))[0]
         extra.append(("dbl", ConvSpec(d, write_mode(d.target, scatter))))

@@ -58,6 +58,14 @@ def conv_block_sums() -> bool:
     return os.environ.get("TRITP_CONV_BLOCK_SUMS", "1") != "0"
 
 
+def conv_x1_rows() -> bool:
+    """Whether the deterministic convolution's fused backward computes x1's gradient too,
+    stored per edge and summed per source node afterwards (the default;
+    :mod:`tritp.codegen.conv_fused`, mode ``"edge+rows"``), or leaves it to its own segment
+    kernel, which gathers the cotangent again (``TRITP_CONV_X1_ROWS=0``: the form before)."""
+    return os.environ.get("TRITP_CONV_X1_ROWS", "1") != "0"
+
+
 def fused_backward_on() -> bool:
     """Whether the backward of a channelwise product runs as one fused kernel for the
     gradients of x1, the weights and x2 (the default; :mod:`tritp.codegen.cg_fused`) or as one
@@ -81,9 +89,9 @@ def conv_form() -> tuple:
 
 
 #: The environment variables that select a kernel form (:func:`share_loads`, :func:`tile_form`,
-#: :func:`conv_rows`, :func:`conv_block_sums`, :func:`fused_backward_on`).
+#: :func:`conv_rows`, :func:`conv_block_sums`, :func:`conv_x1_rows`, :func:`fused_backward_on`).
 FORM_VARIABLES = ("TRITP_SHARE_LOADS", "TRITP_COALESCE", "TRITP_CONV_ROWS", "TRITP_CONV_BLOCK_SUMS",
-                  "TRITP_FUSED_BWD")
+                  "TRITP_CONV_X1_ROWS", "TRITP_FUSED_BWD")
 
 
 @contextmanager

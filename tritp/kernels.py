@@ -169,14 +169,15 @@ def part_widths(problem: Problem, spec: FusedSpec) -> list:
 
 
 def fused_outputs(problem: Problem, spec: FusedSpec, rows: int, n_kernels: int, acc, out_dtype, device,
-                  dry: bool = False, nodes: dict | None = None) -> tuple:
+                  dry: bool = False, nodes: dict | None = None, keep: tuple = ()) -> tuple:
     """``(outputs, kernel arguments)`` of a fused backward (:mod:`tritp.codegen.cg_fused`, or
     a convolution's, ``conv_fused``): one ``[rows, width]`` tensor per part and the ``g<i>,
     sg<i>`` arguments. Pieces after the first add their share of x2's gradient to it, so with
     several kernels that part is kept in the accumulation dtype (as the separate kernel's
     partial slabs are summed), and the launcher casts it; ``nodes`` (``{part: rows}``): parts
     the kernel adds atomically into node rows (a convolution's x1), zeroed, in the
-    accumulation dtype; ``dry``: empty tensors (dtypes only)."""
+    accumulation dtype; ``keep``: parts in the accumulation dtype (summed afterwards); ``dry``:
+    empty tensors (dtypes only)."""
     widths, nodes = part_widths(problem, spec), nodes or {}
     g = []
     for t, d in zip(spec.targets, widths):
@@ -184,7 +185,7 @@ def fused_outputs(problem: Problem, spec: FusedSpec, rows: int, n_kernels: int, 
         if t in nodes:
             g.append(torch.zeros((0,) if dry else (n, d), dtype=acc, device=device))
         else:
-            dt = acc if n_kernels > 1 and t == "x2" else out_dtype
+            dt = acc if (n_kernels > 1 and t == "x2") or t in keep else out_dtype
             g.append(torch.empty((0,) if dry else (n, d), dtype=dt, device=device))
     return g, tuple(x for gd in zip(g, widths) for x in gd)
 
@@ -202,6 +203,7 @@ class LaunchPlan(NamedTuple):
     out_dtype: torch.dtype
     device: torch.device
     slabs: int = 1  # > 1: g is [Z, slabs * dim] partial sums (Partial pieces), summed by produce
+    then: object = None  # a LaunchPlan launched after this one (conv_segsum), or None
 
 
 def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=None, config=None,
@@ -278,6 +280,8 @@ def precompile(plans, timeout: float | None = None, ignore_errors: bool = False)
     if interpreter_active():
         return 0
     jobs = []
+    plans = list(plans)
+    plans += [p.then for p in plans if p.then is not None]  # (one level: conv_segsum)
     for p in plans:
         # tensors as dtypes: Triton's warmup treats them as aligned pointers, allocating nothing
         args = tuple(a.dtype if isinstance(a, torch.Tensor) else a for a in p.args)
