@@ -11,8 +11,8 @@ target is written depend on the target's role. Three write modes:
 * ``"edge"``: the target is edge-indexed (``x2``, ``w``); one program per ``BLOCK_Z`` edges,
   plain stores (shared weights: per-program partials, as in the plain kernel);
 * ``"atomic"``: the target is node-indexed (``out`` at dst, ``x1`` at src); one program per
-  ``BLOCK_Z`` edges, each tile is ``tl.atomic_add``-ed into a zeroed fp32/fp64 buffer (at the
-  destinations, a block of edges that share one adds the sum of its rows once);
+  ``BLOCK_Z`` edges, each tile is ``tl.atomic_add``-ed into a zeroed fp32/fp64 buffer (a block
+  of edges that share one target node adds the sum of its rows once);
 * ``"segment"``: node-indexed target, deterministic: one program per target node, which walks
   that node's edges (a CSR segment of edges sorted by the target's endpoint) in chunks of
   ``BLOCK_Z``, adds every chunk's tile into a register tile, and stores the node's row once
@@ -66,9 +66,9 @@ class ConvEmitter(CGEmitter):
         # forward, 128 -> 254 segment grad x1), so it waits for a GPU to time it (TRITP_CONV_ROWS=1)
         super().__init__(problem, spec, dtype, block_c, dot_precision, piece, share_loads, coalesce)
         self.mode = mode
-        # an atomic kernel's target rows at the destination: a block of edges that share one
-        # sums its rows before adding them (see emit_block_sum)
-        self.block_sums = block_sums and mode == "atomic" and spec.target == "out"
+        # an atomic kernel's block of edges that share one target node sums its rows before
+        # adding them (see emit_block_sum)
+        self.block_sums = block_sums and mode == "atomic"
 
     def row_var(self, role: str) -> str:
         """The index variable that selects a tensor's row, by the tensor's role."""
@@ -148,30 +148,38 @@ class ConvEmitter(CGEmitter):
             self.emit_block_sum(first)
         self.emit_row_pointers(target=True)
 
+    def atomic_parts(self) -> list:
+        """The name suffixes of the targets this kernel adds atomically (:meth:`atomic_target`)."""
+        return list(self.tgs) if self.mode == "atomic" else []
+
     def emit_block_sum(self, first: str):
-        """Whether all edges of this block share one destination (``one``; its row offset
-        ``rf``), for :meth:`store_block_sum`. Each atomic add is an L2 operation, and their
-        rate, not the arithmetic, bounds an atomic forward (mace-large: 9,088 per edge, 32 per
-        output element of a node of the diamond graph). With the edges sorted by destination
-        (the usual order, and the one ``conv_graph`` keeps), nearly every block of ``BLOCK_Z``
-        edges has one destination: such a block sums its rows and adds them once (``BLOCK_Z``
-        times fewer adds, and fewer adds contending for one address); a block of several adds
-        every row, as before. Offline for sm_90 (mace-large, 8:64:8, Triton 3.9) the forward
-        needs fewer registers so (128, row by row 146); its rows span the warps, so each sum
-        is an exchange through shared memory (CTA barriers 32 -> 256, in the taken branch)."""
+        """For each atomic target (suffix ``t``): whether all edges of this block share one node
+        of it (``one<t>``; that node's row offset ``rf<t>``), for :meth:`store_block_sum`. Each
+        atomic add is an L2 operation, and their rate, not the arithmetic, bounds an atomic
+        forward (mace-large: 9,088 per edge, 32 per output element of a node of the diamond
+        graph). With the edges sorted by destination (the usual order, and the one
+        ``conv_graph`` keeps), nearly every block of ``BLOCK_Z`` edges has one destination;
+        sorted by source (a neighbour list's order), one source, which x1's gradient adds to.
+        Such a block sums its rows and adds them once (``BLOCK_Z`` times fewer adds, and fewer
+        adds contending for one address); a block of several adds every row, as before.
+        Offline for sm_90 (mace-large, 8:64:8, Triton 3.9) the forward needs fewer registers so
+        (124, row by row 146); its rows span the warps, so each sum is an exchange through
+        shared memory (CTA barriers 32 -> 256 in the code, in the branch a block takes)."""
         w = self.w
-        w(f"kf = tl.load(dst + {first})")
-        self._cast(["kf"])
-        w("one = tl.sum((zm & (zd != kf)).to(tl.int32), axis=0) == 0")
-        w("rf = kf * sg")
+        for t in self.atomic_parts():
+            var = self.row_var(self.part_role(t))
+            w(f"kf{t} = tl.load({ {'zd': 'dst', 'zs': 'src'}[var]} + {first})")
+            self._cast([f"kf{t}"])
+            w(f"one{t} = tl.sum((zm & ({var} != kf{t})).to(tl.int32), axis=0) == 0")
+            w(f"rf{t} = kf{t} * sg{t}")
 
     def store_block_sum(self, value: str, rows: tuple, lanes: str, lane_mask: str):
         """Atomic adds of target tile ``value``: summed over its rows at lane offsets ``lanes``
-        of the one destination's row where the block has one (:meth:`emit_block_sum`), else
-        row by row (``rows``: pointers and mask)."""
-        w = self.w
-        with w.block("if one:"):
-            w(f"tl.atomic_add(g + rf + ({lanes}), tl.sum({value}, axis=0), mask={lane_mask}, sem='relaxed')")
+        of the one node's row where the block has one (:meth:`emit_block_sum`), else row by
+        row (``rows``: pointers and mask)."""
+        w, t = self.w, self.tg
+        with w.block(f"if one{t}:"):
+            w(f"tl.atomic_add(g{t} + rf{t} + ({lanes}), tl.sum({value}, axis=0), mask={lane_mask}, sem='relaxed')")
         with w.block("else:"):
             w(f"tl.atomic_add({rows[0]}, {value}, mask={rows[1]}, sem='relaxed')")
 
@@ -253,8 +261,8 @@ class ConvEmitter(CGEmitter):
         if self.mode == "segment":
             # masked rows hold zeros, so summing the whole tile is exact
             self.w(f"tl.store(g + rg + ({addr}), tl.sum({value}, axis=0).to(g.dtype.element_ty), mask=cm)")
-        elif self.block_sums:
-            self.store_block_sum(value, (f"gp + {self.lanes2d(addr)}", "m2d"), addr, "cm")
+        elif self.block_sums and self.atomic_target():
+            self.store_block_sum(value, (f"gp{self.tg} + {self.lanes2d(addr)}", "m2d"), addr, "cm")
         elif self.atomic_target():
             # g is a zeroed fp32/fp64 buffer; relaxed order suffices for a pure sum
             self.w(f"tl.atomic_add(gp{self.tg} + {self.lanes2d(addr)}, {value}, mask=m2d, sem='relaxed')")
@@ -272,7 +280,7 @@ class ConvEmitter(CGEmitter):
                 self.w(f"tl.atomic_add({self.rows_target(dim, off)}, {v}, mask=wm{dim}, sem='relaxed')")
                 return
             if self.block_sums:
-                rows = (self.at3d("gp", f"cf{dim}", off), f"m2d[:, :, None] & ef{dim}[None, :, :]")
+                rows = (self.at3d(f"gp{self.tg}", f"cf{dim}", off), f"m2d[:, :, None] & ef{dim}[None, :, :]")
                 self.store_block_sum(v, rows, f"cf{dim} + {off}", f"cm[:, None] & ef{dim}")
                 return
             self.w(f"tl.atomic_add({self.at3d(f'gp{self.tg}', f'cf{dim}', off)}, {v}, "
@@ -294,9 +302,9 @@ def emit_conv_producer(problem: Problem, spec: ProducerSpec, dtype: str = "float
     ``dot_precision``, ``piece``, ``share_loads`` and ``coalesce`` are as in ``emit_producer``,
     except that ``coalesce`` defaults to the plain 3D tiles: ``"rows"`` (or True) puts the
     convolution's tiles in the row-on-warp form (``cg_tiles``) over edge positions, gathering
-    each tensor's rows per tile position. ``block_sums`` (atomic mode, target ``out``): a block
-    of edges with one destination sums its rows before adding them
-    (:meth:`ConvEmitter.emit_block_sum`); False adds every row.
+    each tensor's rows per tile position. ``block_sums`` (atomic mode): a block of edges with
+    one target node sums its rows before adding them (:meth:`ConvEmitter.emit_block_sum`);
+    False adds every row.
     """
     if block_c < 1 or block_c & (block_c - 1):
         raise ValueError(f"block_c must be a power of two, got {block_c}")

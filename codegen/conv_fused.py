@@ -65,7 +65,7 @@ class FusedConvEmitter(FusedMixin, ConvEmitter):
     edge (``mode``, :data:`FUSED_MODES`)."""
 
     def __init__(self, problem: Problem, spec: FusedSpec, dtype: str, block_c: int, piece=None, coalesce="3d",
-                 mode: str = "edge"):
+                 mode: str = "edge", block_sums: bool = True):
         if mode not in FUSED_MODES or (mode == "edge") != ("x1" not in spec.targets):
             raise ValueError(f"mode must be one of {FUSED_MODES[1:]} for a fused backward with x1's gradient, "
                              f"else 'edge'; got {mode!r} for {spec.target}")
@@ -73,6 +73,7 @@ class FusedConvEmitter(FusedMixin, ConvEmitter):
         ConvEmitter.__init__(self, problem, edge, dtype, block_c, "edge", "ieee", None, True, coalesce)
         self.init_fused(spec, piece)
         self.x1_atomic = mode == "edge+atomic"
+        self.block_sums = block_sums and self.x1_atomic  # (conv_emit.ConvEmitter.emit_block_sum)
         self.tg_role = {t: r for r, t in self.part_tg.items()}
 
     def emit(self) -> str:
@@ -90,19 +91,23 @@ class FusedConvEmitter(FusedMixin, ConvEmitter):
     def atomic_target(self) -> bool:
         return self.x1_atomic and self.tg_role[self.tg] == "x1"
 
+    def atomic_parts(self) -> list:
+        return [self.part_tg["x1"]] if self.x1_atomic else []
+
 
 def emit_fused_conv(problem: Problem, spec: FusedSpec, dtype: str = "float32", block_c: int = 64, piece=None,
-                    coalesce="3d", mode: str | None = None) -> str:
+                    coalesce="3d", mode: str | None = None, block_sums: bool = True) -> str:
     """Triton source of the fused convolution backward ``spec`` (parts among x1, w and x2, at
     least one of them an edge target; :func:`~.cg_fused.fused_backward`): the kernel
     ``tp_producer(t0.., s0.., g0, sg0, g1, sg1, .., src, dst, tok, Z, IDX64, BLOCK_Z, NW)`` over
     ``Z`` edges. ``mode`` (:data:`FUSED_MODES`; default: "edge", or "edge+atomic" with an x1
     part): x1's part is added into a zeroed ``[nodes, dim1]`` buffer ("edge+atomic") or stored
-    per edge, ``[E, dim1]`` ("edge+rows"); ``piece`` one of :func:`~.cg_fused.fused_pieces`."""
+    per edge, ``[E, dim1]`` ("edge+rows"); ``piece`` one of :func:`~.cg_fused.fused_pieces`;
+    ``block_sums``: as :func:`~.conv_emit.emit_conv_producer`'s, for x1's atomic adds."""
     if (not isinstance(spec, FusedSpec) or not set(spec.targets) <= set(PARTS)
             or not set(spec.targets) & set(EDGE_ROLES)):
         raise ValueError(f"a fused convolution backward computes edge gradients (x2, w), and perhaps x1's, "
                          f"got {spec!r}")
     if mode is None:
         mode = fused_mode(spec, "atomic")
-    return FusedConvEmitter(problem, spec, dtype, block_c, piece, coalesce, mode).emit()
+    return FusedConvEmitter(problem, spec, dtype, block_c, piece, coalesce, mode, block_sums).emit()

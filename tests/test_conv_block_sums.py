@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from tritp.codegen import Problem
+from tritp.codegen.cg_fused import fused_backward
 from tritp.codegen.cg_spec import compact, forward_spec
 from tritp.codegen.conv_emit import emit_conv_producer
+from tritp.codegen.conv_fused import emit_fused_conv
 from tritp.conv_kernels import produce_conv
 from tritp.conv_module import compile_conv
 from tritp.tuning import Config
@@ -32,10 +34,14 @@ def test_only_destination_targets_sum_blocks():
     assert src.count("tl.atomic_add(g + rf + (") == stores
     plain = emit_conv_producer(p, fwd, "float32", mode="atomic", block_sums=False)
     assert "if one:" not in plain and plain.count("tl.atomic_add(") == stores
-    # x1's gradient adds at the sources, which a destination order leaves scattered: row by row
+    # x1's gradient adds at the sources: a block of one source (edges sorted by source) sums
     gx1 = emit_conv_producer(p, compact(fwd.derivative(0))[0], "float32", mode="atomic")
-    assert "if one:" not in gx1 and "tl.atomic_add(" in gx1
+    assert "kf = tl.load(src + pid * BLOCK_Z)" in gx1 and "one = tl.sum((zm & (zs != kf))" in gx1
     assert "if one:" not in emit_conv_producer(p, fwd, "float32", mode="segment")
+    # the fused atomic backward: its x1 part (suffix 0)
+    fused = emit_fused_conv(p, fused_backward(p, {"x1", "x2", "w"}), mode="edge+atomic")
+    assert "one0 = tl.sum((zm & (zs != kf0))" in fused and fused.count("if one0:") == len(p.irreps_in1)
+    assert "if one" not in emit_fused_conv(p, fused_backward(p, {"x1", "x2", "w"}), mode="edge+rows")
 
 
 def _graphs(n: int, g: torch.Generator) -> dict:
@@ -87,3 +93,30 @@ def test_block_sums_to_second_order_against_reference(sort):
         res.append((y, *first, *second))
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", ["sorted, long runs", "unsorted"])
+def test_block_sums_at_the_sources(case, monkeypatch):
+    """x1's gradient (the atomic kernel alone, and the fused backward's x1 part) with edges
+    sorted by source, as a neighbour list gives them: block sums equal the row-by-row adds."""
+    p = _problem()
+    g = torch.Generator().manual_seed(6)
+    n = 11
+    src = _graphs(n, g)[case]
+    E = src.shape[0]
+    dst = torch.randint(0, n, (E,), generator=g)
+    x1, ea = torch.randn(n, p.irreps_in1.dim, generator=g, dtype=F64), torch.randn(E, p.irreps_in2.dim, generator=g,
+                                                                                   dtype=F64)
+    w, gout = torch.randn(E, p.weight_numel, generator=g, dtype=F64), torch.randn(n, p.irreps_out.dim, generator=g,
+                                                                                  dtype=F64)
+    dx1, kept = compact(forward_spec().derivative(0))
+    fused = fused_backward(p, {"x1", "x2", "w"})
+    vals = [x1, ea, w, gout]
+    out = {}
+    for sums in ("1", "0"):
+        monkeypatch.setenv("TRITP_CONV_BLOCK_SUMS", sums)
+        out[sums] = [produce_conv(p, dx1, "atomic", [vals[k] for k in kept], [src, dst], n, n, config=Config(4, 16, 1)),
+                     *produce_conv(p, fused, "atomic", vals, [src, dst], n, n, config=Config(4, 16, 1))]
+    for a, b in zip(out["1"], out["0"]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out["1"][0], out["1"][1], rtol=1e-12, atol=1e-12)

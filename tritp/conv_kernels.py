@@ -73,7 +73,8 @@ def conv_kernel_source(problem: Problem, spec: ProducerSpec, dtype: str, block_c
     if path.exists():
         return path, path.read_text()
     if isinstance(spec, FusedSpec):
-        src = conv_fused.emit_fused_conv(problem, spec, dtype, block_c, piece, conv_tile_form(), mode)
+        src = conv_fused.emit_fused_conv(problem, spec, dtype, block_c, piece, conv_tile_form(), mode,
+                                         conv_block_sums())
     else:
         src = conv_emit.emit_conv_producer(problem, spec, dtype, block_c, mode, dot_precision(), piece,
                                            share_loads(), conv_tile_form(), conv_block_sums())

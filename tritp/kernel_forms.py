@@ -51,8 +51,8 @@ def conv_tile_form() -> str:
 
 
 def conv_block_sums() -> bool:
-    """Whether an atomic convolution kernel's block of edges that share one destination sums
-    its rows before adding them (the default;
+    """Whether an atomic convolution kernel's block of edges that share one target node (the
+    destination, or x1's gradient's source) sums its rows before adding them (the default;
     :meth:`tritp.codegen.conv_emit.ConvEmitter.emit_block_sum`) or adds every edge's row
     (``TRITP_CONV_BLOCK_SUMS=0``: the form before, kept to time the two)."""
     return os.environ.get("TRITP_CONV_BLOCK_SUMS", "1") != "0"
