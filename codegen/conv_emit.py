@@ -157,14 +157,18 @@ class ConvEmitter(CGEmitter):
         of it (``one<t>``; that node's row offset ``rf<t>``), for :meth:`store_block_sum`. Each
         atomic add is an L2 operation, and their rate, not the arithmetic, bounds an atomic
         forward (mace-large: 9,088 per edge, 32 per output element of a node of the diamond
-        graph). With the edges sorted by destination (the usual order, and the one
-        ``conv_graph`` keeps), nearly every block of ``BLOCK_Z`` edges has one destination;
-        sorted by source (a neighbour list's order), one source, which x1's gradient adds to.
+        graph). With the edges sorted by destination (as the caller passes them: the atomic
+        strategy keeps their order), nearly every block of ``BLOCK_Z`` edges has one
+        destination; sorted by source (a neighbour list's order), one source, which x1's
+        gradient adds to.
         Such a block sums its rows and adds them once (``BLOCK_Z`` times fewer adds, and fewer
         adds contending for one address); a block of several adds every row, as before.
         Offline for sm_90 (mace-large, 8:64:8, Triton 3.9) the forward needs fewer registers so
-        (124, row by row 146); its rows span the warps, so each sum is an exchange through
-        shared memory (CTA barriers 32 -> 256 in the code, in the branch a block takes)."""
+        (124, row by row 146; mace-medium 114 against 102); its rows span the warps, so each
+        sum is an exchange through shared memory (CTA barriers 32 -> 256 in the code, in the
+        branch a block takes). The sum's layout replicates it across threads; Triton masks the
+        replicas of an atomic's operand, so each element is added once. In the row-on-warp
+        form (``TRITP_CONV_ROWS=1``) the 3D tiles keep row-by-row adds."""
         w = self.w
         for t in self.atomic_parts():
             var = self.row_var(self.part_role(t))

@@ -100,7 +100,7 @@ def emit_fused_conv(problem: Problem, spec: FusedSpec, dtype: str = "float32", b
     """Triton source of the fused convolution backward ``spec`` (parts among x1, w and x2, at
     least one of them an edge target; :func:`~.cg_fused.fused_backward`): the kernel
     ``tp_producer(t0.., s0.., g0, sg0, g1, sg1, .., src, dst, tok, Z, IDX64, BLOCK_Z, NW)`` over
-    ``Z`` edges. ``mode`` (:data:`FUSED_MODES`; default: "edge", or "edge+atomic" with an x1
+    ``Z`` edges. ``mode`` (:data:`FUSED_MODES`, :func:`fused_mode`; required with an x1
     part): x1's part is added into a zeroed ``[nodes, dim1]`` buffer ("edge+atomic") or stored
     per edge, ``[E, dim1]`` ("edge+rows"); ``piece`` one of :func:`~.cg_fused.fused_pieces`;
     ``block_sums``: as :func:`~.conv_emit.emit_conv_producer`'s, for x1's atomic adds."""
@@ -109,5 +109,8 @@ def emit_fused_conv(problem: Problem, spec: FusedSpec, dtype: str = "float32", b
         raise ValueError(f"a fused convolution backward computes edge gradients (x2, w), and perhaps x1's, "
                          f"got {spec!r}")
     if mode is None:
-        mode = fused_mode(spec, "atomic")
+        if "x1" in spec.targets:  # how x1's part is written follows the scatter: no default
+            raise ValueError(f"mode: a fused backward with x1's gradient needs 'edge+atomic' or 'edge+rows' "
+                             f"(fused_mode(spec, scatter)), got None for {spec.target}")
+        mode = "edge"
     return FusedConvEmitter(problem, spec, dtype, block_c, piece, coalesce, mode, block_sums).emit()

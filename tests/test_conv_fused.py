@@ -9,7 +9,7 @@ import torch
 import tritp.conv_ops
 from tritp.codegen.cg_fused import fused_backward
 from tritp.codegen.cg_spec import FusedSpec, forward_spec
-from tritp.codegen.conv_fused import emit_fused_conv
+from tritp.codegen.conv_fused import emit_fused_conv, fused_mode
 from tritp.conv_index import conv_graph
 from tritp.conv_module import compile_conv
 
@@ -61,7 +61,7 @@ def test_edge_gradients_in_one_kernel_to_second_order(scatter, monkeypatch):
 def test_the_fused_conv_kernel_reads_each_gathered_tile_once(needs):
     conv = compile_conv(*IRREPS, mode="channelwise")
     p = conv.problem
-    src = emit_fused_conv(p, fused_backward(p, needs))
+    src = emit_fused_conv(p, fused_backward(p, needs), mode=fused_mode(fused_backward(p, needs), "atomic"))
     assert src.count("tl.load(src + z") == 1 and src.count("tl.load(dst + z") == 1
     assert src.count("for c0 in range(") == len(p.irreps_in1)
     # x1's gradient: per x1 segment (a 3D tile) one atomic add at the source rows, or of the
@@ -74,6 +74,8 @@ def test_the_fused_conv_kernel_reads_each_gathered_tile_once(needs):
         assert rows.count("tl.store(") > src.count("tl.store(")
         with pytest.raises(ValueError, match="mode must be one of"):
             emit_fused_conv(p, fused_backward(p, needs), mode="edge")
+        with pytest.raises(ValueError, match="no default|needs 'edge"):
+            emit_fused_conv(p, fused_backward(p, needs))
     with pytest.raises(ValueError, match="edge gradients"):
         emit_fused_conv(p, forward_spec())
 
@@ -149,21 +151,23 @@ def test_each_op_names_the_other_for_the_wrong_spec():
 @pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
 @pytest.mark.parametrize("needs", [(1, 1, 1), (1, 0, 1), (1, 1, 0), (0, 1, 1)], ids=["all", "x1+w", "x1+x2", "w+x2"])
 def test_every_backward_kernel_is_listed_for_precompile_and_tuning(needs, scatter, monkeypatch):
-    """What a backward launches for any set of needed gradients is in ``conv_specs`` (which
-    precompile and autotune walk)."""
+    """What a backward and a double backward through all its gradients launch, for any set of
+    needed gradients, is in ``conv_specs`` (which precompile and autotune walk)."""
     from tritp.conv_tuning import conv_specs
 
     conv = compile_conv("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise", scatter=scatter)
-    listed = {c.spec for _, c in conv_specs(conv.problem, scatter, ("fwd", "bwd"))}
+    listed = {c.spec for _, c in conv_specs(conv.problem, scatter, ("fwd", "bwd", "dbl"))}
     src, dst, g = _graph(5, 5, 9, 8)
     ts = [torch.randn(5, 16, generator=g, dtype=F64), torch.randn(9, 4, generator=g, dtype=F64),
           torch.randn(9, conv.weight_numel, generator=g, dtype=F64)]
     for t, n in zip(ts, needs):
         t.requires_grad_(bool(n))
     specs = _spied(monkeypatch)
-    conv(*ts, src, dst, 5).pow(2).sum().backward()
-    assert len(specs) > 1 and all(s in listed for s in specs), [s.target for s in specs]
+    need = [t for t in ts if t.requires_grad]
+    first = torch.autograd.grad(conv(*ts, src, dst, 5).pow(2).sum(), need, create_graph=True)
     assert sum(isinstance(s, FusedSpec) for s in specs) == (sum(needs) > 1)  # any two fuse
+    torch.autograd.grad(sum((f * f).sum() for f in first), need)
+    assert len(specs) > 1 and all(s in listed for s in specs), [s.target for s in specs if s not in listed]
 
 
 def test_deterministic_x1_rows_are_summed_in_a_fixed_order(monkeypatch):
@@ -210,3 +214,40 @@ def test_segment_sum_kernel():
         want = torch.zeros(6, 300, dtype=F64).index_add_(0, src, buf)
         torch.testing.assert_close(plan.g, want, rtol=1e-12, atol=1e-12)
         assert plan.grid == (6, 3) and plan.g[[1, 3]].abs().max() == 0
+
+
+@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
+def test_strided_index_tensors(scatter):
+    """src and dst as columns of an [E, 2] edge list (strided): the same as contiguous ones,
+    forward and every gradient."""
+    conv = compile_conv("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise", scatter=scatter)
+    src, dst, g = _graph(5, 5, 13, 9)
+    pairs = torch.stack([src, dst], 1)
+    assert not pairs[:, 0].is_contiguous()
+    ts = [torch.randn(5, 16, generator=g, dtype=F64, requires_grad=True),
+          torch.randn(13, 4, generator=g, dtype=F64, requires_grad=True),
+          torch.randn(13, conv.weight_numel, generator=g, dtype=F64, requires_grad=True)]
+    out = []
+    for s, d in ((src, dst), (pairs[:, 0], pairs[:, 1])):
+        y = conv(*ts, s, d, 5)
+        out.append((y, *torch.autograd.grad((y * y).sum(), ts)))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_precompile_plans_the_segment_sum_as_it_launches(monkeypatch):
+    """The dry plan (precompile) of the deterministic fused backward's segment sum has the
+    launch options and grid of the real one (a real launch would compile anew otherwise)."""
+    import tritp.conv_kernels as ck
+
+    conv = compile_conv(*IRREPS, mode="channelwise", scatter="deterministic")
+    p = conv.problem
+    spec = fused_backward(p, {"x1", "x2", "w"})
+    src, dst, g = _graph(5, 5, 31, 4)
+    graph = conv_graph(src, dst, 5).tensors()
+    ts = [torch.randn(5, conv.irreps_in1.dim), torch.randn(31, conv.irreps_in2.dim),
+          torch.randn(31, conv.weight_numel), torch.randn(5, conv.irreps_out.dim)]
+    real = ck.conv_launch_plan(p, spec, "deterministic", ts, graph, 5, 5).then
+    dry = ck.conv_launch_plan(p, spec, "deterministic", [t[:2] for t in ts], graph, 5, 5, num_edges=31,
+                              dry=True).then
+    assert dry.options == real.options and dry.grid == real.grid and dry.args[1] == real.args[1] == conv.irreps_in1.dim

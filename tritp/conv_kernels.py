@@ -153,11 +153,11 @@ def produce_conv(problem: Problem, spec: ProducerSpec, scatter: str, tensors, gr
         return plan.g
     launch_pieces(plan.kernels, plan.grid, plan.args, plan.options, wrap)
     if isinstance(plan.g, list):  # a fused backward's gradients, one per part
-        parts = [g.to(plan.out_dtype) for g in plan.g]
+        parts = list(plan.g)
         if plan.then is not None:  # x1's per-edge rows, summed per source node (conv_segsum)
             launch_pieces(plan.then.kernels, plan.then.grid, plan.then.args, plan.then.options, wrap)
-            parts[spec.targets.index("x1")] = plan.then.g
-        return parts
+            parts[spec.targets.index("x1")] = plan.then.g  # (already in the output dtype)
+        return [g.to(plan.out_dtype) for g in parts]
     if plan.shared_w:
         return plan.g.sum(0).to(plan.out_dtype)
     return plan.g.to(plan.out_dtype)
@@ -221,12 +221,15 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         keep = ("x1",) if mode == "edge+rows" else ()
         g, targets = kernels.fused_outputs(problem, spec, E, len(kerns), acc, out_dtype, device, dry, nodes, keep)
         if mode == "edge+rows":
-            then = segment_sum_plan(g[spec.targets.index("x1")], graph, n_in, out_dtype, dry=dry, num_edges=E)
+            then = segment_sum_plan(g[spec.targets.index("x1")], graph, n_in, out_dtype, dry=dry, num_edges=E,
+                                    width=target_dim(problem, "x1"))
     if mode == "segment":
         off = 2 if spec.target == "out" else 5
         gargs = graph[off:off + 3]
     else:
         gargs = graph[:2]
+    # the kernels index `src + z`: a strided index tensor (a column of an [E, 2] edge list) is copied
+    gargs = [t if t.is_contiguous() else t.contiguous() for t in gargs]
     # element offsets reach (rows - 1) * row stride + dim: strided rows can pass 2**31 with few elements
     reach = [t.numel() if st == 0 else (r - 1) * st + t.shape[-1] for t, st, r in zip(args, strides, rows)]
     outs = [r * d for r, d in part_rows] if fused else [g_shape[0] * g_shape[-1]]

@@ -44,13 +44,15 @@ def get_segment_sum(dtype: str):
 
 
 def segment_sum_plan(buf: torch.Tensor, graph: list, n_in: int, out_dtype, *, dry: bool = False,
-                     num_edges: int | None = None) -> LaunchPlan:
+                     num_edges: int | None = None, width: int | None = None) -> LaunchPlan:
     """The launch that sums ``buf`` (``[E, W]`` per-edge rows in the accumulation dtype) per
     source node of the deterministic ``graph`` (:meth:`ConvGraph.tensors`: its source CSR),
-    into a new ``[n_in, W]`` tensor of ``out_dtype`` (``plan.g``), in a fixed order."""
+    into a new ``[n_in, W]`` tensor of ``out_dtype`` (``plan.g``), in a fixed order. ``dry``
+    (precompile): ``buf`` may be empty, ``num_edges`` and ``width`` are the real sizes, which
+    the launch options follow as a real launch's do."""
     E = buf.shape[0] if num_edges is None else num_edges
-    W = buf.shape[-1]
-    ptr, eid = graph[5], graph[6]
+    W = buf.shape[-1] if width is None else width
+    ptr, eid = (t if t.is_contiguous() else t.contiguous() for t in graph[5:7])
     out = torch.empty((0,) if dry else (n_in, W), dtype=out_dtype, device=buf.device)
     bc = min(BLOCK_C, 1 << max(W - 1, 0).bit_length())
     big = max(E * W, n_in * W) >= kernels.INT32_LIMIT

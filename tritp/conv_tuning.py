@@ -92,7 +92,7 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
     one: all three gradients and every pair of them, each running where just those gradients
     are asked for (x1's part added atomically, or stored per edge under the deterministic
     scatter; ``TRITP_CONV_X1_ROWS=0`` leaves that one x1's segment kernel and fuses the edge
-    pair alone); the double backward's through the widest.
+    pair alone), and the double backward's kernels through each.
 
     Example:
         >>> from tritp.codegen import Problem
@@ -121,12 +121,15 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
     fused = [f for f in (fused_backward(problem, j) for j in joins + [set(EDGE_ROLES)]) if f is not None]
     if not fused:
         return out
-    # the fused kernels (codegen.conv_fused) and the derivatives of the widest, each summing
-    # its parts' terms: after the forward, and before the double backward's other kernels
+    # the fused kernels (codegen.conv_fused) and their derivatives, each summing its parts'
+    # terms: after the forward, and before the double backward's other kernels
     extra = [("bwd", ConvSpec(f, fused_mode(f, scatter))) for f in fused] if "bwd" in directions else []
-    for i in range(len(fused[0].roles)) if "dbl" in directions else ():
-        d = compact(fused[0].derivative(i))[0]
-        extra.append(("dbl", ConvSpec(d, write_mode(d.target, scatter))))
+    for f in fused if "dbl" in directions else ():
+        for i in range(len(f.roles)):  # (with a cotangent for every part)
+            d = compact(f.derivative(i))[0]
+            item = ("dbl", ConvSpec(d, write_mode(d.target, scatter)))
+            if item not in extra:
+                extra.append(item)
     first = 1 if "fwd" in directions else 0
     return out[:first] + extra + [x for x in out[first:] if x not in extra]
 
