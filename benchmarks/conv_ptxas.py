@@ -44,7 +44,7 @@ def audit(args, rows: list) -> list:
     worker = Worker(args.triton_cache)
     ptr = "fp64" if args.dtype == "float64" else "fp32"
     E, N = args.edges, args.nodes
-    print(f"{'preset':<12} {'scatter':<13} {'dir':<4} {'kernel':<28} {'pcs':>3} {'config':<10} {'est':>4} "
+    print(f"{'preset':<14} {'scatter':<13} {'dir':<4} {'kernel':<44} {'pcs':>3} {'config':<10} {'est':>4} "
           f"{'regs':>4} {'spill':>5} {'stack':>5} {'bar':>4} {'wbar':>4} {'s':>6}  status", flush=True)
     try:
         for name in args.preset:
@@ -97,7 +97,7 @@ def audit(args, rows: list) -> list:
                             f":{c.num_stages}" if c.num_stages > 1 else "")
                         status = ("SPILL" if spilled(agg) else "ok") if ok else agg["status"]
                         cell = lambda k: agg.get(k, "-") if ok else "-"  # noqa: E731
-                        print(f"{name:<12} {scatter:<13} {d:<4} {label:<28} {agg['pieces']:>3} {cstr:<10} {est:>4} "
+                        print(f"{name:<14} {scatter:<13} {d:<4} {label:<44} {agg['pieces']:>3} {cstr:<10} {est:>4} "
                               f"{cell('regs'):>4} {cell('spill_stores'):>5} {cell('stack'):>5} {cell('bar_sync'):>4} "
                               f"{cell('bar_warp'):>4} {agg['seconds']:>6}  {status}", flush=True)
     finally:
