@@ -40,6 +40,8 @@ from .problem import Problem
 
 MODES = ("edge", "atomic", "segment")
 EDGE_ROLES = ("x2", "w")
+#: the index array of each endpoint's row variable (edge and atomic modes)
+ENDPOINTS = {"zs": "src", "zd": "dst"}
 # which endpoint of an edge indexes a node-role tensor
 
 
@@ -66,6 +68,7 @@ class ConvEmitter(CGEmitter):
         # forward, 128 -> 254 segment grad x1), so it waits for a GPU to time it (TRITP_CONV_ROWS=1)
         super().__init__(problem, spec, dtype, block_c, dot_precision, piece, share_loads, coalesce)
         self.mode = mode
+        self.label = mode  # the write mode the source's first line names (a fused kernel's, conv_fused)
         # an atomic kernel's block of edges that share one target node sums its rows before
         # adding them (see emit_block_sum)
         self.block_sums = block_sums and mode == "atomic"
@@ -108,10 +111,10 @@ class ConvEmitter(CGEmitter):
     def atomic_target(self) -> bool:
         """Whether the target being stored is added atomically into node rows (a fused edge
         kernel, conv_fused, adds x1's gradient so and stores its edge gradients)."""
-        return self.mode == "atomic"
+        return self.tg in self.atomic_parts()
 
     def emit(self) -> str:
-        return f"# conv write mode: {self.mode}\n" + super().emit()
+        return f"# conv write mode: {self.label}\n" + super().emit()
 
     def emit_prologue(self):
         w = self.w
@@ -136,7 +139,7 @@ class ConvEmitter(CGEmitter):
         w("zm = z < Z")
         w("ze = z")
         names = ["ze"]
-        for var, arr in (("zs", "src"), ("zd", "dst")):
+        for var, arr in ENDPOINTS.items():
             if var in need:
                 w(f"{var} = tl.load({arr} + z, mask=zm, other=0)")
                 names.append(var)
@@ -172,7 +175,7 @@ class ConvEmitter(CGEmitter):
         w = self.w
         for t in self.atomic_parts():
             var = self.row_var(self.part_role(t))
-            w(f"kf{t} = tl.load({ {'zd': 'dst', 'zs': 'src'}[var]} + {first})")
+            w(f"kf{t} = tl.load({ENDPOINTS[var]} + {first})")
             self._cast([f"kf{t}"])
             w(f"one{t} = tl.sum((zm & ({var} != kf{t})).to(tl.int32), axis=0) == 0")
             w(f"rf{t} = kf{t} * sg{t}")
@@ -229,7 +232,7 @@ class ConvEmitter(CGEmitter):
     def rows_gather(self, k: int):
         """Width ``k``'s row indices of every gathered role: the endpoints (or, in segment
         mode, the edge ids and neighbours) of the tile's edge positions ``wz<k>``."""
-        arrays = {"zs": "src", "zd": "dst"} if self.mode != "segment" else {"ze": "eid", "zn": "nbr"}
+        arrays = ENDPOINTS if self.mode != "segment" else {"ze": "eid", "zn": "nbr"}
         names = [(f"w{var}{k}", arrays[var]) for var in sorted(self._needed() | self._target_rows())
                  if var in arrays]
         if not names:

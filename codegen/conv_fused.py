@@ -72,24 +72,15 @@ class FusedConvEmitter(FusedMixin, ConvEmitter):
         edge = next(part for part in spec.parts if part.target in EDGE_ROLES)
         ConvEmitter.__init__(self, problem, edge, dtype, block_c, "edge", "ieee", None, True, coalesce)
         self.init_fused(spec, piece)
+        self.label = mode
         self.x1_atomic = mode == "edge+atomic"
         self.block_sums = block_sums and self.x1_atomic  # (conv_emit.ConvEmitter.emit_block_sum)
         self.tg_role = {t: r for r, t in self.part_tg.items()}
-
-    def emit(self) -> str:
-        return super().emit().replace("# conv write mode: edge\n", f"# conv write mode: {self.fused_mode}\n", 1)
-
-    @property
-    def fused_mode(self) -> str:
-        return "edge" if "x1" not in self.want else "edge+atomic" if self.x1_atomic else "edge+rows"
 
     def part_role(self, t: str) -> str:
         role = self.tg_role[t]
         # x1's part stored per edge: its rows are the edges' ("x2" stands for any edge role)
         return "x2" if role == "x1" and not self.x1_atomic else role
-
-    def atomic_target(self) -> bool:
-        return self.x1_atomic and self.tg_role[self.tg] == "x1"
 
     def atomic_parts(self) -> list:
         return [self.part_tg["x1"]] if self.x1_atomic else []

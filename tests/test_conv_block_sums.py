@@ -54,6 +54,15 @@ def _graphs(n: int, g: torch.Generator) -> dict:
     }
 
 
+def _with_and_without(monkeypatch, run) -> tuple:
+    """``run()`` with block sums (the default) and with row-by-row adds, at 4 edges a block."""
+    out = []
+    for sums in ("1", "0"):
+        monkeypatch.setenv("TRITP_CONV_BLOCK_SUMS", sums)
+        out.append(run(Config(4, 16, 1)))
+    return tuple(out)
+
+
 @pytest.mark.parametrize("case", ["sorted, long runs", "sorted, runs of 1-3", "unsorted", "all distinct"])
 def test_block_sums_equal_row_adds_forward(case, monkeypatch):
     p = _problem()
@@ -64,12 +73,10 @@ def test_block_sums_equal_row_adds_forward(case, monkeypatch):
     src = torch.randint(0, n, (E,), generator=g)
     ts = [torch.randn(n, p.irreps_in1.dim, generator=g, dtype=F64), torch.randn(E, p.irreps_in2.dim, generator=g,
           dtype=F64), torch.randn(E, p.weight_numel, generator=g, dtype=F64)]
-    out = {}
-    for sums in ("1", "0"):
-        monkeypatch.setenv("TRITP_CONV_BLOCK_SUMS", sums)
-        out[sums] = produce_conv(p, forward_spec(), "atomic", ts, [src, dst], n, n, config=Config(4, 16, 1))
-    torch.testing.assert_close(out["1"], out["0"], rtol=1e-12, atol=1e-12)
-    assert out["1"][torch.unique(dst)].abs().min() > 0
+    sums, rows = _with_and_without(monkeypatch, lambda c: produce_conv(p, forward_spec(), "atomic", ts, [src, dst],
+                                                                       n, n, config=c))
+    torch.testing.assert_close(sums, rows, rtol=1e-12, atol=1e-12)
+    assert sums[torch.unique(dst)].abs().min() > 0
 
 
 @pytest.mark.parametrize("sort", [True, False], ids=["sorted", "unsorted"])
@@ -112,11 +119,9 @@ def test_block_sums_at_the_sources(case, monkeypatch):
     dx1, kept = compact(forward_spec().derivative(0))
     fused = fused_backward(p, {"x1", "x2", "w"})
     vals = [x1, ea, w, gout]
-    out = {}
-    for sums in ("1", "0"):
-        monkeypatch.setenv("TRITP_CONV_BLOCK_SUMS", sums)
-        out[sums] = [produce_conv(p, dx1, "atomic", [vals[k] for k in kept], [src, dst], n, n, config=Config(4, 16, 1)),
-                     *produce_conv(p, fused, "atomic", vals, [src, dst], n, n, config=Config(4, 16, 1))]
-    for a, b in zip(out["1"], out["0"]):
+    sums, rows = _with_and_without(monkeypatch, lambda c: [
+        produce_conv(p, dx1, "atomic", [vals[k] for k in kept], [src, dst], n, n, config=c),
+        *produce_conv(p, fused, "atomic", vals, [src, dst], n, n, config=c)])
+    for a, b in zip(sums, rows):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(out["1"][0], out["1"][1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sums[0], sums[1], rtol=1e-12, atol=1e-12)

@@ -182,10 +182,6 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         config = choose_config(problem, spec, mode, dtype_name, E, nrows, device, interpreter_active())
     else:
         check_config(config)
-    # a fused backward: each part's buffer (x1's: added atomically at the sources, the input
-    # nodes, or stored per edge and summed per source after the kernel)
-    part_rows = [(E, target_shape(problem, t, E, n_in, n_out)[1]) if (t, mode) == ("x1", "edge+rows")
-                 else target_shape(problem, t, E, n_in, n_out) for t in spec.targets] if fused else None
     if E == 0 or shape[-1] == 0 or nrows == 0:
         zeros = ([torch.zeros(target_shape(problem, t, E, n_in, n_out), dtype=out_dtype, device=device)
                   for t in spec.targets] if fused
@@ -215,10 +211,11 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         g = torch.empty(g_shape, dtype=g_dtype, device=device)
     sg = shape[-1]
     targets = (g, sg)
-    then = None
+    then, outs = None, [g_shape[0] * g_shape[-1]]
     if fused:  # one [E, width] gradient per part (x1 under atomics: [n_in, width])
-        nodes = {"x1": n_in} if mode == "edge+atomic" else None
+        nodes = {"x1": n_in} if mode == "edge+atomic" else {}
         keep = ("x1",) if mode == "edge+rows" else ()
+        outs = [nodes.get(t, E) * d for t, d in zip(spec.targets, kernels.part_widths(problem, spec))]
         g, targets = kernels.fused_outputs(problem, spec, E, len(kerns), acc, out_dtype, device, dry, nodes, keep)
         if mode == "edge+rows":
             then = segment_sum_plan(g[spec.targets.index("x1")], graph, n_in, out_dtype, dry=dry, num_edges=E,
@@ -232,7 +229,6 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
     gargs = [t if t.is_contiguous() else t.contiguous() for t in gargs]
     # element offsets reach (rows - 1) * row stride + dim: strided rows can pass 2**31 with few elements
     reach = [t.numel() if st == 0 else (r - 1) * st + t.shape[-1] for t, st, r in zip(args, strides, rows)]
-    outs = [r * d for r, d in part_rows] if fused else [g_shape[0] * g_shape[-1]]
     big = max(outs + reach) >= kernels.INT32_LIMIT
     tok = graph[0] if token is None else token
     options = dict(IDX64=big, BLOCK_Z=block_z, NW=config.num_warps, num_warps=config.num_warps,
