@@ -20,10 +20,14 @@ Three questions the CPU cannot answer, asked of one GPU at once:
   gradients of x1, the weights and x2 in one kernel that reads the cotangent once;
   ``TRITP_FUSED_BWD=0`` (``mul_ir/unfused``) runs one kernel per gradient, as before. Timed
   for ``fwdbwd`` and ``dbl`` only (the forward is the same kernel).
+* **Only the wanted gradients** (``tritp.op_pair.engine_needs``): the ``dbl`` direction's first
+  pass asks for x2's gradient alone, and a backward now computes only that one;
+  ``TRITP_PRUNE_GRADS=0`` (``mul_ir/allgrads``) computes the gradients of every input that
+  requires grad, as before. Timed for ``dbl`` only.
 
 For each preset and direction (``fwd``, ``fwdbwd``; ``dbl`` on request) it builds the
 forms (``mul_ir/rows``, the default; ``mul_ir/3d``; ``mul_ir/strided``; ``mul_ir/unshared``;
-``mul_ir/unfused``; ``ir_mul``),
+``mul_ir/unfused``; ``mul_ir/allgrads``; ``ir_mul``),
 compiles their kernels in parallel, checks each against the float64 reference on the
 first rows (inputs converted to the variant's layout, outputs back), then times them
 (``triton.testing.do_bench`` median on CUDA, wall clock elsewhere) and prints milliseconds,
@@ -64,9 +68,10 @@ from tritp.reference import reference_tp, to_ir_mul, to_mul_ir  # noqa: E402
 FORMS = (("mul_ir/rows", "mul_ir", {}), ("mul_ir/3d", "mul_ir", {"TRITP_COALESCE": "3d"}),
          ("mul_ir/strided", "mul_ir", {"TRITP_COALESCE": "0"}),
          ("mul_ir/unshared", "mul_ir", {"TRITP_SHARE_LOADS": "0"}),
-         ("mul_ir/unfused", "mul_ir", {"TRITP_FUSED_BWD": "0"}), ("ir_mul", "ir_mul", {}))
+         ("mul_ir/unfused", "mul_ir", {"TRITP_FUSED_BWD": "0"}),
+         ("mul_ir/allgrads", "mul_ir", {"TRITP_PRUNE_GRADS": "0"}), ("ir_mul", "ir_mul", {}))
 #: Forms that differ from the default only in some directions: the others are not timed twice
-ONLY = {"mul_ir/unfused": ("fwdbwd", "dbl")}
+ONLY = {"mul_ir/unfused": ("fwdbwd", "dbl"), "mul_ir/allgrads": ("dbl",)}
 KINDS = {"fwd": ("fwd",), "fwdbwd": ("fwd", "bwd"), "dbl": ("fwd", "bwd", "dbl")}
 
 

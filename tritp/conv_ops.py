@@ -48,7 +48,8 @@ from .codegen.conv_emit import EDGE_ROLES
 from .conv_index import check_ranges
 from .conv_kernels import produce_conv, target_shape
 from .kernel_forms import conv_x1_rows, fused_backward_on
-from .op_pair import backward_gradients, fused_gradients, pick, register, visible_op
+from .op_pair import (backward_gradients, engine_needs, fused_gradients, graph_inputs, pick, register,
+                      visible_op)
 from .ops import fused_for, fused_spec, problem_from_key, single_spec, spec_from_str
 
 OP = "tritp::conv_produce"
@@ -135,7 +136,7 @@ def _make_backward(op):
         def call_fused(text, args):  # several gradients in one kernel (codegen.conv_fused)
             return FUSED[op](key, text, scatter, n_in, n_out, args[0].dtype, args, graph)
 
-        s, needs = spec_from_str(spec), tuple(ctx.needs_input_grad[6])
+        s, needs = spec_from_str(spec), engine_needs(ctx, ctx.needs_input_grad[6])
         # x2's and the weights' gradients fuse, and x1's (a node target: atomic adds, or rows
         # per edge summed per source afterwards) too
         joins = EDGE_ROLES + (("x1",) if scatter == "atomic" or conv_x1_rows() else ())
@@ -157,7 +158,8 @@ def _make_fused_backward(op):
 
     def backward(ctx, grads):
         spec, tensors, graph, call = _saved(ctx, single)
-        out = fused_gradients(fused_spec(spec, OP), tensors, grads, tuple(ctx.needs_input_grad[6]), call)
+        needs = engine_needs(ctx, ctx.needs_input_grad[6])
+        out = fused_gradients(fused_spec(spec, OP), tensors, grads, needs, call)
         return None, None, None, None, None, None, out, [None] * len(graph)
 
     return backward
@@ -171,4 +173,4 @@ def run(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: tor
         graph: list) -> torch.Tensor:
     """Dispatch to the op Inductor can see on CUDA, and to the opaque op elsewhere."""
     return pick(conv_produce_op, conv_produce_triton_op, tensors)(key, spec, scatter, n_in, n_out, out_dtype,
-                                                                  tensors, graph)
+                                                                  graph_inputs(tensors), graph)

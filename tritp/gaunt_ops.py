@@ -39,7 +39,7 @@ from torch.library import custom_op, wrap_triton
 
 from .codegen.gaunt_problem import GauntProblem, derivative_spec, parse_spec
 from .gaunt_kernels import check_launch, gaunt_produce, target_dim
-from .op_pair import pick, register, save_inputs, unbroadcast, visible_op
+from .op_pair import engine_needs, graph_inputs, pick, register, save_inputs, unbroadcast, visible_op
 
 
 def op_key(problem_key: str, launch=None) -> str:
@@ -95,7 +95,7 @@ def _fake(key, spec, Z, out_dtype, tensors):
 def _make_backward(op):
     def backward(ctx, grad):
         a, b, *tabs = ctx.saved_tensors
-        needs = ctx.needs_input_grad[4]
+        needs = engine_needs(ctx, ctx.needs_input_grad[4])
         grads = [None] * (2 + len(tabs))  # the tables are constants
         for i, (t, other) in enumerate(((a, b), (b, a))):
             if needs[i]:
@@ -111,4 +111,4 @@ register((gaunt_op, gaunt_triton_op), _fake, save_inputs, _make_backward)
 
 def run(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: list) -> torch.Tensor:
     """Dispatch to the op Inductor can see on CUDA, and to the opaque op elsewhere."""
-    return pick(gaunt_op, gaunt_triton_op, tensors)(key, spec, Z, out_dtype, tensors)
+    return pick(gaunt_op, gaunt_triton_op, tensors)(key, spec, Z, out_dtype, graph_inputs(tensors))

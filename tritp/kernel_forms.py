@@ -73,6 +73,13 @@ def fused_backward_on() -> bool:
     return os.environ.get("TRITP_FUSED_BWD", "1") != "0"
 
 
+def prune_grads_on() -> bool:
+    """Whether a backward computes only the gradients the running autograd pass uses (the
+    default; :func:`tritp.op_pair.engine_needs`) or every gradient of an input that requires
+    grad (``TRITP_PRUNE_GRADS=0``: the behaviour before, kept to time the two)."""
+    return os.environ.get("TRITP_PRUNE_GRADS", "1") != "0"
+
+
 def kernel_form() -> tuple:
     """What the ``TRITP_*`` form switches add to a generated source's identity and to a loaded
     kernel's key (:func:`share_loads`, :func:`tile_form`)."""
@@ -89,9 +96,10 @@ def conv_form() -> tuple:
 
 
 #: The environment variables that select a kernel form (:func:`share_loads`, :func:`tile_form`,
-#: :func:`conv_rows`, :func:`conv_block_sums`, :func:`conv_x1_rows`, :func:`fused_backward_on`).
+#: :func:`conv_rows`, :func:`conv_block_sums`, :func:`conv_x1_rows`, :func:`fused_backward_on`,
+#: :func:`prune_grads_on`).
 FORM_VARIABLES = ("TRITP_SHARE_LOADS", "TRITP_COALESCE", "TRITP_CONV_ROWS", "TRITP_CONV_BLOCK_SUMS",
-                  "TRITP_CONV_X1_ROWS", "TRITP_FUSED_BWD")
+                  "TRITP_CONV_X1_ROWS", "TRITP_FUSED_BWD", "TRITP_PRUNE_GRADS")
 
 
 @contextmanager

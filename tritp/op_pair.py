@@ -7,7 +7,9 @@ autograd formula whose derivative is again a call of the same op.
 The schemas and the kernels stay in each family's module; this one holds the plumbing:
 :func:`register` (fake and autograd for both registrations), :func:`save_inputs` (the
 ``setup_context`` of the ``(key, spec, Z, out_dtype, tensors)`` schema), :func:`cg_gradients`
-(the derivative loop of a CG producer spec), :func:`unbroadcast` and :func:`pick`.
+(the derivative loop of a CG producer spec), :func:`unbroadcast`, :func:`pick`, and
+:func:`graph_inputs` / :func:`engine_needs` (a backward computes only the gradients the running
+autograd pass uses).
 
 Example:
     >>> import torch
@@ -17,11 +19,13 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from typing import Callable, Sequence
 
 import torch
 
 from .codegen.cg_spec import ProducerSpec, compact
+from .kernel_forms import prune_grads_on
 
 
 def visible_op(name: str) -> Callable:
@@ -96,6 +100,63 @@ def unbroadcast(t: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     if t.dim() == 2 and t.shape[0] == 1 and grad.shape[0] != 1:
         return grad.sum(0, keepdim=True)
     return grad
+
+
+def graph_inputs(tensors: Sequence) -> list:
+    """``tensors`` with every leaf that requires grad replaced by a view of itself.
+
+    A backward asks the autograd engine which of its inputs the running pass will use
+    (:func:`engine_needs`); for a leaf (a parameter, a tensor made with
+    ``requires_grad=True``) the engine cannot tell inside ``torch.autograd.grad`` and the
+    gradient would be computed whether wanted or not -- e.g. the shared-weight gradient, a GEMM
+    over the whole batch, during a forces pass that only wants positions. Through a view (no
+    copy) the leaf has a node of its own that the engine can answer for. Nothing changes while
+    tracing (``torch.compile`` sees the plain tensors) or with grad mode off.
+
+    Example:
+        >>> w = torch.ones(3, requires_grad=True)
+        >>> [t.is_leaf for t in graph_inputs([w, torch.ones(3)])]
+        [False, True]
+    """
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling() or not prune_grads_on():
+        return list(tensors)
+    return [t.view_as(t) if t.requires_grad and t.is_leaf else t for t in tensors]
+
+
+def engine_needs(ctx, needs: Sequence) -> tuple:
+    """``needs`` (``ctx.needs_input_grad`` of the first tensor-list argument) narrowed to the
+    inputs whose gradient the running backward pass will use.
+
+    ``needs_input_grad`` only says an input requires grad; ``torch.autograd.grad(y, x2)`` or
+    ``backward(inputs=...)`` may want fewer (e3nn's primitive ops get this from the engine for
+    free). ``ctx.next_functions`` holds one node per tensor argument, in order; an input whose
+    node the engine will not execute gets no gradient. Where the engine cannot say (outside a
+    backward pass, a leaf inside ``autograd.grad``, compiled autograd, ``TRITP_PRUNE_GRADS=0``)
+    the input keeps its gradient.
+
+    Example:
+        >>> engine_needs(None, (True, False))  # not inside a backward pass: unchanged
+        (True, False)
+    """
+    needs = tuple(needs)
+    if not any(needs) or not prune_grads_on() or torch._C._current_graph_task_id() == -1:
+        return needs
+    ca = sys.modules.get("torch._dynamo.compiled_autograd")  # not imported: not running
+    if ca is not None and getattr(ca, "in_compiled_autograd_region", False):
+        return needs  # its graph is cached without the pass's inputs in the key
+    nodes = getattr(ctx, "next_functions", ())
+    if len(nodes) < len(needs):
+        return needs
+    return tuple(n and _will_run(node) for n, (node, _) in zip(needs, nodes))
+
+
+def _will_run(node) -> bool:
+    if node is None:
+        return False
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except RuntimeError:  # a leaf inside autograd.grad: the engine cannot tell
+        return True
 
 
 def cg_gradients(spec: ProducerSpec, tensors: Sequence, grad: torch.Tensor, needs: Sequence,

@@ -34,7 +34,8 @@ from .codegen.cg_fused import fused_backward
 from .codegen.cg_spec import FusedSpec, ProducerSpec, forward_spec, parse_spec
 from .kernel_forms import fused_backward_on
 from .kernels import produce, target_dim
-from .op_pair import backward_gradients, fused_gradients, pick, register, save_inputs, unbroadcast, visible_op
+from .op_pair import (backward_gradients, engine_needs, fused_gradients, graph_inputs, pick, register, save_inputs,
+                      unbroadcast, visible_op)
 
 
 @lru_cache(maxsize=512)
@@ -121,7 +122,7 @@ def _make_backward(op):
         def call_fused(text, args):  # the gradients of x1, the weights and x2 in one kernel (cg_fused)
             return FUSED[op](ctx.key, text, ctx.Z, args[0].dtype, args)
 
-        spec, needs = spec_from_str(ctx.spec), tuple(ctx.needs_input_grad[4])
+        spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, ctx.needs_input_grad[4])
         fused = fused_for(ctx.key, ctx.spec, needs) if fused_backward_on() else None
         return None, None, None, None, backward_gradients(spec, fused, ctx.saved_tensors, grad, needs, call, call_fused)
 
@@ -140,7 +141,7 @@ def _make_fused_backward(op):
         def call(t, dspec, args):
             return unbroadcast(t, single(ctx.key, dspec, ctx.Z, t.dtype, args))
 
-        spec, needs = spec_from_str(ctx.spec), tuple(ctx.needs_input_grad[4])
+        spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, ctx.needs_input_grad[4])
         return None, None, None, None, fused_gradients(spec, ctx.saved_tensors, grads, needs, call)
 
     return backward
@@ -152,4 +153,4 @@ register((produce_fused_op, produce_fused_triton_op), _fused_fake, _save_fused, 
 
 def run(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: list) -> torch.Tensor:
     """Dispatch to the op Inductor can see on CUDA, and to the opaque op elsewhere."""
-    return pick(produce_op, produce_triton_op, tensors)(key, spec, Z, out_dtype, tensors)
+    return pick(produce_op, produce_triton_op, tensors)(key, spec, Z, out_dtype, graph_inputs(tensors))
