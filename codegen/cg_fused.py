@@ -34,10 +34,11 @@ Example:
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import NamedTuple
 
 from .cg_emit import CGEmitter
 from .cg_pieces import PIECE_BUDGET, pack
-from .cg_spec import FusedSpec, forward_spec
+from .cg_spec import ROLE_INDEX, FusedSpec, forward_spec
 from .coupling import sparse_coupling
 from .intmath import p2
 from .problem import Problem
@@ -65,6 +66,57 @@ def fused_backward(problem: Problem, needs) -> FusedSpec | None:
     fwd = forward_spec(problem.weight_numel > 0)
     parts = tuple(fwd.derivative(fwd.roles.index(r)) for r in FUSABLE if r in needs and r in fwd.roles)
     return FusedSpec(parts) if len(parts) > 1 else None
+
+
+class FusedPlan(NamedTuple):
+    """How a producer's backward runs as one fused kernel: ``spec`` (the forward's fused
+    backward), ``order`` (for each tensor argument of the fused kernel -- the forward's roles,
+    then its cotangent ``out`` -- the index of the tensor that fills it among the producer's
+    tensor arguments followed by the producer's own cotangent) and ``index`` (each part's
+    target role -> the producer's tensor argument whose gradient it is)."""
+
+    spec: FusedSpec
+    order: tuple
+    index: dict
+
+
+def fused_plan(problem: Problem, spec, needs) -> FusedPlan | None:
+    """The fused backward of producer ``spec`` for the gradients of its tensor arguments in
+    ``needs`` (argument indices), or None where none applies.
+
+    The forward's backward is :func:`fused_backward`. So is the backward of any one-term
+    derivative whose weight slot holds the weights (not a tangent): a gradient of x1 or x2 --
+    e.g. the forces kernel (x2's gradient) inside a double backward. Its form ``E`` is the
+    forward's, with the producer's cotangent in the slot of its target; the gradients of its
+    other slots are the forward's gradients of those slots, one kernel of :func:`emit_fused`
+    for the ones asked for, instead of one kernel each.
+
+    Example:
+        >>> from tritp.codegen import Problem
+        >>> p = Problem.channelwise("8x0e+8x1o", "0e+1o", "0e+1o")
+        >>> from tritp.codegen.cg_spec import compact
+        >>> forces, _ = compact(forward_spec().derivative(1))  # x2's gradient: tensors x1, w, gout
+        >>> plan = fused_plan(p, forces, {0, 1})   # its gradients w.r.t. x1 and the weights
+        >>> plan.spec.target, plan.order, plan.index
+        ('x1+w', (0, 3, 1, 2), {'x1': 0, 'w': 1})
+    """
+    fwd = forward_spec(problem.weight_numel > 0)
+    if spec == fwd:
+        term = fwd.terms[0]
+    elif len(spec.terms) == 1 and not spec.terms[0][4] and spec.target in ("x1", "x2"):
+        term = spec.terms[0]
+    else:
+        return None
+    slots = fwd.roles + (fwd.target,)  # the fused kernel's tensor arguments
+    if any(term[ROLE_INDEX[r]] is None for r in slots if r != spec.target):
+        return None
+    cot = len(spec.roles)
+    order = tuple(cot if r == spec.target else term[ROLE_INDEX[r]] for r in slots)
+    index = {r: term[ROLE_INDEX[r]] for r in slots if r != spec.target}
+    fused = fused_backward(problem, {r for r, i in index.items() if i in needs})
+    if fused is None:
+        return None
+    return FusedPlan(fused, order, {t: index[t] for t in fused.targets})
 
 
 def _paths(problem: Problem, seg: int) -> list:

@@ -204,7 +204,9 @@ def test_the_cotangent_is_read_once_per_path():
 def test_second_order_runs_one_kernel_per_tensor_and_skips_unused_parts(monkeypatch):
     """The fused op's derivative sums the terms of every part with a cotangent into one kernel
     per tensor; a part nothing used (forces: only x2's gradient is differentiated again) has
-    no cotangent and no terms, so the double backward launches what the separate kernels did."""
+    no cotangent and no terms, so the double backward launches what the separate kernels did
+    (with every gradient computed, ``TRITP_PRUNE_GRADS=0``; by default the forces pass runs x2's
+    kernel alone and its backward is one fused kernel, tests/test_fused_second_order.py)."""
     tp = tritp.compile(*MACE_LIKE, mode="channelwise")
     xs = _inputs(tp, 6)
     args = [xs["x1"], xs["x2"], xs["w"]]
@@ -215,7 +217,9 @@ def test_second_order_runs_one_kernel_per_tensor_and_skips_unused_parts(monkeypa
     torch.autograd.grad(sum((g * g).sum() for g in first), args)
     assert sorted((s.target, len(s.terms)) for s in spy.specs) == [("w", 2), ("x1", 2), ("x2", 2)]
     # forces: differentiate x2's gradient alone; x1's and w's parts have no cotangent
+    monkeypatch.setenv("TRITP_PRUNE_GRADS", "0")
     (gx2,) = torch.autograd.grad(tp(*args), args[1], cot, create_graph=True)
+    assert [s.target for s in spy.specs[-1:]] == ["x1+w+x2"]
     del spy.specs[:]
     got = torch.autograd.grad((gx2 * gx2).sum(), [args[0], args[2]])
     assert sorted((s.target, len(s.terms)) for s in spy.specs) == [("w", 1), ("x1", 1)]

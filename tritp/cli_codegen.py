@@ -23,7 +23,7 @@ import argparse
 from .cli_show import add_problem_options, problem_from_args
 from .codegen import Problem
 from .codegen.cg_emit import DEFAULT_BLOCK_C
-from .codegen.cg_fused import fused_backward
+from .codegen.cg_fused import fused_backward, fused_plan
 from .codegen.cg_spec import ProducerSpec, compact, forward_spec
 
 DIRECTIONS = ("fwd", "bwd", "dbl")
@@ -66,14 +66,15 @@ def producer_specs(problem: Problem, direction: str) -> list:
     backward that computes the gradients of x1, the weights and x2 in one kernel
     (:mod:`tritp.codegen.cg_fused`; the separate kernels run when one gradient is asked for);
     double-backward specs are the fused kernel's derivatives (one per tensor, summing its parts'
-    terms), then the derivatives of each separate backward spec with respect to each of its
+    terms), then for each separate backward spec its fused backward where one applies
+    (:func:`~tritp.codegen.cg_fused.fused_plan`) and its derivative with respect to each of its
     tensor arguments (what runs when one part alone is differentiated again), as the autograd
     formulas of :mod:`tritp.ops` build them. Raises ValueError for an unknown direction.
 
     Example:
         >>> p = Problem.channelwise("4x0e+4x1o", "0e+1o", "0e+1o")
         >>> [len(producer_specs(p, d)) for d in ("fwd", "bwd", "dbl")]
-        [1, 4, 13]
+        [1, 4, 15]
         >>> producer_specs(p, "bwd")[0][0]
         'backward: fused grad x1+w+x2'
     """
@@ -96,6 +97,9 @@ def producer_specs(problem: Problem, direction: str) -> list:
     for i, role in enumerate(fused.roles if fused else ()):  # every part differentiated again
         dbl.append((f"double backward: d(fused grad {fused.target})/d {role}", compact(fused.derivative(i))[0]))
     for label, spec in bwd:
+        plan = fused_plan(problem, spec, set(range(len(spec.roles)))) if fused else None
+        if plan is not None:  # this gradient's own backward in one kernel (x2's: forces)
+            dbl.append((f"double backward: fused d({label.split(': ')[1]})/d {'+'.join(plan.spec.targets)}", plan.spec))
         for i, role in enumerate(spec.roles):
             d, _ = compact(spec.derivative(i))
             if d.terms:

@@ -190,16 +190,18 @@ def cg_gradients(spec: ProducerSpec, tensors: Sequence, grad: torch.Tensor, need
 def backward_gradients(spec: ProducerSpec, fused, tensors: Sequence, grad: torch.Tensor, needs: Sequence,
                        call: Callable, call_fused: Callable) -> list:
     """:func:`cg_gradients`, except that where ``fused`` (a
-    :class:`~tritp.codegen.cg_spec.FusedSpec` of ``spec``'s derivatives, or None) applies and
-    the tensors share one dtype, its parts' gradients come from one ``call_fused(fused_text,
-    args)`` (a list, one per part; the tensor arguments then the cotangent).
+    :class:`~tritp.codegen.cg_fused.FusedPlan` of ``spec``'s backward, or None) applies and the
+    tensors share one dtype, its parts' gradients come from one ``call_fused(fused_text,
+    args)`` (a list, one per part), ``args`` being the spec's tensors and the cotangent in the
+    plan's order.
 
     Example:
+        >>> from tritp.codegen.cg_fused import FusedPlan
         >>> from tritp.codegen.cg_spec import FusedSpec, forward_spec
         >>> fwd = forward_spec()
         >>> ts = [torch.ones(2, 4), torch.ones(1, 1), torch.ones(2, 4)]
-        >>> fused = FusedSpec((fwd.derivative(1), fwd.derivative(2)))  # x2 and w together
-        >>> gs = backward_gradients(fwd, fused, ts, torch.ones(2, 4), (True,) * 3,
+        >>> plan = FusedPlan(FusedSpec((fwd.derivative(1), fwd.derivative(2))), (0, 1, 2, 3), {"x2": 1, "w": 2})
+        >>> gs = backward_gradients(fwd, plan, ts, torch.ones(2, 4), (True,) * 3,
         ...                         lambda t, dspec, args: torch.zeros_like(t),
         ...                         lambda text, args: [torch.ones(2, 1), torch.ones(2, 4)])
         >>> [tuple(g.shape) for g in gs], gs[1].tolist()  # x2 was one row: its gradient summed
@@ -207,8 +209,9 @@ def backward_gradients(spec: ProducerSpec, fused, tensors: Sequence, grad: torch
     """
     grads = [None] * len(tensors)
     if fused is not None and len({t.dtype for t in tensors}) == 1:
-        for target, g in zip(fused.targets, call_fused(fused.to_str(), [*tensors, grad])):
-            i = spec.roles.index(target)
+        args = [*tensors, grad]
+        for target, g in zip(fused.spec.targets, call_fused(fused.spec.to_str(), [args[i] for i in fused.order])):
+            i = fused.index[target]
             grads[i] = unbroadcast(tensors[i], g)
     rest = cg_gradients(spec, tensors, grad, [n and g is None for n, g in zip(needs, grads)], call)
     return [g if g is not None else r for g, r in zip(grads, rest)]

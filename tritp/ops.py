@@ -30,8 +30,8 @@ import torch
 from torch.library import custom_op, wrap_triton
 
 from .codegen import Problem
-from .codegen.cg_fused import fused_backward
-from .codegen.cg_spec import FusedSpec, ProducerSpec, forward_spec, parse_spec
+from .codegen.cg_fused import fused_plan
+from .codegen.cg_spec import FusedSpec, ProducerSpec, parse_spec
 from .kernel_forms import fused_backward_on
 from .kernels import produce, target_dim
 from .op_pair import (backward_gradients, engine_needs, fused_gradients, graph_inputs, pick, register, save_inputs,
@@ -67,12 +67,11 @@ def fused_spec(text: str, op: str = "tritp::produce") -> FusedSpec:
 
 @lru_cache(maxsize=4096)
 def fused_for(key: str, spec: str, needs: tuple):
-    """The fused backward (:func:`~tritp.codegen.cg_fused.fused_backward`) of the forward
-    ``spec`` of problem ``key`` for the gradients ``needs`` (one flag per tensor), or None."""
-    s, p = spec_from_str(spec), problem_from_key(key)
-    if s != forward_spec(p.weight_numel > 0):
-        return None
-    return fused_backward(p, {r for r, n in zip(s.roles, needs) if n})
+    """The :class:`~tritp.codegen.cg_fused.FusedPlan` of producer ``spec``'s backward in problem
+    ``key`` for the gradients ``needs`` (one flag per tensor), or None
+    (:func:`~tritp.codegen.cg_fused.fused_plan`: the forward's, or a gradient's inside a double
+    backward)."""
+    return fused_plan(problem_from_key(key), spec_from_str(spec), {i for i, n in enumerate(needs) if n})
 
 
 @custom_op("tritp::produce", mutates_args=())
@@ -119,7 +118,7 @@ def _make_backward(op):
         def call(t, dspec, args):
             return unbroadcast(t, op(ctx.key, dspec, ctx.Z, t.dtype, args))
 
-        def call_fused(text, args):  # the gradients of x1, the weights and x2 in one kernel (cg_fused)
+        def call_fused(text, args):  # several gradients in one kernel (cg_fused)
             return FUSED[op](ctx.key, text, ctx.Z, args[0].dtype, args)
 
         spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, ctx.needs_input_grad[4])

@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from ..codegen.cg_fused import fused_backward
+from ..codegen.cg_fused import fused_backward, fused_plan
 from ..codegen.cg_spec import ProducerSpec, compact, forward_spec
 from ..codegen.diskcache import content_hash
 from ..kernel_forms import fused_backward_on
@@ -100,7 +100,8 @@ def direction_specs(problem, directions=DIRECTIONS, fused: bool = True) -> list:
     applies (:mod:`tritp.codegen.cg_fused`, unless ``TRITP_FUSED_BWD=0``), then the kernel of
     each gradient alone (what runs when one gradient is asked for); the double backward's, the
     fused kernel's derivatives (one kernel per tensor summing every part's terms), then those of
-    each gradient alone (what runs when only one part is differentiated again, as for forces).
+    each gradient alone (what runs when only one part is differentiated again, as for forces),
+    each led by its fused backward where one applies (:func:`~tritp.codegen.cg_fused.fused_plan`).
     ``fused=False``: no fused kernels (the fused graph convolution's kernels, which have none).
 
     Example:
@@ -130,6 +131,9 @@ def direction_specs(problem, directions=DIRECTIONS, fused: bool = True) -> list:
     for i in range(len(fused.roles)) if fused is not None and "dbl" in directions else ():
         add("dbl", compact(fused.derivative(i))[0])  # every part differentiated again (training)
     for b in bwd if "dbl" in directions else ():
+        plan = fused_plan(problem, b, set(range(len(b.roles)))) if fused is not None else None
+        if plan is not None:  # a gradient's own backward as one kernel (x2's: the bench's dbl)
+            add("dbl", plan.spec)
         for i in range(len(b.roles)):
             add("dbl", compact(b.derivative(i))[0])
     return out
