@@ -99,7 +99,7 @@ def producer_specs(problem: Problem, direction: str) -> list:
     for label, spec in bwd:
         plan = fused_plan(problem, spec, set(range(len(spec.roles)))) if fused else None
         if plan is not None:  # this gradient's own backward in one kernel (x2's: forces)
-            dbl.append((f"double backward: fused d({label.split(': ')[1]})/d {'+'.join(plan.spec.targets)}", plan.spec))
+            dbl.append((f"double backward: d({label.split(': ')[1]})/d {plan.spec.target} (fused)", plan.spec))
         for i, role in enumerate(spec.roles):
             d, _ = compact(spec.derivative(i))
             if d.terms:

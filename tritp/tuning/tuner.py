@@ -27,7 +27,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 from ..codegen.cg_fused import fused_backward, fused_plan
-from ..codegen.cg_spec import ProducerSpec, compact, forward_spec
+from ..codegen.cg_spec import FusedSpec, ProducerSpec, compact, forward_spec
 from ..codegen.diskcache import content_hash
 from ..kernel_forms import fused_backward_on
 from ..kernels import launch_plan, precompile
@@ -118,7 +118,7 @@ def direction_specs(problem, directions=DIRECTIONS, fused: bool = True) -> list:
     out, seen = [], set()
 
     def add(d, s):
-        if s.terms and s not in seen:
+        if (isinstance(s, FusedSpec) or s.terms) and s not in seen:
             seen.add(s)
             out.append((d, s))
     if "fwd" in directions:
