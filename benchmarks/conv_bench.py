@@ -27,7 +27,9 @@ gradients beside x1's segment kernel under the deterministic scatter --
 added atomically at its destination, as before a block of edges with one destination added
 their sum once, ``TRITP_CONV_BLOCK_SUMS=0``), ``tritp-det-x1-segment`` (the deterministic
 backward's x1 gradient from its own segment kernel beside the fused edge pair, as before the
-per-edge rows, ``TRITP_CONV_X1_ROWS=0``), ``tritp-unfused``
+per-edge rows, ``TRITP_CONV_X1_ROWS=0``), ``tritp-atomic-dbl-apart`` and ``tritp-det-dbl-apart`` (``dbl``
+only: the double backward's gradients one kernel each, as before they were fused into one
+kernel, ``TRITP_FUSED_DBL=0``), ``tritp-unfused``
 (gather -> tritp.compile layer ->
 index_add), ``oeq-atomic``, ``oeq-det``, ``cueq`` (``ChannelWiseTensorProduct`` with
 ``indices_1``/``indices_out``, built by ``tritp.bench_peers.cueq_module`` with e3nn's coupling,
@@ -60,7 +62,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("tritp-atomic", "tritp-det", "tritp-det-segwalk", "tritp-det-rows", "tritp-atomic-rows",
             "tritp-det-bwd-apart", "tritp-det-x1-segment", "tritp-atomic-bwd-apart", "tritp-atomic-rowadds",
-            "tritp-unfused", "oeq-atomic", "oeq-det", "cueq")
+            "tritp-atomic-dbl-apart", "tritp-det-dbl-apart", "tritp-unfused", "oeq-atomic", "oeq-det", "cueq")
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "tritp-atomic-rows")
 #: tritp variants that run another kernel form: (the variant they are, the environment set
 #: while they compile and run)
@@ -70,7 +72,11 @@ FORM_ENV = {"tritp-det-segwalk": ("tritp-det", {"TRITP_SHARE_LOADS": "0"}),
             "tritp-det-bwd-apart": ("tritp-det", {"TRITP_FUSED_BWD": "0"}),
             "tritp-atomic-bwd-apart": ("tritp-atomic", {"TRITP_FUSED_BWD": "0"}),
             "tritp-atomic-rowadds": ("tritp-atomic", {"TRITP_CONV_BLOCK_SUMS": "0"}),
-            "tritp-det-x1-segment": ("tritp-det", {"TRITP_CONV_X1_ROWS": "0"})}
+            "tritp-det-x1-segment": ("tritp-det", {"TRITP_CONV_X1_ROWS": "0"}),
+            "tritp-atomic-dbl-apart": ("tritp-atomic", {"TRITP_FUSED_DBL": "0"}),
+            "tritp-det-dbl-apart": ("tritp-det", {"TRITP_FUSED_DBL": "0"})}
+#: Variants that differ from their base only in some directions: not run in the others
+ONLY = {"tritp-atomic-dbl-apart": ("dbl",), "tritp-det-dbl-apart": ("dbl",)}
 DIRECTIONS = ("fwd", "fwdbwd", "dbl")
 MACE_LARGE = ("128x0e+128x1o+128x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
 QUICK = ("4x0e+4x1o", "0e+1o", "0e+1o")
@@ -313,6 +319,8 @@ def measure(args, torch, problem, graphs, device, report) -> None:
                     continue
                 print(f"{dname:8s} {direction:7s}", end="", flush=True)
                 for v in args.variants:
+                    if direction not in ONLY.get(v, (direction,)):
+                        continue
                     row = {"graph": gname, "dtype": dname, "direction": direction, "variant": v}
                     fn = fns[v]
                     if isinstance(fn, str):

@@ -24,10 +24,13 @@ Three questions the CPU cannot answer, asked of one GPU at once:
   pass asks for x2's gradient alone, and a backward now computes only that one;
   ``TRITP_PRUNE_GRADS=0`` (``mul_ir/allgrads``) computes the gradients of every input that
   requires grad, as before. Timed for ``dbl`` only.
+* **Fused double backward** (``tritp.codegen.fused_specs``): the backward of x2's gradient
+  kernel -- the ``dbl`` direction's second pass -- is one fused kernel for x1's and the weights'
+  gradients; ``TRITP_FUSED_DBL=0`` (``mul_ir/dbl-apart``) runs one kernel each, as before.
 
 For each preset and direction (``fwd``, ``fwdbwd``; ``dbl`` on request) it builds the
 forms (``mul_ir/rows``, the default; ``mul_ir/3d``; ``mul_ir/strided``; ``mul_ir/unshared``;
-``mul_ir/unfused``; ``mul_ir/allgrads``; ``ir_mul``),
+``mul_ir/unfused``; ``mul_ir/allgrads``; ``mul_ir/dbl-apart``; ``ir_mul``),
 compiles their kernels in parallel, checks each against the float64 reference on the
 first rows (inputs converted to the variant's layout, outputs back), then times them
 (``triton.testing.do_bench`` median on CUDA, wall clock elsewhere) and prints milliseconds,
@@ -69,9 +72,10 @@ FORMS = (("mul_ir/rows", "mul_ir", {}), ("mul_ir/3d", "mul_ir", {"TRITP_COALESCE
          ("mul_ir/strided", "mul_ir", {"TRITP_COALESCE": "0"}),
          ("mul_ir/unshared", "mul_ir", {"TRITP_SHARE_LOADS": "0"}),
          ("mul_ir/unfused", "mul_ir", {"TRITP_FUSED_BWD": "0"}),
-         ("mul_ir/allgrads", "mul_ir", {"TRITP_PRUNE_GRADS": "0"}), ("ir_mul", "ir_mul", {}))
+         ("mul_ir/allgrads", "mul_ir", {"TRITP_PRUNE_GRADS": "0"}),
+         ("mul_ir/dbl-apart", "mul_ir", {"TRITP_FUSED_DBL": "0"}), ("ir_mul", "ir_mul", {}))
 #: Forms that differ from the default only in some directions: the others are not timed twice
-ONLY = {"mul_ir/unfused": ("fwdbwd", "dbl"), "mul_ir/allgrads": ("dbl",)}
+ONLY = {"mul_ir/unfused": ("fwdbwd", "dbl"), "mul_ir/allgrads": ("dbl",), "mul_ir/dbl-apart": ("dbl",)}
 KINDS = {"fwd": ("fwd",), "fwdbwd": ("fwd", "bwd"), "dbl": ("fwd", "bwd", "dbl")}
 
 

@@ -14,6 +14,12 @@ path's coupling (times its normalization):
 * ``gw_k = sum_j x2_j t_j`` (the path's weight gradient, one tile, stored at once);
 * ``gx2_j += sum over lanes of w_k * t_j`` (summed along the channels after the loop).
 
+The same body runs a double backward's fused kernels (:mod:`.fused_specs`: the backward of
+x1's or x2's gradient kernel; the backward of this kernel itself, whose parts are sums of two
+terms with cotangents in some slots): the terms come by slot tensor -- each x1 term its own
+contraction over the x2-slot tensor it reads, each x1-slot tensor one ``t_j`` shared by every
+weight and x2 term that reads it -- and ``gout`` stays one load per path.
+
 The parts (:class:`~.cg_spec.FusedSpec`: those of gx1, gw, gx2 asked for, in that order) go
 to one output tensor each: the kernel takes a pointer and a row stride per part (``g<i>``,
 ``sg<i>``). A big kernel is split into pieces by x1 segment (:func:`fused_pieces`): the pieces
@@ -34,90 +40,14 @@ Example:
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import NamedTuple
 
 from .cg_emit import CGEmitter
 from .cg_pieces import PIECE_BUDGET, pack
-from .cg_spec import ROLE_INDEX, FusedSpec, forward_spec
+from .cg_spec import FusedSpec
 from .coupling import sparse_coupling
 from .intmath import p2
+from .fused_specs import FUSABLE, FusedPlan, fused_backward, fused_plan, fused_second, slot_terms  # noqa: F401
 from .problem import Problem
-
-#: The gradients a fused backward may compute, in the order its output row holds them.
-FUSABLE = ("x1", "w", "x2")
-
-
-def fused_backward(problem: Problem, needs) -> FusedSpec | None:
-    """The fused backward of ``problem``'s forward for the gradients ``needs`` (roles), or None
-    where it does not apply: fewer than two of x1, w, x2 asked for; a path not ``uvu``; x2 with
-    more than one channel per segment; shared weights.
-
-    Example:
-        >>> from tritp.codegen import Problem
-        >>> p = Problem.channelwise("8x0e", "0e", "8x0e")
-        >>> fused_backward(p, {"x1", "w"}).target, fused_backward(p, {"x1"})
-        ('x1+w', None)
-    """
-    inss = [i for i in problem.instructions if 0 not in i.path_shape]
-    if not inss or any(i.mode != "uvu" for i in inss) or any(m > 1 for m, _ in problem.irreps_in2):
-        return None
-    if problem.shared_weights and problem.weight_numel > 0:
-        return None
-    fwd = forward_spec(problem.weight_numel > 0)
-    parts = tuple(fwd.derivative(fwd.roles.index(r)) for r in FUSABLE if r in needs and r in fwd.roles)
-    return FusedSpec(parts) if len(parts) > 1 else None
-
-
-class FusedPlan(NamedTuple):
-    """How a producer's backward runs as one fused kernel: ``spec`` (the forward's fused
-    backward), ``order`` (for each tensor argument of the fused kernel -- the forward's roles,
-    then its cotangent ``out`` -- the index of the tensor that fills it among the producer's
-    tensor arguments followed by the producer's own cotangent) and ``index`` (each part's
-    target role -> the producer's tensor argument whose gradient it is)."""
-
-    spec: FusedSpec
-    order: tuple
-    index: dict
-
-
-def fused_plan(problem: Problem, spec, needs) -> FusedPlan | None:
-    """The fused backward of producer ``spec`` for the gradients of its tensor arguments in
-    ``needs`` (argument indices), or None where none applies.
-
-    The forward's backward is :func:`fused_backward`. So is the backward of any one-term
-    derivative whose weight slot holds the weights (not a tangent): a gradient of x1 or x2 --
-    e.g. the forces kernel (x2's gradient) inside a double backward. Its form ``E`` is the
-    forward's, with the producer's cotangent in the slot of its target; the gradients of its
-    other slots are the forward's gradients of those slots, one kernel of :func:`emit_fused`
-    for the ones asked for, instead of one kernel each.
-
-    Example:
-        >>> from tritp.codegen import Problem
-        >>> p = Problem.channelwise("8x0e+8x1o", "0e+1o", "0e+1o")
-        >>> from tritp.codegen.cg_spec import compact
-        >>> forces, _ = compact(forward_spec().derivative(1))  # x2's gradient: tensors x1, w, gout
-        >>> plan = fused_plan(p, forces, {0, 1})   # its gradients w.r.t. x1 and the weights
-        >>> plan.spec.target, plan.order, plan.index
-        ('x1+w', (0, 3, 1, 2), {'x1': 0, 'w': 1})
-    """
-    fwd = forward_spec(problem.weight_numel > 0)
-    if spec == fwd:
-        term = fwd.terms[0]
-    elif len(spec.terms) == 1 and not spec.terms[0][4] and spec.target in ("x1", "x2"):
-        term = spec.terms[0]
-    else:
-        return None
-    slots = fwd.roles + (fwd.target,)  # the fused kernel's tensor arguments
-    if any(term[ROLE_INDEX[r]] is None for r in slots if r != spec.target):
-        return None
-    cot = len(spec.roles)
-    order = tuple(cot if r == spec.target else term[ROLE_INDEX[r]] for r in slots)
-    index = {r: term[ROLE_INDEX[r]] for r in slots if r != spec.target}
-    fused = fused_backward(problem, {r for r, i in index.items() if i in needs})
-    if fused is None:
-        return None
-    return FusedPlan(fused, order, {t: index[t] for t in fused.targets})
-
 
 def _paths(problem: Problem, seg: int) -> list:
     return [(k, i) for k, i in enumerate(problem.instructions) if i.i_in1 == seg and 0 not in i.path_shape]
@@ -125,16 +55,22 @@ def _paths(problem: Problem, seg: int) -> list:
 
 def segment_costs(problem: Problem, spec: FusedSpec) -> list:
     """Work units (as :func:`~.cg_pieces.unit_costs`: operand components loaded plus unrolled
-    coupling terms, per contraction) of each x1 segment's loop."""
-    want = set(spec.targets)
-    passes = ("x1" in want) + bool(want & {"w", "x2"})
+    coupling terms, per contraction) of each x1 segment's loop: one contraction per term of
+    x1's part and one per x1-slot tensor the other parts share (:func:`~.fused_specs.slot_terms`),
+    two components per use of a ``t_j``."""
+    st = slot_terms(spec)
+    x2s = {a for a, _, _ in st.s} | {a for uses, _ in st.t.values() for a in uses}
+    wts = {b for _, b, _ in st.s} | {b for _, uses in st.t.values() for b, _ in uses}
+    passes = len(st.s) + len(st.t)
+    uses = sum(len(a) + len(b) for a, b in st.t.values())
     costs = []
     for seg in range(len(problem.irreps_in1)):
         c = 0
         for _, ins in _paths(problem, seg):
             ls = [problem.irreps(r)[ins.segment(r)].ir.l for r in ("x1", "x2", "out")]
-            c += sum(2 * l + 1 for l in ls) + 1 + passes * len(sparse_coupling(*ls))
-            c += (2 * ls[1] + 1) * (("w" in want) + ("x2" in want))
+            loads = (2 * ls[0] + 1) * max(1, len(st.t)) + (2 * ls[1] + 1) * max(1, len(x2s)) + 2 * ls[2] + 1
+            c += loads + max(1, len(wts - {None})) + passes * len(sparse_coupling(*ls))
+            c += (2 * ls[1] + 1) * uses
         costs.append(c)
     return costs
 
@@ -172,7 +108,7 @@ class FusedMixin:
         self.want = set(spec.targets)
         self.tgs = tuple(str(i) for i in range(len(spec.parts)))  # target i: g<i>, sg<i>, rg<i>, gp<i>
         self.part_tg = dict(zip(spec.targets, self.tgs))
-        self.t = {r: i for i, r in enumerate(spec.roles)}
+        self.slots = slot_terms(spec)
         self.segs_done = None if piece is None else set(piece[0])
         self.adds = piece is not None and piece[1]
 
@@ -252,36 +188,47 @@ class FusedMixin:
 
     def emit_path(self, k, ins, gx1, qs):
         """Path ``k``'s share of every part, inside its x1 segment's channel loop (``qs``: the
-        lane partials of gx2 by component of the path's x2 segment)."""
-        w = self.w
+        lane partials of gx2 by component of the path's x2 segment). The parts' terms come by
+        slot tensor (:func:`~.fused_specs.slot_terms`): x1's, ``w_b * s(x2_a)`` per term; the
+        weights' and x2's share ``t(x1_y)``, one per x1-slot tensor ``y``, one component at a
+        time. A tangent in the weight slot adds nothing on a path without weights."""
+        w, st = self.w, self.slots
         nz = self._nonzeros(ins)
         w(f"# instruction {k}: {self._path_name(ins)}")
-        g = {m: self.load(self.t["out"], "out", self.elem(ins, "out", "c", m), True) for m in self._ms(ins, 2)}
-        x2 = {m: self.load(self.t["x2"], "x2", self.elem(ins, "x2", "0", m), False) for m in self._ms(ins, 1)}
-        wt = None
+        g = {m: self.load(st.out, "out", self.elem(ins, "out", "c", m), True) for m in self._ms(ins, 2)}
+        s_terms = [(a, b) for a, b, tangent in st.s if ins.has_weight or not tangent] if "x1" in self.want else []
+        x2s, wts = {}, {}
+        for a in [a for a, _ in s_terms] + [a for uses, _ in st.t.values() for a in uses]:
+            if a not in x2s:
+                x2s[a] = {m: self.load(a, "x2", self.elem(ins, "x2", "0", m), False) for m in self._ms(ins, 1)}
         if ins.has_weight:
             addr = self.lane_addr(f"{self.woffs[k]} + c", "c", 1, self.woffs[k])
-            wt = self.load(self.t["w"], "w", addr, True)
-        if "x1" in self.want:
-            self.emit_contraction([(e[2], e[1], e[0], e[3]) for e in nz], g, x2, wt, gx1)
-        if not self.want & {"w", "x2"}:
-            return
-        x1 = {m: self.load(self.t["x1"], "x1", self.elem(ins, "x1", "c", m), True) for m in self._ms(ins, 0)}
-        by_j = defaultdict(list)
-        for i, j, kk, c in nz:
-            by_j[j].append((self.scaled(c, x1[i][0]), g[kk][0]))
+            for b in [b for _, b in s_terms] + [b for _, uses in st.t.values() for b, _ in uses]:
+                if b is not None and b not in wts:
+                    wts[b] = self.load(b, "w", addr, True)
+        for a, b in s_terms:
+            self.emit_contraction([(e[2], e[1], e[0], e[3]) for e in nz], g, x2s[a], wts.get(b), gx1)
         gw = None
-        # one t_j at a time: each is consumed by the weight gradient and the x2 partial at once
-        for j, pairs in sorted(by_j.items()):
-            t = self.fma_sum(pairs)
-            if "w" in self.want and ins.has_weight:
-                if gw is None:
-                    gw = self.fresh("gw")
-                    w(f"{gw} = {x2[j][0]}[:, None] * {t}")
-                else:
-                    w(f"{gw} = tl.fma({x2[j][0]}[:, None], {t}, {gw})")
-            if j in qs:
-                w(f"{qs[j]} = tl.fma({wt[0]}, {t}, {qs[j]})" if wt else f"{qs[j]} += {t}")
+        for y, (w_uses, x2_uses) in st.t.items():
+            x1 = {m: self.load(y, "x1", self.elem(ins, "x1", "c", m), True) for m in self._ms(ins, 0)}
+            by_j = defaultdict(list)
+            for i, j, kk, c in nz:
+                by_j[j].append((self.scaled(c, x1[i][0]), g[kk][0]))
+            # one t_j at a time: each is consumed by the weight gradient and the x2 partial at once
+            for j, pairs in sorted(by_j.items()):
+                t = self.fma_sum(pairs)
+                for a in w_uses if ins.has_weight else ():
+                    if gw is None:
+                        gw = self.fresh("gw")
+                        w(f"{gw} = {x2s[a][j][0]}[:, None] * {t}")
+                    else:
+                        w(f"{gw} = tl.fma({x2s[a][j][0]}[:, None], {t}, {gw})")
+                for b, tangent in x2_uses if j in qs else ():
+                    wt = wts.get(b)
+                    if wt:
+                        w(f"{qs[j]} = tl.fma({wt[0]}, {t}, {qs[j]})")
+                    elif not tangent:
+                        w(f"{qs[j]} += {t}")
         if gw is not None:
             self.tg = self.part_tg["w"]
             self.store_tile(self.lane_addr(f"{self.woffs[k]} + c", "c", 1, self.woffs[k]), gw)

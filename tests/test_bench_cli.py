@@ -30,7 +30,7 @@ def _run(capsys, *argv):
     return rc, out, err
 
 
-@pytest.mark.parametrize("direction, n", [("fwd", 1), ("bwd", 4), ("dbl", 15)])
+@pytest.mark.parametrize("direction, n", [("fwd", 1), ("bwd", 4), ("dbl", 16)])
 def test_codegen_prints_every_kernel_of_a_direction(capsys, direction, n):
     rc, out, err = _run(capsys, "codegen", *SMALL, "--direction", direction)
     assert rc == 0, err
@@ -40,10 +40,12 @@ def test_codegen_prints_every_kernel_of_a_direction(capsys, direction, n):
     assert [h.split(":")[0] for h in headers] == [f"# kernel {k}/{n}" for k in range(1, n + 1)]
     names = {"fwd": "forward", "bwd": "backward: ", "dbl": "double backward: d("}[direction]
     assert all(names in h for h in headers)
-    fused = {"fwd": 0, "bwd": 1, "dbl": 4}[direction]  # the fused backward's kernels first, then the rest
+    fused = {"fwd": 0, "bwd": 1, "dbl": 5}[direction]  # the fused backward's kernels first, then the rest
     assert all("fused grad x1+w+x2" in h for h in headers[:fused])
     assert not any("fused grad" in h for h in headers[fused:])
-    # then, among the rest, x1's and x2's gradient kernels' own backwards as one kernel each
+    # its own backward in one kernel first; then, among the rest, x1's and x2's gradient
+    # kernels' own backwards as one kernel each
+    assert ("(fused)" in headers[0]) == (direction == "dbl")
     assert sum("(fused)" in h for h in headers[fused:]) == (2 if direction == "dbl" else 0)
     for ln in out.splitlines():  # the headers point at the files the runtime imports
         if ln.startswith("# source cache: "):
@@ -156,9 +158,9 @@ def test_precompile_suite_compiles_each_kernel_once(monkeypatch):
     n = precompile_suite(entries, cfg, logs.append)
     warmed = [w[0] for w in fakes.warmed]
     # per problem: fwd, the fused backward, 3 grads alone, its 4 derivatives, 9 double, and the
-    # fused backwards of x1's and x2's gradient kernels (cg_fused.fused_plan)
-    assert n == len(warmed) == len(set(warmed)) == 2 * (1 + 1 + 3 + 4 + 9 + 2)
-    assert "precompiled 40 tritp kernels" in logs[-1]
+    # fused backwards of the fused kernel and of x1's and x2's gradient kernels (fused_specs)
+    assert n == len(warmed) == len(set(warmed)) == 2 * (1 + 1 + 3 + 1 + 4 + 9 + 2)
+    assert "precompiled 42 tritp kernels" in logs[-1]
 
 
 def test_preset_takes_a_comma_list_and_repeats():

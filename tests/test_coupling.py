@@ -356,7 +356,8 @@ def test_content_hash_and_atomic_write(tmp_path):
 @pytest.mark.parametrize("module", ["tritp.codegen.coupling", "tritp.codegen.diskcache", "tritp.codegen.cg_spec",
                                     "tritp.codegen.cg_emit", "tritp.codegen.cg_pieces", "tritp.codegen.cg_fused",
                                     "tritp.codegen.conv_fused", "tritp.codegen.segment_sum", "tritp.tuning.registers",
-                                    "tritp.tuning", "tritp.op_pair", "tritp.kernel_forms"])
+                                    "tritp.tuning", "tritp.op_pair", "tritp.kernel_forms",
+                                    "tritp.codegen.fused_specs"])
 def test_doctests(module):
     import doctest
     import importlib

@@ -64,7 +64,8 @@ def test_fused_backward_equals_separate_kernels_to_second_order(layout, monkeypa
     xs = _inputs(tp, 13)
     spy = Spy(monkeypatch)
     fused = _grads(tp, xs, "1", monkeypatch)
-    assert spy.fused() == ["x1+w+x2"]  # the backward ran as one kernel
+    # the backward ran as one kernel, and its own backward too (fused_specs.fused_second)
+    assert spy.fused() == ["x1+w+x2", "x1+w+x2"]
     spy.specs.clear()
     apart = _grads(tp, xs, "0", monkeypatch)
     assert spy.fused() == []
@@ -92,7 +93,7 @@ def test_fused_parts_follow_the_gradients_asked_for(needs, monkeypatch):
     xs = _inputs(tp, 9, needs=needs)
     spy = Spy(monkeypatch)
     fused = _grads(tp, xs, "1", monkeypatch)
-    assert spy.fused() == ["+".join(r for r in ("x1", "w", "x2") if r in needs)]
+    assert spy.fused() == ["+".join(r for r in ("x1", "w", "x2") if r in needs)] * 2  # first and second order
     apart = _grads(tp, xs, "0", monkeypatch)
     for a, b in zip(fused, apart):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -206,7 +207,10 @@ def test_second_order_runs_one_kernel_per_tensor_and_skips_unused_parts(monkeypa
     per tensor; a part nothing used (forces: only x2's gradient is differentiated again) has
     no cotangent and no terms, so the double backward launches what the separate kernels did
     (with every gradient computed, ``TRITP_PRUNE_GRADS=0``; by default the forces pass runs x2's
-    kernel alone and its backward is one fused kernel, tests/test_fused_second_order.py)."""
+    kernel alone and its backward is one fused kernel, tests/test_fused_second_order.py). The
+    per-tensor kernels are the double backward's form under ``TRITP_FUSED_DBL=0`` (by default
+    x1's, the weights' and x2's come from one kernel, and the cotangent's stays its own)."""
+    monkeypatch.setenv("TRITP_FUSED_DBL", "0")
     tp = tritp.compile(*MACE_LIKE, mode="channelwise")
     xs = _inputs(tp, 6)
     args = [xs["x1"], xs["x2"], xs["w"]]

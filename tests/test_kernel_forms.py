@@ -17,21 +17,23 @@ def test_quick_run_checks_and_times_every_form(tmp_path):
     env.pop("TRITP_COALESCE", None)
     env.pop("TRITP_FUSED_BWD", None)
     env.pop("TRITP_PRUNE_GRADS", None)
+    env.pop("TRITP_FUSED_DBL", None)
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_forms.py"), "--quick", "--out",
                         str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     (path,) = (tmp_path / "out").glob("*-kernel-forms.json")
     data = json.loads(path.read_text())
     assert data["forms"] == ["mul_ir/rows", "mul_ir/3d", "mul_ir/strided", "mul_ir/unshared", "mul_ir/unfused",
-                             "mul_ir/allgrads", "ir_mul"]
+                             "mul_ir/allgrads", "mul_ir/dbl-apart", "ir_mul"]
     (rec,) = data["problems"]
     assert rec["failures"] == {}
     # the unfused backward's forward is the default's: not timed twice; every gradient
-    # (allgrads) differs from the default only in dbl, not run by default
-    timed = {"mul_ir/unfused": {"fwdbwd"}, "mul_ir/allgrads": set()}
+    # (allgrads) and the unfused double backward (dbl-apart) differ from the default only in dbl,
+    # not run by default
+    timed = {"mul_ir/unfused": {"fwdbwd"}, "mul_ir/allgrads": set(), "mul_ir/dbl-apart": set()}
     for form in data["forms"]:
         assert set(rec["times_ms"].get(form, {})) == timed.get(form, {"fwd", "fwdbwd"})
-        if form == "mul_ir/allgrads":
+        if form in ("mul_ir/allgrads", "mul_ir/dbl-apart"):
             continue
         assert all(e <= 1e-5 for e in rec["errors"][form].values()), (form, rec["errors"][form])
     # every form was generated (the kernel files differ by the form): both channel-loop

@@ -23,7 +23,7 @@ import argparse
 from .cli_show import add_problem_options, problem_from_args
 from .codegen import Problem
 from .codegen.cg_emit import DEFAULT_BLOCK_C
-from .codegen.cg_fused import fused_backward, fused_plan
+from .codegen.fused_specs import fused_backward, fused_plan, fused_second
 from .codegen.cg_spec import ProducerSpec, compact, forward_spec
 
 DIRECTIONS = ("fwd", "bwd", "dbl")
@@ -65,8 +65,9 @@ def producer_specs(problem: Problem, direction: str) -> list:
     the tensors they use, led (where it applies and ``TRITP_FUSED_BWD`` is not 0) by the fused
     backward that computes the gradients of x1, the weights and x2 in one kernel
     (:mod:`tritp.codegen.cg_fused`; the separate kernels run when one gradient is asked for);
-    double-backward specs are the fused kernel's derivatives (one per tensor, summing its parts'
-    terms), then for each separate backward spec its fused backward where one applies
+    double-backward specs are the fused kernel's own backward in one kernel (x1's, the weights'
+    and x2's gradients, :func:`~tritp.codegen.fused_specs.fused_second`) and its derivatives (one
+    per tensor, summing its parts' terms), then for each separate backward spec its fused backward where one applies
     (:func:`~tritp.codegen.cg_fused.fused_plan`) and its derivative with respect to each of its
     tensor arguments (what runs when one part alone is differentiated again), as the autograd
     formulas of :mod:`tritp.ops` build them. Raises ValueError for an unknown direction.
@@ -74,7 +75,7 @@ def producer_specs(problem: Problem, direction: str) -> list:
     Example:
         >>> p = Problem.channelwise("4x0e+4x1o", "0e+1o", "0e+1o")
         >>> [len(producer_specs(p, d)) for d in ("fwd", "bwd", "dbl")]
-        [1, 4, 15]
+        [1, 4, 16]
         >>> producer_specs(p, "bwd")[0][0]
         'backward: fused grad x1+w+x2'
     """
@@ -88,16 +89,21 @@ def producer_specs(problem: Problem, direction: str) -> list:
         spec, _ = compact(fwd.derivative(i))
         if spec.terms:
             bwd.append((f"backward: {_grad_name(role)}", spec))
-    from .kernel_forms import fused_backward_on
+    from .kernel_forms import fused_backward_on, fused_second_on
 
     fused = fused_backward(problem, set(fwd.roles)) if fused_backward_on() else None
     if direction == "bwd":
         return ([(f"backward: fused grad {fused.target}", fused)] if fused else []) + bwd
     dbl = []
+    second = None
+    if fused and fused_second_on():
+        second = fused_second(problem, fused, {fused.roles.index(r) for r in fused.targets})
+    if second is not None:  # the fused kernel's backward: three gradients in one kernel
+        dbl.append((f"double backward: d(fused grad {fused.target})/d {second.spec.target} (fused)", second.spec))
     for i, role in enumerate(fused.roles if fused else ()):  # every part differentiated again
         dbl.append((f"double backward: d(fused grad {fused.target})/d {role}", compact(fused.derivative(i))[0]))
     for label, spec in bwd:
-        plan = fused_plan(problem, spec, set(range(len(spec.roles)))) if fused else None
+        plan = fused_plan(problem, spec, set(range(len(spec.roles)))) if fused and fused_second_on() else None
         if plan is not None:  # this gradient's own backward in one kernel (x2's: forces)
             dbl.append((f"double backward: d({label.split(': ')[1]})/d {plan.spec.target} (fused)", plan.spec))
         for i, role in enumerate(spec.roles):

@@ -47,10 +47,10 @@ from torch.library import custom_op, wrap_triton
 from .codegen.conv_emit import EDGE_ROLES
 from .conv_index import check_ranges
 from .conv_kernels import produce_conv, target_shape
-from .kernel_forms import conv_x1_rows, fused_backward_on
+from .kernel_forms import conv_x1_rows, fused_backward_on, fused_second_on
 from .op_pair import (backward_gradients, engine_needs, fused_gradients, graph_inputs, pick, register,
                       visible_op)
-from .ops import fused_for, fused_spec, problem_from_key, single_spec, spec_from_str
+from .ops import fused_for, fused_spec, problem_from_key, second_for, single_spec, spec_from_str
 
 OP = "tritp::conv_produce"
 
@@ -128,6 +128,13 @@ def _saved(ctx, op) -> tuple:
     return spec, tensors, graph, call
 
 
+def x1_joins(scatter: str) -> tuple:
+    """The gradients a fused conv kernel computes: x2's and the weights', and x1's (a node
+    target: atomic adds, or rows per edge summed per source afterwards) unless the
+    deterministic strategy keeps its own segment kernel (``TRITP_CONV_X1_ROWS=0``)."""
+    return EDGE_ROLES + (("x1",) if scatter == "atomic" or conv_x1_rows() else ())
+
+
 def _make_backward(op):
     def backward(ctx, grad):
         spec, tensors, graph, call = _saved(ctx, op)
@@ -137,11 +144,10 @@ def _make_backward(op):
             return FUSED[op](key, text, scatter, n_in, n_out, args[0].dtype, args, graph)
 
         s, needs = spec_from_str(spec), engine_needs(ctx, ctx.needs_input_grad[6])
-        # x2's and the weights' gradients fuse, and x1's (a node target: atomic adds, or rows
-        # per edge summed per source afterwards) too
-        joins = EDGE_ROLES + (("x1",) if scatter == "atomic" or conv_x1_rows() else ())
+        joins = x1_joins(scatter)
         joined = tuple(n and r in joins for r, n in zip(s.roles, needs))
-        fused = fused_for(key, spec, joined) if fused_backward_on() else None
+        on = fused_backward_on() and (s.target == "out" or fused_second_on())  # a gradient's: second order
+        fused = fused_for(key, spec, joined) if on else None
         grads = backward_gradients(s, fused, tensors, grad, needs, call, call_fused)
         return None, None, None, None, None, None, grads, [None] * len(graph)
 
@@ -158,8 +164,18 @@ def _make_fused_backward(op):
 
     def backward(ctx, grads):
         spec, tensors, graph, call = _saved(ctx, single)
+        key, _, scatter, n_in, n_out = ctx.args
+
+        def call_second(text, args):  # the gradients of x1, the weights and x2 in one kernel
+            return op(key, text, scatter, n_in, n_out, args[0].dtype, args, graph)
+
         needs = engine_needs(ctx, ctx.needs_input_grad[6])
-        out = fused_gradients(fused_spec(spec, OP), tensors, grads, needs, call)
+        s = fused_spec(spec, OP)
+        joins = x1_joins(scatter)
+        joined = tuple(n and r in joins for r, n in zip(s.roles, needs))
+        live = tuple(j for j, g in enumerate(grads) if g is not None)
+        second = second_for(key, spec, joined, live) if fused_second_on() else None
+        out = fused_gradients(s, tensors, grads, needs, call, second, call_second)
         return None, None, None, None, None, None, out, [None] * len(graph)
 
     return backward

@@ -102,12 +102,12 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
         >>> [c.target for d, c in conv_specs(p, "atomic", ("bwd",))]
         ['x1+w+x2', 'x1+w', 'x1+x2', 'w+x2', 'x1', 'x2', 'w']
     """
-    from .codegen.cg_fused import fused_backward
+    from .codegen.fused_specs import fused_backward, fused_second
     from .codegen.cg_spec import compact
     from .codegen.conv_emit import EDGE_ROLES, write_mode
     from .conv_kernels import SCATTERS
     from .codegen.conv_fused import fused_mode
-    from .kernel_forms import conv_x1_rows, fused_backward_on
+    from .kernel_forms import conv_x1_rows, fused_backward_on, fused_second_on
     from .tuning.tuner import direction_specs
 
     if scatter not in SCATTERS:
@@ -124,6 +124,12 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
     # the fused kernels (codegen.conv_fused) and their derivatives, each summing its parts'
     # terms: after the forward, and before the double backward's other kernels
     extra = [("bwd", ConvSpec(f, fused_mode(f, scatter))) for f in fused] if "bwd" in directions else []
+    # each one's backward in one kernel, for the inputs whose gradients it computes
+    for f in fused if "dbl" in directions and fused_second_on() else ():
+        second = fused_second(problem, f, {f.roles.index(r) for r in f.targets})
+        item = None if second is None else ("dbl", ConvSpec(second.spec, fused_mode(second.spec, scatter)))
+        if item is not None and item not in extra:
+            extra.append(item)
     for f in fused if "dbl" in directions else ():
         for i in range(len(f.roles)):  # (with a cotangent for every part)
             d = compact(f.derivative(i))[0]

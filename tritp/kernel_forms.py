@@ -73,6 +73,16 @@ def fused_backward_on() -> bool:
     return os.environ.get("TRITP_FUSED_BWD", "1") != "0"
 
 
+def fused_second_on() -> bool:
+    """Whether a double backward fuses too (the default): the backward of a fused backward (all
+    its gradients differentiated again, as training with forces does) computes the gradients of
+    x1, the weights and x2 in one kernel (:func:`tritp.codegen.fused_specs.fused_second`), and
+    the backward of x1's or x2's gradient kernel is a fused backward
+    (:func:`tritp.codegen.fused_specs.fused_plan`); ``TRITP_FUSED_DBL=0``: one kernel per
+    gradient, each reading the output cotangent (the form before, kept to time the two)."""
+    return fused_backward_on() and os.environ.get("TRITP_FUSED_DBL", "1") != "0"
+
+
 def prune_grads_on() -> bool:
     """Whether a backward computes only the gradients the running autograd pass uses (the
     default; :func:`tritp.op_pair.engine_needs`) or every gradient of an input that requires
@@ -97,9 +107,9 @@ def conv_form() -> tuple:
 
 #: The environment variables that select a kernel form (:func:`share_loads`, :func:`tile_form`,
 #: :func:`conv_rows`, :func:`conv_block_sums`, :func:`conv_x1_rows`, :func:`fused_backward_on`,
-#: :func:`prune_grads_on`).
+#: :func:`fused_second_on`, :func:`prune_grads_on`).
 FORM_VARIABLES = ("TRITP_SHARE_LOADS", "TRITP_COALESCE", "TRITP_CONV_ROWS", "TRITP_CONV_BLOCK_SUMS",
-                  "TRITP_CONV_X1_ROWS", "TRITP_FUSED_BWD", "TRITP_PRUNE_GRADS")
+                  "TRITP_CONV_X1_ROWS", "TRITP_FUSED_BWD", "TRITP_FUSED_DBL", "TRITP_PRUNE_GRADS")
 
 
 @contextmanager

@@ -40,8 +40,9 @@ from .jit_key import seed_cache_key
 from .kernel_forms import (FORM_VARIABLES, form_env, kernel_form, share_loads,  # noqa: F401  (re-exported)
                            tile_form)
 
-GENERATOR_FILES = ("cg_emit.py", "cg_fused.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py", "cg_tiles.py", "coupling.py", "instructions.py", "intmath.py",
-                   "irreps.py", "problem.py", "writer.py")
+GENERATOR_FILES = ("cg_emit.py", "cg_fused.py", "fused_specs.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py",
+                   "cg_tiles.py", "coupling.py", "instructions.py", "intmath.py", "irreps.py", "problem.py",
+                   "writer.py")
 INT32_LIMIT = 2**31  # offsets at or past this switch the kernel to int64 addressing (tests lower it)
 _loaded: dict = {}
 

@@ -217,12 +217,16 @@ def backward_gradients(spec: ProducerSpec, fused, tensors: Sequence, grad: torch
     return [g if g is not None else r for g, r in zip(grads, rest)]
 
 
-def fused_gradients(spec, tensors: Sequence, grads: Sequence, needs: Sequence, call: Callable) -> list:
+def fused_gradients(spec, tensors: Sequence, grads: Sequence, needs: Sequence, call: Callable, second=None,
+                    call_second: Callable | None = None) -> list:
     """The gradients of a fused spec's arguments (:class:`~tritp.codegen.cg_spec.FusedSpec`)
-    from the cotangents ``grads`` of its parts (None: nothing used that part): for each tensor
-    in ``needs``, one producer summing the derivative terms of every part with a cotangent
-    (:meth:`~tritp.codegen.cg_spec.FusedSpec.derivative`; :func:`compact` keeps the tensors its
-    terms read), run through ``call(t, dspec, args)``; None where no term reaches the tensor.
+    from the cotangents ``grads`` of its parts (None: nothing used that part): those of
+    ``second`` (a :class:`~tritp.codegen.fused_specs.FusedSecond` for these cotangents, or None)
+    from one ``call_second(text, args)`` (a list, one per part) where the tensors share one
+    dtype; for every other tensor in ``needs``, one producer summing the derivative terms of
+    every part with a cotangent (:meth:`~tritp.codegen.cg_spec.FusedSpec.derivative`;
+    :func:`compact` keeps the tensors its terms read), run through ``call(t, dspec, args)``;
+    None where no term reaches the tensor.
 
     Example:
         >>> from tritp.codegen.cg_spec import FusedSpec, forward_spec
@@ -237,13 +241,18 @@ def fused_gradients(spec, tensors: Sequence, grads: Sequence, needs: Sequence, c
     """
     live = [j for j, g in enumerate(grads) if g is not None]
     args = list(tensors) + [grads[j] for j in live]
-    out = []
+    out = [None] * len(tensors)
+    if second is not None and len({a.dtype for a in args}) == 1:
+        for target, g in zip(second.spec.targets, call_second(second.spec.to_str(), [args[k] for k in second.kept])):
+            i = second.index[target]
+            out[i] = unbroadcast(tensors[i], g)
     for i, t in enumerate(tensors):
+        if out[i] is not None:
+            continue
         dspec, kept = compact(spec.derivative(i, live))
         if not needs[i] or not dspec.terms:
-            out.append(None)
             continue
-        out.append(call(t, dspec.to_str(), [args[k] for k in kept]))
+        out[i] = call(t, dspec.to_str(), [args[k] for k in kept])
     return out
 
 

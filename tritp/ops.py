@@ -30,9 +30,9 @@ import torch
 from torch.library import custom_op, wrap_triton
 
 from .codegen import Problem
-from .codegen.cg_fused import fused_plan
+from .codegen.fused_specs import fused_plan, fused_second
 from .codegen.cg_spec import FusedSpec, ProducerSpec, parse_spec
-from .kernel_forms import fused_backward_on
+from .kernel_forms import fused_backward_on, fused_second_on
 from .kernels import produce, target_dim
 from .op_pair import (backward_gradients, engine_needs, fused_gradients, graph_inputs, pick, register, save_inputs,
                       unbroadcast, visible_op)
@@ -72,6 +72,14 @@ def fused_for(key: str, spec: str, needs: tuple):
     (:func:`~tritp.codegen.cg_fused.fused_plan`: the forward's, or a gradient's inside a double
     backward)."""
     return fused_plan(problem_from_key(key), spec_from_str(spec), {i for i, n in enumerate(needs) if n})
+
+
+@lru_cache(maxsize=4096)
+def second_for(key: str, spec: str, needs: tuple, live: tuple):
+    """The :class:`~tritp.codegen.fused_specs.FusedSecond` of fused backward ``spec``'s own
+    backward in problem ``key`` (gradients ``needs``, one flag per tensor; parts ``live`` with
+    a cotangent), or None (:func:`~tritp.codegen.fused_specs.fused_second`)."""
+    return fused_second(problem_from_key(key), spec_from_str(spec), {i for i, n in enumerate(needs) if n}, live)
 
 
 @custom_op("tritp::produce", mutates_args=())
@@ -122,7 +130,8 @@ def _make_backward(op):
             return FUSED[op](ctx.key, text, ctx.Z, args[0].dtype, args)
 
         spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, ctx.needs_input_grad[4])
-        fused = fused_for(ctx.key, ctx.spec, needs) if fused_backward_on() else None
+        on = fused_backward_on() and (spec.target == "out" or fused_second_on())  # a gradient's: second order
+        fused = fused_for(ctx.key, ctx.spec, needs) if on else None
         return None, None, None, None, backward_gradients(spec, fused, ctx.saved_tensors, grad, needs, call, call_fused)
 
     return backward
@@ -140,8 +149,14 @@ def _make_fused_backward(op):
         def call(t, dspec, args):
             return unbroadcast(t, single(ctx.key, dspec, ctx.Z, t.dtype, args))
 
+        def call_second(text, args):  # the gradients of x1, the weights and x2 in one kernel
+            return op(ctx.key, text, ctx.Z, args[0].dtype, args)
+
         spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, ctx.needs_input_grad[4])
-        return None, None, None, None, fused_gradients(spec, ctx.saved_tensors, grads, needs, call)
+        live = tuple(j for j, g in enumerate(grads) if g is not None)
+        second = second_for(ctx.key, ctx.spec, needs, live) if fused_second_on() else None
+        return None, None, None, None, fused_gradients(spec, ctx.saved_tensors, grads, needs, call, second,
+                                                       call_second)
 
     return backward
 

@@ -138,9 +138,13 @@ def _fused_groups(p, spec) -> tuple:
     the weight tile, one ``t_j`` and the weight gradient; plus :data:`PER_FUSED_UNIT` tiles per
     work unit of the segment (:func:`~tritp.codegen.cg_fused.segment_costs`)."""
     from ..codegen.cg_fused import segment_costs
+    from ..codegen.fused_specs import slot_terms
 
     want = set(spec.targets)
     costs = segment_costs(p, spec)
+    st = slot_terms(spec)  # a second-order kernel: x1 and its cotangent's tiles, two weight tiles
+    n_x1 = max(1, len(st.t))
+    n_w = max(1, len(({b for _, b, _ in st.s} | {b for _, uses in st.t.values() for b, _ in uses}) - {None}))
     out = []
     for seg, (mul, ir) in enumerate(p.irreps_in1):
         inss = [i for i in p.instructions if i.i_in1 == seg and 0 not in i.path_shape]
@@ -152,10 +156,10 @@ def _fused_groups(p, spec) -> tuple:
             _, _, ms = _info(p, ins)
             if "x2" in want:
                 q = max(q, p.irreps_in2[ins.i_in2].ir.dim)
-            per_path = max(per_path, ms["out"] + (3 if want & {"w", "x2"} else 1))
+            per_path = max(per_path, ms["out"] + (3 if want & {"w", "x2"} else 1) + n_w - 1)
             dims.append(p.irreps_out[ins.i_out].ir.dim)
         if want & {"w", "x2"} and inss:
-            tiles += ir.dim
+            tiles += ir.dim * n_x1
         tiles = tiles + q + per_path + PER_FUSED_UNIT * costs[seg]
         out.append(Group(mul, tiles, 1, seg, None, frozenset(), dp3d=_dp(p, dims)))
     return tuple(out)

@@ -26,10 +26,10 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from ..codegen.cg_fused import fused_backward, fused_plan
+from ..codegen.fused_specs import fused_backward, fused_plan, fused_second
 from ..codegen.cg_spec import FusedSpec, ProducerSpec, compact, forward_spec
 from ..codegen.diskcache import content_hash
-from ..kernel_forms import fused_backward_on
+from ..kernel_forms import fused_backward_on, fused_second_on
 from ..kernels import launch_plan, precompile
 from . import Config, heuristic
 from .cache import SCHEMA, bucket, gpu_name, make_key, store as store_entry
@@ -99,7 +99,9 @@ def direction_specs(problem, directions=DIRECTIONS, fused: bool = True) -> list:
     The backward's are the fused kernel of x1's, the weights' and x2's gradients where it
     applies (:mod:`tritp.codegen.cg_fused`, unless ``TRITP_FUSED_BWD=0``), then the kernel of
     each gradient alone (what runs when one gradient is asked for); the double backward's, the
-    fused kernel's derivatives (one kernel per tensor summing every part's terms), then those of
+    fused kernel's own backward (x1's, the weights' and x2's gradients in one kernel,
+    :func:`~tritp.codegen.fused_specs.fused_second`) and its derivatives (one kernel per tensor
+    summing every part's terms: the cotangent's, and each when run alone), then those of
     each gradient alone (what runs when only one part is differentiated again, as for forces),
     each led by its fused backward where one applies (:func:`~tritp.codegen.cg_fused.fused_plan`).
     ``fused=False``: no fused kernels (the fused graph convolution's kernels, which have none).
@@ -128,10 +130,13 @@ def direction_specs(problem, directions=DIRECTIONS, fused: bool = True) -> list:
         out.append(("bwd", fused))
     for s in bwd if "bwd" in directions else ():
         add("bwd", s)
+    second = fused_second(problem, fused, {fused.roles.index(r) for r in fused.targets}) if fused is not None else None
+    if second is not None and "dbl" in directions and fused_second_on():
+        add("dbl", second.spec)  # x1's, the weights' and x2's gradients of every part in one kernel
     for i in range(len(fused.roles)) if fused is not None and "dbl" in directions else ():
         add("dbl", compact(fused.derivative(i))[0])  # every part differentiated again (training)
     for b in bwd if "dbl" in directions else ():
-        plan = fused_plan(problem, b, set(range(len(b.roles)))) if fused is not None else None
+        plan = fused_plan(problem, b, set(range(len(b.roles)))) if fused is not None and fused_second_on() else None
         if plan is not None:  # a gradient's own backward as one kernel (x2's: the bench's dbl)
             add("dbl", plan.spec)
         for i in range(len(b.roles)):
