@@ -19,7 +19,7 @@
 #   autotune  tritp autotune --preset all --strategy staged --direction fwd,bwd --export autotune_cache/
 #             (issue 5; the exported files come back under $OUT/autotune_cache)
 #   forms     benchmarks/kernel_forms.py: mul_ir with row-on-warp (default), plain 3D or strided tiles,
-#             unshared channel loops, the unfused backward, ir_mul; on mace-large, mace-medium, nequip-benzene, uvu-128x3e unless FORMS_ARGS
+#             unshared channel loops, the unfused backward, every gradient and the unfused double backward (dbl), ir_mul; on mace-large, mace-medium, nequip-benzene, uvu-128x3e unless FORMS_ARGS
 #             says otherwise (e.g. "--preset mace-large"; not in the default STAGES)
 # Environment: BUDGET (seconds for the whole script, default 500), HARNESS_S, CONV_S, GAUNT_S,
 # TUNE_S, FORMS_S (each stage's hard stop before the cut, defaults 220, 90, 90, 80, 240; a stage measures for

@@ -371,7 +371,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, TRITON_INTERPRET="1", TRITP_CACHE_DIR=str(tmp_path / "cache"), MASTER_ADDR="127.0.0.1",
                PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")  # else gloo binds to whatever the hostname resolves to
     port = str(tmp_path / "ddp-store")  # the worker's rendezvous file (argument kept positional)
     outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
     procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(r), "2", port, str(outs[r])],
