@@ -320,8 +320,9 @@ def test_precompile_warms_every_kernel_without_launching(monkeypatch, scatter):
     # forward, the fused x1+w+x2, x1+w, x1+x2 and w+x2, 3 gradients alone, 9 double-backward
     # producers, the derivatives of x1+w+x2 (2, 2, 2 and 3 terms) and the out-derivatives of the
     # three pairs (their other derivatives are among these), the backward of each fused kernel
-    # in one kernel (fused_specs.fused_second: 4); deterministic: and the segment sum of x1's
-    # per-edge rows (one kernel, after each fused kernel with an x1 part)
-    assert n == len(warmed) == len(fakes.kernels) == {"atomic": 28, "deterministic": 29}[scatter]
+    # in one kernel (fused_specs.fused_second: 4, and 3 more with all three gradients asked for);
+    # deterministic: and the segment sum of x1's per-edge rows (one kernel, after each fused
+    # kernel with an x1 part)
+    assert n == len(warmed) == len(fakes.kernels) == {"atomic": 31, "deterministic": 32}[scatter]
     nrows = {w[1][-1] for w in warmed if w[0][1] != "segment sum"}  # the last argument: edges, or target nodes
     assert nrows <= {40_000, 1000} and 40_000 in nrows

@@ -206,3 +206,55 @@ def test_training_step_of_a_potential_equal_with_and_without_pruning(compiled, m
     assert g1.keys() == g0.keys()
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-12, atol=1e-12)
+
+
+def _first_layer_step(fn, dim1, n_rows, edges_like, g, weight_numel):
+    """A first interaction layer's training step with forces: x1 from an embedding (parameters
+    only), x2 and the weights from positions; forces, then the loss's backward to the parameters."""
+    emb = torch.randn(n_rows, dim1, generator=g, dtype=F64, requires_grad=True)
+    wpar = torch.randn(1, weight_numel, generator=g, dtype=F64, requires_grad=True)
+    pos = torch.randn(edges_like, 3, generator=g, dtype=F64, requires_grad=True)
+    x2 = torch.cat([pos.norm(dim=1, keepdim=True), pos], 1)
+    w = pos.norm(dim=1, keepdim=True).sin() * wpar
+    e = fn(emb * 1.0, x2, w).square().sum()
+    (f,) = torch.autograd.grad(e, pos, create_graph=True)
+    (e + f.square().sum()).backward()
+
+
+def test_first_layer_kernels_are_listed_for_precompile_and_tuning(monkeypatch):
+    from tritp.tuning.tuner import direction_specs
+
+    tp = tritp.compile("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise")
+    targets = []
+    inner = tritp.ops.produce
+
+    def spy(problem, spec, *a, **k):
+        targets.append(spec)
+        return inner(problem, spec, *a, **k)
+
+    monkeypatch.setattr(tritp.ops, "produce", spy)
+    _first_layer_step(tp, tp.irreps_in1.dim, 6, 6, torch.Generator().manual_seed(20), tp.weight_numel)
+    listed = {s for _, s in direction_specs(tp.problem)}
+    assert "w+x2" in [s.target for s in targets]  # the forces pass: no x1 gradient
+    assert all(s in listed for s in targets), [s.to_str() for s in targets if s not in listed]
+
+
+@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
+def test_conv_first_layer_kernels_are_listed(scatter, monkeypatch):
+    from tritp.conv_tuning import conv_specs
+
+    conv = compile_conv("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise", scatter=scatter)
+    g = torch.Generator().manual_seed(21)
+    n, e = 5, 13
+    src, dst = torch.randint(0, n, (e,), generator=g), torch.randint(0, n, (e,), generator=g)
+    specs = []
+    inner = tritp.conv_ops.produce_conv
+
+    def spy(problem, spec, *a, **k):
+        specs.append(spec)
+        return inner(problem, spec, *a, **k)
+
+    monkeypatch.setattr(tritp.conv_ops, "produce_conv", spy)
+    _first_layer_step(lambda x, ea, w: conv(x, ea, w, src, dst, n), conv.irreps_in1.dim, n, e, g, conv.weight_numel)
+    listed = {c.spec for _, c in conv_specs(conv.problem, scatter)}
+    assert all(s in listed for s in specs), [s.to_str() for s in specs if s not in listed]

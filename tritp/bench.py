@@ -238,7 +238,7 @@ def launch_configs(problem: Problem, batches: dict, dtype: torch.dtype, device) 
 
     dt, interp, out = str(dtype).replace("torch.", ""), interpreter_active(), {}
     for d, b in batches.items():
-        for _, spec in direction_specs(problem, BENCH_KERNELS[d]):
+        for _, spec in direction_specs(problem, BENCH_KERNELS[d], first_layer=False):
             c = choose(problem, spec, dt, b, device, interp)
             how = "tuned" if lookup(problem, spec, dt, b, device, interp) else "default"
             out.setdefault(d, {})[spec.tag] = f"{c.block_z}:{c.block_c}:{c.num_warps}:{c.num_stages} ({how})"
@@ -274,7 +274,7 @@ def precompile_suite(entries, cfg: BenchConfig, log=print) -> int:
         for _, problem, batch in entries:
             for bd in cfg.directions:
                 b = cfg.batch or (min(batch, ANCHOR_DBL_BATCH) if bd == "dbl" else batch)
-                for _, spec in direction_specs(problem, BENCH_KERNELS[bd]):
+                for _, spec in direction_specs(problem, BENCH_KERNELS[bd], first_layer=False):
                     # two rows of data: nothing runs, the configuration follows b; repeats of a
                     # kernel and configuration are compiled once (precompile dedupes)
                     t = tune_inputs(problem, spec, 2, cfg.dtype, cfg.device)

@@ -124,12 +124,15 @@ def conv_specs(problem, scatter: str, directions=("fwd", "bwd", "dbl")) -> list:
     # the fused kernels (codegen.conv_fused) and their derivatives, each summing its parts'
     # terms: after the forward, and before the double backward's other kernels
     extra = [("bwd", ConvSpec(f, fused_mode(f, scatter))) for f in fused] if "bwd" in directions else []
-    # each one's backward in one kernel, for the inputs whose gradients it computes
+    # each one's backward in one kernel: for the inputs whose gradients it computes, and for all
+    # three (a first layer's w+x2 in the parameters' pass)
+    every = {"x1", "w", "x2"} if joins else {"w", "x2"}
     for f in fused if "dbl" in directions and fused_second_on() else ():
-        second = fused_second(problem, f, {f.roles.index(r) for r in f.targets})
-        item = None if second is None else ("dbl", ConvSpec(second.spec, fused_mode(second.spec, scatter)))
-        if item is not None and item not in extra:
-            extra.append(item)
+        for needs in (set(f.targets), every):
+            second = fused_second(problem, f, {f.roles.index(r) for r in needs})
+            item = None if second is None else ("dbl", ConvSpec(second.spec, fused_mode(second.spec, scatter)))
+            if item is not None and item not in extra:
+                extra.append(item)
     for f in fused if "dbl" in directions else ():
         for i in range(len(f.roles)):  # (with a cotangent for every part)
             d = compact(f.derivative(i))[0]

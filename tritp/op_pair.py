@@ -139,11 +139,13 @@ def engine_needs(ctx, needs: Sequence) -> tuple:
         (True, False)
     """
     needs = tuple(needs)
-    if not any(needs) or not prune_grads_on() or torch._C._current_graph_task_id() == -1:
+    if not any(needs) or not prune_grads_on():
         return needs
     ca = sys.modules.get("torch._dynamo.compiled_autograd")  # not imported: not running
     if ca is not None and getattr(ca, "in_compiled_autograd_region", False):
-        return needs  # its graph is cached without the pass's inputs in the key
+        return needs  # its graph is cached without the pass's inputs in the key (and Dynamo traces this)
+    if torch._C._current_graph_task_id() == -1:
+        return needs
     nodes = getattr(ctx, "next_functions", ())
     if len(nodes) < len(needs):
         return needs

@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from ..codegen.fused_specs import fused_backward, fused_plan, fused_second
+from ..codegen.fused_specs import FUSABLE, fused_backward, fused_plan, fused_second
 from ..codegen.cg_spec import FusedSpec, ProducerSpec, compact, forward_spec
 from ..codegen.diskcache import content_hash
 from ..kernel_forms import fused_backward_on, fused_second_on
@@ -94,7 +94,7 @@ class TuneResult(NamedTuple):
         return self.default_ms / self.ms if self.ms > 0 and math.isfinite(self.default_ms) else float("nan")
 
 
-def direction_specs(problem, directions=DIRECTIONS, fused: bool = True) -> list:
+def direction_specs(problem, directions=DIRECTIONS, fused: bool = True, first_layer: bool = True) -> list:
     """``[(direction, spec)]`` of the kernels a forward, backward and double backward launch.
     The backward's are the fused kernel of x1's, the weights' and x2's gradients where it
     applies (:mod:`tritp.codegen.cg_fused`, unless ``TRITP_FUSED_BWD=0``), then the kernel of
@@ -104,11 +104,17 @@ def direction_specs(problem, directions=DIRECTIONS, fused: bool = True) -> list:
     summing every part's terms: the cotangent's, and each when run alone), then those of
     each gradient alone (what runs when only one part is differentiated again, as for forces),
     each led by its fused backward where one applies (:func:`~tritp.codegen.cg_fused.fused_plan`).
+    ``first_layer``: also a first interaction layer's (node features from an embedding, so the
+    forces pass wants no x1 gradient): the fused ``w+x2`` backward, its own backward for the
+    parameters' pass (x1's gradient too) or without x1, and its cotangent's derivative.
     ``fused=False``: no fused kernels (the fused graph convolution's kernels, which have none).
 
     Example:
         >>> from tritp.codegen import Problem
-        >>> [s.target for _, s in direction_specs(Problem.channelwise("4x0e", "0e", "0e"), ("fwd", "bwd"))]
+        >>> p = Problem.channelwise("4x0e", "0e", "0e")
+        >>> [s.target for _, s in direction_specs(p, ("fwd", "bwd"))]
+        ['out', 'x1+w+x2', 'w+x2', 'x1', 'x2', 'w']
+        >>> [s.target for _, s in direction_specs(p, ("fwd", "bwd"), first_layer=False)]
         ['out', 'x1+w+x2', 'x1', 'x2', 'w']
     """
     bad = [d for d in directions if d not in DIRECTIONS]
@@ -125,18 +131,24 @@ def direction_specs(problem, directions=DIRECTIONS, fused: bool = True) -> list:
             out.append((d, s))
     if "fwd" in directions:
         add("fwd", fwd)
-    fused = fused_backward(problem, set(fwd.roles)) if fused and fused_backward_on() else None
-    if fused is not None and "bwd" in directions:
-        out.append(("bwd", fused))
+    wants = [set(fwd.roles)] + ([{"w", "x2"}] if first_layer else [])
+    fuseds = [f for f in (fused_backward(problem, n) for n in wants) if f is not None]
+    fuseds = fuseds if fused and fused_backward_on() else []
+    for f in fuseds if "bwd" in directions else ():
+        add("bwd", f)
     for s in bwd if "bwd" in directions else ():
         add("bwd", s)
-    second = fused_second(problem, fused, {fused.roles.index(r) for r in fused.targets}) if fused is not None else None
-    if second is not None and "dbl" in directions and fused_second_on():
-        add("dbl", second.spec)  # x1's, the weights' and x2's gradients of every part in one kernel
-    for i in range(len(fused.roles)) if fused is not None and "dbl" in directions else ():
-        add("dbl", compact(fused.derivative(i))[0])  # every part differentiated again (training)
+    for j, f in enumerate(fuseds if "dbl" in directions else ()):
+        if fused_second_on():  # x1's, the weights' and x2's gradients of every part in one kernel
+            for needs in ({f.roles.index(r) for r in f.targets}, {f.roles.index(r) for r in FUSABLE if r in f.roles}):
+                second = fused_second(problem, f, needs)
+                if second is not None:
+                    add("dbl", second.spec)
+        # every part differentiated again, one kernel per tensor (the cotangent's, or all)
+        for i in range(len(f.roles)) if j == 0 or not fused_second_on() else (f.roles.index("out"),):
+            add("dbl", compact(f.derivative(i))[0])
     for b in bwd if "dbl" in directions else ():
-        plan = fused_plan(problem, b, set(range(len(b.roles)))) if fused is not None and fused_second_on() else None
+        plan = fused_plan(problem, b, set(range(len(b.roles)))) if fuseds and fused_second_on() else None
         if plan is not None:  # a gradient's own backward as one kernel (x2's: the bench's dbl)
             add("dbl", plan.spec)
         for i in range(len(b.roles)):
