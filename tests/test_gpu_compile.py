@@ -125,6 +125,9 @@ SCRIPT = textwrap.dedent('''
     cg_fused.PIECE_BUDGET, fbudget = 60, cg_fused.PIECE_BUDGET
     cg("fused backward in pieces", mace, cg_fused.fused_backward(mace, {"x1", "w", "x2"}))
     cg_fused.PIECE_BUDGET = fbudget
+    # the fused backward's own backward (fused_specs.fused_second): seven tensors, terms of two
+    second = cg_fused.fused_second(p, fused, {0, 1, 2}).spec
+    cg("fused second order (x1+w+x2 of the fused backward)", p, second)
     # tensor-core paths: uvw with shared weights, forward and the weight-gradient GEMM; fp64 dot
     q = Problem.all_paths("16x0e+16x1o", "16x0e+16x1o", "16x0e+16x1o", "uvw")
     cg("uvw forward", q, fwd, expect=DOT)
@@ -150,6 +153,8 @@ SCRIPT = textwrap.dedent('''
     # deterministic: x1's rows per edge, then their segment sum (two kernels)
     conv("conv fused deterministic backward + segment sum", cg_fused.fused_backward(p, {"x1", "x2", "w"}),
          "deterministic", graph32)
+    conv("conv fused second order, atomic", second, "atomic", [src, dst], expect=(r"= tt\\.atomic_rmw ",))
+    conv("conv fused second order, deterministic + segment sum", second, "deterministic", graph32)
     with int64_offsets():
         cg("cw forward int64", p, fwd)
         cg("fused backward int64", p, fused)
@@ -185,9 +190,9 @@ SCRIPT = textwrap.dedent('''
     print("kernels", len(kernels), "keyed", sum(kernels.values()), "formula", tritp.jit_key._verdict)
 ''')
 
-# 34 kernels; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
+# 38 kernels; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
 # partial forces kernel as four (cg_pieces), the fused backward in pieces as three (cg_fused)
-EXPECTED = 42
+EXPECTED = 46
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):
