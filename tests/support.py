@@ -4,7 +4,8 @@
   for ``Problem.channelwise`` and ``tritp.compile(mode="channelwise")``;
 * :class:`FakeKernels` -- a stand-in for tritp's kernel loaders that records compiles
   (Triton's ``warmup``) and refuses launches, for the precompile paths the interpreter skips;
-* :func:`random_problem_args` -- a seeded random problem mixing every e3nn mode.
+* :func:`random_problem_args` -- a seeded random problem mixing every e3nn mode;
+* :func:`record_specs` -- records the spec of every producer a module function runs.
 """
 
 from e3nn import o3
@@ -129,3 +130,16 @@ def compiled_square_loss_errors(gp, rows: int = 4) -> tuple:
     want = (gaunt_reference(gp.problem, x1, x2) ** 2).sum()
     (gw,) = torch.autograd.grad(want, [x1])
     return abs((y - want) / want).item(), ((g - gw).abs().max() / gw.abs().max()).item()
+
+
+def record_specs(monkeypatch, module, name: str, key=lambda spec: spec) -> list:
+    """Wrap the producer ``module.name`` (called as ``(problem, spec, ...)``) for this test;
+    returns the list that gets ``key(spec)`` of every call, in order."""
+    seen, inner = [], getattr(module, name)
+
+    def spy(problem, spec, *args, **kwargs):
+        seen.append(key(spec))
+        return inner(problem, spec, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen

@@ -19,19 +19,10 @@ from tritp.codegen.fused_specs import fused_backward, fused_plan, fused_second, 
 from tritp.codegen.cg_spec import FusedSpec, compact, forward_spec
 from tritp.conv_module import compile_conv
 
+from support import record_specs
+
 F64 = torch.float64
 MACE_LIKE = ("8x0e+8x1o+4x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
-
-
-def _spy(monkeypatch, module, name):
-    specs, inner = [], getattr(module, name)
-
-    def spy(problem, spec, *a, **k):
-        specs.append(spec)
-        return inner(problem, spec, *a, **k)
-
-    monkeypatch.setattr(module, name, spy)
-    return specs
 
 
 def _fused(specs):
@@ -79,7 +70,7 @@ def test_second_pass_is_one_fused_kernel(first, fused, layout, monkeypatch):
     tp = tritp.compile(*MACE_LIKE, mode="channelwise", layout=layout)
     g = torch.Generator().manual_seed(1)
     xs = _leaves(g, (11, tp.irreps_in1.dim), (11, tp.irreps_in2.dim), (11, tp.weight_numel))
-    specs = _spy(monkeypatch, tritp.ops, "produce")
+    specs = record_specs(monkeypatch, tritp.ops, "produce")
     got = _dbl(tp, xs, first, third=True)
     assert [s.target for s in specs[:2]] == ["out", ["x1", "x2"][first]]
     assert _fused(specs)[:1] == [fused], specs  # the second pass: one kernel for both gradients
@@ -98,7 +89,7 @@ def test_second_pass_fp32_against_float64(monkeypatch):
     tp = tritp.compile(*MACE_LIKE, mode="channelwise")
     g = torch.Generator().manual_seed(2)
     xs = _leaves(g, (17, tp.irreps_in1.dim), (17, tp.irreps_in2.dim), (17, tp.weight_numel), dtype=torch.float32)
-    specs = _spy(monkeypatch, tritp.ops, "produce")
+    specs = record_specs(monkeypatch, tritp.ops, "produce")
     got = _dbl(tp, xs, 1)
     assert _fused(specs) == ["x1+w"]
     ref = tritp.compile(*MACE_LIKE, mode="channelwise", backend="reference")
@@ -113,7 +104,7 @@ def test_broadcast_row_of_x1(monkeypatch):
     tp = tritp.compile(*MACE_LIKE, mode="channelwise")
     g = torch.Generator().manual_seed(3)
     xs = _leaves(g, (1, tp.irreps_in1.dim), (9, tp.irreps_in2.dim), (9, tp.weight_numel))
-    specs = _spy(monkeypatch, tritp.ops, "produce")
+    specs = record_specs(monkeypatch, tritp.ops, "produce")
     got = _dbl(tp, xs, 1)
     assert _fused(specs) == ["x1+w"] and got[1].shape == (1, tp.irreps_in1.dim)
     ref = tritp.compile(*MACE_LIKE, mode="channelwise", backend="reference")
@@ -129,7 +120,7 @@ def test_conv_second_pass_is_one_fused_kernel(scatter, monkeypatch):
     src, dst = torch.randint(0, n, (e,), generator=g), torch.randint(0, n, (e,), generator=g)
     xs = _leaves(g, (n, conv.irreps_in1.dim), (e, conv.irreps_in2.dim), (e, conv.weight_numel))
     fn = lambda x, ea, w: conv(x, ea, w, src, dst, n)  # noqa: E731
-    specs = _spy(monkeypatch, tritp.conv_ops, "produce_conv")
+    specs = record_specs(monkeypatch, tritp.conv_ops, "produce_conv")
     got = _dbl(fn, xs, 1, third=True)
     assert _fused(specs)[:1] == ["x1+w"], specs
     monkeypatch.setenv("TRITP_FUSED_DBL", "0")
@@ -180,7 +171,7 @@ def test_training_second_pass_is_one_kernel(layout, monkeypatch):
     tp = tritp.compile(*MACE_LIKE, mode="channelwise", layout=layout)
     g = torch.Generator().manual_seed(13)
     xs = _leaves(g, (10, tp.irreps_in1.dim), (10, tp.irreps_in2.dim), (10, tp.weight_numel))
-    specs = _spy(monkeypatch, tritp.ops, "produce")
+    specs = record_specs(monkeypatch, tritp.ops, "produce")
     got = _train(tp, xs)
     assert [getattr(s, "target") for s in specs] == ["out", "x1+w+x2", "x1+w+x2"]
     assert len(specs[2].parts[0].terms) == 2  # the second pass, not the first again
@@ -202,7 +193,7 @@ def test_training_second_pass_with_a_nonlinear_cotangent(use, monkeypatch):
     tp = tritp.compile(*MACE_LIKE, mode="channelwise")
     g = torch.Generator().manual_seed(14)
     xs = _leaves(g, (9, tp.irreps_in1.dim), (9, tp.irreps_in2.dim), (9, tp.weight_numel))
-    specs = _spy(monkeypatch, tritp.ops, "produce")
+    specs = record_specs(monkeypatch, tritp.ops, "produce")
     got = _train(tp, xs, use, nonlinear_cot=True)
     second = [s for s in specs if isinstance(s, FusedSpec) and s.roles != ("x1", "x2", "w", "out")]
     assert len(second) == 1, specs  # one second-order kernel (x2's part alone: x1+w)
@@ -250,7 +241,7 @@ def test_training_second_pass_with_weightless_paths(monkeypatch):
     tp = tritp.compile("4x0e+4x1o", "0e+1o", "4x0e+4x1o", ins, **kw)
     g = torch.Generator().manual_seed(16)
     xs = _leaves(g, (7, tp.irreps_in1.dim), (7, tp.irreps_in2.dim), (7, tp.weight_numel))
-    specs = _spy(monkeypatch, tritp.ops, "produce")
+    specs = record_specs(monkeypatch, tritp.ops, "produce")
     got = _train(tp, xs)
     assert [s.target for s in specs] == ["out", "x1+w+x2", "x1+w+x2"]
     want = _train(tritp.compile("4x0e+4x1o", "0e+1o", "4x0e+4x1o", ins, backend="reference", **kw), xs)
@@ -266,7 +257,7 @@ def test_conv_training_second_pass_is_one_kernel(scatter, monkeypatch):
     src, dst = torch.randint(0, n, (e,), generator=g), torch.randint(0, n, (e,), generator=g)
     xs = _leaves(g, (n, conv.irreps_in1.dim), (e, conv.irreps_in2.dim), (e, conv.weight_numel))
     fn = lambda x, ea, w: conv(x, ea, w, src, dst, n)  # noqa: E731
-    specs = _spy(monkeypatch, tritp.conv_ops, "produce_conv")
+    specs = record_specs(monkeypatch, tritp.conv_ops, "produce_conv")
     got = _train(fn, xs, nonlinear_cot=True)
     # the first pass, the second pass in one kernel (7 tensors), the first pass again through the
     # cotangent's dependence on the output

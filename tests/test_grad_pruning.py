@@ -15,20 +15,14 @@ import tritp.ops
 from tritp.conv_module import compile_conv
 
 from potential import Potential, clone_system, energy_forces, make_system, training_step
+from support import record_specs
 
 F64 = torch.float64
 
 
 def _spy(monkeypatch, module, name):
     """Record the target of every producer ``module.name`` runs (a fused one as ``"x1+w+x2"``)."""
-    targets, inner = [], getattr(module, name)
-
-    def spy(problem, spec, *a, **k):
-        targets.append(spec.target if hasattr(spec, "target") else spec.split("|")[0])
-        return inner(problem, spec, *a, **k)
-
-    monkeypatch.setattr(module, name, spy)
-    return targets
+    return record_specs(monkeypatch, module, name, lambda s: s.target if hasattr(s, "target") else s.split("|")[0])
 
 
 def _leaves(g, *shapes):
@@ -144,14 +138,7 @@ def test_gaunt_gradient_of_one_input(monkeypatch):
     gp = tritp.compile("2x0e+2x1o", "2x0e+2x1o", lmax_out=2, mode="gaunt", implementation="sparse")
     g = torch.Generator().manual_seed(8)
     a, b = _leaves(g, (3, gp.irreps_in1.dim), (3, gp.irreps_in2.dim))
-    specs = []
-    inner = tritp.gaunt_ops.gaunt_produce
-
-    def spy(problem, spec, *args, **kw):
-        specs.append(spec)
-        return inner(problem, spec, *args, **kw)
-
-    monkeypatch.setattr(tritp.gaunt_ops, "gaunt_produce", spy)
+    specs = record_specs(monkeypatch, tritp.gaunt_ops, "gaunt_produce")
     y = gp(a, b)
     (gb,) = torch.autograd.grad(y.sum(), b)
     assert len(specs) == 2, specs  # the forward and b's gradient, not a's
@@ -225,14 +212,7 @@ def test_first_layer_kernels_are_listed_for_precompile_and_tuning(monkeypatch):
     from tritp.tuning.tuner import direction_specs
 
     tp = tritp.compile("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise")
-    targets = []
-    inner = tritp.ops.produce
-
-    def spy(problem, spec, *a, **k):
-        targets.append(spec)
-        return inner(problem, spec, *a, **k)
-
-    monkeypatch.setattr(tritp.ops, "produce", spy)
+    targets = record_specs(monkeypatch, tritp.ops, "produce")
     _first_layer_step(tp, tp.irreps_in1.dim, 6, 6, torch.Generator().manual_seed(20), tp.weight_numel)
     listed = {s for _, s in direction_specs(tp.problem)}
     assert "w+x2" in [s.target for s in targets]  # the forces pass: no x1 gradient
@@ -247,14 +227,7 @@ def test_conv_first_layer_kernels_are_listed(scatter, monkeypatch):
     g = torch.Generator().manual_seed(21)
     n, e = 5, 13
     src, dst = torch.randint(0, n, (e,), generator=g), torch.randint(0, n, (e,), generator=g)
-    specs = []
-    inner = tritp.conv_ops.produce_conv
-
-    def spy(problem, spec, *a, **k):
-        specs.append(spec)
-        return inner(problem, spec, *a, **k)
-
-    monkeypatch.setattr(tritp.conv_ops, "produce_conv", spy)
+    specs = record_specs(monkeypatch, tritp.conv_ops, "produce_conv")
     _first_layer_step(lambda x, ea, w: conv(x, ea, w, src, dst, n), conv.irreps_in1.dim, n, e, g, conv.weight_numel)
     listed = {c.spec for _, c in conv_specs(conv.problem, scatter)}
     assert all(s in listed for s in specs), [s.to_str() for s in specs if s not in listed]
