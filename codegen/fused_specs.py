@@ -118,11 +118,11 @@ def fused_second(problem: Problem, spec, needs, live=None) -> FusedSecond | None
     cotangent, or None: fewer than two of x1, the weights and x2 asked for with any term.
 
     Each gradient is a sum over the live parts of the forward's gradient of that slot with a
-    part's cotangent in the part's slot -- x1's: ``cw * s(x2) + w * s(c2)`` with ``s(y)_i =
-    sum_jk C_ijk y_j gout_k``; the weights': ``x2 . t(c1) + c2 . t(x1)`` with ``t(y)_j = sum_ik
-    C_ijk y_i gout_k``; x2's:
-    ``sum over lanes of w * t(c1) + cw * t(x1)`` -- so four contractions serve all three (six as
-    separate kernels) and the cotangent ``gout``, the widest tensor, is read once (three times).
+    part's cotangent in the part's slot. With ``c1, cw, c2`` the parts' cotangents, ``s(y)_i =
+    sum_jk C_ijk y_j gout_k`` and ``t(y)_j = sum_ik C_ijk y_i gout_k``: x1's is ``cw * s(x2) +
+    w * s(c2)``, the weights' ``x2 . t(c1) + c2 . t(x1)``, x2's the lane sum of ``w * t(c1) + cw
+    * t(x1)`` -- four contractions for all three (six as separate kernels), and the cotangent
+    ``gout``, the widest tensor, read once (three times).
 
     Example:
         >>> from tritp.codegen import Problem
