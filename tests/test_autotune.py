@@ -73,6 +73,21 @@ def test_space_rules_prune_what_cannot_win():
     assert w.hash == space_for("cg", wide(), _fwd(wide()), "float32", 40_000).hash != t.hash
 
 
+def test_space_keeps_one_block_c_where_the_source_ignores_it():
+    # rule 6: a shared-weight gradient of weight GEMMs is the same kernel for every block_c
+    from tritp.codegen.cg_emit import emit_producer
+
+    p = Problem.all_paths("16x0e+16x1o", "16x0e+16x1o", "16x0e+16x1o", "uvw")
+    gw = _grads(p)["w"]
+    srcs = {emit_producer(p, gw, "float32", bc) for bc in (16, 32, 64, 128)}
+    assert len(srcs) == 1
+    sw = space_for("cg", p, gw, "float32", 50_000)
+    assert {c.block_c for c in sw.candidates} == {16} and {c.block_z for c in sw.candidates} >= {16, 64}
+    # a per-sample weight gradient keeps its block_c axis
+    q = wide()
+    assert len({c.block_c for c in space_for("cg", q, _grads(q)["w"], "float32", 50_000).candidates}) > 1
+
+
 def _grads(p):
     """``{"out": fwd, "x1": grad x1, "x2": grad x2, "w": grad w}`` specs of ``p``."""
     return {s.target: s for _, s in tuner.direction_specs(p, ("fwd", "bwd"))}
@@ -238,7 +253,7 @@ def test_rule_4_prunes_what_the_estimate_says_spills(monkeypatch):
     cfgs = {(c.block_z, c.block_c, c.num_warps) for c in s.candidates}
     assert (16, 64, 4) not in cfgs and (16, 64, 8) in cfgs and (16, 32, 8) in cfgs  # 390 > 256 spilled
     assert all(estimate_registers(p, x1, "float32", c) <= REGISTER_WORDS for c in s.candidates)
-    assert s.version == CG_VERSION == 3
+    assert s.version == CG_VERSION == 4
     fwd = space_for("cg", p, _grads(p)["out"], "float32", 50_000)
     assert (16, 64, 4) in {(c.block_z, c.block_c, c.num_warps) for c in fwd.candidates} and len(fwd) > len(s)
 

@@ -24,7 +24,11 @@ Rules of the ``cg`` family (``lanes`` = the widest channel extent of the target'
    In version 1 the rule counted only the accumulators plus the widest operand irrep, which
    for mace-large's grad x1 was 12 tiles where 43 are alive (the kept ``16:64:4`` spilled);
 5. ``num_stages > 1`` pipelines loads across loop iterations: only kept when the kernel loops
-   (over channel chunks or over a channel letter the target does not carry).
+   (over channel chunks or over a channel letter the target does not carry);
+6. a kernel whose source is the same for every ``block_c`` -- a shared-weight gradient made of
+   weight GEMMs (:mod:`tritp.codegen.cg_gemm`), whose tiles are their own -- keeps one
+   ``block_c``: the others would time the same kernel again (fc-32x012's grad w: 30 candidates,
+   not 60).
 
 A kernel with coalesced ``mul_ir`` 3D tiles (:mod:`tritp.codegen.cg_tiles`; no ``tl.dot``) also
 tries ``block_z = 8`` (version 3): its tiles cost registers per row, and its launch default is
@@ -60,8 +64,8 @@ AXES = {
 #: Most 32-bit registers per thread a candidate's estimate may need (rule 4).
 REGISTER_WORDS = 256
 #: Version of the ``cg`` rules (part of the space hash): 2 since rule 4 counts every tile alive,
-#: 3 since kernels with coalesced 3D tiles also try 8 rows.
-CG_VERSION = 3
+#: 3 since kernels with coalesced 3D tiles also try 8 rows, 4 since rule 6.
+CG_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,28 @@ def cg_shape(problem, spec: ProducerSpec) -> dict:
     return {"lanes": lanes, "tiles": tiles, "loops": loops, "nnz": nnz}
 
 
+def block_c_free(problem, spec) -> bool:
+    """Whether producer ``spec``'s source is the same for every ``block_c`` (rule 6): checked
+    on the generated pieces, for shared-weight gradients (the only kernels where it can be).
+
+    Example:
+        >>> from tritp.codegen import Problem
+        >>> from tritp.codegen.cg_spec import compact, forward_spec
+        >>> gw = compact(forward_spec().derivative(2))[0]
+        >>> fc = Problem.all_paths("16x0e+16x1o", "16x0e+16x1o", "16x0e+16x1o", "uvw")
+        >>> block_c_free(fc, gw), block_c_free(Problem.channelwise("8x0e", "0e", "8x0e"), gw)
+        (True, False)
+    """
+    if isinstance(spec, FusedSpec) or spec.target != "w" or not problem.shared_weights:
+        return False
+    from ..codegen.cg_emit import emit_producer
+    from ..codegen.cg_pieces import plan_pieces
+
+    lo, hi = AXES["block_c"][0], AXES["block_c"][-1]
+    return all(emit_producer(problem, spec, "float32", lo, piece=pc)
+               == emit_producer(problem, spec, "float32", hi, piece=pc) for pc in plan_pieces(problem, spec))
+
+
 def _cg_keep(c: Config, shape: dict, batch: int, registers: Callable) -> bool:
     bc = min(c.block_c, p2(shape["lanes"]))
     if c.block_c > max(AXES["block_c"][0], p2(shape["lanes"])):  # rule 1
@@ -179,7 +205,7 @@ def _cg_keep(c: Config, shape: dict, batch: int, registers: Callable) -> bool:
 @register_family("cg")
 def cg_space(problem, spec: ProducerSpec, dtype: str, batch: int, share: bool | None = None,
              walk: bool = False, coalesce=None) -> SearchSpace:
-    """The sparse-CG producer space: :data:`AXES` pruned by the five rules of this module
+    """The sparse-CG producer space: :data:`AXES` pruned by the six rules of this module
     (``share``: whether the kernel shares channel loops; ``walk``: whether it keeps node
     accumulators across an edge walk; ``coalesce``: the tile form, default the environment's;
     as in :func:`~tritp.tuning.registers.estimate_registers`)."""
@@ -192,9 +218,9 @@ def cg_space(problem, spec: ProducerSpec, dtype: str, batch: int, share: bool | 
     gs = groups(problem, spec)
     if form != "strided" and any(g.dp3d for g in gs) and all(g.min_bc == 1 for g in gs):
         zs = (8,) + zs  # 3D tiles: rows cost registers (the default is often 8:64:8)
+    bcs = AXES["block_c"][:1] if block_c_free(problem, spec) else AXES["block_c"]  # rule 6
     every = [Config(block_z=z, block_c=c, num_warps=nw, num_stages=ns, impl=i)
-             for i, z, c, nw, ns in product(AXES["impl"], zs, AXES["block_c"],
-                                            AXES["num_warps"], AXES["num_stages"])]
+             for i, z, c, nw, ns in product(AXES["impl"], zs, bcs, AXES["num_warps"], AXES["num_stages"])]
     kept = tuple(c for c in every if _cg_keep(c, shape, batch, registers))
     if not kept:  # everything spills: keep the smallest tile, one warp and up
         z0, c0 = AXES["block_z"][0], AXES["block_c"][0]
