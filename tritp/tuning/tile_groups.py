@@ -160,7 +160,8 @@ def _fused_groups(p, spec) -> tuple:
             dims.append(p.irreps_out[ins.i_out].ir.dim)
         if want & {"w", "x2"} and inss:
             tiles += ir.dim * n_x1
-        tiles = tiles + q + per_path + PER_FUSED_UNIT * costs[seg]
+        # a second-order kernel's extra contractions keep their operand products alive too
+        tiles = tiles + q + per_path + PER_FUSED_UNIT * costs[seg] + max(0, len(st.s) - 1) + max(0, len(st.t) - 1)
         out.append(Group(mul, tiles, 1, seg, None, frozenset(), dp3d=_dp(p, dims)))
     return tuple(out)
 
