@@ -46,7 +46,7 @@ from .cg_pieces import PIECE_BUDGET, pack
 from .cg_spec import FusedSpec
 from .coupling import sparse_coupling
 from .intmath import p2
-from .fused_specs import FUSABLE, FusedPlan, fused_backward, fused_plan, fused_second, slot_terms  # noqa: F401
+from .fused_specs import FUSABLE, FusedPlan, fused_backward, fused_plan, fused_second, slot_terms  # noqa: F401 (re-exported)
 from .problem import Problem
 
 def _paths(problem: Problem, seg: int) -> list:
@@ -59,8 +59,7 @@ def segment_costs(problem: Problem, spec: FusedSpec) -> list:
     x1's part and one per x1-slot tensor the other parts share (:func:`~.fused_specs.slot_terms`),
     two components per use of a ``t_j``."""
     st = slot_terms(spec)
-    x2s = {a for a, _, _ in st.s} | {a for uses, _ in st.t.values() for a in uses}
-    wts = {b for _, b, _ in st.s} | {b for _, uses in st.t.values() for b, _ in uses}
+    n_x2, n_w = max(1, len(st.x2_tensors())), max(1, len(st.w_tensors()))
     passes = len(st.s) + len(st.t)
     uses = sum(len(a) + len(b) for a, b in st.t.values())
     costs = []
@@ -68,8 +67,8 @@ def segment_costs(problem: Problem, spec: FusedSpec) -> list:
         c = 0
         for _, ins in _paths(problem, seg):
             ls = [problem.irreps(r)[ins.segment(r)].ir.l for r in ("x1", "x2", "out")]
-            loads = (2 * ls[0] + 1) * max(1, len(st.t)) + (2 * ls[1] + 1) * max(1, len(x2s)) + 2 * ls[2] + 1
-            c += loads + max(1, len(wts - {None})) + passes * len(sparse_coupling(*ls))
+            loads = (2 * ls[0] + 1) * max(1, len(st.t)) + (2 * ls[1] + 1) * n_x2 + 2 * ls[2] + 1
+            c += loads + n_w + passes * len(sparse_coupling(*ls))
             c += (2 * ls[1] + 1) * uses
         costs.append(c)
     return costs
@@ -196,7 +195,7 @@ class FusedMixin:
         nz = self._nonzeros(ins)
         w(f"# instruction {k}: {self._path_name(ins)}")
         g = {m: self.load(st.out, "out", self.elem(ins, "out", "c", m), True) for m in self._ms(ins, 2)}
-        s_terms = [(a, b) for a, b, tangent in st.s if ins.has_weight or not tangent] if "x1" in self.want else []
+        s_terms = [(a, b) for a, b, tangent in st.s if ins.has_weight or not tangent]
         x2s, wts = {}, {}
         for a in [a for a, _ in s_terms] + [a for uses, _ in st.t.values() for a in uses]:
             if a not in x2s:

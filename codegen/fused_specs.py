@@ -6,7 +6,8 @@ fused backward (:mod:`.cg_fused` emits them).
   that kernel's cotangent in its slot (the forces kernel inside a double backward);
 * :func:`fused_second` -- the backward of a fused backward (training with forces: every
   gradient differentiated again): the parts' derivatives with respect to x1, the weights and
-  x2, each a sum of two terms with other tensors in the slots, in one kernel;
+  x2, each a sum of two terms with other tensors in the slots, in one kernel (both return a
+  :class:`FusedPlan`);
 * :func:`slot_terms` -- what such a kernel's parts compute, by slot tensor (the emitter's view).
 
 Example:
@@ -14,7 +15,7 @@ Example:
     >>> p = Problem.channelwise("8x0e+8x1o", "0e+1o", "0e+1o")
     >>> f = fused_backward(p, {"x1", "w", "x2"})
     >>> second = fused_second(p, f, {0, 1, 2})
-    >>> second.spec.target, second.kept
+    >>> second.spec.target, second.order
     ('x1+w+x2', (0, 1, 2, 3, 4, 5, 6))
 """
 
@@ -51,11 +52,10 @@ def fused_backward(problem: Problem, needs) -> FusedSpec | None:
 
 
 class FusedPlan(NamedTuple):
-    """How a producer's backward runs as one fused kernel: ``spec`` (the forward's fused
-    backward), ``order`` (for each tensor argument of the fused kernel -- the forward's roles,
-    then its cotangent ``out`` -- the index of the tensor that fills it among the producer's
-    tensor arguments followed by the producer's own cotangent) and ``index`` (each part's
-    target role -> the producer's tensor argument whose gradient it is)."""
+    """How a producer's backward runs as one fused kernel: ``spec`` (the fused kernel's),
+    ``order`` (for each tensor argument of the fused kernel, the index of the tensor that fills
+    it among the producer's tensor arguments followed by its cotangents) and ``index`` (each
+    part's target role -> the producer's tensor argument whose gradient it is)."""
 
     spec: FusedSpec
     order: tuple
@@ -101,21 +101,12 @@ def fused_plan(problem: Problem, spec, needs) -> FusedPlan | None:
     return FusedPlan(fused, order, {t: index[t] for t in fused.targets})
 
 
-class FusedSecond(NamedTuple):
-    """The backward of a fused backward as one kernel: ``spec`` (its parts: the derivatives
-    with respect to those of x1, the weights and x2 asked for), ``kept`` (which of the fused
-    backward's tensors and part cotangents it reads, in order) and ``index`` (each part's target
-    -> the fused backward's tensor argument whose gradient it is)."""
-
-    spec: FusedSpec
-    kept: tuple
-    index: dict
-
-
-def fused_second(problem: Problem, spec, needs, live=None) -> FusedSecond | None:
+def fused_second(problem: Problem, spec, needs, live=None) -> FusedPlan | None:
     """One kernel for the gradients, in ``needs`` (tensor indices), of fused backward ``spec``
     of ``problem`` (:func:`fused_backward`) whose parts ``live`` (indices; default all) have a
-    cotangent, or None: fewer than two of x1, the weights and x2 asked for with any term.
+    cotangent, as a :class:`FusedPlan` (``order``: which of the fused backward's tensors and
+    live parts' cotangents the kernel reads), or None: fewer than two of x1, the weights and x2
+    asked for with any term.
 
     Each gradient is a sum over the live parts of the forward's gradient of that slot with a
     part's cotangent in the part's slot. With ``c1, cw, c2`` the parts' cotangents, ``s(y)_i =
@@ -152,7 +143,7 @@ def fused_second(problem: Problem, spec, needs, live=None) -> FusedSecond | None
     roles = tuple(parts[0].roles[i] for i in used)
     parts = tuple(ProducerSpec(part.target, roles, tuple(
         tuple(None if i is None else remap[i] for i in t[:4]) + (t[4],) for t in part.terms)) for part in parts)
-    return FusedSecond(FusedSpec(parts), tuple(used), {part.target: spec.roles.index(part.target) for part in parts})
+    return FusedPlan(FusedSpec(parts), tuple(used), {part.target: spec.roles.index(part.target) for part in parts})
 
 
 class SlotTerms(NamedTuple):
@@ -165,6 +156,15 @@ class SlotTerms(NamedTuple):
     out: int
     s: tuple
     t: dict
+
+    def x2_tensors(self) -> tuple:
+        """The x2-slot tensors, in order of first use (x1's terms, then the weights')."""
+        return tuple(dict.fromkeys([a for a, _, _ in self.s] + [a for uses, _ in self.t.values() for a in uses]))
+
+    def w_tensors(self) -> tuple:
+        """The weight-slot tensors, in order of first use (x1's terms, then x2's)."""
+        ws = [b for _, b, _ in self.s] + [b for _, uses in self.t.values() for b, _ in uses]
+        return tuple(b for b in dict.fromkeys(ws) if b is not None)
 
 
 def slot_terms(spec: FusedSpec) -> SlotTerms:

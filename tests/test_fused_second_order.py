@@ -112,14 +112,19 @@ def test_broadcast_row_of_x1(monkeypatch):
         torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
-def test_conv_second_pass_is_one_fused_kernel(scatter, monkeypatch):
+def _conv_case(scatter: str, seed: int, e: int, n: int = 6):
+    """A random graph convolution: ``(fused fn, float64 reference fn, [x, edge_attr, w] leaves)``."""
     conv = compile_conv("4x0e+4x1o+2x2e", "0e+1o+2e", "0e+1o+2e", mode="channelwise", scatter=scatter)
-    g = torch.Generator().manual_seed(4)
-    n, e = 6, 29
+    g = torch.Generator().manual_seed(seed)
     src, dst = torch.randint(0, n, (e,), generator=g), torch.randint(0, n, (e,), generator=g)
     xs = _leaves(g, (n, conv.irreps_in1.dim), (e, conv.irreps_in2.dim), (e, conv.weight_numel))
-    fn = lambda x, ea, w: conv(x, ea, w, src, dst, n)  # noqa: E731
+    return (lambda x, ea, w: conv(x, ea, w, src, dst, n),
+            lambda x, ea, w: conv.unfused(x, ea, w, src, dst, n, backend="reference"), xs)
+
+
+@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
+def test_conv_second_pass_is_one_fused_kernel(scatter, monkeypatch):
+    fn, ref, xs = _conv_case(scatter, 4, 29)
     specs = record_specs(monkeypatch, tritp.conv_ops, "produce_conv")
     got = _dbl(fn, xs, 1, third=True)
     assert _fused(specs)[:1] == ["x1+w"], specs
@@ -127,7 +132,6 @@ def test_conv_second_pass_is_one_fused_kernel(scatter, monkeypatch):
     del specs[:]
     apart = _dbl(fn, xs, 1, third=True)
     assert _fused(specs) == []
-    ref = lambda x, ea, w: conv.unfused(x, ea, w, src, dst, n, backend="reference")  # noqa: E731
     want = _dbl(ref, xs, 1, third=True)
     for a, b, r in zip(got, apart, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
@@ -154,7 +158,7 @@ def test_second_spec_structure():
     p = Problem.channelwise("8x0e+8x1o", "0e+1o", "0e+1o")
     f = fused_backward(p, {"x1", "w", "x2"})
     s = fused_second(p, f, {0, 1, 2})
-    assert s.spec.target == "x1+w+x2" and s.kept == tuple(range(7))
+    assert s.spec.target == "x1+w+x2" and s.order == tuple(range(7))
     assert [len(part.terms) for part in s.spec.parts] == [2, 2, 2]
     assert s.index == {"x1": 0, "w": 2, "x2": 1}
     # the terms by slot: x1's from the weights' tangent and x2's cotangent, t() of x1 and its cotangent
@@ -251,12 +255,7 @@ def test_training_second_pass_with_weightless_paths(monkeypatch):
 
 @pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
 def test_conv_training_second_pass_is_one_kernel(scatter, monkeypatch):
-    conv = compile_conv("4x0e+4x1o+2x2e", "0e+1o+2e", "0e+1o+2e", mode="channelwise", scatter=scatter)
-    g = torch.Generator().manual_seed(17)
-    n, e = 6, 31
-    src, dst = torch.randint(0, n, (e,), generator=g), torch.randint(0, n, (e,), generator=g)
-    xs = _leaves(g, (n, conv.irreps_in1.dim), (e, conv.irreps_in2.dim), (e, conv.weight_numel))
-    fn = lambda x, ea, w: conv(x, ea, w, src, dst, n)  # noqa: E731
+    fn, ref, xs = _conv_case(scatter, 17, 31)
     specs = record_specs(monkeypatch, tritp.conv_ops, "produce_conv")
     got = _train(fn, xs, nonlinear_cot=True)
     # the first pass, the second pass in one kernel (7 tensors), the first pass again through the
@@ -265,7 +264,6 @@ def test_conv_training_second_pass_is_one_kernel(scatter, monkeypatch):
     assert sorted(len(s.roles) for s in fused) == [4, 4, 7] and {s.target for s in fused} == {"x1+w+x2"}
     monkeypatch.setenv("TRITP_FUSED_DBL", "0")
     apart = _train(fn, xs, nonlinear_cot=True)
-    ref = lambda x, ea, w: conv.unfused(x, ea, w, src, dst, n, backend="reference")  # noqa: E731
     want = _train(ref, xs, nonlinear_cot=True)
     for a, b, r in zip(got, apart, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

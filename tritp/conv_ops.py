@@ -47,7 +47,7 @@ from torch.library import custom_op, wrap_triton
 from .codegen.conv_emit import EDGE_ROLES
 from .conv_index import check_ranges
 from .conv_kernels import produce_conv, target_shape
-from .kernel_forms import conv_x1_rows, fused_backward_on, fused_second_on
+from .kernel_forms import conv_x1_rows
 from .op_pair import (backward_gradients, engine_needs, fused_gradients, graph_inputs, pick, register,
                       visible_op)
 from .ops import fused_for, fused_spec, problem_from_key, second_for, single_spec, spec_from_str
@@ -128,11 +128,13 @@ def _saved(ctx, op) -> tuple:
     return spec, tensors, graph, call
 
 
-def x1_joins(scatter: str) -> tuple:
-    """The gradients a fused conv kernel computes: x2's and the weights', and x1's (a node
-    target: atomic adds, or rows per edge summed per source afterwards) unless the
-    deterministic strategy keeps its own segment kernel (``TRITP_CONV_X1_ROWS=0``)."""
-    return EDGE_ROLES + (("x1",) if scatter == "atomic" or conv_x1_rows() else ())
+def joined(roles: tuple, needs: tuple, scatter: str) -> tuple:
+    """``needs`` (one flag per tensor of ``roles``) kept for the gradients a fused conv kernel
+    computes: x2's and the weights', and x1's (a node target: atomic adds, or rows per edge
+    summed per source afterwards) unless the deterministic strategy keeps its own segment
+    kernel (``TRITP_CONV_X1_ROWS=0``)."""
+    joins = EDGE_ROLES + (("x1",) if scatter == "atomic" or conv_x1_rows() else ())
+    return tuple(n and r in joins for r, n in zip(roles, needs))
 
 
 def _make_backward(op):
@@ -144,10 +146,7 @@ def _make_backward(op):
             return FUSED[op](key, text, scatter, n_in, n_out, args[0].dtype, args, graph)
 
         s, needs = spec_from_str(spec), engine_needs(ctx, ctx.needs_input_grad[6])
-        joins = x1_joins(scatter)
-        joined = tuple(n and r in joins for r, n in zip(s.roles, needs))
-        on = fused_backward_on() and (s.target == "out" or fused_second_on())  # a gradient's: second order
-        fused = fused_for(key, spec, joined) if on else None
+        fused = fused_for(key, spec, joined(s.roles, needs, scatter))
         grads = backward_gradients(s, fused, tensors, grad, needs, call, call_fused)
         return None, None, None, None, None, None, grads, [None] * len(graph)
 
@@ -171,10 +170,8 @@ def _make_fused_backward(op):
 
         needs = engine_needs(ctx, ctx.needs_input_grad[6])
         s = fused_spec(spec, OP)
-        joins = x1_joins(scatter)
-        joined = tuple(n and r in joins for r, n in zip(s.roles, needs))
         live = tuple(j for j, g in enumerate(grads) if g is not None)
-        second = second_for(key, spec, joined, live) if fused_second_on() else None
+        second = second_for(key, spec, joined(s.roles, needs, scatter), live)
         out = fused_gradients(s, tensors, grads, needs, call, second, call_second)
         return None, None, None, None, None, None, out, [None] * len(graph)
 

@@ -192,13 +192,13 @@ def cg_gradients(spec: ProducerSpec, tensors: Sequence, grad: torch.Tensor, need
 def backward_gradients(spec: ProducerSpec, fused, tensors: Sequence, grad: torch.Tensor, needs: Sequence,
                        call: Callable, call_fused: Callable) -> list:
     """:func:`cg_gradients`, except that where ``fused`` (a
-    :class:`~tritp.codegen.cg_fused.FusedPlan` of ``spec``'s backward, or None) applies and the
+    :class:`~tritp.codegen.fused_specs.FusedPlan` of ``spec``'s backward, or None) applies and the
     tensors share one dtype, its parts' gradients come from one ``call_fused(fused_text,
     args)`` (a list, one per part), ``args`` being the spec's tensors and the cotangent in the
     plan's order.
 
     Example:
-        >>> from tritp.codegen.cg_fused import FusedPlan
+        >>> from tritp.codegen.fused_specs import FusedPlan
         >>> from tritp.codegen.cg_spec import FusedSpec, forward_spec
         >>> fwd = forward_spec()
         >>> ts = [torch.ones(2, 4), torch.ones(1, 1), torch.ones(2, 4)]
@@ -211,10 +211,7 @@ def backward_gradients(spec: ProducerSpec, fused, tensors: Sequence, grad: torch
     """
     grads = [None] * len(tensors)
     if fused is not None and len({t.dtype for t in tensors}) == 1:
-        args = [*tensors, grad]
-        for target, g in zip(fused.spec.targets, call_fused(fused.spec.to_str(), [args[i] for i in fused.order])):
-            i = fused.index[target]
-            grads[i] = unbroadcast(tensors[i], g)
+        run_plan(fused, tensors, [*tensors, grad], call_fused, grads)
     rest = cg_gradients(spec, tensors, grad, [n and g is None for n, g in zip(needs, grads)], call)
     return [g if g is not None else r for g, r in zip(grads, rest)]
 
@@ -223,7 +220,7 @@ def fused_gradients(spec, tensors: Sequence, grads: Sequence, needs: Sequence, c
                     call_second: Callable | None = None) -> list:
     """The gradients of a fused spec's arguments (:class:`~tritp.codegen.cg_spec.FusedSpec`)
     from the cotangents ``grads`` of its parts (None: nothing used that part): those of
-    ``second`` (a :class:`~tritp.codegen.fused_specs.FusedSecond` for these cotangents, or None)
+    ``second`` (a :class:`~tritp.codegen.fused_specs.FusedPlan` for these cotangents, or None)
     from one ``call_second(text, args)`` (a list, one per part) where the tensors share one
     dtype; for every other tensor in ``needs``, one producer summing the derivative terms of
     every part with a cotangent (:meth:`~tritp.codegen.cg_spec.FusedSpec.derivative`;
@@ -245,17 +242,36 @@ def fused_gradients(spec, tensors: Sequence, grads: Sequence, needs: Sequence, c
     args = list(tensors) + [grads[j] for j in live]
     out = [None] * len(tensors)
     if second is not None and len({a.dtype for a in args}) == 1:
-        for target, g in zip(second.spec.targets, call_second(second.spec.to_str(), [args[k] for k in second.kept])):
-            i = second.index[target]
-            out[i] = unbroadcast(tensors[i], g)
+        run_plan(second, tensors, args, call_second, out)
     for i, t in enumerate(tensors):
-        if out[i] is not None:
+        if out[i] is not None or not needs[i]:
             continue
         dspec, kept = compact(spec.derivative(i, live))
-        if not needs[i] or not dspec.terms:
-            continue
-        out[i] = call(t, dspec.to_str(), [args[k] for k in kept])
+        if dspec.terms:
+            out[i] = call(t, dspec.to_str(), [args[k] for k in kept])
     return out
+
+
+def run_plan(plan, tensors: Sequence, args: Sequence, call: Callable, out: list) -> None:
+    """Run fused kernel ``plan`` (a :class:`~tritp.codegen.fused_specs.FusedPlan`) through
+    ``call(text, args)`` on ``args`` (the producer's tensors, then its cotangents) in the plan's
+    order, and put each part's gradient at its tensor's place in ``out`` (summed over the batch
+    where that tensor was one broadcast row).
+
+    Example:
+        >>> from tritp.codegen.fused_specs import FusedPlan
+        >>> from tritp.codegen.cg_spec import FusedSpec, forward_spec
+        >>> fwd = forward_spec()
+        >>> plan = FusedPlan(FusedSpec((fwd.derivative(1), fwd.derivative(2))), (0, 1, 2, 3), {"x2": 1, "w": 2})
+        >>> out = [None] * 3
+        >>> run_plan(plan, [torch.ones(2, 4), torch.ones(2, 1), torch.ones(2, 4)], [torch.ones(2, 4)] * 4,
+        ...          lambda text, args: [torch.zeros(2, 1), torch.ones(2, 4)], out)
+        >>> [None if g is None else tuple(g.shape) for g in out]
+        [None, (2, 1), (2, 4)]
+    """
+    for target, g in zip(plan.spec.targets, call(plan.spec.to_str(), [args[k] for k in plan.order])):
+        i = plan.index[target]
+        out[i] = unbroadcast(tensors[i], g)
 
 
 def pick(opaque, visible, tensors: Sequence):

@@ -65,20 +65,30 @@ def fused_spec(text: str, op: str = "tritp::produce") -> FusedSpec:
     return s
 
 
-@lru_cache(maxsize=4096)
 def fused_for(key: str, spec: str, needs: tuple):
-    """The :class:`~tritp.codegen.cg_fused.FusedPlan` of producer ``spec``'s backward in problem
-    ``key`` for the gradients ``needs`` (one flag per tensor), or None
-    (:func:`~tritp.codegen.cg_fused.fused_plan`: the forward's, or a gradient's inside a double
-    backward)."""
+    """The :class:`~tritp.codegen.fused_specs.FusedPlan` of producer ``spec``'s backward in
+    problem ``key`` for the gradients ``needs`` (one flag per tensor), or None
+    (:func:`~tritp.codegen.fused_specs.fused_plan`: the forward's backward unless
+    ``TRITP_FUSED_BWD=0``, a gradient kernel's inside a double backward unless
+    ``TRITP_FUSED_DBL=0``)."""
+    on = fused_backward_on() if spec_from_str(spec).target == "out" else fused_second_on()
+    return _fused_for(key, spec, needs) if on else None
+
+
+@lru_cache(maxsize=4096)
+def _fused_for(key: str, spec: str, needs: tuple):
     return fused_plan(problem_from_key(key), spec_from_str(spec), {i for i, n in enumerate(needs) if n})
 
 
-@lru_cache(maxsize=4096)
 def second_for(key: str, spec: str, needs: tuple, live: tuple):
-    """The :class:`~tritp.codegen.fused_specs.FusedSecond` of fused backward ``spec``'s own
+    """The :class:`~tritp.codegen.fused_specs.FusedPlan` of fused backward ``spec``'s own
     backward in problem ``key`` (gradients ``needs``, one flag per tensor; parts ``live`` with
-    a cotangent), or None (:func:`~tritp.codegen.fused_specs.fused_second`)."""
+    a cotangent), or None (:func:`~tritp.codegen.fused_specs.fused_second`; ``TRITP_FUSED_DBL=0``)."""
+    return _second_for(key, spec, needs, live) if fused_second_on() else None
+
+
+@lru_cache(maxsize=4096)
+def _second_for(key: str, spec: str, needs: tuple, live: tuple):
     return fused_second(problem_from_key(key), spec_from_str(spec), {i for i, n in enumerate(needs) if n}, live)
 
 
@@ -130,8 +140,7 @@ def _make_backward(op):
             return FUSED[op](ctx.key, text, ctx.Z, args[0].dtype, args)
 
         spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, ctx.needs_input_grad[4])
-        on = fused_backward_on() and (spec.target == "out" or fused_second_on())  # a gradient's: second order
-        fused = fused_for(ctx.key, ctx.spec, needs) if on else None
+        fused = fused_for(ctx.key, ctx.spec, needs)
         return None, None, None, None, backward_gradients(spec, fused, ctx.saved_tensors, grad, needs, call, call_fused)
 
     return backward
@@ -154,7 +163,7 @@ def _make_fused_backward(op):
 
         spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, ctx.needs_input_grad[4])
         live = tuple(j for j, g in enumerate(grads) if g is not None)
-        second = second_for(ctx.key, ctx.spec, needs, live) if fused_second_on() else None
+        second = second_for(ctx.key, ctx.spec, needs, live)
         return None, None, None, None, fused_gradients(spec, ctx.saved_tensors, grads, needs, call, second,
                                                        call_second)
 

@@ -45,6 +45,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import product
 from typing import Callable
 
@@ -166,6 +167,7 @@ def cg_shape(problem, spec: ProducerSpec) -> dict:
     return {"lanes": lanes, "tiles": tiles, "loops": loops, "nnz": nnz}
 
 
+@lru_cache(maxsize=256)  # asked by every cache lookup of the kernel (make_key hashes its space)
 def block_c_free(problem, spec) -> bool:
     """Whether producer ``spec``'s source is the same for every ``block_c`` (rule 6): checked
     on the generated pieces, for shared-weight gradients (the only kernels where it can be).

@@ -144,7 +144,7 @@ def _fused_groups(p, spec) -> tuple:
     costs = segment_costs(p, spec)
     st = slot_terms(spec)  # a second-order kernel: x1 and its cotangent's tiles, two weight tiles
     n_x1 = max(1, len(st.t))
-    n_w = max(1, len(({b for _, b, _ in st.s} | {b for _, uses in st.t.values() for b, _ in uses}) - {None}))
+    n_w = max(1, len(st.w_tensors()))
     out = []
     for seg, (mul, ir) in enumerate(p.irreps_in1):
         inss = [i for i in p.instructions if i.i_in1 == seg and 0 not in i.path_shape]
@@ -161,7 +161,8 @@ def _fused_groups(p, spec) -> tuple:
         if want & {"w", "x2"} and inss:
             tiles += ir.dim * n_x1
         # a second-order kernel's extra contractions keep their operand products alive too
-        tiles = tiles + q + per_path + PER_FUSED_UNIT * costs[seg] + max(0, len(st.s) - 1) + max(0, len(st.t) - 1)
+        extra = max(0, len(st.s) - 1) + max(0, len(st.t) - 1)
+        tiles = tiles + q + per_path + PER_FUSED_UNIT * costs[seg] + extra
         out.append(Group(mul, tiles, 1, seg, None, frozenset(), dp3d=_dp(p, dims)))
     return tuple(out)
 
