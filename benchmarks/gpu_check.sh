@@ -21,12 +21,16 @@
 #   forms     benchmarks/kernel_forms.py: mul_ir with row-on-warp (default), plain 3D or strided tiles,
 #             unshared channel loops, the unfused backward, every gradient and the unfused double backward (dbl), ir_mul; on mace-large, mace-medium, nequip-benzene, uvu-128x3e unless FORMS_ARGS
 #             says otherwise (e.g. "--preset mace-large"; not in the default STAGES)
+# CONV_ARGS and GAUNT_ARGS replace those stages' problem options (e.g. CONV_ARGS="--variants
+# tritp-atomic oeq-atomic", GAUNT_ARGS="--L 1-8 --channels 32 --impls grid,fft,e3nn").
 # Environment: BUDGET (seconds for the whole script, default 500), HARNESS_S, CONV_S, GAUNT_S,
 # TUNE_S, FORMS_S (each stage's hard stop before the cut, defaults 220, 90, 90, 80, 240; a stage measures for
 # three quarters of it and is then interrupted, keeping what it measured), OUT (where results
 # go; default a new temporary folder).
 set -uo pipefail
 export FORMS_ARGS="${FORMS_ARGS:-}"
+export CONV_ARGS="${CONV_ARGS:-}"
+export GAUNT_ARGS="${GAUNT_ARGS:---L 2,4,6,8 --channels 32,128 --impls sparse,grid,fft,grid-tf32x3,fft-tf32x3,e3nn}"
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
@@ -113,9 +117,9 @@ args=("$@")
 has harness && run_stage harness "${HARNESS_S:-220}" \
     bash -c 'exec "$0" benchmarks/harness.py "$@" --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY" "${args[@]}"
 has conv && run_stage conv "${CONV_S:-90}" \
-    bash -c 'exec "$0" benchmarks/conv_bench.py --dtypes float32 --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY"
+    bash -c 'exec "$0" benchmarks/conv_bench.py --dtypes float32 $CONV_ARGS --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY"
 has gaunt && run_stage gaunt "${GAUNT_S:-90}" \
-    bash -c 'exec "$0" benchmarks/gaunt_bench.py --L 2,4,6,8 --channels 32,128 --impls sparse,grid,fft,grid-tf32x3,fft-tf32x3,e3nn --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY"
+    bash -c 'exec "$0" benchmarks/gaunt_bench.py $GAUNT_ARGS --time-limit "$STAGE_SOFT" --out benchmarks/results' "$PY"
 if has autotune; then
     run_stage autotune "${TUNE_S:-80}" bash -c 'exec "$0" -m tritp.cli autotune --preset all --strategy staged \
         --direction fwd,bwd --time-limit "$STAGE_SOFT" --export autotune_cache' "$PY"
