@@ -27,10 +27,14 @@ Three questions the CPU cannot answer, asked of one GPU at once:
 * **Fused double backward** (``tritp.codegen.fused_specs``): the backward of x2's gradient
   kernel -- the ``dbl`` direction's second pass -- is one fused kernel for x1's and the weights'
   gradients; ``TRITP_FUSED_DBL=0`` (``mul_ir/dbl-apart``) runs one kernel each, as before.
+* **Eager calls without op dispatch** (``tritp.eager_ops``): the same kernels launched through
+  plain ``autograd.Function`` s; ``TRITP_FAST_EAGER=0`` (``mul_ir/ops``) goes through the
+  ``torch.library`` ops, as before. The difference is CPU time per call, which shows where a
+  kernel runs shorter than its launch path (the small presets).
 
 For each preset and direction (``fwd``, ``fwdbwd``; ``dbl`` on request) it builds the
 forms (``mul_ir/rows``, the default; ``mul_ir/3d``; ``mul_ir/strided``; ``mul_ir/unshared``;
-``mul_ir/unfused``; ``mul_ir/allgrads``; ``mul_ir/dbl-apart``; ``ir_mul``),
+``mul_ir/unfused``; ``mul_ir/allgrads``; ``mul_ir/dbl-apart``; ``mul_ir/ops``; ``ir_mul``; ``--forms`` picks some),
 compiles their kernels in parallel, checks each against the float64 reference on the
 first rows (inputs converted to the variant's layout, outputs back), then times them
 (``triton.testing.do_bench`` median on CUDA, wall clock elsewhere) and prints milliseconds,
@@ -73,7 +77,8 @@ FORMS = (("mul_ir/rows", "mul_ir", {}), ("mul_ir/3d", "mul_ir", {"TRITP_COALESCE
          ("mul_ir/unshared", "mul_ir", {"TRITP_SHARE_LOADS": "0"}),
          ("mul_ir/unfused", "mul_ir", {"TRITP_FUSED_BWD": "0"}),
          ("mul_ir/allgrads", "mul_ir", {"TRITP_PRUNE_GRADS": "0"}),
-         ("mul_ir/dbl-apart", "mul_ir", {"TRITP_FUSED_DBL": "0"}), ("ir_mul", "ir_mul", {}))
+         ("mul_ir/dbl-apart", "mul_ir", {"TRITP_FUSED_DBL": "0"}),
+         ("mul_ir/ops", "mul_ir", {"TRITP_FAST_EAGER": "0"}), ("ir_mul", "ir_mul", {}))
 #: Forms that differ from the default only in some directions: the others are not timed twice
 ONLY = {"mul_ir/unfused": ("fwdbwd", "dbl"), "mul_ir/allgrads": ("dbl",), "mul_ir/dbl-apart": ("dbl",)}
 KINDS = {"fwd": ("fwd",), "fwdbwd": ("fwd", "bwd"), "dbl": ("fwd", "bwd", "dbl")}
@@ -105,6 +110,8 @@ def run_problem(name: str, problem, batch: int, args, timer, log) -> dict:
     chk64 = bench.rows(full, nchk, problem.shared_weights, torch.float64)
     refs = {d: bench.direction_fn(lambda a, b, c: reference_tp(problem, a, b, c), d, chk64)() for d in args.directions}
     for form, layout, env in FORMS:
+        if form not in args.forms:
+            continue
         with form_env(env):
             p = problem.replace(layout=layout)
             tp = TensorProduct(p, backend="triton")
@@ -137,7 +144,7 @@ def run_problem(name: str, problem, batch: int, args, timer, log) -> dict:
 def render(result: dict) -> None:
     from rich.table import Table
 
-    forms = [f[0] for f in FORMS]
+    forms = [f[0] for f in FORMS if f[0] in result["forms"]]
     t = Table(title=f"{result['device_name']} | copy {result['bandwidth_Bps'] / 1e9:.0f} GB/s | ms, "
                     f"and ratio to {forms[0]}" + (" | INTERRUPTED" if result.get("interrupted") else ""))
     for col in ["problem", "dir"] + forms + ["% floor " + forms[0]]:
@@ -161,6 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--directions", default="fwd,fwdbwd", help="comma-separated: fwd, fwdbwd, dbl")
     ap.add_argument("--batch", type=int, help="rows (default: each preset's; dbl runs at that batch too)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--forms", help="comma-separated names of FORMS to time (default all; the first is the "
+                                    "ratios' base when it is among them)")
     ap.add_argument("--check-rows", type=int, default=256)
     ap.add_argument("--time-limit", type=float, metavar="S", help="skip what is left after S seconds")
     ap.add_argument("--out", metavar="DIR", help="write the JSON here")
@@ -171,6 +180,10 @@ def main(argv=None) -> int:
     args.directions = [d for d in args.directions.split(",") if d]
     if any(d not in KINDS for d in args.directions):
         raise SystemExit(f"kernel_forms: --directions takes {', '.join(KINDS)}")
+    known = [f[0] for f in FORMS]
+    args.forms = known if not args.forms else [f for f in args.forms.split(",") if f]
+    if any(f not in known for f in args.forms):
+        raise SystemExit(f"kernel_forms: --forms takes {', '.join(known)}")
     names = ["tiny"] if args.quick else [n for n in args.preset.split(",") if n]
     started = time.monotonic()
     args.out_of_time = lambda: args.time_limit is not None and time.monotonic() - started > args.time_limit
@@ -179,7 +192,7 @@ def main(argv=None) -> int:
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python"] + sys.argv), "device_name": torch.cuda.get_device_name()
               if args.device.type == "cuda" else "cpu", "interpreter": bench.interpreter_active(),
-              "dtype": str(args.dtype).replace("torch.", ""), "forms": [f[0] for f in FORMS],
+              "dtype": str(args.dtype).replace("torch.", ""), "forms": args.forms,
               "bandwidth_Bps": bench.copy_bandwidth(args.device, timer), "problems": []}
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     try:

@@ -22,7 +22,12 @@ import torch  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _seed():
+    """A fixed seed, and no memoized launch recipes from an earlier test (a test may patch
+    ``choose`` or ``get_kernel``, which a memoized recipe would bypass)."""
+    from tritp.kernels import forget_recipes
+
     torch.manual_seed(0)
+    forget_recipes()
     yield
 
 

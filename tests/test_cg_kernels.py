@@ -426,6 +426,7 @@ def test_int64_addressing(monkeypatch, shared):
 
     spy = _LaunchSpy(tritp.kernels.get_kernel)
     monkeypatch.setattr(tritp.kernels, "get_kernel", spy)
+    tritp.tuning.clear_memo()  # memoized launch recipes hold the kernels found before
     small = go()
     assert spy.idx64 and not any(spy.idx64)
     spy.idx64.clear()
@@ -477,6 +478,7 @@ def spy_pieces(monkeypatch) -> list:
         return real(problem, spec, dtype, block_c, piece)
 
     monkeypatch.setattr(tritp.kernels, "get_kernel", spy)
+    tritp.tuning.clear_memo()  # memoized launch recipes hold the kernels found before
     return seen
 
 
@@ -616,6 +618,7 @@ def test_precompile_warms_every_piece_of_every_direction(monkeypatch):
     fakes = FakeKernels()
     monkeypatch.setattr(tritp.kernels, "get_kernel", fakes)
     monkeypatch.setattr(tritp.kernels, "interpreter_active", lambda: False)
+    tritp.tuning.clear_memo()  # the launch recipes memoized above hold the unpatched pieces
     n = tri.precompile(batch=8, directions=("fwd", "bwd", "dbl"))
     warmed = fakes.warmed
     keys = [w[0] for w in warmed]
@@ -666,6 +669,7 @@ def test_shared_weight_gradient_is_deterministic(monkeypatch):
 
     g1 = wgrad()
     monkeypatch.setattr(tritp.kernels, "get_kernel", spy)
+    tritp.tuning.clear_memo()  # memoized launch recipes hold the kernels found before
     g2 = wgrad()
     assert max(nprog) >= 2, nprog
     assert torch.equal(g1, g2)

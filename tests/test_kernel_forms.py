@@ -18,13 +18,14 @@ def test_quick_run_checks_and_times_every_form(tmp_path):
     env.pop("TRITP_FUSED_BWD", None)
     env.pop("TRITP_PRUNE_GRADS", None)
     env.pop("TRITP_FUSED_DBL", None)
+    env.pop("TRITP_FAST_EAGER", None)
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_forms.py"), "--quick", "--out",
                         str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     (path,) = (tmp_path / "out").glob("*-kernel-forms.json")
     data = json.loads(path.read_text())
     assert data["forms"] == ["mul_ir/rows", "mul_ir/3d", "mul_ir/strided", "mul_ir/unshared", "mul_ir/unfused",
-                             "mul_ir/allgrads", "mul_ir/dbl-apart", "ir_mul"]
+                             "mul_ir/allgrads", "mul_ir/dbl-apart", "mul_ir/ops", "ir_mul"]
     (rec,) = data["problems"]
     assert rec["failures"] == {}
     # the unfused backward's forward is the default's: not timed twice; every gradient

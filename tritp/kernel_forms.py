@@ -90,6 +90,13 @@ def prune_grads_on() -> bool:
     return os.environ.get("TRITP_PRUNE_GRADS", "1") != "0"
 
 
+def fast_eager_on() -> bool:
+    """Whether eager calls skip the ``torch.library`` op dispatch (the default;
+    :mod:`tritp.eager_ops`) or go through the registered ops as traced code does
+    (``TRITP_FAST_EAGER=0``: the path before, kept to time the two)."""
+    return os.environ.get("TRITP_FAST_EAGER", "1") != "0"
+
+
 def kernel_form() -> tuple:
     """What the ``TRITP_*`` form switches add to a generated source's identity and to a loaded
     kernel's key (:func:`share_loads`, :func:`tile_form`)."""
@@ -107,9 +114,10 @@ def conv_form() -> tuple:
 
 #: The environment variables that select a kernel form (:func:`share_loads`, :func:`tile_form`,
 #: :func:`conv_rows`, :func:`conv_block_sums`, :func:`conv_x1_rows`, :func:`fused_backward_on`,
-#: :func:`fused_second_on`, :func:`prune_grads_on`).
+#: :func:`fused_second_on`, :func:`prune_grads_on`, :func:`fast_eager_on`).
 FORM_VARIABLES = ("TRITP_SHARE_LOADS", "TRITP_COALESCE", "TRITP_CONV_ROWS", "TRITP_CONV_BLOCK_SUMS",
-                  "TRITP_CONV_X1_ROWS", "TRITP_FUSED_BWD", "TRITP_FUSED_DBL", "TRITP_PRUNE_GRADS")
+                  "TRITP_CONV_X1_ROWS", "TRITP_FUSED_BWD", "TRITP_FUSED_DBL", "TRITP_PRUNE_GRADS",
+                  "TRITP_FAST_EAGER")
 
 
 @contextmanager

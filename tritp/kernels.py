@@ -131,10 +131,19 @@ def launch_dtypes(tensors, out_dtype=None) -> tuple:
 
 def target_dim(problem: Problem, role: str) -> int:
     """Width of target ``role``'s row; a fused spec's target (``"x1+w+x2"``) sums its parts'."""
-    if "+" in role:
-        return sum(target_dim(problem, r) for r in role.split("+"))
-    return {"x1": problem.irreps_in1.dim, "x2": problem.irreps_in2.dim, "out": problem.irreps_out.dim,
-            "w": problem.weight_numel}[role]
+    key = (problem.key, role)
+    d = _dims.get(key)
+    if d is None:
+        if "+" in role:
+            d = sum(target_dim(problem, r) for r in role.split("+"))
+        else:
+            d = {"x1": problem.irreps_in1.dim, "x2": problem.irreps_in2.dim, "out": problem.irreps_out.dim,
+                 "w": problem.weight_numel}[role]
+        _dims[key] = d
+    return d
+
+
+_dims: dict = {}  # (problem key, role) -> row width: summing the irreps' dims costs microseconds a launch
 
 
 def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=None, config=None,
@@ -152,7 +161,7 @@ def produce(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dtype=
         return plan.g
     launch_pieces(plan.kernels, plan.grid, plan.args, plan.options, wrap)
     if isinstance(plan.g, list):  # a fused backward's parts
-        return [g.to(plan.out_dtype) for g in plan.g]
+        return [g if g.dtype == plan.out_dtype else g.to(plan.out_dtype) for g in plan.g]
     if plan.slabs > 1:  # Partial pieces (cg_pieces): each wrote its own slab of [Z, slabs * dim]
         return plan.g.view(Z, plan.slabs, -1).sum(1).to(plan.out_dtype)
     return plan.g.sum(0).to(plan.out_dtype) if plan.shared_w else plan.g
@@ -223,18 +232,7 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
         else:
             zeros = torch.zeros((dim,) if shared_w else (Z, dim), dtype=out_dtype, device=device)
         return LaunchPlan([], (0,), (), {}, zeros, False, out_dtype, device)
-    if config is None:
-        from .tuning import choose
-
-        config = choose(problem, spec, dtype_name, Z, device, interpreter_active())
-    else:
-        from .tuning import check_config
-
-        check_config(config)
-    pieces = pieces_of(problem, spec)
-    kerns = [get_kernel(problem, spec, dtype_name, config.block_c, piece) for piece in pieces]
-    n_slabs = slabs(pieces)
-    block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # one grid for every piece
+    config, kerns, n_slabs, block_z = recipe(problem, spec, dtype_name, Z, device, config)
     nprog = split_programs(triton_cdiv(Z, block_z), device) if shared_w else triton_cdiv(Z, block_z)
     args, strides = [], []
     for t in tensors:
@@ -260,6 +258,60 @@ def launch_plan(problem: Problem, spec: ProducerSpec, tensors, Z: int, *, out_dt
                    num_stages=config.num_stages)
     return LaunchPlan(kerns, (nprog,), (*args, *strides, *targets, Z), options, g, shared_w, out_dtype, device,
                       n_slabs)
+
+
+class Recipe(NamedTuple):
+    """What a launch derives from its problem, spec, dtype, batch bucket, device and
+    environment alone: the configuration, the piece kernels, their slab count and the rows
+    per program."""
+
+    config: object
+    kernels: list
+    slabs: int
+    block_z: int
+
+
+#: What besides its arguments a recipe depends on: the switches of the generated forms and of the
+#: tuning cache's identity salt (:func:`tritp.kernel_forms.conv_form`), where caches live, the
+#: interpreter. (The other form switches choose which specs run, not how one launches.)
+RECIPE_ENV = ("TRITP_SHARE_LOADS", "TRITP_COALESCE", "TRITP_CONV_ROWS", "TRITP_CONV_BLOCK_SUMS", "TRITON_INTERPRET",
+              "TRITP_CACHE_DIR", "XDG_CACHE_HOME", "HOME")
+
+
+def recipe(problem: Problem, spec, dtype_name: str, Z, device, config=None) -> Recipe:
+    """The :class:`Recipe` of a launch, memoized: choosing a configuration and finding the
+    kernels costs about 100 microseconds in Python (the cache key's hashes, the environment's
+    kernel forms), as long as a small kernel runs on a GPU, so it is done once per (problem,
+    spec, dtype, batch bucket, device, config, environment). The memo lives in
+    ``tritp.tuning._memo``, which every cache write and :func:`tritp.tuning.clear_memo` empty."""
+    from .tuning import _memo, rows_hint
+
+    rows = rows_hint(Z)
+    mk = ("recipe", problem.key, spec, dtype_name, 1 << max(0, rows - 1).bit_length(), device, config,
+          torch.get_float32_matmul_precision(), *map(os.environ.get, RECIPE_ENV))
+    r = _memo.get(mk)
+    if r is None:
+        if config is None:
+            from .tuning import choose
+
+            config = choose(problem, spec, dtype_name, rows, device, interpreter_active())
+        else:
+            from .tuning import check_config
+
+            check_config(config)
+        pieces = pieces_of(problem, spec)
+        kerns = [get_kernel(problem, spec, dtype_name, config.block_c, piece) for piece in pieces]
+        block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # one grid for every piece
+        r = _memo[mk] = Recipe(config, kerns, slabs(pieces), block_z)
+    return r
+
+
+def forget_recipes() -> None:
+    """Drop the memoized launch recipes (after patching how kernels are found, in tests)."""
+    from .tuning import _memo
+
+    for k in [k for k in _memo if k[0] == "recipe"]:
+        del _memo[k]
 
 
 def precompile(plans, timeout: float | None = None, ignore_errors: bool = False) -> int:

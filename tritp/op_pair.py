@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import sys
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import torch
@@ -269,9 +270,16 @@ def run_plan(plan, tensors: Sequence, args: Sequence, call: Callable, out: list)
         >>> [None if g is None else tuple(g.shape) for g in out]
         [None, (2, 1), (2, 4)]
     """
-    for target, g in zip(plan.spec.targets, call(plan.spec.to_str(), [args[k] for k in plan.order])):
+    for target, g in zip(plan.spec.targets, call(spec_text(plan.spec), [args[k] for k in plan.order])):
         i = plan.index[target]
         out[i] = unbroadcast(tensors[i], g)
+
+
+@lru_cache(maxsize=1024)
+def spec_text(spec) -> str:
+    """``spec.to_str()``, memoized: a fused spec's text is rebuilt from its terms otherwise, on
+    every backward."""
+    return spec.to_str()
 
 
 def pick(opaque, visible, tensors: Sequence):

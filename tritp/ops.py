@@ -175,5 +175,20 @@ register((produce_fused_op, produce_fused_triton_op), _fused_fake, _save_fused, 
 
 
 def run(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: list) -> torch.Tensor:
-    """Dispatch to the op Inductor can see on CUDA, and to the opaque op elsewhere."""
-    return pick(produce_op, produce_triton_op, tensors)(key, spec, Z, out_dtype, graph_inputs(tensors))
+    """Run producer ``spec`` of problem ``key`` on ``tensors`` (a module's forward): see
+    :func:`run_spec`; a leaf that requires grad goes in as a view (:func:`graph_inputs`)."""
+    return run_spec(key, spec, Z, out_dtype, graph_inputs(tensors))
+
+
+def run_spec(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: list, fused: bool = False):
+    """One producer (``fused``: a fused backward's kernel, a list of outputs): in plain eager
+    mode through :mod:`tritp.eager_ops` (no op dispatch), else through the op Inductor can see
+    on CUDA, and the opaque op elsewhere."""
+    from .eager_ops import Produce, ProduceFused, eager_ok
+
+    if eager_ok(tensors):
+        fn = ProduceFused if fused else Produce
+        out = fn.apply(key, spec, Z, out_dtype, *tensors)
+        return list(out) if fused else out
+    op = pick(produce_op, produce_triton_op, tensors)
+    return (FUSED[op] if fused else op)(key, spec, Z, out_dtype, tensors)

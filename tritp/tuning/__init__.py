@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-#: Cache-lookup results by (problem, spec, dtype, bucket, GPU, generator, folders).
+#: Cache-lookup results by (problem, spec, dtype, bucket, GPU, generator, folders), and the launch
+#: recipes built on them (keys starting "recipe", :func:`tritp.kernels.recipe`): cleared together.
 _memo: dict = {}
 
 

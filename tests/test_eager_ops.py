@@ -1,0 +1,126 @@
+"""The eager path (tritp.eager_ops) and the memoized launch recipe (tritp.kernels.recipe).
+
+Plain eager calls skip the torch.library ops' dispatch; anything that traces or transforms
+goes through the ops. Both must compute the same thing bit for bit, to every order."""
+
+import pytest
+import torch
+
+import tritp
+import tritp.kernels
+import tritp.tuning
+from tritp.eager_ops import Produce, ProduceFused, eager_ok
+
+F64 = torch.float64
+
+
+def _inputs(tp, z=5, dtype=F64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(z, tp.irreps_in1.dim, generator=g, dtype=dtype, requires_grad=True)
+    x2 = torch.randn(z, tp.irreps_in2.dim, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(tp.weight_numel if tp.shared_weights else (z, tp.weight_numel), generator=g, dtype=dtype,
+                    requires_grad=True)
+    return x1, x2, w
+
+
+def _third_order(tp, x1, x2, w):
+    """Output, first, second and third derivatives (a training step with forces and one more)."""
+    y = tp(x1, x2, w)
+    cot = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).reshape(y.shape)
+    g1 = torch.autograd.grad(y, (x1, x2, w), cot, create_graph=True)
+    g2 = torch.autograd.grad((g1[1] ** 2).sum() + (g1[0] * g1[0]).sum(), (x1, x2, w), create_graph=True)
+    g3 = torch.autograd.grad(sum((g * g).sum() for g in g2), (x1, x2, w), allow_unused=True)
+    return [y, *g1, *g2, *(g for g in g3 if g is not None)]
+
+
+CASES = [("channelwise fused", ("4x0e+4x1o+2x2e", "0e+1o+2e", "0e+1o+2e"), dict(mode="channelwise")),
+         ("shared uvw", ("2x0e+2x1o", "2x0e+1x1o", "2x0e+2x1o"), dict(shared_weights=True))]
+
+
+@pytest.mark.parametrize("name,irreps,kw", CASES, ids=[c[0] for c in CASES])
+def test_eager_path_equals_the_ops_to_third_order(name, irreps, kw, monkeypatch):
+    tp = tritp.compile(*irreps, **kw)
+    fast = _third_order(tp, *_inputs(tp))
+    monkeypatch.setenv("TRITP_FAST_EAGER", "0")
+    slow = _third_order(tp, *_inputs(tp))
+    assert len(fast) == len(slow) >= 10
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+
+
+def _count_applies(monkeypatch) -> dict:
+    seen = {"eager": 0, "op": 0}
+    for cls in (Produce, ProduceFused):
+        real = cls.apply
+
+        def apply(*a, _real=real):
+            seen["eager"] += 1
+            return _real(*a)
+
+        monkeypatch.setattr(cls, "apply", apply)
+    real_pick = tritp.ops.pick
+
+    def pick(*a):
+        seen["op"] += 1
+        return real_pick(*a)
+
+    monkeypatch.setattr(tritp.ops, "pick", pick)
+    return seen
+
+
+def test_plain_eager_calls_skip_the_ops_and_the_switch_restores_them(monkeypatch):
+    tp = tritp.compile("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise")
+    seen = _count_applies(monkeypatch)
+    x1, x2, w = _inputs(tp)
+    torch.autograd.grad(tp(x1, x2, w).sum(), (x1, x2, w))
+    assert seen == {"eager": 2, "op": 0}  # forward, then the fused backward
+    monkeypatch.setenv("TRITP_FAST_EAGER", "0")
+    torch.autograd.grad(tp(x1, x2, w).sum(), (x1, x2, w))
+    assert seen == {"eager": 2, "op": 1}  # the op's backward calls its fused op itself
+
+
+def test_tracing_and_transforms_take_the_ops():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    t = torch.ones(2, 3)
+    assert eager_ok([t, torch.nn.Parameter(torch.ones(3))])
+    with FakeTensorMode():
+        assert not eager_ok([t])
+    with torch.device("cpu"):  # a torch-function mode
+        assert not eager_ok([t])
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert not eager_ok([t.as_subclass(Sub)])
+    seen = []
+    torch.func.vmap(lambda row: seen.append(eager_ok([row])) or row)(t)
+    assert seen == [False]
+
+
+def test_make_fx_records_the_op():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    tp = tritp.compile("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise")
+    x1, x2, w = (t.detach() for t in _inputs(tp))
+    gm = make_fx(lambda a, b, c: tp(a, b, c))(x1, x2, w)
+    assert "tritp.produce" in gm.code
+    assert torch.equal(gm(x1, x2, w), tp(x1, x2, w))
+
+
+def test_a_launch_recipe_is_chosen_once_and_follows_the_environment(monkeypatch):
+    tp = tritp.compile("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise")
+    x1, x2, w = (t.detach() for t in _inputs(tp, dtype=torch.float32))
+    chosen = []
+    real = tritp.tuning.choose
+    monkeypatch.setattr(tritp.tuning, "choose", lambda *a, **k: chosen.append(a[3]) or real(*a, **k))
+    y = tp(x1, x2, w)
+    assert len(chosen) == 1
+    assert torch.equal(tp(x1, x2, w), y) and len(chosen) == 1  # memoized
+    tp(torch.cat([x1, x1]), torch.cat([x2, x2]), torch.cat([w, w]))  # 10 rows: another batch bucket
+    assert chosen == [5, 10]
+    monkeypatch.setenv("TRITP_COALESCE", "3d")  # another kernel form: chosen anew
+    assert torch.equal(tp(x1, x2, w), y) and len(chosen) == 3
+    tritp.tuning.clear_memo()
+    tp(x1, x2, w)
+    assert len(chosen) == 4
