@@ -192,6 +192,27 @@ def test_gpu_launch_default_is_the_documented_rung(impls, L, C, dtype, want, mon
         assert all(gk.estimate_registers(p, dtype, *r) > gk.REGISTER_BUDGET for r in rungs[:rungs.index(want)])
 
 
+@pytest.mark.parametrize("triton, precision, want", [
+    ("3.6", "ieee", (32, 8, 32)),  # 64:8:32 spills 5,136 bytes there (gaunt_ptxas.py)
+    ("3.9", "ieee", (64, 8, 32)),  # 96 registers, no spill
+    ("3.6", "tf32x3", (64, 8, 32)),  # another kernel: timed at 1.59 ms on an H200
+])
+def test_gpu_launch_skips_a_rung_the_running_triton_spills_on(triton, precision, want, monkeypatch):
+    """L = 7 (64 coefficients in every role) in exact fp32 on Triton 3.6: the estimate's first
+    rung is a known spill there, so the default takes the next; elsewhere it stays."""
+    from tritp import gaunt_kernels as gk
+    from tritp.tuning import cache
+
+    monkeypatch.setattr(gk, "interpreter_active", lambda: False)
+    monkeypatch.setattr(cache, "triton_version", lambda: triton)
+    for impl in ("grid", "fft"):
+        ls = "+".join(f"32x{l}{'eo'[l % 2]}" for l in range(8))
+        p = GauntProblem(ls, ls, lmax_out=7, implementation=impl, precision=precision)
+        assert gk.launch_shape(p, 320_000, "out", "float32") == want
+        assert gk.launch_candidates(p, "float32")[0] == want  # what a tuning run times first
+        assert len(gk.launch_candidates(p, "float32")) == len(set(gk.launch_candidates(p, "float32")))
+
+
 @pytest.mark.parametrize("C, rows", [(32, 64), (128, 64), (48, 16), (80, 16)])
 def test_gpu_launch_keeps_whole_samples_in_channel_summing_kernels(C, rows, monkeypatch):
     """A one-channel x2's gradient sums the C channels in the kernel: the row tile divides C or

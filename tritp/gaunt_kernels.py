@@ -75,6 +75,22 @@ def cg_spec(spec: str) -> ProducerSpec:
 GPU_LADDER = ((64, 4, None), (64, 8, None), (64, 8, 32), (32, 8, 32), (16, 4, 32), (16, 4, 16))
 #: The largest :func:`estimate_registers` a rung may have (its spill threshold on sm_90).
 REGISTER_BUDGET = 160
+#: Rungs that ptxas spills on sm_90 although the estimate fits, as (Triton major.minor, dtype,
+#: dot precision, coefficients of x1, x2 and out, rung): on Triton 3.6 (the GPU image) the exact-fp32
+#: kernel whose roles all hold 64 coefficients (L = 7) gets 32 registers and 5,136 bytes of
+#: spill at 64:8:32 (grid and fft alike; on an H200 20.6 ms against 4.55 at L = 8); 3.9 compiles
+#: it with 96 registers and no spill, and 32:8:32 does not spill on either (58 and 73 registers).
+#: L = 6 pads its 49 coefficients to the same 64 and does not spill (79 registers).
+#: ``benchmarks/gaunt_ptxas.py --L 1-8`` on 3.6 found no other.
+KNOWN_SPILLS = frozenset({("3.6", "float32", "ieee", (64, 64, 64), (64, 8, 32))})
+
+
+def known_spill(problem: GauntProblem, dtype: str, rung: tuple) -> bool:
+    """Whether ``rung`` is in :data:`KNOWN_SPILLS` for this problem under the running Triton."""
+    from .tuning.cache import triton_version
+
+    ks = tuple(role_size(problem, r)[0] for r in ROLES)
+    return (triton_version(), dtype, problem.precision, ks, tuple(rung)) in KNOWN_SPILLS
 
 
 def estimate_registers(problem: GauntProblem, dtype: str, block_r: int, num_warps: int, block_p: int) -> int:
@@ -103,7 +119,7 @@ def launch_shape(problem: GauntProblem, n_rows: int, target: str = "out", dtype:
 
     Interpreter: up to 256 rows per program (its cost is per program), 1 warp. GPU: the first
     rung of :data:`GPU_LADDER` whose :func:`estimate_registers` is within
-    :data:`REGISTER_BUDGET` (the last rung if none). A producer that sums a broadcast
+    :data:`REGISTER_BUDGET` and that is not a :data:`KNOWN_SPILLS` case (the last rung if none). A producer that sums a broadcast
     ``target`` over the channels in the kernel (``reduces_channels``) takes a tile that whole
     samples fit or split into evenly (``channel_block``: the same unless ``C`` is a multiple
     of 16 that neither divides nor is divided by it).
@@ -163,7 +179,8 @@ def launch_candidates(problem: GauntProblem, dtype: str = "float32") -> list:
     """
     bp0 = default_block_p(problem)
     rungs = list(dict.fromkeys((b, w, min(cap or bp0, bp0)) for b, w, cap in GPU_LADDER))
-    first = next((r for r in rungs if estimate_registers(problem, dtype, *r) <= REGISTER_BUDGET), rungs[-1])
+    first = next((r for r in rungs if estimate_registers(problem, dtype, *r) <= REGISTER_BUDGET
+                  and not known_spill(problem, dtype, r)), rungs[-1])
     return [first] + [r for r in rungs if r != first]
 
 
