@@ -23,9 +23,9 @@ row-on-warp form, ``TRITP_CONV_ROWS=1``; the atomic one on request), ``tritp-det
 and ``tritp-atomic-bwd-apart`` (one backward kernel per gradient, as before the fused backward
 -- which is one kernel for all three gradients under atomics, and one for the two edge
 gradients beside x1's segment kernel under the deterministic scatter --
-``TRITP_FUSED_BWD=0``; the forward is the same), ``tritp-atomic-rowadds`` (every edge's row
-added atomically at its destination, as before a block of edges with one destination added
-their sum once, ``TRITP_CONV_BLOCK_SUMS=0``), ``tritp-det-x1-segment`` (the deterministic
+``TRITP_FUSED_BWD=0``; the forward is the same), ``tritp-atomic-blocksums`` (a block of edges
+with one destination adds the sum of its rows once, ``TRITP_CONV_BLOCK_SUMS=1``: the default
+until an H200 timed it slower than the row-by-row adds), ``tritp-det-x1-segment`` (the deterministic
 backward's x1 gradient from its own segment kernel beside the fused edge pair, as before the
 per-edge rows, ``TRITP_CONV_X1_ROWS=0``), ``tritp-atomic-dbl-apart`` and ``tritp-det-dbl-apart`` (``dbl``
 only: the double backward's gradients one kernel each, as before they were fused into one
@@ -61,7 +61,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("tritp-atomic", "tritp-det", "tritp-det-segwalk", "tritp-det-rows", "tritp-atomic-rows",
-            "tritp-det-bwd-apart", "tritp-det-x1-segment", "tritp-atomic-bwd-apart", "tritp-atomic-rowadds",
+            "tritp-det-bwd-apart", "tritp-det-x1-segment", "tritp-atomic-bwd-apart", "tritp-atomic-blocksums",
             "tritp-atomic-dbl-apart", "tritp-det-dbl-apart", "tritp-unfused", "oeq-atomic", "oeq-det", "cueq")
 DEFAULT_VARIANTS = tuple(v for v in VARIANTS if v != "tritp-atomic-rows")
 #: tritp variants that run another kernel form: (the variant they are, the environment set
@@ -71,7 +71,7 @@ FORM_ENV = {"tritp-det-segwalk": ("tritp-det", {"TRITP_SHARE_LOADS": "0"}),
             "tritp-atomic-rows": ("tritp-atomic", {"TRITP_CONV_ROWS": "1"}),
             "tritp-det-bwd-apart": ("tritp-det", {"TRITP_FUSED_BWD": "0"}),
             "tritp-atomic-bwd-apart": ("tritp-atomic", {"TRITP_FUSED_BWD": "0"}),
-            "tritp-atomic-rowadds": ("tritp-atomic", {"TRITP_CONV_BLOCK_SUMS": "0"}),
+            "tritp-atomic-blocksums": ("tritp-atomic", {"TRITP_CONV_BLOCK_SUMS": "1"}),
             "tritp-det-x1-segment": ("tritp-det", {"TRITP_CONV_X1_ROWS": "0"}),
             "tritp-atomic-dbl-apart": ("tritp-atomic", {"TRITP_FUSED_DBL": "0"}),
             "tritp-det-dbl-apart": ("tritp-det", {"TRITP_FUSED_DBL": "0"})}

@@ -1,5 +1,5 @@
-"""Atomic convolution kernels add the sum of a block's rows once where the block's edges share
-one destination (``ConvEmitter.emit_block_sum``; ``TRITP_CONV_BLOCK_SUMS=0`` adds every row):
+"""Atomic convolution kernels can add the sum of a block's rows once where the block's edges share
+one destination (``ConvEmitter.emit_block_sum``, ``TRITP_CONV_BLOCK_SUMS=1``; the default adds every row):
 equal to the row-by-row adds and to the unfused reference whatever the order of the edges --
 one destination per block, two, many, every edge its own -- to second order."""
 
@@ -55,7 +55,7 @@ def _graphs(n: int, g: torch.Generator) -> dict:
 
 
 def _with_and_without(monkeypatch, run) -> tuple:
-    """``run()`` with block sums (the default) and with row-by-row adds, at 4 edges a block."""
+    """``run()`` with block sums and with row-by-row adds (the default), at 4 edges a block."""
     out = []
     for sums in ("1", "0"):
         monkeypatch.setenv("TRITP_CONV_BLOCK_SUMS", sums)
@@ -80,9 +80,10 @@ def test_block_sums_equal_row_adds_forward(case, monkeypatch):
 
 
 @pytest.mark.parametrize("sort", [True, False], ids=["sorted", "unsorted"])
-def test_block_sums_to_second_order_against_reference(sort):
+def test_block_sums_to_second_order_against_reference(sort, monkeypatch):
     """The module's atomic forward and the double backward's destination targets (all with
     block sums) against the unfused float64 reference."""
+    monkeypatch.setenv("TRITP_CONV_BLOCK_SUMS", "1")
     conv = compile_conv(*IRREPS, mode="channelwise", scatter="atomic")
     g = torch.Generator().manual_seed(4)
     n, E = 6, 29
@@ -125,3 +126,13 @@ def test_block_sums_at_the_sources(case, monkeypatch):
     for a, b in zip(sums, rows):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(sums[0], sums[1], rtol=1e-12, atol=1e-12)
+
+
+def test_row_adds_are_the_default(monkeypatch):
+    """Block sums are opt-in: the H200 timed the atomic forward slower with them."""
+    from tritp.kernel_forms import conv_block_sums
+
+    monkeypatch.delenv("TRITP_CONV_BLOCK_SUMS", raising=False)
+    assert not conv_block_sums()
+    monkeypatch.setenv("TRITP_CONV_BLOCK_SUMS", "1")
+    assert conv_block_sums()

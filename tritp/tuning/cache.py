@@ -88,11 +88,11 @@ def identity_salt() -> str:
     ``TRITP_COALESCE``, ``TRITP_CONV_ROWS``: the kernels differ in registers, so a launch tuned
     for one form is not the other's)."""
     from .. import kernels
-    from ..kernel_forms import conv_form
+    from ..kernel_forms import DEFAULT_CONV_FORM, conv_form
 
     h = kernels.generator_hash()
     form = conv_form()  # every form switch, the convolution's included
-    return h if form == (True,) else content_hash(h, *form)  # (True,): the default forms
+    return h if form == DEFAULT_CONV_FORM else content_hash(h, *form)
 
 
 def source_hash(problem, spec, dtype: str) -> str:
