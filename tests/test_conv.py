@@ -264,6 +264,7 @@ def test_int64_check_counts_row_strides(monkeypatch):
     ea, w = torch.randn(6, 4, dtype=F64), torch.randn(6, p.weight_numel, dtype=F64)
     plain = tritp.conv_kernels.produce_conv(p, forward_spec(), "atomic", [x.contiguous(), ea, w], [src, dst], 4, 4)
     monkeypatch.setattr(tritp.conv_kernels, "get_conv_kernel", spy)
+    tritp.kernels.forget_recipes()  # the launch above memoized the unwrapped kernel
     monkeypatch.setattr(tritp.kernels, "INT32_LIMIT", 200)  # above every numel, below x's reach
     y = tritp.conv_kernels.produce_conv(p, forward_spec(), "atomic", [x, ea, w], [src, dst], 4, 4)
     assert seen == [True]

@@ -124,3 +124,41 @@ def test_a_launch_recipe_is_chosen_once_and_follows_the_environment(monkeypatch)
     tritp.tuning.clear_memo()
     tp(x1, x2, w)
     assert len(chosen) == 4
+
+
+@pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
+def test_convolution_eager_path_equals_the_ops_to_third_order(scatter, monkeypatch):
+    """The fused convolution (fused backward and fused second pass included) takes the eager
+    path by default and computes bit for bit what its ops compute."""
+    from tritp.eager_ops import ConvProduce, ConvProduceFused
+
+    conv = tritp.compile_conv("4x0e+2x1o", "0e+1o+2e", "0e+1o+2e", mode="channelwise", scatter=scatter)
+    g = torch.Generator().manual_seed(3)
+    n, E = 5, 17
+    src, dst = torch.randint(0, n, (E,), generator=g), torch.randint(0, n, (E,), generator=g)
+    x = torch.randn(n, conv.irreps_in1.dim, generator=g, dtype=F64)
+    ea = torch.randn(E, conv.irreps_in2.dim, generator=g, dtype=F64)
+    w = torch.randn(E, conv.weight_numel, generator=g, dtype=F64)
+    applies = []
+    for cls in (ConvProduce, ConvProduceFused):
+        monkeypatch.setattr(cls, "apply", lambda *a, _real=cls.apply: applies.append(1) or _real(*a))
+
+    def run():
+        ts = [t.clone().requires_grad_() for t in (x, ea, w)]
+        return _third_order(lambda a, b, c: conv(a, b, c, src, dst, n), *ts)
+
+    fast = run()
+    assert len(applies) >= 5
+    monkeypatch.setenv("TRITP_FAST_EAGER", "0")
+    slow = run()
+    assert len(fast) == len(slow) >= 10
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+
+
+def test_convolution_range_check_on_the_eager_path():
+    conv = tritp.compile_conv("2x0e", "0e", "2x0e", mode="channelwise", scatter="atomic")
+    src, dst = torch.tensor([0, 1, 2]), torch.tensor([1, 0, 3])
+    x, ea, w = torch.randn(3, 2), torch.randn(3, 1), torch.randn(3, conv.weight_numel)
+    with pytest.raises(IndexError, match=r"dst\[2\] = 3 is out of range for 3 nodes"):
+        conv(x, ea, w, src, dst, 3)

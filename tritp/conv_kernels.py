@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -120,6 +121,30 @@ def choose_config(problem: Problem, spec: ProducerSpec, mode: str, dtype: str, n
     return default_config(mode, num_edges, nrows, interpreted, problem, spec, dtype)
 
 
+def conv_recipe(problem: Problem, spec, mode: str, dtype: str, num_edges, nrows, device, config=None) -> tuple:
+    """``(config, piece kernels, block_z)`` of a conv launch, memoized as
+    :func:`tritp.kernels.recipe` is (same store, same environment), per bucket of edges and, in
+    segment mode, of the mean degree (what :func:`default_config` sizes by)."""
+    from .tuning import _memo, rows_hint
+
+    e, r = rows_hint(num_edges), rows_hint(nrows)
+    deg = -(-e // max(r, 1)) if mode == "segment" else 0
+    mk = ("recipe", "conv", problem.key, spec, mode, dtype, 1 << max(0, e - 1).bit_length(),
+          1 << max(0, deg - 1).bit_length(), device, config, torch.get_float32_matmul_precision(),
+          *map(os.environ.get, kernels.RECIPE_ENV))
+    found = _memo.get(mk)
+    if found is None:
+        if config is None:
+            config = choose_config(problem, spec, mode, dtype, num_edges, nrows, device, interpreter_active())
+        else:
+            check_config(config)
+        kerns = [get_conv_kernel(problem, spec, dtype, config.block_c, mode, piece)
+                 for piece in conv_pieces(problem, spec)]
+        block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # tl.dot paths need 16 rows
+        found = _memo[mk] = (config, kerns, block_z)
+    return found
+
+
 def conv_pieces(problem: Problem, spec) -> tuple:
     """The kernels one conv producer launches: :func:`~tritp.codegen.cg_pieces.plan_pieces`
     without partial slabs (nothing here sums them), or a fused backward's
@@ -178,10 +203,6 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
     E = graph[0].shape[0] if num_edges is None else num_edges
     shape = target_shape(problem, spec.target, E, n_in, n_out)
     nrows = shape[0] if mode == "segment" else E
-    if config is None:
-        config = choose_config(problem, spec, mode, dtype_name, E, nrows, device, interpreter_active())
-    else:
-        check_config(config)
     if E == 0 or shape[-1] == 0 or nrows == 0:
         zeros = ([torch.zeros(target_shape(problem, t, E, n_in, n_out), dtype=out_dtype, device=device)
                   for t in spec.targets] if fused
@@ -194,9 +215,7 @@ def conv_launch_plan(problem: Problem, spec: ProducerSpec, scatter: str, tensors
         strides.append(0 if t.dim() == 1 or t.shape[0] == 1 else t.stride(0))
         rows.append({"x1": n_in, "out": n_out}.get(role, E))
         args.append(t)
-    kerns = [get_conv_kernel(problem, spec, dtype_name, config.block_c, mode, piece)
-             for piece in conv_pieces(problem, spec)]
-    block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # tl.dot paths need 16 rows
+    config, kerns, block_z = conv_recipe(problem, spec, mode, dtype_name, E, nrows, device, config)
     nprog = nrows if mode == "segment" else triton_cdiv(E, block_z)
     shared_w = len(shape) == 1
     if shared_w:  # shared-weight gradient: rows split over a fixed grid (see split_programs)

@@ -155,7 +155,7 @@ class TensorProductConv(torch.nn.Module):
             gl = graph.tensors()
         else:
             gl = [src, dst]
-        token = torch.ops.tritp.conv_check_indices(src, dst, n_in, num_nodes) if self.check_indices else src
+        token = conv_ops.check_token(src, dst, n_in, num_nodes) if self.check_indices else src
         gl = gl + [token]
         args = [node_feats, edge_attrs] + ([w] if w is not None else [])
         return conv_ops.run(self.key, self._spec, self.scatter, n_in, num_nodes, node_feats.dtype, args, gl)

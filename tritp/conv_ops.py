@@ -184,6 +184,32 @@ register((conv_produce_fused_op, conv_produce_fused_triton_op), _fused_fake, _se
 
 def run(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype, tensors: list,
         graph: list) -> torch.Tensor:
-    """Dispatch to the op Inductor can see on CUDA, and to the opaque op elsewhere."""
-    return pick(conv_produce_op, conv_produce_triton_op, tensors)(key, spec, scatter, n_in, n_out, out_dtype,
-                                                                  graph_inputs(tensors), graph)
+    """A convolution producer (a module's forward): see :func:`run_spec`; a leaf that requires
+    grad goes in as a view (:func:`~tritp.op_pair.graph_inputs`)."""
+    return run_spec(key, spec, scatter, n_in, n_out, out_dtype, graph_inputs(tensors), graph)
+
+
+def run_spec(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype, tensors: list,
+             graph: list, fused: bool = False):
+    """One convolution producer (``fused``: a fused backward's kernel, a list of outputs): in
+    plain eager mode through :mod:`tritp.eager_ops` (no op dispatch), else through the op
+    Inductor can see on CUDA, and the opaque op elsewhere."""
+    from .eager_ops import ConvProduce, ConvProduceFused, eager_ok
+
+    if eager_ok([*tensors, *graph]):
+        fn = ConvProduceFused if fused else ConvProduce
+        out = fn.apply(key, spec, scatter, n_in, n_out, out_dtype, len(tensors), *tensors, *graph)
+        return list(out) if fused else out
+    op = pick(conv_produce_op, conv_produce_triton_op, tensors)
+    return (FUSED[op] if fused else op)(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph)
+
+
+def check_token(src: torch.Tensor, dst: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
+    """The range check (``tritp::conv_check_indices``) and its token; in plain eager mode a
+    direct call (no op dispatch)."""
+    from .eager_ops import eager_ok
+
+    if eager_ok([src, dst]):
+        check_ranges(src, dst, n_in, n_out)
+        return src.new_zeros(1)
+    return torch.ops.tritp.conv_check_indices(src, dst, n_in, n_out)

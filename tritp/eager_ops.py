@@ -1,4 +1,5 @@
-"""The eager path of the product ops: plain ``torch.autograd.Function`` s around the same kernels.
+"""The eager path of the product and convolution ops: plain ``torch.autograd.Function`` s
+around the same kernels.
 
 A call through a ``torch.library`` op with an autograd formula costs tens of microseconds of
 Python before its kernel launches (schema defaults, pytree flattening of the tensor list, the
@@ -9,7 +10,8 @@ for about that long on an H200, so in eager mode, where nothing needs the ops' r
 kernels (:func:`tritp.kernels.produce`), the same gradient formulas
 (:mod:`tritp.op_pair`), the same pruning and fusion -- so results are bit-identical -- with
 autograd's own bookkeeping only. Their backward calls :func:`tritp.ops.run_spec`, so every
-higher derivative takes the same path.
+higher derivative takes the same path. :class:`ConvProduce` and :class:`ConvProduceFused` do
+the same for the fused graph convolution (:func:`tritp.conv_ops.run_spec`).
 
 The registered ops still run whenever something may trace or transform the call
 (:func:`eager_ok`): ``torch.compile`` (Dynamo, compiled autograd), ``make_fx`` and
@@ -104,3 +106,80 @@ class ProduceFused(torch.autograd.Function):
         second = second_for(ctx.key, ctx.spec, needs, live)
         out = fused_gradients(spec, ctx.saved_tensors, grads, needs, call, second, call_second)
         return (None, None, None, None, *out)
+
+
+class ConvProduce(torch.autograd.Function):
+    """``conv_produce(key, spec, scatter, n_in, n_out, out_dtype, n_tensors, *tensors, *graph)``:
+    one fused-convolution producer, as ``tritp::conv_produce`` (:mod:`tritp.conv_ops`)."""
+
+    @staticmethod
+    def forward(ctx, key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
+                n_tensors: int, *tensors_graph):
+        from . import conv_ops
+
+        ctx.args, ctx.n_tensors = (key, spec, scatter, n_in, n_out), n_tensors
+        ctx.save_for_backward(*tensors_graph)
+        tensors, graph = list(tensors_graph[:n_tensors]), list(tensors_graph[n_tensors:])
+        return conv_ops.produce_conv(conv_ops.problem_from_key(key), conv_ops.single_spec(spec, conv_ops.OP), scatter,
+                                     tensors, graph[:-1], n_in, n_out, token=graph[-1], out_dtype=out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from .conv_ops import joined
+        from .ops import fused_for, spec_from_str
+
+        spec, tensors, graph, call, call_fused = _conv_saved(ctx)
+        key, _, scatter, _, _ = ctx.args
+        s, needs = spec_from_str(spec), engine_needs(ctx, ctx.needs_input_grad[7:7 + ctx.n_tensors])
+        fused = fused_for(key, spec, joined(s.roles, needs, scatter))
+        grads = backward_gradients(s, fused, tensors, grad, needs, call, call_fused)
+        return (None,) * 7 + (*grads, *[None] * len(graph))
+
+
+class ConvProduceFused(torch.autograd.Function):
+    """A fused convolution backward's kernel, as ``tritp::conv_produce_fused``: one output per part."""
+
+    @staticmethod
+    def forward(ctx, key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: torch.dtype,
+                n_tensors: int, *tensors_graph):
+        from . import conv_ops
+
+        ctx.args, ctx.n_tensors = (key, spec, scatter, n_in, n_out), n_tensors
+        ctx.save_for_backward(*tensors_graph)
+        ctx.set_materialize_grads(False)  # a part nothing downstream used has no cotangent
+        tensors, graph = list(tensors_graph[:n_tensors]), list(tensors_graph[n_tensors:])
+        return tuple(conv_ops.produce_conv(conv_ops.problem_from_key(key), conv_ops.fused_spec(spec, conv_ops.OP),
+                                           scatter, tensors, graph[:-1], n_in, n_out, token=graph[-1],
+                                           out_dtype=out_dtype))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        from .conv_ops import OP, joined
+        from .ops import fused_spec, second_for
+
+        spec, tensors, graph, call, call_second = _conv_saved(ctx)
+        key, _, scatter, _, _ = ctx.args
+        needs = engine_needs(ctx, ctx.needs_input_grad[7:7 + ctx.n_tensors])
+        s = fused_spec(spec, OP)
+        live = tuple(j for j, g in enumerate(grads) if g is not None)
+        second = second_for(key, spec, joined(s.roles, needs, scatter), live)
+        out = fused_gradients(s, tensors, grads, needs, call, second, call_second)
+        return (None,) * 7 + (*out, *[None] * len(graph))
+
+
+def _conv_saved(ctx) -> tuple:
+    """``(spec text, tensors, graph, call, call_fused)`` of a convolution backward: the calls run
+    a derivative spec (fused: a fused one) with the forward's graph and strategy."""
+    from .conv_ops import run_spec
+
+    key, spec, scatter, n_in, n_out = ctx.args
+    saved = ctx.saved_tensors
+    tensors, graph = saved[:ctx.n_tensors], list(saved[ctx.n_tensors:])
+
+    def call(t, dspec, args):
+        return run_spec(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
+
+    def call_fused(text, args):
+        return run_spec(key, text, scatter, n_in, n_out, args[0].dtype, args, graph, fused=True)
+
+    return spec, tensors, graph, call, call_fused
