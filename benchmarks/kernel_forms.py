@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"kernel_forms: --directions takes {', '.join(KINDS)}")
     known = [f[0] for f in FORMS]
     args.forms = known if not args.forms else [f for f in args.forms.split(",") if f]
-    if any(f not in known for f in args.forms):
+    if not args.forms or any(f not in known for f in args.forms):
         raise SystemExit(f"kernel_forms: --forms takes {', '.join(known)}")
     names = ["tiny"] if args.quick else [n for n in args.preset.split(",") if n]
     started = time.monotonic()

@@ -162,3 +162,61 @@ def test_convolution_range_check_on_the_eager_path():
     x, ea, w = torch.randn(3, 2), torch.randn(3, 1), torch.randn(3, conv.weight_numel)
     with pytest.raises(IndexError, match=r"dst\[2\] = 3 is out of range for 3 nodes"):
         conv(x, ea, w, src, dst, 3)
+
+
+def test_pruned_passes_and_broadcast_rows_launch_the_same_kernels_on_both_paths(monkeypatch):
+    """A forces pass (x2 alone, then the parameters' gradients of a function of the forces) with
+    x1 one row broadcast over the batch: the same producers launch in the same order and give
+    the same bits on both paths."""
+    tp = tritp.compile("4x0e+4x1o+2x2e", "0e+1o+2e", "0e+1o+2e", mode="channelwise")
+    g = torch.Generator().manual_seed(2)
+    base = [torch.randn(1, tp.irreps_in1.dim, generator=g, dtype=F64),
+            torch.randn(6, tp.irreps_in2.dim, generator=g, dtype=F64),
+            torch.randn(6, tp.weight_numel, generator=g, dtype=F64)]
+    launched, real = [], tritp.ops.produce
+    monkeypatch.setattr(tritp.ops, "produce", lambda p, spec, *a, **k: launched.append(spec.target) or real(p, spec, *a, **k))
+
+    def run():
+        x1, x2, w = (t.clone().requires_grad_() for t in base)
+        y = tp(x1, x2, w)
+        (f,) = torch.autograd.grad(y, x2, torch.ones_like(y), create_graph=True)
+        return [y, f, *torch.autograd.grad((f * f.sin()).sum(), (x1, w))]
+
+    fast = run()
+    fast_launches, launched[:] = list(launched), []
+    monkeypatch.setenv("TRITP_FAST_EAGER", "0")
+    slow = run()
+    assert fast_launches == launched and "x1+w+x2" not in launched  # pruned: no three-gradient kernel
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+
+
+def test_traced_and_transformed_calls_run_the_ops():
+    """torch.jit.trace records the op; fake tensors get the op's fake shape; legacy batched
+    tensors (is_grads_batched) are not taken for plain ones."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    tp = tritp.compile("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise")
+    x1, x2, w = (t.detach() for t in _inputs(tp))
+    traced = torch.jit.trace(lambda a, b, c: tp(a, b, c), (x1, x2, w))
+    assert "tritp::produce" in str(traced.graph)
+    assert torch.equal(traced(x1, x2, w), tp(x1, x2, w))
+    with FakeTensorMode() as mode:
+        y = tp(mode.from_tensor(x1), mode.from_tensor(x2), mode.from_tensor(w))
+    assert y.shape == (5, tp.irreps_out.dim)
+    seen = []
+    torch._vmap_internals._vmap(lambda row: seen.append(eager_ok([row])) or row)(torch.ones(2, 3))
+    assert seen == [False]
+
+
+def test_forward_mode_ad_fails_loud_on_both_paths(monkeypatch):
+    import torch.autograd.forward_ad as fwAD
+
+    tp = tritp.compile("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise")
+    x1, x2, w = (t.detach() for t in _inputs(tp))
+    for fast in ("1", "0"):
+        monkeypatch.setenv("TRITP_FAST_EAGER", fast)
+        with fwAD.dual_level():
+            with pytest.raises(NotImplementedError, match="forward-mode AD is not supported"):
+                tp(fwAD.make_dual(x1, torch.ones_like(x1)), x2, w)
+            tp(x1, x2, w)  # no tangent anywhere: fine inside a dual level

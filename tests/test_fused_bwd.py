@@ -21,6 +21,12 @@ F64 = torch.float64
 MACE_LIKE = ("8x0e+8x1o+4x2e", "0e+1o+2e+3o", "0e+1o+2e+3o")
 
 
+@pytest.fixture(autouse=True, params=["eager", "ops"])
+def _both_paths(request, monkeypatch):
+    """Every test on both call paths: plain eager (tritp.eager_ops) and the registered ops."""
+    monkeypatch.setenv("TRITP_FAST_EAGER", "1" if request.param == "eager" else "0")
+
+
 class Spy:
     """Wraps ``tritp.ops.produce`` and records the spec of every launch."""
 
@@ -117,9 +123,13 @@ def test_pieces_add_their_share_of_the_x2_gradient(monkeypatch):
     assert fused_pieces(tp.problem, spec) == (None,)
     whole = _grads(tp, _inputs(tp, 11), "1", monkeypatch, second=False)
     monkeypatch.setattr(cg_fused, "PIECE_BUDGET", min(costs))  # one segment a piece
+    tritp.kernels.forget_recipes()  # the launch above memoized the one-piece kernel
     pieces = fused_pieces(tp.problem, spec)
     assert len(pieces) == 3 and [p[1] for p in pieces] == [False, True, True]
+    launched, real = [], tritp.kernels.launch_pieces
+    monkeypatch.setattr(tritp.kernels, "launch_pieces", lambda ks, *a, **k: launched.append(len(ks)) or real(ks, *a, **k))
     split = _grads(tp, _inputs(tp, 11), "1", monkeypatch, second=False)
+    assert launched[-1] == 3  # the backward ran as three pieces
     for a, b in zip(whole, split):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 

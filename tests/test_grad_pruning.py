@@ -20,6 +20,12 @@ from support import record_specs
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True, params=["eager", "ops"])
+def _both_paths(request, monkeypatch):
+    """Every test on both call paths: plain eager (tritp.eager_ops) and the registered ops."""
+    monkeypatch.setenv("TRITP_FAST_EAGER", "1" if request.param == "eager" else "0")
+
+
 def _spy(monkeypatch, module, name):
     """Record the target of every producer ``module.name`` runs (a fused one as ``"x1+w+x2"``)."""
     return record_specs(monkeypatch, module, name, lambda s: s.target if hasattr(s, "target") else s.split("|")[0])

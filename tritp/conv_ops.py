@@ -186,6 +186,9 @@ def run(key: str, spec: str, scatter: str, n_in: int, n_out: int, out_dtype: tor
         graph: list) -> torch.Tensor:
     """A convolution producer (a module's forward): see :func:`run_spec`; a leaf that requires
     grad goes in as a view (:func:`~tritp.op_pair.graph_inputs`)."""
+    from .eager_ops import no_forward_ad
+
+    no_forward_ad(tensors)
     return run_spec(key, spec, scatter, n_in, n_out, out_dtype, graph_inputs(tensors), graph)
 
 

@@ -46,9 +46,27 @@ def eager_ok(tensors) -> bool:
         return False
     if torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack():
         return False
-    if torch._C._functorch.peek_interpreter_stack() is not None:
-        return False
-    return all(type(t) in _PLAIN for t in tensors) and fast_eager_on()
+    if torch._C._functorch.peek_interpreter_stack() is not None or torch._C._get_tracing_state() is not None:
+        return False  # a torch.func transform, or torch.jit.trace (which records the ops)
+    if any(type(t) not in _PLAIN or _legacy_batched(t) for t in tensors):
+        return False  # subclasses; is_grads_batched / vectorized jacobians (their batching errors are the ops')
+    return fast_eager_on()
+
+
+_legacy_batched = getattr(torch._C._functorch, "is_legacy_batchedtensor", lambda t: False)
+
+
+def no_forward_ad(tensors) -> None:
+    """Raise where an input carries a forward-mode tangent: tritp has no ``jvp`` formula (the
+    registered ops would silently drop the tangent)."""
+    from torch.autograd import forward_ad
+
+    if forward_ad._current_level < 0:  # no dual level open: nothing can carry a tangent
+        return
+    for i, t in enumerate(tensors):
+        if forward_ad.unpack_dual(t).tangent is not None:
+            raise NotImplementedError(f"tritp: forward-mode AD is not supported (input {i} carries a tangent); "
+                                      "use reverse mode (torch.autograd.grad, backward)")
 
 
 class Produce(torch.autograd.Function):

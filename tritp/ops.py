@@ -177,6 +177,9 @@ register((produce_fused_op, produce_fused_triton_op), _fused_fake, _save_fused, 
 def run(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: list) -> torch.Tensor:
     """Run producer ``spec`` of problem ``key`` on ``tensors`` (a module's forward): see
     :func:`run_spec`; a leaf that requires grad goes in as a view (:func:`graph_inputs`)."""
+    from .eager_ops import no_forward_ad
+
+    no_forward_ad(tensors)
     return run_spec(key, spec, Z, out_dtype, graph_inputs(tensors))
 
 
