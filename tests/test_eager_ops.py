@@ -220,3 +220,29 @@ def test_forward_mode_ad_fails_loud_on_both_paths(monkeypatch):
             with pytest.raises(NotImplementedError, match="forward-mode AD is not supported"):
                 tp(fwAD.make_dual(x1, torch.ones_like(x1)), x2, w)
             tp(x1, x2, w)  # no tangent anywhere: fine inside a dual level
+
+
+@pytest.mark.parametrize("impl", ["grid", "sparse"])
+def test_gaunt_eager_path_equals_the_ops_to_second_order(impl, monkeypatch):
+    from tritp.eager_ops import GauntProduce
+
+    gp = tritp.compile("3x0e+3x1o+3x2e", "0e+1o+2e", lmax_out=2, mode="gaunt", implementation=impl,
+                       weights=("in1", "out"))
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(4, gp.irreps_in1.dim, generator=g, dtype=F64)
+    y = torch.randn(4, gp.irreps_in2.dim, generator=g, dtype=F64)
+    applies = []
+    monkeypatch.setattr(GauntProduce, "apply", lambda *a, _real=GauntProduce.apply: applies.append(1) or _real(*a))
+
+    def run():
+        a, b = x.clone().requires_grad_(), y.clone().requires_grad_()
+        out = gp(a, b)
+        g1 = torch.autograd.grad((out * out.sin()).sum(), (a, b), create_graph=True)
+        return [out, *g1, *torch.autograd.grad(sum((t * t).sum() for t in g1), (a, b))]
+
+    fast = run()
+    assert len(applies) >= 3
+    monkeypatch.setenv("TRITP_FAST_EAGER", "0")
+    slow = run()
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)

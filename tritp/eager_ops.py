@@ -1,4 +1,4 @@
-"""The eager path of the product and convolution ops: plain ``torch.autograd.Function`` s
+"""The eager path of the product, convolution and Gaunt ops: plain ``torch.autograd.Function`` s
 around the same kernels.
 
 A call through a ``torch.library`` op with an autograd formula costs tens of microseconds of
@@ -11,7 +11,8 @@ kernels (:func:`tritp.kernels.produce`), the same gradient formulas
 (:mod:`tritp.op_pair`), the same pruning and fusion -- so results are bit-identical -- with
 autograd's own bookkeeping only. Their backward calls :func:`tritp.ops.run_spec`, so every
 higher derivative takes the same path. :class:`ConvProduce` and :class:`ConvProduceFused` do
-the same for the fused graph convolution (:func:`tritp.conv_ops.run_spec`).
+the same for the fused graph convolution (:func:`tritp.conv_ops.run_spec`), and
+:class:`GauntProduce` for the Gaunt product (:func:`tritp.gaunt_ops.run_spec`).
 
 The registered ops still run whenever something may trace or transform the call
 (:func:`eager_ok`): ``torch.compile`` (Dynamo, compiled autograd), ``make_fx`` and
@@ -201,3 +202,31 @@ def _conv_saved(ctx) -> tuple:
         return run_spec(key, text, scatter, n_in, n_out, args[0].dtype, args, graph, fused=True)
 
     return spec, tensors, graph, call, call_fused
+
+
+class GauntProduce(torch.autograd.Function):
+    """``gaunt(key, spec, Z, out_dtype, *tensors)``: one Gaunt producer, as ``tritp::gaunt``
+    (:mod:`tritp.gaunt_ops`; the tensors are x1's and x2's roles, then the constant tables)."""
+
+    @staticmethod
+    def forward(ctx, key: str, spec: str, Z: int, out_dtype: torch.dtype, *tensors):
+        from . import gaunt_ops
+
+        ctx.key, ctx.spec, ctx.Z = key, spec, Z
+        ctx.save_for_backward(*tensors)
+        problem, launch = gaunt_ops.parse_key(key)
+        return gaunt_ops.gaunt_produce(problem, spec, list(tensors), Z, out_dtype=out_dtype, launch=launch)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from .codegen.gaunt_problem import derivative_spec
+        from .gaunt_ops import run_spec
+
+        a, b, *tabs = ctx.saved_tensors
+        needs = engine_needs(ctx, ctx.needs_input_grad[4:])
+        grads = [None] * (2 + len(tabs))  # the tables are constants
+        for i, (t, other) in enumerate(((a, b), (b, a))):
+            if needs[i]:
+                grads[i] = unbroadcast(t, run_spec(ctx.key, derivative_spec(ctx.spec, i), ctx.Z, t.dtype,
+                                                   [other, grad, *tabs]))
+        return (None, None, None, None, *grads)

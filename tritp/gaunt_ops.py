@@ -110,5 +110,19 @@ register((gaunt_op, gaunt_triton_op), _fake, save_inputs, _make_backward)
 
 
 def run(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: list) -> torch.Tensor:
-    """Dispatch to the op Inductor can see on CUDA, and to the opaque op elsewhere."""
-    return pick(gaunt_op, gaunt_triton_op, tensors)(key, spec, Z, out_dtype, graph_inputs(tensors))
+    """A Gaunt producer (a module's forward): see :func:`run_spec`; a leaf that requires grad
+    goes in as a view (:func:`~tritp.op_pair.graph_inputs`)."""
+    from .eager_ops import no_forward_ad
+
+    no_forward_ad(tensors)
+    return run_spec(key, spec, Z, out_dtype, graph_inputs(tensors))
+
+
+def run_spec(key: str, spec: str, Z: int, out_dtype: torch.dtype, tensors: list) -> torch.Tensor:
+    """One Gaunt producer: in plain eager mode through :class:`tritp.eager_ops.GauntProduce` (no
+    op dispatch), else through the op Inductor can see on CUDA, and the opaque op elsewhere."""
+    from .eager_ops import GauntProduce, eager_ok
+
+    if eager_ok(tensors):
+        return GauntProduce.apply(key, spec, Z, out_dtype, *tensors)
+    return pick(gaunt_op, gaunt_triton_op, tensors)(key, spec, Z, out_dtype, tensors)
