@@ -534,6 +534,31 @@ def test_cli_time_limit_and_interrupt_keep_what_was_tuned(tmp_path, capsys, monk
     assert f["entries"] == 1
 
 
+def test_cli_tunes_round_robin_over_problems(tmp_path, capsys, monkeypatch):
+    """Every problem's forward first, then every fused backward, ...: a time limit leaves the
+    kernels a training step runs most tuned across all the problems. The table and the export
+    still list them by problem."""
+    problems = tmp_path / "p.json"
+    problems.write_text(json.dumps([{"name": "a", "in1": "8x0e+8x1o", "in2": "0e+1o", "out": "0e+1o",
+                                     "mode": "channelwise"},
+                                    {"name": "b", "in1": "4x0e+4x1o", "in2": "0e+1o", "out": "0e+1o",
+                                     "mode": "channelwise"}]))
+    seen, real = [], tuner.tune
+
+    def spy(problem, spec, *a, **k):
+        seen.append((problem.irreps_in1.dim, spec.target))
+        return real(problem, spec, *a, **k)
+
+    monkeypatch.setattr(tuner, "tune", spy)
+    argv = ["autotune", "--problems", str(problems), "--batch", "16", "--direction", "fwd,bwd", "--interpret"]
+    assert main(argv) == 0
+    assert seen[:4] == [(32, "out"), (16, "out"), (32, "x1+w+x2"), (16, "x1+w+x2")]
+    assert len(seen) == 12
+    table = capsys.readouterr().out
+    assert table.rindex("│ a ") < table.index("│ b ")  # one problem's rows, then the other's
+    assert table.count("│ a ") == table.count("│ b ") == 6
+
+
 @pytest.mark.parametrize("bad, says", [(Config(block_z=3), "block_z must be a power of two, got 3"),
                                        (Config(block_c=0), "block_c must be a positive int"),
                                        (Config(num_warps=6), "num_warps must be a power of two")])

@@ -24,8 +24,10 @@ and ``--nodes`` the number of nodes (default: edges / 64).
 
 Every kernel a direction launches (``--direction fwd,bwd,dbl``) is tuned at every ``--batch``;
 results go to the user cache, ``--export DIR`` also merges them into the shipped format
-(``autotune_cache/``). ``--time-limit S`` starts no new kernel after S seconds (for a lent GPU
-with a hard stop); an interrupted run (Ctrl-C, SIGTERM) also prints and exports what it tuned.
+(``autotune_cache/``). Kernels are tuned round robin over the problems (every forward, then
+every fused backward, ...), so ``--time-limit S``, which starts no new kernel after S seconds
+(for a lent GPU with a hard stop), leaves the kernels that run most tuned for every problem; an
+interrupted run (Ctrl-C, SIGTERM) also prints and exports what it tuned.
 On a GPU each kernel's candidates are compiled in parallel before they are timed. Without a CUDA GPU it exits 2, unless ``--interpret`` (the Triton
 interpreter on CPU with a wall-clock timer: for testing the machinery, not for real configs).
 
@@ -46,6 +48,7 @@ import os
 import signal
 import sys
 import time
+from itertools import zip_longest
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -157,8 +160,12 @@ def run(args) -> int:
         if isinstance(p, GauntProblem):
             return [(directions, None)]
         return conv_specs(p, conv, directions) if conv else tuner.direction_specs(p, directions)
-    plan = [(label, p, b, d, s) for label, p, b0 in problems for b in (batches or [default_batch(p, b0)])
-            for d, s in kernels_of(p)]
+    per_problem = [[(label, p, b, d, s) for d, s in kernels_of(p)]
+                   for label, p, b0 in problems for b in (batches or [default_batch(p, b0)])]
+    # round robin: every problem's forward, then every fused backward, and so on, so that a
+    # --time-limit leaves the kernels a training step runs most tuned across all the problems
+    plan = [item for rank in zip_longest(*per_problem) for item in rank if item is not None]
+    place = {id(item): (i, k) for i, items in enumerate(per_problem) for k, item in enumerate(items)}
     console = make_console()
     results, stopped = [], None
     deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
@@ -172,12 +179,13 @@ def run(args) -> int:
                 if deadline is not None and time.monotonic() > deadline:
                     stopped = f"--time-limit {args.time_limit:g} s reached"
                     break
-                results.append(_tune_one(item, args, conv, device, timer, bar, cands))
+                results.append((place[id(item)], _tune_one(item, args, conv, device, timer, bar, cands)))
                 bar.advance(kernels)
     except KeyboardInterrupt:
         stopped = "interrupted"
     finally:
         signal.signal(signal.SIGTERM, old_term)
+    results = [r for _, r in sorted(results, key=lambda pr: pr[0])]  # shown and exported by problem
     console.print(results_table(results))
     if stopped:
         console.print(f"note: {stopped}: {len(results)} of {len(plan)} kernels tuned", markup=False, soft_wrap=True)
