@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -131,7 +130,7 @@ def conv_recipe(problem: Problem, spec, mode: str, dtype: str, num_edges, nrows,
     deg = -(-e // max(r, 1)) if mode == "segment" else 0
     mk = ("recipe", "conv", problem.key, spec, mode, dtype, 1 << max(0, e - 1).bit_length(),
           1 << max(0, deg - 1).bit_length(), device, config, torch.get_float32_matmul_precision(),
-          *map(os.environ.get, kernels.RECIPE_ENV))
+          *map(kernels.getenv, kernels.RECIPE_ENV))
     found = _memo.get(mk)
     if found is None:
         if config is None:

@@ -37,7 +37,7 @@ from .codegen.cg_spec import FusedSpec, ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
 from .compile_pool import compile_in_processes, file_backed, use_processes
 from .jit_key import seed_cache_key
-from .kernel_forms import (FORM_VARIABLES, form_env, kernel_form, share_loads,  # noqa: F401  (re-exported)
+from .kernel_forms import (FORM_VARIABLES, form_env, getenv, kernel_form, share_loads,  # noqa: F401  (re-exported)
                            tile_form)
 
 GENERATOR_FILES = ("cg_emit.py", "cg_fused.py", "fused_specs.py", "cg_gemm.py", "cg_spec.py", "cg_terms.py",
@@ -106,7 +106,7 @@ def get_kernel(problem: Problem, spec: ProducerSpec, dtype: str, block_c: int, p
 
 
 def interpreter_active() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return getenv("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def acc_dtype(tensors) -> torch.dtype:
@@ -288,7 +288,7 @@ def recipe(problem: Problem, spec, dtype_name: str, Z, device, config=None) -> R
 
     rows = rows_hint(Z)
     mk = ("recipe", problem.key, spec, dtype_name, 1 << max(0, rows - 1).bit_length(), device, config,
-          torch.get_float32_matmul_precision(), *map(os.environ.get, RECIPE_ENV))
+          torch.get_float32_matmul_precision(), *map(getenv, RECIPE_ENV))
     r = _memo.get(mk)
     if r is None:
         if config is None:
