@@ -48,6 +48,14 @@ def test_eager_path_equals_the_ops_to_third_order(name, irreps, kw, monkeypatch)
         assert torch.equal(a, b)
 
 
+def _counted(monkeypatch, *classes) -> list:
+    """Patch ``apply`` of the eager Functions ``classes`` to count their calls (one list item each)."""
+    calls = []
+    for cls in classes:
+        monkeypatch.setattr(cls, "apply", lambda *a, _real=cls.apply: calls.append(1) or _real(*a))
+    return calls
+
+
 def _count_applies(monkeypatch) -> dict:
     seen = {"eager": 0, "op": 0}
     for cls in (Produce, ProduceFused):
@@ -139,9 +147,7 @@ def test_convolution_eager_path_equals_the_ops_to_third_order(scatter, monkeypat
     x = torch.randn(n, conv.irreps_in1.dim, generator=g, dtype=F64)
     ea = torch.randn(E, conv.irreps_in2.dim, generator=g, dtype=F64)
     w = torch.randn(E, conv.weight_numel, generator=g, dtype=F64)
-    applies = []
-    for cls in (ConvProduce, ConvProduceFused):
-        monkeypatch.setattr(cls, "apply", lambda *a, _real=cls.apply: applies.append(1) or _real(*a))
+    applies = _counted(monkeypatch, ConvProduce, ConvProduceFused)
 
     def run():
         ts = [t.clone().requires_grad_() for t in (x, ea, w)]
@@ -231,8 +237,7 @@ def test_gaunt_eager_path_equals_the_ops_to_second_order(impl, monkeypatch):
     g = torch.Generator().manual_seed(8)
     x = torch.randn(4, gp.irreps_in1.dim, generator=g, dtype=F64)
     y = torch.randn(4, gp.irreps_in2.dim, generator=g, dtype=F64)
-    applies = []
-    monkeypatch.setattr(GauntProduce, "apply", lambda *a, _real=GauntProduce.apply: applies.append(1) or _real(*a))
+    applies = _counted(monkeypatch, GauntProduce)
 
     def run():
         a, b = x.clone().requires_grad_(), y.clone().requires_grad_()

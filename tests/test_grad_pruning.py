@@ -31,6 +31,13 @@ def _spy(monkeypatch, module, name):
     return record_specs(monkeypatch, module, name, lambda s: s.target if hasattr(s, "target") else s.split("|")[0])
 
 
+def _conv_graph(scatter: str, seed: int, e: int, n: int = 5) -> tuple:
+    """``(conv, generator, n, e, src, dst)``: a small channelwise convolution and a random graph."""
+    conv = compile_conv("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise", scatter=scatter)
+    g = torch.Generator().manual_seed(seed)
+    return conv, g, n, e, torch.randint(0, n, (e,), generator=g), torch.randint(0, n, (e,), generator=g)
+
+
 def _leaves(g, *shapes):
     return [torch.randn(*s, generator=g, dtype=F64).requires_grad_() for s in shapes]
 
@@ -120,10 +127,7 @@ def test_input_off_the_path_of_the_wanted_gradient(monkeypatch):
 
 @pytest.mark.parametrize("scatter", ["atomic", "deterministic"])
 def test_conv_forces_pass_launches_the_edge_attribute_gradient_only(scatter, monkeypatch):
-    conv = compile_conv("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise", scatter=scatter)
-    g = torch.Generator().manual_seed(7)
-    n, e = 5, 17
-    src, dst = torch.randint(0, n, (e,), generator=g), torch.randint(0, n, (e,), generator=g)
+    conv, g, n, e, src, dst = _conv_graph(scatter, seed=7, e=17)
     x, ea, w = _leaves(g, (n, conv.irreps_in1.dim), (e, 4), (e, conv.weight_numel))
     targets = _spy(monkeypatch, tritp.conv_ops, "produce_conv")
     y = conv(x, ea, w, src, dst, n)
@@ -229,10 +233,7 @@ def test_first_layer_kernels_are_listed_for_precompile_and_tuning(monkeypatch):
 def test_conv_first_layer_kernels_are_listed(scatter, monkeypatch):
     from tritp.conv_tuning import conv_specs
 
-    conv = compile_conv("4x0e+4x1o", "0e+1o", "0e+1o", mode="channelwise", scatter=scatter)
-    g = torch.Generator().manual_seed(21)
-    n, e = 5, 13
-    src, dst = torch.randint(0, n, (e,), generator=g), torch.randint(0, n, (e,), generator=g)
+    conv, g, n, e, src, dst = _conv_graph(scatter, seed=21, e=13)
     specs = record_specs(monkeypatch, tritp.conv_ops, "produce_conv")
     _first_layer_step(lambda x, ea, w: conv(x, ea, w, src, dst, n), conv.irreps_in1.dim, n, e, g, conv.weight_numel)
     listed = {c.spec for _, c in conv_specs(conv.problem, scatter)}

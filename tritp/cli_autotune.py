@@ -48,7 +48,6 @@ import os
 import signal
 import sys
 import time
-from itertools import zip_longest
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -162,10 +161,10 @@ def run(args) -> int:
         return conv_specs(p, conv, directions) if conv else tuner.direction_specs(p, directions)
     per_problem = [[(label, p, b, d, s) for d, s in kernels_of(p)]
                    for label, p, b0 in problems for b in (batches or [default_batch(p, b0)])]
-    # round robin: every problem's forward, then every fused backward, and so on, so that a
-    # --time-limit leaves the kernels a training step runs most tuned across all the problems
-    plan = [item for rank in zip_longest(*per_problem) for item in rank if item is not None]
-    place = {id(item): (i, k) for i, items in enumerate(per_problem) for k, item in enumerate(items)}
+    # round robin, each kernel with its place (problem, rank): every problem's forward, then every
+    # fused backward, and so on, so that a --time-limit leaves what a training step runs most tuned
+    plan = sorted((((i, k), item) for i, items in enumerate(per_problem) for k, item in enumerate(items)),
+                  key=lambda placed: placed[0][::-1])
     console = make_console()
     results, stopped = [], None
     deadline = None if args.time_limit is None else time.monotonic() + args.time_limit
@@ -175,11 +174,11 @@ def run(args) -> int:
                       console=Console(stderr=True), transient=True) as bar:
             kernels = bar.add_task("kernels", total=len(plan))
             cands = bar.add_task("candidates", total=None)
-            for item in plan:
+            for place, item in plan:
                 if deadline is not None and time.monotonic() > deadline:
                     stopped = f"--time-limit {args.time_limit:g} s reached"
                     break
-                results.append((place[id(item)], _tune_one(item, args, conv, device, timer, bar, cands)))
+                results.append((place, _tune_one(item, args, conv, device, timer, bar, cands)))
                 bar.advance(kernels)
     except KeyboardInterrupt:
         stopped = "interrupted"
@@ -190,7 +189,7 @@ def run(args) -> int:
     if stopped:
         console.print(f"note: {stopped}: {len(results)} of {len(plan)} kernels tuned", markup=False, soft_wrap=True)
     if any(isinstance(p, GauntProblem) and (bucket(b) != bucket(GAUNT_BATCH) or args.dtype != "float32")
-           for _, p, b, _, _ in plan):
+           for _, (_, p, b, _, _) in plan):
         console.print(f"note: compile(..., mode='gaunt', implementation='auto') reads the float32 entry at batch "
                       f"{GAUNT_BATCH} (bucket {bucket(GAUNT_BATCH)}); tritp.gaunt.choose_implementation(problem, "
                       "batch) reads other float32 batches", markup=False, soft_wrap=True)

@@ -41,6 +41,7 @@ from .codegen.cg_fused import fused_pieces
 from .codegen.cg_spec import FusedSpec, ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.cg_pieces import plan_pieces
+from .codegen.intmath import p2
 from .kernels import (LaunchPlan, dot_precision, generator_hash, interpreter_active, launch_dtypes, launch_pieces,
                       load_generated, split_programs, target_dim, triton_cdiv)
 from .kernel_forms import conv_block_sums, conv_form, conv_tile_form, share_loads
@@ -124,24 +125,19 @@ def conv_recipe(problem: Problem, spec, mode: str, dtype: str, num_edges, nrows,
     """``(config, piece kernels, block_z)`` of a conv launch, memoized as
     :func:`tritp.kernels.recipe` is (same store, same environment), per bucket of edges and, in
     segment mode, of the mean degree (what :func:`default_config` sizes by)."""
-    from .tuning import _memo, rows_hint
+    from .tuning import rows_hint
 
     e, r = rows_hint(num_edges), rows_hint(nrows)
     deg = -(-e // max(r, 1)) if mode == "segment" else 0
-    mk = ("recipe", "conv", problem.key, spec, mode, dtype, 1 << max(0, e - 1).bit_length(),
-          1 << max(0, deg - 1).bit_length(), device, config, torch.get_float32_matmul_precision(),
-          *map(kernels.getenv, kernels.RECIPE_ENV))
-    found = _memo.get(mk)
-    if found is None:
-        if config is None:
-            config = choose_config(problem, spec, mode, dtype, num_edges, nrows, device, interpreter_active())
-        else:
-            check_config(config)
-        kerns = [get_conv_kernel(problem, spec, dtype, config.block_c, mode, piece)
-                 for piece in conv_pieces(problem, spec)]
-        block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # tl.dot paths need 16 rows
-        found = _memo[mk] = (config, kerns, block_z)
-    return found
+
+    def build() -> tuple:
+        cfg = choose_config(problem, spec, mode, dtype, num_edges, nrows, device, interpreter_active()) \
+            if config is None else check_config(config)
+        kerns = [get_conv_kernel(problem, spec, dtype, cfg.block_c, mode, piece) for piece in conv_pieces(problem, spec)]
+        block_z = max([cfg.block_z] + [k.tritp_min_block_z for k in kerns])  # tl.dot paths need 16 rows
+        return cfg, kerns, block_z
+
+    return kernels.memo_recipe(("conv", problem.key, spec, mode, dtype, p2(e), p2(deg), device, config), build)
 
 
 def conv_pieces(problem: Problem, spec) -> tuple:

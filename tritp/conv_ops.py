@@ -39,7 +39,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, List, Sequence
 
 import torch
 from torch.library import custom_op, wrap_triton
@@ -108,24 +108,53 @@ def _fused_fake(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph):
     return [tensors[0].new_empty(target_shape(p, t, E, n_in, n_out), dtype=out_dtype) for t in fused_spec(spec, OP).targets]
 
 
-def _setup(ctx, inputs, output):
+def save_conv_inputs(ctx, inputs, output):
+    """``setup_context`` of the conv ops' schema: the strings, sizes and tensor counts on ``ctx``,
+    the tensors and the graph saved (what :func:`conv_backward` reads)."""
     key, spec, scatter, n_in, n_out, _, tensors, graph = inputs
     ctx.args = (key, spec, scatter, n_in, n_out)
-    ctx.n_tensors = len(tensors)
+    ctx.n_tensors, ctx.n_graph = len(tensors), len(graph)
     ctx.save_for_backward(*tensors, *graph)
 
 
-def _saved(ctx, op) -> tuple:
-    """``(spec text, tensors, graph, call)`` of a backward: ``call(t, dspec, args)`` runs the
-    derivative ``dspec`` on ``op`` with the forward's graph and strategy."""
+def _calls(ctx, single: Callable, fused: Callable) -> tuple:
+    """``(spec text, tensors, call, call_fused)`` of a backward (``ctx``: the forward's
+    arguments and saved tensors): ``call(t, dspec, args)`` runs a derivative on ``single``,
+    ``call_fused(text, args)`` a fused one on ``fused``, both with the forward's graph and
+    strategy and ``(key, spec, scatter, n_in, n_out, out_dtype, tensors, graph)`` as the ops take
+    them -- the ops themselves, or :func:`run_spec` on the eager path (:mod:`tritp.eager_ops`)."""
     key, spec, scatter, n_in, n_out = ctx.args
     saved = ctx.saved_tensors
     tensors, graph = saved[:ctx.n_tensors], list(saved[ctx.n_tensors:])
 
     def call(t, dspec, args):
-        return op(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
+        return single(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
 
-    return spec, tensors, graph, call
+    def call_fused(text, args):  # several gradients in one kernel (codegen.conv_fused)
+        return fused(key, text, scatter, n_in, n_out, args[0].dtype, args, graph)
+
+    return spec, tensors, call, call_fused
+
+
+def conv_backward(ctx, grad, needs: Sequence, single: Callable, fused: Callable) -> list:
+    """The gradients of a conv producer's tensors that the pass uses (of those ``needs``
+    marks), the fused edge kernel's where one applies; ``single`` and ``fused`` as :func:`_calls`."""
+    spec, tensors, call, call_fused = _calls(ctx, single, fused)
+    key, _, scatter, _, _ = ctx.args
+    s, needs = spec_from_str(spec), engine_needs(ctx, needs)
+    plan = fused_for(key, spec, joined(s.roles, needs, scatter))
+    return backward_gradients(s, plan, tensors, grad, needs, call, call_fused)
+
+
+def conv_fused_backward(ctx, grads, needs: Sequence, single: Callable, fused: Callable) -> list:
+    """:func:`conv_backward` of a fused conv kernel, from its parts' cotangents (``None``: unused)."""
+    spec, tensors, call, call_second = _calls(ctx, single, fused)
+    key, _, scatter, _, _ = ctx.args
+    needs = engine_needs(ctx, needs)
+    s = fused_spec(spec, OP)
+    live = tuple(j for j, g in enumerate(grads) if g is not None)
+    second = second_for(key, spec, joined(s.roles, needs, scatter), live)
+    return fused_gradients(s, tensors, grads, needs, call, second, call_second)
 
 
 def joined(roles: tuple, needs: tuple, scatter: str) -> tuple:
@@ -139,22 +168,14 @@ def joined(roles: tuple, needs: tuple, scatter: str) -> tuple:
 
 def _make_backward(op):
     def backward(ctx, grad):
-        spec, tensors, graph, call = _saved(ctx, op)
-        key, _, scatter, n_in, n_out = ctx.args
-
-        def call_fused(text, args):  # several gradients in one kernel (codegen.conv_fused)
-            return FUSED[op](key, text, scatter, n_in, n_out, args[0].dtype, args, graph)
-
-        s, needs = spec_from_str(spec), engine_needs(ctx, ctx.needs_input_grad[6])
-        fused = fused_for(key, spec, joined(s.roles, needs, scatter))
-        grads = backward_gradients(s, fused, tensors, grad, needs, call, call_fused)
-        return None, None, None, None, None, None, grads, [None] * len(graph)
+        grads = conv_backward(ctx, grad, ctx.needs_input_grad[6], op, FUSED[op])
+        return None, None, None, None, None, None, grads, [None] * ctx.n_graph
 
     return backward
 
 
 def _setup_fused(ctx, inputs, output):
-    _setup(ctx, inputs, output)
+    save_conv_inputs(ctx, inputs, output)
     ctx.set_materialize_grads(False)  # a part nothing downstream used has no cotangent
 
 
@@ -162,23 +183,13 @@ def _make_fused_backward(op):
     single = {v: k for k, v in FUSED.items()}[op]  # derivatives run on the single-target op
 
     def backward(ctx, grads):
-        spec, tensors, graph, call = _saved(ctx, single)
-        key, _, scatter, n_in, n_out = ctx.args
-
-        def call_second(text, args):  # the gradients of x1, the weights and x2 in one kernel
-            return op(key, text, scatter, n_in, n_out, args[0].dtype, args, graph)
-
-        needs = engine_needs(ctx, ctx.needs_input_grad[6])
-        s = fused_spec(spec, OP)
-        live = tuple(j for j, g in enumerate(grads) if g is not None)
-        second = second_for(key, spec, joined(s.roles, needs, scatter), live)
-        out = fused_gradients(s, tensors, grads, needs, call, second, call_second)
-        return None, None, None, None, None, None, out, [None] * len(graph)
+        out = conv_fused_backward(ctx, grads, ctx.needs_input_grad[6], single, op)
+        return None, None, None, None, None, None, out, [None] * ctx.n_graph
 
     return backward
 
 
-register((conv_produce_op, conv_produce_triton_op), _fake, _setup, _make_backward)
+register((conv_produce_op, conv_produce_triton_op), _fake, save_conv_inputs, _make_backward)
 register((conv_produce_fused_op, conv_produce_fused_triton_op), _fused_fake, _setup_fused, _make_fused_backward)
 
 

@@ -32,10 +32,12 @@ Example:
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from .kernel_forms import fast_eager_on
-from .op_pair import backward_gradients, engine_needs, fused_gradients, unbroadcast
+from .op_pair import save_inputs
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
@@ -77,23 +79,14 @@ class Produce(torch.autograd.Function):
     def forward(ctx, key: str, spec: str, Z: int, out_dtype: torch.dtype, *tensors):
         from . import ops  # its produce (tests spy on it)
 
-        ctx.key, ctx.spec, ctx.Z = key, spec, Z
-        ctx.save_for_backward(*tensors)
+        save_inputs(ctx, (key, spec, Z, out_dtype, tensors), None)  # as the ops' setup_context
         return ops.produce(ops.problem_from_key(key), ops.single_spec(spec), list(tensors), Z, out_dtype=out_dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        from .ops import fused_for, run_spec, spec_from_str
+        from .ops import product_backward, run_spec
 
-        def call(t, dspec, args):
-            return unbroadcast(t, run_spec(ctx.key, dspec, ctx.Z, t.dtype, args))
-
-        def call_fused(text, args):
-            return run_spec(ctx.key, text, ctx.Z, args[0].dtype, args, fused=True)
-
-        spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, ctx.needs_input_grad[4:])
-        fused = fused_for(ctx.key, ctx.spec, needs)
-        grads = backward_gradients(spec, fused, ctx.saved_tensors, grad, needs, call, call_fused)
+        grads = product_backward(ctx, grad, ctx.needs_input_grad[4:], run_spec, partial(run_spec, fused=True))
         return (None, None, None, None, *grads)
 
 
@@ -104,26 +97,16 @@ class ProduceFused(torch.autograd.Function):
     def forward(ctx, key: str, spec: str, Z: int, out_dtype: torch.dtype, *tensors):
         from . import ops
 
-        ctx.key, ctx.spec, ctx.Z = key, spec, Z
-        ctx.save_for_backward(*tensors)
+        save_inputs(ctx, (key, spec, Z, out_dtype, tensors), None)  # as the ops' setup_context
         ctx.set_materialize_grads(False)  # a part nothing downstream used has no cotangent: skip its terms
         return tuple(ops.produce(ops.problem_from_key(key), ops.fused_spec(spec), list(tensors), Z,
                                  out_dtype=out_dtype))
 
     @staticmethod
     def backward(ctx, *grads):
-        from .ops import run_spec, second_for, spec_from_str
+        from .ops import fused_product_backward, run_spec
 
-        def call(t, dspec, args):
-            return unbroadcast(t, run_spec(ctx.key, dspec, ctx.Z, t.dtype, args))
-
-        def call_second(text, args):
-            return run_spec(ctx.key, text, ctx.Z, args[0].dtype, args, fused=True)
-
-        spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, ctx.needs_input_grad[4:])
-        live = tuple(j for j, g in enumerate(grads) if g is not None)
-        second = second_for(ctx.key, ctx.spec, needs, live)
-        out = fused_gradients(spec, ctx.saved_tensors, grads, needs, call, second, call_second)
+        out = fused_product_backward(ctx, grads, ctx.needs_input_grad[4:], run_spec, partial(run_spec, fused=True))
         return (None, None, None, None, *out)
 
 
@@ -136,23 +119,17 @@ class ConvProduce(torch.autograd.Function):
                 n_tensors: int, *tensors_graph):
         from . import conv_ops
 
-        ctx.args, ctx.n_tensors = (key, spec, scatter, n_in, n_out), n_tensors
-        ctx.save_for_backward(*tensors_graph)
-        tensors, graph = list(tensors_graph[:n_tensors]), list(tensors_graph[n_tensors:])
+        tensors, graph = _conv_setup(ctx, key, spec, scatter, n_in, n_out, n_tensors, tensors_graph)
         return conv_ops.produce_conv(conv_ops.problem_from_key(key), conv_ops.single_spec(spec, conv_ops.OP), scatter,
                                      tensors, graph[:-1], n_in, n_out, token=graph[-1], out_dtype=out_dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        from .conv_ops import joined
-        from .ops import fused_for, spec_from_str
+        from .conv_ops import conv_backward, run_spec
 
-        spec, tensors, graph, call, call_fused = _conv_saved(ctx)
-        key, _, scatter, _, _ = ctx.args
-        s, needs = spec_from_str(spec), engine_needs(ctx, ctx.needs_input_grad[7:7 + ctx.n_tensors])
-        fused = fused_for(key, spec, joined(s.roles, needs, scatter))
-        grads = backward_gradients(s, fused, tensors, grad, needs, call, call_fused)
-        return (None,) * 7 + (*grads, *[None] * len(graph))
+        grads = conv_backward(ctx, grad, ctx.needs_input_grad[7:7 + ctx.n_tensors], run_spec,
+                              partial(run_spec, fused=True))
+        return (None,) * 7 + (*grads, *[None] * ctx.n_graph)
 
 
 class ConvProduceFused(torch.autograd.Function):
@@ -163,45 +140,29 @@ class ConvProduceFused(torch.autograd.Function):
                 n_tensors: int, *tensors_graph):
         from . import conv_ops
 
-        ctx.args, ctx.n_tensors = (key, spec, scatter, n_in, n_out), n_tensors
-        ctx.save_for_backward(*tensors_graph)
+        tensors, graph = _conv_setup(ctx, key, spec, scatter, n_in, n_out, n_tensors, tensors_graph)
         ctx.set_materialize_grads(False)  # a part nothing downstream used has no cotangent
-        tensors, graph = list(tensors_graph[:n_tensors]), list(tensors_graph[n_tensors:])
         return tuple(conv_ops.produce_conv(conv_ops.problem_from_key(key), conv_ops.fused_spec(spec, conv_ops.OP),
                                            scatter, tensors, graph[:-1], n_in, n_out, token=graph[-1],
                                            out_dtype=out_dtype))
 
     @staticmethod
     def backward(ctx, *grads):
-        from .conv_ops import OP, joined
-        from .ops import fused_spec, second_for
+        from .conv_ops import conv_fused_backward, run_spec
 
-        spec, tensors, graph, call, call_second = _conv_saved(ctx)
-        key, _, scatter, _, _ = ctx.args
-        needs = engine_needs(ctx, ctx.needs_input_grad[7:7 + ctx.n_tensors])
-        s = fused_spec(spec, OP)
-        live = tuple(j for j, g in enumerate(grads) if g is not None)
-        second = second_for(key, spec, joined(s.roles, needs, scatter), live)
-        out = fused_gradients(s, tensors, grads, needs, call, second, call_second)
-        return (None,) * 7 + (*out, *[None] * len(graph))
+        out = conv_fused_backward(ctx, grads, ctx.needs_input_grad[7:7 + ctx.n_tensors], run_spec,
+                                  partial(run_spec, fused=True))
+        return (None,) * 7 + (*out, *[None] * ctx.n_graph)
 
 
-def _conv_saved(ctx) -> tuple:
-    """``(spec text, tensors, graph, call, call_fused)`` of a convolution backward: the calls run
-    a derivative spec (fused: a fused one) with the forward's graph and strategy."""
-    from .conv_ops import run_spec
+def _conv_setup(ctx, key, spec, scatter, n_in, n_out, n_tensors, tensors_graph) -> tuple:
+    """Keep on ``ctx`` what :func:`tritp.conv_ops.conv_backward` reads, as the ops' setup does;
+    ``(tensors, graph)``."""
+    from .conv_ops import save_conv_inputs
 
-    key, spec, scatter, n_in, n_out = ctx.args
-    saved = ctx.saved_tensors
-    tensors, graph = saved[:ctx.n_tensors], list(saved[ctx.n_tensors:])
-
-    def call(t, dspec, args):
-        return run_spec(key, dspec, scatter, n_in, n_out, t.dtype, args, graph)
-
-    def call_fused(text, args):
-        return run_spec(key, text, scatter, n_in, n_out, args[0].dtype, args, graph, fused=True)
-
-    return spec, tensors, graph, call, call_fused
+    tensors, graph = list(tensors_graph[:n_tensors]), list(tensors_graph[n_tensors:])
+    save_conv_inputs(ctx, (key, spec, scatter, n_in, n_out, None, tensors, graph), None)
+    return tensors, graph
 
 
 class GauntProduce(torch.autograd.Function):
@@ -212,21 +173,12 @@ class GauntProduce(torch.autograd.Function):
     def forward(ctx, key: str, spec: str, Z: int, out_dtype: torch.dtype, *tensors):
         from . import gaunt_ops
 
-        ctx.key, ctx.spec, ctx.Z = key, spec, Z
-        ctx.save_for_backward(*tensors)
+        save_inputs(ctx, (key, spec, Z, out_dtype, tensors), None)  # as the ops' setup_context
         problem, launch = gaunt_ops.parse_key(key)
         return gaunt_ops.gaunt_produce(problem, spec, list(tensors), Z, out_dtype=out_dtype, launch=launch)
 
     @staticmethod
     def backward(ctx, grad):
-        from .codegen.gaunt_problem import derivative_spec
-        from .gaunt_ops import run_spec
+        from .gaunt_ops import gaunt_backward, run_spec
 
-        a, b, *tabs = ctx.saved_tensors
-        needs = engine_needs(ctx, ctx.needs_input_grad[4:])
-        grads = [None] * (2 + len(tabs))  # the tables are constants
-        for i, (t, other) in enumerate(((a, b), (b, a))):
-            if needs[i]:
-                grads[i] = unbroadcast(t, run_spec(ctx.key, derivative_spec(ctx.spec, i), ctx.Z, t.dtype,
-                                                   [other, grad, *tabs]))
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, *gaunt_backward(ctx, grad, ctx.needs_input_grad[4:], run_spec))

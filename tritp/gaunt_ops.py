@@ -92,16 +92,22 @@ def _fake(key, spec, Z, out_dtype, tensors):
     return tensors[0].new_empty((Z, target_dim(problem_from_key(key), target)), dtype=out_dtype)
 
 
+def gaunt_backward(ctx, grad, needs, run) -> list:
+    """The gradients of a Gaunt producer's two operands that the pass uses (of those ``needs``
+    marks; the tables are constants), each a producer run by ``run(key, spec, Z, out_dtype,
+    tensors)``: the op itself, or :func:`run_spec` on the eager path (:mod:`tritp.eager_ops`)."""
+    a, b, *tabs = ctx.saved_tensors
+    needs = engine_needs(ctx, needs)
+    grads = [None] * (2 + len(tabs))
+    for i, (t, other) in enumerate(((a, b), (b, a))):
+        if needs[i]:
+            grads[i] = unbroadcast(t, run(ctx.key, derivative_spec(ctx.spec, i), ctx.Z, t.dtype, [other, grad, *tabs]))
+    return grads
+
+
 def _make_backward(op):
     def backward(ctx, grad):
-        a, b, *tabs = ctx.saved_tensors
-        needs = engine_needs(ctx, ctx.needs_input_grad[4])
-        grads = [None] * (2 + len(tabs))  # the tables are constants
-        for i, (t, other) in enumerate(((a, b), (b, a))):
-            if needs[i]:
-                grads[i] = unbroadcast(t, op(ctx.key, derivative_spec(ctx.spec, i), ctx.Z, t.dtype,
-                                             [other, grad, *tabs]))
-        return None, None, None, None, grads
+        return None, None, None, None, gaunt_backward(ctx, grad, ctx.needs_input_grad[4], op)
 
     return backward
 

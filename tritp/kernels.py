@@ -31,7 +31,7 @@ import torch
 
 from .codegen import Problem
 from .codegen.cg_pieces import Partial, plan_pieces, slabs
-from .codegen.intmath import cdiv as triton_cdiv
+from .codegen.intmath import cdiv as triton_cdiv, p2
 from .codegen.cg_fused import fused_pieces
 from .codegen.cg_spec import FusedSpec, ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
@@ -284,25 +284,32 @@ def recipe(problem: Problem, spec, dtype_name: str, Z, device, config=None) -> R
     kernel forms), as long as a small kernel runs on a GPU, so it is done once per (problem,
     spec, dtype, batch bucket, device, config, environment). The memo lives in
     ``tritp.tuning._memo``, which every cache write and :func:`tritp.tuning.clear_memo` empty."""
-    from .tuning import _memo, rows_hint
+    from .tuning import rows_hint
 
     rows = rows_hint(Z)
-    mk = ("recipe", problem.key, spec, dtype_name, 1 << max(0, rows - 1).bit_length(), device, config,
-          torch.get_float32_matmul_precision(), *map(getenv, RECIPE_ENV))
+
+    def build() -> Recipe:
+        from .tuning import check_config, choose
+
+        cfg = choose(problem, spec, dtype_name, rows, device, interpreter_active()) if config is None \
+            else check_config(config)
+        pieces = pieces_of(problem, spec)
+        kerns = [get_kernel(problem, spec, dtype_name, cfg.block_c, piece) for piece in pieces]
+        block_z = max([cfg.block_z] + [k.tritp_min_block_z for k in kerns])  # one grid for every piece
+        return Recipe(cfg, kerns, slabs(pieces), block_z)
+
+    return memo_recipe((problem.key, spec, dtype_name, p2(rows), device, config), build)
+
+
+def memo_recipe(key: tuple, build):
+    """``build()``, memoized under ``key`` and what every launch recipe depends on besides its
+    arguments (the float32 matmul precision, :data:`RECIPE_ENV`), in ``tritp.tuning._memo``."""
+    from .tuning import _memo
+
+    mk = ("recipe", *key, torch.get_float32_matmul_precision(), *map(getenv, RECIPE_ENV))
     r = _memo.get(mk)
     if r is None:
-        if config is None:
-            from .tuning import choose
-
-            config = choose(problem, spec, dtype_name, rows, device, interpreter_active())
-        else:
-            from .tuning import check_config
-
-            check_config(config)
-        pieces = pieces_of(problem, spec)
-        kerns = [get_kernel(problem, spec, dtype_name, config.block_c, piece) for piece in pieces]
-        block_z = max([config.block_z] + [k.tritp_min_block_z for k in kerns])  # one grid for every piece
-        r = _memo[mk] = Recipe(config, kerns, slabs(pieces), block_z)
+        r = _memo[mk] = build()
     return r
 
 

@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import List
+from typing import Callable, List, Sequence
 
 import torch
 from torch.library import custom_op, wrap_triton
@@ -131,17 +131,42 @@ def _fused_fake(key, spec, Z, out_dtype, tensors):
     return [tensors[0].new_empty((Z, target_dim(p, t)), dtype=out_dtype) for t in fused_spec(spec).targets]
 
 
+def product_backward(ctx, grad, needs: Sequence, single: Callable, fused: Callable) -> list:
+    """The gradients of a producer's tensors (``ctx``: its key, spec, batch and saved tensors)
+    from the output cotangent: the gradients the pass uses of those ``needs`` marks, the fused
+    backward's kernel where one applies. ``single`` and ``fused`` run a derivative spec, with
+    ``(key, spec, Z, out_dtype, tensors)`` as the ops take it: the op itself for the registered
+    ops, :func:`run_spec` for the eager path (:mod:`tritp.eager_ops`)."""
+    def call(t, dspec, args):
+        return unbroadcast(t, single(ctx.key, dspec, ctx.Z, t.dtype, args))
+
+    def call_fused(text, args):  # several gradients in one kernel (cg_fused)
+        return fused(ctx.key, text, ctx.Z, args[0].dtype, args)
+
+    spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, needs)
+    plan = fused_for(ctx.key, ctx.spec, needs)
+    return backward_gradients(spec, plan, ctx.saved_tensors, grad, needs, call, call_fused)
+
+
+def fused_product_backward(ctx, grads, needs: Sequence, single: Callable, fused: Callable) -> list:
+    """:func:`product_backward` of a fused backward's kernel, from its parts' cotangents
+    (``None``: that part unused): the gradients of x1, the weights and x2 again in one fused
+    kernel where one applies (``fused``), the others one producer each (``single``)."""
+    def call(t, dspec, args):
+        return unbroadcast(t, single(ctx.key, dspec, ctx.Z, t.dtype, args))
+
+    def call_second(text, args):  # the gradients of x1, the weights and x2 in one kernel
+        return fused(ctx.key, text, ctx.Z, args[0].dtype, args)
+
+    spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, needs)
+    live = tuple(j for j, g in enumerate(grads) if g is not None)
+    second = second_for(ctx.key, ctx.spec, needs, live)
+    return fused_gradients(spec, ctx.saved_tensors, grads, needs, call, second, call_second)
+
+
 def _make_backward(op):
     def backward(ctx, grad):
-        def call(t, dspec, args):
-            return unbroadcast(t, op(ctx.key, dspec, ctx.Z, t.dtype, args))
-
-        def call_fused(text, args):  # several gradients in one kernel (cg_fused)
-            return FUSED[op](ctx.key, text, ctx.Z, args[0].dtype, args)
-
-        spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, ctx.needs_input_grad[4])
-        fused = fused_for(ctx.key, ctx.spec, needs)
-        return None, None, None, None, backward_gradients(spec, fused, ctx.saved_tensors, grad, needs, call, call_fused)
+        return None, None, None, None, product_backward(ctx, grad, ctx.needs_input_grad[4], op, FUSED[op])
 
     return backward
 
@@ -155,17 +180,7 @@ def _make_fused_backward(op):
     single = {v: k for k, v in FUSED.items()}[op]  # derivatives run on the single-target op
 
     def backward(ctx, grads):
-        def call(t, dspec, args):
-            return unbroadcast(t, single(ctx.key, dspec, ctx.Z, t.dtype, args))
-
-        def call_second(text, args):  # the gradients of x1, the weights and x2 in one kernel
-            return op(ctx.key, text, ctx.Z, args[0].dtype, args)
-
-        spec, needs = spec_from_str(ctx.spec), engine_needs(ctx, ctx.needs_input_grad[4])
-        live = tuple(j for j, g in enumerate(grads) if g is not None)
-        second = second_for(ctx.key, ctx.spec, needs, live)
-        return None, None, None, None, fused_gradients(spec, ctx.saved_tensors, grads, needs, call, second,
-                                                       call_second)
+        return None, None, None, None, fused_product_backward(ctx, grads, ctx.needs_input_grad[4], single, op)
 
     return backward
 
