@@ -36,7 +36,7 @@ from .gaunt_tables import exact_grid_size
 from .irreps import Irreps, as_irreps
 from .problem import Problem
 
-IMPLEMENTATIONS = ("sparse", "fft", "grid")
+IMPLEMENTATIONS = ("sparse", "fft", "grid", "separable")
 NORMALIZATIONS = ("orthonormal", "integral")
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 ROLES = ("x1", "x2", "out")
@@ -77,10 +77,12 @@ def _build(mul: int, ls, s: int) -> Irreps:
 class GauntProblem:
     """Inputs, output degrees, normalization and implementation of a Gaunt product.
 
-    ``implementation`` is one of ``sparse``, ``fft``, ``grid`` (``auto`` is resolved by
-    :mod:`tritp.gaunt`); ``grid`` overrides the exact ``(n_beta, n_alpha)`` (grid) or
+    ``implementation`` is one of ``sparse``, ``fft``, ``grid``, ``separable`` (``auto`` is
+    resolved by :mod:`tritp.gaunt`); ``grid`` overrides the exact ``(n_beta, n_alpha)`` (grid;
+    separable reads ``n_beta`` only: its azimuthal integral is exact in closed form) or
     ``(n_theta, n_phi)`` (fft) sizes, for experiments only: smaller is wrong. ``precision`` is
-    the ``tl.dot`` input precision for fp32 on a GPU (``ieee`` is exact fp32).
+    the ``tl.dot`` input precision for fp32 on a GPU (``ieee`` is exact fp32); sparse and
+    separable have no ``tl.dot``, so a separable problem always records ``ieee``.
     """
 
     irreps_in1: Irreps
@@ -127,6 +129,8 @@ class GauntProblem:
                     or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in grid)):
                 raise GauntError(f"grid must be None or two positive ints, got {grid!r}")
             grid = tuple(grid)
+        if implementation == "separable":
+            precision = "ieee"  # FMAs only: one key whatever torch's matmul precision
         set_ = object.__setattr__
         set_(self, "irreps_in1", _build(m1, ls1, s1))
         set_(self, "irreps_in2", _build(m2, ls2, s2))
@@ -206,10 +210,10 @@ class GauntProblem:
 
     @property
     def exact_grid(self) -> tuple:
-        """grid: Gauss-Legendre ``(n_beta, n_alpha)`` for ``D = L1 + L2 + Lo`` (active degrees);
-        fft: torus ``(2(L1+L2)+1, 2(L1+L2)+1)``; sparse: None."""
+        """grid and separable: Gauss-Legendre ``(n_beta, n_alpha)`` for ``D = L1 + L2 + Lo``
+        (active degrees); fft: torus ``(2(L1+L2)+1, 2(L1+L2)+1)``; sparse: None."""
         l1, l2, lo = (self.lmax_active(r) for r in ROLES)
-        if self.implementation == "grid":
+        if self.implementation in ("grid", "separable"):
             return exact_grid_size(l1 + l2 + lo)
         if self.implementation == "fft":
             return (2 * (l1 + l2) + 1,) * 2
@@ -234,11 +238,16 @@ class GauntProblem:
     # -- cost ----------------------------------------------------------------------------------
     def flops(self, implementation: str = None) -> int:
         """Forward FLOPs per (sample, channel): sparse ``3 * nonzeros``; grid and fft
-        ``2 (K1 + K2) P + P + 2 P Ko`` (two synthesis GEMMs, product, analysis GEMM)."""
+        ``2 (K1 + K2) P + P + 2 P Ko`` (two synthesis GEMMs, product, analysis GEMM);
+        separable: two per FMA of its kernel (:func:`~tritp.codegen.gaunt_sep.flops`)."""
         impl = implementation or self.implementation
         if impl == "sparse":
             return 3 * sum(len(sparse_coupling(*p)) for p in self.paths)
         p = self if impl == self.implementation else self.replace(implementation=impl, grid=None)
+        if impl == "separable":
+            from .gaunt_sep import flops
+
+            return flops(p)
         nb, na = p.grid_size
         k1, k2, ko = (sum(2 * l + 1 for l in self.degrees(r)) for r in ROLES)
         return 2 * (k1 + k2) * nb * na + nb * na + 2 * nb * na * ko

@@ -194,6 +194,61 @@ def torus_tables(ls, n_theta: int, n_phi: int, umax: int, analysis: bool) -> np.
     return np.array(rows).reshape(-1, n_theta * n_phi)
 
 
+# -- separable: Gauss-Legendre nodes x the exact azimuthal integral ----------------------------------
+
+
+def node_tables(problem) -> dict:
+    """``{role: float64 [n_b, K_role]}`` of a separable ``GauntProblem``: ``Q_l^|m|`` at the
+    Gauss-Legendre nodes (e3nn order of the role's coefficients); the output's rows carry
+    ``2 pi w_j`` and the normalization scale (:mod:`~tritp.codegen.gaunt_sep`).
+
+    Example:
+        >>> from tritp.codegen.gaunt_problem import GauntProblem
+        >>> p = GauntProblem("0e+1o", "0e+1o", lmax_out=2, implementation="separable")
+        >>> {r: t.shape for r, t in node_tables(p).items()}
+        {'x1': (3, 4), 'x2': (3, 4), 'out': (3, 9)}
+    """
+    nb = problem.grid_size[0]
+    z, w = np.polynomial.legendre.leggauss(nb)
+    out = {}
+    for role in ("x1", "x2", "out"):
+        ls = problem.degrees(role)
+        q = legendre_q(max(ls), z, np.sqrt(1 - z * z))
+        t = np.stack([q[(l, abs(m))] for l, m in lm_list(ls)], axis=1)
+        out[role] = t * (2 * math.pi * problem.scale * w)[:, None] if role == "out" else t
+    return out
+
+
+@lru_cache(maxsize=None)
+def azimuth_coupling(mmax: int) -> dict:
+    """``{(m1, m2, m3): C}`` for ``|m| <= mmax``: the mean over the azimuth of ``S_m1 S_m2 S_m3``,
+    nonzero entries only, snapped to their exact values ``1`` and ``+-1/sqrt2`` (a uniform
+    quadrature of ``3 mmax + 1`` points is exact for these products; the snap is checked).
+
+    Example:
+        >>> c = azimuth_coupling(1)
+        >>> c[(0, 0, 0)], c[(1, 1, 0)], round(c[(1, 1, 1)] if (1, 1, 1) in c else 0.0, 6)
+        (1.0, 1.0, 0.0)
+    """
+    n = 3 * mmax + 1
+    a = 2 * math.pi * np.arange(n) / n
+    s = {m: alpha_part(m, a) for m in range(-mmax, mmax + 1)}
+    exact = (1.0, -1.0, math.sqrt(0.5), -math.sqrt(0.5))
+    out = {}
+    for m1 in s:
+        for m2 in s:
+            p12 = s[m1] * s[m2]
+            for m3 in s:
+                v = float(np.mean(p12 * s[m3]))
+                if abs(v) < 1e-9:
+                    continue
+                snapped = min(exact, key=lambda e: abs(e - v))
+                if abs(snapped - v) > 1e-9:
+                    raise AssertionError(f"azimuthal coupling {(m1, m2, m3)} = {v} is not 1 or 1/sqrt2")
+                out[(m1, m2, m3)] = snapped
+    return out
+
+
 def orthonormality_error(lmax: int, n_beta: int, n_alpha: int) -> float:
     """``max |Y W Y^T - I|`` on the grid: 0 (to rounding) when ``n_beta > lmax``, ``n_alpha > 2 lmax``."""
     y, w = grid_tables(range(lmax + 1), n_beta, n_alpha)

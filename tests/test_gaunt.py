@@ -1,4 +1,4 @@
-"""The Gaunt product's three generated implementations, forward, through the Triton interpreter.
+"""The Gaunt product's four generated implementations, forward, through the Triton interpreter.
 
 Oracles: the float64 dense reference (:mod:`tritp.gaunt_reference`, design notes section 3),
 the pointwise identity ``sum_lm out_lm Y_lm(r) = f1(r) f2(r)`` with e3nn's harmonics (needs
@@ -18,7 +18,7 @@ from tritp.gaunt import GauntProduct, compile_gaunt
 from tritp.gaunt_reference import gaunt_reference
 
 F64 = torch.float64
-IMPLS = ("sparse", "grid", "fft")
+IMPLS = ("sparse", "grid", "fft", "separable")
 CASES = [  # (irreps_in1, irreps_in2, lmax_out): equal channels, broadcast x2, broadcast x1 with gaps
     ("3x0e+3x1o+3x2e", "3x0e+3x1o", 3),
     ("2x0e+2x1o+2x2e", "0e+1o+2e", 2),
@@ -88,8 +88,9 @@ def test_outputs_without_an_even_path_are_exactly_zero(impl):
     assert (y[:, 0] == 0).all() and (y[:, 4:9] == 0).all() and (y[:, 1:4] != 0).all() and (y[:, 9:] != 0).all()
 
 
-@pytest.mark.parametrize("impl, shrink", [("grid", (1, 0)), ("grid", (0, 1)), ("fft", (1, 0)), ("fft", (0, 1))],
-                         ids=["grid-beta", "grid-alpha", "fft-theta", "fft-phi"])
+@pytest.mark.parametrize("impl, shrink", [("grid", (1, 0)), ("grid", (0, 1)), ("fft", (1, 0)), ("fft", (0, 1)),
+                                         ("separable", (1, 0))],
+                         ids=["grid-beta", "grid-alpha", "fft-theta", "fft-phi", "separable-beta"])
 def test_one_point_fewer_than_exact_is_wrong(impl, shrink):
     # Lo = L1 + L2: every direction of the exact size is tight
     args = ("2x0e+2x1o+2x2e", "2x0e+2x1o")

@@ -17,7 +17,7 @@ from support import compiled_square_loss_errors
 from tritp.gaunt_reference import gaunt_reference
 
 F64 = torch.float64
-IMPLS = ("sparse", "grid", "fft")
+IMPLS = ("sparse", "grid", "fft", "separable")
 
 
 def rel(a, ref):
@@ -133,7 +133,7 @@ def produce_spied(problem, spec, tensors, Z, launch=None):
     return gaunt_produce(problem, spec, tensors, Z, wrap=wrap, launch=launch), shapes
 
 
-@pytest.mark.parametrize("impl", ["grid", "fft"])
+@pytest.mark.parametrize("impl", ["grid", "fft", "separable"])
 @pytest.mark.parametrize("C, role, block, summed", [
     (4, "x2", None, True),  # power of two: 8 samples a program (5 of them real)
     (32, "x2", 16, True),  # power of two above the row tile: 2 tiles a sample (the GPU's C=128)
@@ -144,8 +144,8 @@ def test_broadcast_gradient_sums_channels_in_the_kernel(impl, C, role, block, su
     """The gradient for a one-channel input sums its C channels: in the kernel whenever whole
     samples fit the row tiles (no [Z * C, dim] buffer), deterministic either way."""
     if block:
-        monkeypatch.setattr(gaunt_kernels, "launch_shape", lambda problem, rows, target="out", dtype="float32":
-                            (block, 1, default_block_p(problem)))
+        monkeypatch.setattr(gaunt_kernels, "launch_shape", lambda problem, rows, target="out", dtype="float32", spec=None:
+                            (block, 1, 1 if impl == "separable" else default_block_p(problem)))
     per, one = f"{C}x0e+{C}x1o+{C}x2e", "0e+1o"
     problem = GauntProblem(one if role == "x1" else per, one if role == "x2" else per, lmax_out=2,
                            implementation=impl)
@@ -166,7 +166,7 @@ def test_broadcast_gradient_sums_channels_in_the_kernel(impl, C, role, block, su
             assert torch.equal(got, again)  # bit-identical run to run
 
 
-@pytest.mark.parametrize("impl", ["grid", "fft"])
+@pytest.mark.parametrize("impl", ["grid", "fft", "separable"])
 def test_broadcast_input_derivatives_fp64(impl):
     """Backward and double backward of a product with a one-channel x2 over 4 channels: every
     producer that targets x2 sums the channels in the kernel."""
@@ -182,7 +182,7 @@ def test_broadcast_input_derivatives_fp64(impl):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-@pytest.mark.parametrize("impl", ["grid", "sparse", "fft"])
+@pytest.mark.parametrize("impl", ["grid", "sparse", "fft", "separable"])
 def test_opcheck(impl, dtype):
     gp = compile_gaunt("2x0e+2x1o", "0e+1o", lmax_out=2, implementation=impl)
     x1 = torch.randn(3, gp.irreps_in1.dim, dtype=dtype, requires_grad=True)
@@ -197,12 +197,14 @@ def test_torch_compile_fullgraph_forward_backward():
     assert err_y < 1e-12 and err_g < 1e-10
 
 
-@pytest.mark.parametrize("impl", ["grid", "fft"])
-@pytest.mark.parametrize("launch", [(64, 8, 32), (16, 4, 16)], ids=["gpu-L8-rung", "small"])
+@pytest.mark.parametrize("impl, launch", [(i, lc) for i in ("grid", "fft") for lc in ((64, 8, 32), (16, 4, 16))]
+                         + [("separable", (128, 4, 3)), ("separable", (16, 4, 2))],
+                         ids=["grid-gpu-L8-rung", "grid-small", "fft-gpu-L8-rung", "fft-small", "separable-gpu-L8",
+                              "separable-small"])
 def test_explicit_launch_matches_the_reference(impl, launch):
-    """gaunt_produce(launch=(BLOCK_R, warps, BLOCK_P)) -- the GPU defaults' shapes, run by the
-    interpreter -- gives the reference's forward and x2 gradient; a channel-summing producer
-    over C=48 still gets 16-row tiles (64 would break the kernel's whole-sample assert)."""
+    """gaunt_produce(launch=(BLOCK_R, warps, BLOCK_P or passes)) -- the GPU defaults' shapes,
+    run by the interpreter -- gives the reference's forward and x2 gradient; a channel-summing
+    producer over C=48 still gets 16-row tiles (64 would break the kernel's whole-sample assert)."""
     problem = GauntProblem("48x0e+48x1o+48x2e", "0e+1o+2e", lmax_out=2, implementation=impl)
     Z = 2
     x = [torch.randn(Z, problem.irreps(r).dim, dtype=F64) for r in ("x1", "x2", "out")]

@@ -79,8 +79,9 @@ def test_tuned_choice_is_stored_where_auto_looks_and_flips_with_the_timer():
     timer = prefer("fft")
     r = tune_gaunt(gp.problem, AUTO_BATCH, timer=timer)
     space = gaunt_space(neutral_problem(gp.problem), FORWARD, "float32", AUTO_BATCH)
-    assert sorted(set(timer.seen)) == ["fft", "grid", "sparse"] and timer.seen[0] == "sparse"  # size rule first
-    assert len(timer.seen) == len(space) == 1 + 2 * 4 + 1  # sparse; grid 4 rungs, fft 5 (its BLOCK_P is 32)
+    assert sorted(set(timer.seen)) == ["fft", "grid", "separable", "sparse"] and timer.seen[0] == "sparse"  # size rule first
+    # sparse; grid 4 rungs, fft 5 (its BLOCK_P is 32); separable 4 rungs at one pass, one at two
+    assert len(timer.seen) == len(space) == 1 + 4 + 5 + 5
     fft0 = impl_configs(gp.problem, "fft")[0]  # every fft launch ties: the default, timed first, wins
     assert r.config == fft0 and r.launch == (64, 4, 32) and r.implementation == "fft"
     assert r.default == Config(impl="sparse") and r.speedup == 8.0
@@ -88,7 +89,8 @@ def test_tuned_choice_is_stored_where_auto_looks_and_flips_with_the_timer():
     assert r.entry["key"] == key and json.loads(cache.entry_path(key).read_text()) == r.entry
     assert r.entry["config"] == fft0._asdict() and r.entry["default"]["impl"] == "sparse"
     assert r.entry["ms"] == 1.0 and r.entry["default_ms"] == 8.0 and r.entry["timed"] == len(space)
-    assert sorted(r.launch_entries) == ["fft", "grid"] and r.launch_entries["grid"]["timed"] == 4
+    assert sorted(r.launch_entries) == ["fft", "grid", "separable"] and r.launch_entries["grid"]["timed"] == 4
+    assert r.launch_entries["separable"]["timed"] == 5
     clear_memo()
     assert lookup(neutral_problem(gp.problem), FORWARD, "float32", AUTO_BATCH, CPU, True, family="gaunt") == \
         (fft0, "user")
@@ -140,7 +142,7 @@ def test_module_autotune_runs_every_implementation_forward_and_backward():
         return {"grid": 1.0}.get(thunk.config.impl, 3.0)
 
     (r,) = gp.autotune(batch=4, directions=("fwd", "bwd"), timer=timer)
-    assert sorted(set(i for i, _ in ran)) == ["fft", "grid", "sparse"] and len(ran) == r.entry["timed"] > 3
+    assert sorted(set(i for i, _ in ran)) == ["fft", "grid", "separable", "sparse"] and len(ran) == r.entry["timed"] > 3
     assert not r.errors and r.implementation == "grid" and r.entry["directions"] == ["fwd", "bwd"]
     assert r.entry["weights"] == ["in2", "out"] and r.entry["key"]["batch"] == 4
     assert choose_implementation(gp.problem, batch=4) == "grid"
@@ -157,7 +159,8 @@ def test_failures_and_bad_arguments(monkeypatch):
 
     r = tune_gaunt(problem, 16, timer=flaky, store=False)
     grid = [label(c) for c in impl_configs(problem, "grid")]
-    assert r.implementation == "fft" and set(r.errors) == {"sparse", *grid} and r.entry["times"][grid[0]] is None
+    sep = [label(c) for c in impl_configs(problem, "separable")]
+    assert r.implementation == "fft" and set(r.errors) == {"sparse", *grid, *sep} and r.entry["times"][grid[0]] is None
     assert list(r.launch_entries) == ["fft"]  # grid never ran: no launch entry for it
     assert not cache.user_dir().exists()  # store=False wrote nothing
     with pytest.raises(RuntimeError, match="every Gaunt implementation failed"):
@@ -183,7 +186,7 @@ def test_cli_tunes_a_gaunt_product(tmp_path, capsys, monkeypatch):
     (f,) = json.loads((tmp_path / "exp" / "index.json").read_text())["files"]
     bundle = json.loads((tmp_path / "exp" / f["file"]).read_text())
     families = sorted(e["key"]["family"] for e in bundle["entries"].values())
-    assert families == ["gaunt", "gaunt-launch", "gaunt-launch"]  # the choice, and grid's and fft's launches
+    assert families == ["gaunt"] + ["gaunt-launch"] * 3  # the choice, and grid's, fft's and separable's launches
     assert main(["cache", "list"]) == 0
     listed = capsys.readouterr().out
     assert "gaunt fwd+bwd" in listed and re.search(r"(grid|fft) \d+:\d+:\d+", listed)  # launches shown
@@ -319,5 +322,5 @@ def test_op_keys_carry_the_launch_and_bad_launches_fail_loud():
     for bad in ((8, 4, 16), (16, 3, 16), (16, 4, 128), "64"):
         with pytest.raises(ValueError, match="launch"):
             compile_gaunt(*SMALL, lmax_out=2, implementation="grid", launch=bad)
-    with pytest.raises(GauntError, match="grid and fft"):
+    with pytest.raises(GauntError, match="grid, fft and separable"):
         compile_gaunt(*SMALL, lmax_out=2, implementation="sparse", launch=(16, 4, 16))

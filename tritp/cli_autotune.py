@@ -12,7 +12,7 @@ mode or an instruction list::
 
 ``--mode gaunt`` tunes a Gaunt product's implementation choice instead (``IN1 IN2 [OUT]``, or
 ``--lmax-out N``; ``--normalization``; in a problems file ``"mode": "gaunt"`` with ``"lmax_out"``
-/ ``"normalization"``): sparse, fft and grid are timed on one step of the directions (forward,
+/ ``"normalization"``): sparse, fft, grid and separable are timed on one step of the directions (forward,
 plus gradients, plus double backward) and the fastest is stored where
 ``compile(..., mode="gaunt", implementation="auto")`` looks (:mod:`tritp.gaunt_tuning`; ``auto``
 asks at batch 10,000, the default here for Gaunt products).

@@ -3,18 +3,20 @@
 Channelwise product of two spherical functions given by their real spherical-harmonic
 coefficients (e3nn's basis and layout), projected back onto the harmonics up to the output
 degrees; the math, parity and normalization rules are in :mod:`tritp.codegen.gaunt_problem`.
-Three generated implementations compute the same function:
+Four generated implementations compute the same function:
 
 * ``sparse``: the sparse CG kernels with Gaunt coefficients (O(L^5) unrolled nonzeros);
 * ``grid``: Gauss-Legendre x uniform sphere grid at the exact size, GEMMs fused in one kernel;
-* ``fft``: the 2D Fourier (torus) form with analytic tables, DFTs folded into the GEMM tables.
+* ``fft``: the 2D Fourier (torus) form with analytic tables, DFTs folded into the GEMM tables;
+* ``separable``: the grid's polar nodes with the azimuthal integral in closed form, fp32 FMAs
+  (O(L^3) per node; :mod:`tritp.codegen.gaunt_sep`).
 
 ``implementation="auto"`` asks the autotune cache (family ``"gaunt"``, registered by
 :mod:`tritp.gaunt_tuning` when this module is imported), else applies
 :func:`~tritp.codegen.gaunt_problem.size_rule` (sparse while every active degree is <= 3).
 ``gp.autotune()`` or :func:`tritp.gaunt_tuning.tune_gaunt` (``tritp autotune IN1 IN2 --mode
-gaunt``) times the three, grid and fft at several launches, and stores the fastest for
-``auto``; a grid or fft module, ``auto`` or not, launches with its tuned launch when one is
+gaunt``) times the four, grid, fft and separable at several launches, and stores the fastest
+for ``auto``; a grid, fft or separable module, ``auto`` or not, launches with its tuned launch when one is
 stored (:func:`tritp.gaunt_tuning.tuned_launch`).
 
 Example:
@@ -103,7 +105,7 @@ class GauntProduct(torch.nn.Module):
     copies of it. Built by :func:`compile_gaunt`.
 
     ``launches`` maps ``"float32"`` and ``"float64"`` (the compute dtype) to the grid/fft
-    kernels' ``(BLOCK_R, num_warps, BLOCK_P)``, or None for
+    kernels' ``(BLOCK_R, num_warps, BLOCK_P)`` (separable: ``passes`` for ``BLOCK_P``), or None for
     :func:`~tritp.gaunt_kernels.launch_shape`'s default: ``launch`` if given (every dtype),
     else the tuned launch when one is stored (:func:`tritp.gaunt_tuning.tuned_launch`), looked
     up once here. It reaches the kernels through the op key (:func:`tritp.gaunt_ops.op_key`).
@@ -134,10 +136,10 @@ class GauntProduct(torch.nn.Module):
         self.key = kernel.key
         self.launches = self._launches(launch)
         self._op_keys = {dt: gaunt_ops.op_key(self.key, lc) for dt, lc in self.launches.items()}
-        # grid/fft tables ride along as op arguments: fp32 and fp64 copies, so that neither a
+        # grid/fft/separable tables ride along as op arguments: fp32 and fp64 copies, so that neither a
         # cast per call nor module.float() can cost the fp64 path its exactness (see _apply)
         self._table_names = ()
-        if kernel.implementation in ("grid", "fft"):
+        if kernel.implementation in ("grid", "fft", "separable"):
             t64 = role_tensors(kernel, torch.float64, "cpu")
             names = []
             for tag, ts in (("t32", [t.float() for t in t64[:3]]), ("t64", t64[:3]), ("idx", t64[3:])):
@@ -151,8 +153,9 @@ class GauntProduct(torch.nn.Module):
         if launch is None:
             return {dt: gaunt_tuning.tuned_launch(self.problem, dt, AUTO_BATCH) for dt in dtypes}
         if self.implementation not in gaunt_tuning.LAUNCHED:
-            raise GauntError(f"launch={launch!r} is for the grid and fft implementations, not {self.implementation!r}")
-        return dict.fromkeys(dtypes, check_launch(launch))
+            raise GauntError(f"launch={launch!r} is for the grid, fft and separable implementations, "
+                             f"not {self.implementation!r}")
+        return dict.fromkeys(dtypes, check_launch(launch, self.implementation))
 
     def extra_repr(self) -> str:
         tuned = {dt: ":".join(map(str, lc)) for dt, lc in self.launches.items() if lc is not None}
@@ -165,7 +168,7 @@ class GauntProduct(torch.nn.Module):
         return self.kernel_problem.flops(implementation)
 
     def autotune(self, batch=AUTO_BATCH, directions=("fwd",), timer=None) -> list:
-        """Time the three implementations of this product (grid and fft at several launches;
+        """Time the four implementations of this product (grid, fft, separable at several launches;
         with this module's weights) on this GPU, or the interpreter, and store the fastest where
         ``implementation="auto"`` looks, and each of grid's and fft's fastest launch (see
         :mod:`tritp.gaunt_tuning`); this module keeps its implementation and launch: compile again.
@@ -235,11 +238,13 @@ def compile_gaunt(irreps_in1, irreps_in2, irreps_out=None, *, lmax_out=None, nor
     degrees (default: ``L1 + L2``, the whole product). ``normalization``: ``"orthonormal"``
     (coefficients of the product function in e3nn's orthonormal harmonics) or ``"integral"``
     (e3nn-jax: functions are ``sum c sqrt(4 pi) Y``, so the output is ``sqrt(4 pi)`` times the
-    orthonormal one). ``implementation``: ``"auto"``, ``"sparse"``, ``"fft"`` or ``"grid"``.
+    orthonormal one). ``implementation``: ``"auto"``, ``"sparse"``, ``"fft"``, ``"grid"`` or
+    ``"separable"``.
     ``weights``: ``True`` or names among ``"in1"``, ``"in2"``, ``"out"``. ``precision``: fp32
     ``tl.dot`` precision (``"ieee"``, ``"tf32"``, ``"tf32x3"``; default follows
     ``torch.get_float32_matmul_precision()``). ``grid`` overrides the exact grid size (testing).
-    ``launch``: the grid/fft kernels' ``(BLOCK_R, num_warps, BLOCK_P)`` (default: the tuned one
+    ``launch``: the grid/fft kernels' ``(BLOCK_R, num_warps, BLOCK_P)``, the separable kernel's
+    ``(BLOCK_R, num_warps, passes)`` (default: the tuned one
     if stored, else :func:`~tritp.gaunt_kernels.launch_shape`'s; see :class:`GauntProduct`).
 
     Example:

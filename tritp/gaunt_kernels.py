@@ -1,5 +1,6 @@
 """Load and launch the Gaunt producers: sparse through the CG kernels, grid and fft through the
-fused GEMM kernel of :mod:`tritp.codegen.gaunt_emit`.
+fused GEMM kernel of :mod:`tritp.codegen.gaunt_emit`, separable through the straight-line
+kernel of :mod:`tritp.codegen.gaunt_sep` (its launches: :mod:`tritp.gaunt_separable`).
 
 A producer is named by a spec ``"target:role_a,role_b"`` (:mod:`tritp.codegen.gaunt_problem`):
 the forward is ``"out:x1,x2"``, the gradient for ``x1`` is ``"x1:x2,out"`` with the output's
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from .codegen.cg_spec import ProducerSpec
@@ -26,10 +28,11 @@ from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_ha
 from .codegen.gaunt_emit import (DOT_MIN, KERNEL_NAME, TABLE_ALIGN, channel_block, channel_tiles, default_block_p,
                                   emit_gemm_producer, reduces_channels, role_index, role_size, role_table)
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
+from .codegen.gaunt_tables import node_tables
 from .kernels import INT32_LIMIT, interpreter_active, launch_dtypes, load_generated, produce, triton_cdiv
 
 # every codegen module the Gaunt sources depend on (gaunt_problem imports coupling, irreps, problem)
-GENERATOR_FILES = ("gaunt_emit.py", "gaunt_problem.py", "gaunt_tables.py", "writer.py", "coupling.py", "irreps.py",
+GENERATOR_FILES = ("gaunt_emit.py", "gaunt_sep.py", "gaunt_problem.py", "gaunt_tables.py", "writer.py", "coupling.py", "irreps.py",
                    "problem.py", "instructions.py", "intmath.py")
 _kernels: dict = {}
 
@@ -54,8 +57,14 @@ def get_gemm_kernel(problem: GauntProblem, spec: str, dtype: str, block_p: int):
 def role_tensors(problem: GauntProblem, dtype: torch.dtype, device) -> list:
     """The six table tensors the grid and fft kernels read, in the order the ops carry them:
     ``[T_x1, T_x2, T_out]`` (``dtype``) then ``[I_x1, I_x2, I_out]`` (int32), see
-    :func:`~tritp.codegen.gaunt_emit.role_table` and :func:`~tritp.codegen.gaunt_emit.role_index`."""
-    ts = [torch.from_numpy(role_table(problem, r)).to(device=device, dtype=dtype) for r in ROLES]
+    :func:`~tritp.codegen.gaunt_emit.role_table` and :func:`~tritp.codegen.gaunt_emit.role_index`;
+    for separable the ``T`` are :func:`~tritp.codegen.gaunt_tables.node_tables` (its kernel does
+    not read the ``I``)."""
+    if problem.implementation == "separable":  # per-node tables [n_beta, K] (codegen.gaunt_sep)
+        tabs = node_tables(problem)
+        ts = [torch.from_numpy(np.ascontiguousarray(tabs[r])).to(device=device, dtype=dtype) for r in ROLES]
+    else:
+        ts = [torch.from_numpy(role_table(problem, r)).to(device=device, dtype=dtype) for r in ROLES]
     return ts + [torch.from_numpy(role_index(problem, r).reshape(-1)).to(device) for r in ROLES]
 
 
@@ -114,8 +123,17 @@ def estimate_registers(problem: GauntProblem, dtype: str, block_r: int, num_warp
     return int(32 + c * block_r * (k + 6 * block_p) / (32 * num_warps))
 
 
-def launch_shape(problem: GauntProblem, n_rows: int, target: str = "out", dtype: str = "float32") -> tuple:
-    """``(BLOCK_R, num_warps, BLOCK_P)`` of a grid/fft producer when nothing else is asked.
+def default_spec(target: str) -> str:
+    """The producer of ``target`` from the other two roles (x1 and x2's gradients: of the output's
+    cotangent and the other input)."""
+    return {"out": "out:x1,x2", "x1": "x1:x2,out", "x2": "x2:x1,out"}[target]
+
+
+def launch_shape(problem: GauntProblem, n_rows: int, target: str = "out", dtype: str = "float32",
+                 spec: str = None) -> tuple:
+    """``(BLOCK_R, num_warps, BLOCK_P)`` of a grid/fft producer when nothing else is asked
+    (separable: ``(BLOCK_R, num_warps, passes)`` of producer ``spec``, see
+    :func:`tritp.gaunt_separable.launch_shape`).
 
     Interpreter: up to 256 rows per program (its cost is per program), 1 warp. GPU: the first
     rung of :data:`GPU_LADDER` whose :func:`estimate_registers` is within
@@ -157,6 +175,10 @@ def launch_shape(problem: GauntProblem, n_rows: int, target: str = "out", dtype:
         >>> next(r for r in GPU_LADDER if estimate_registers(p, "float32", r[0], r[1], r[2] or 64) <= REGISTER_BUDGET)
         (64, 8, 32)
     """
+    if problem.implementation == "separable":
+        from . import gaunt_separable
+
+        return gaunt_separable.launch_shape(problem, n_rows, target, dtype, spec or default_spec(target))
     if interpreter_active():
         block, warps, bp = max(16, min(256, 1 << max(0, (n_rows - 1).bit_length()))), 1, default_block_p(problem)
     else:
@@ -176,7 +198,13 @@ def launch_candidates(problem: GauntProblem, dtype: str = "float32") -> list:
         >>> from tritp.codegen.gaunt_problem import GauntProblem
         >>> launch_candidates(GauntProblem("8x0e+8x1o", "0e+1o", lmax_out=2, implementation="grid"))
         [(64, 4, 16), (64, 8, 16), (32, 8, 16), (16, 4, 16)]
+
+    A separable problem's are :func:`tritp.gaunt_separable.launch_candidates`.
     """
+    if problem.implementation == "separable":
+        from . import gaunt_separable
+
+        return gaunt_separable.launch_candidates(problem, dtype)
     bp0 = default_block_p(problem)
     rungs = list(dict.fromkeys((b, w, min(cap or bp0, bp0)) for b, w, cap in GPU_LADDER))
     first = next((r for r in rungs if estimate_registers(problem, dtype, *r) <= REGISTER_BUDGET
@@ -184,14 +212,20 @@ def launch_candidates(problem: GauntProblem, dtype: str = "float32") -> list:
     return [first] + [r for r in rungs if r != first]
 
 
-def check_launch(launch) -> tuple:
+def check_launch(launch, implementation: str = "grid") -> tuple:
     """``launch`` as ``(BLOCK_R, num_warps, BLOCK_P)`` ints, or ValueError: powers of two, rows
-    and points at least 16 (``tl.dot``), points at most 64 (the tables' alignment).
+    and points at least 16 (``tl.dot``), points at most 64 (the tables' alignment); for
+    ``implementation="separable"`` ``(BLOCK_R, num_warps, passes)``
+    (:func:`tritp.gaunt_separable.check_launch`).
 
     Example:
         >>> check_launch([32, 8, 16])
         (32, 8, 16)
     """
+    if implementation == "separable":
+        from . import gaunt_separable
+
+        return gaunt_separable.check_launch(launch)
     try:
         b, w, bp = (int(v) for v in launch)
     except (TypeError, ValueError):
@@ -210,10 +244,11 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
                   launch=None) -> torch.Tensor:
     """Run producer ``spec`` on ``tensors = [a, b]`` or ``[a, b, *role_tensors]`` (``[Z or 1,
     dim]`` operands; a one-row operand is broadcast over the batch); returns ``[Z, dim_target]``.
-    Grid and fft need the tables: built here when not given (eager use only: the module passes
+    Grid, fft and separable need the tables: built here when not given (eager use only: the module passes
     its buffers, so nothing is created while torch traces the op). ``wrap`` is ``wrap_triton``.
-    ``launch``: ``(BLOCK_R, num_warps, BLOCK_P)`` instead of :func:`launch_shape`'s (a channel-
-    summing producer still takes ``channel_block(C, BLOCK_R)`` rows)."""
+    ``launch``: ``(BLOCK_R, num_warps, BLOCK_P)`` (separable: ``passes`` for ``BLOCK_P``) instead
+    of :func:`launch_shape`'s (a channel-summing producer still takes ``channel_block(C,
+    BLOCK_R)`` rows)."""
     target, roles = parse_spec(spec)
     a, b = tensors[0], tensors[1]
     acc, dtype_name, out_dtype = launch_dtypes([a, b], out_dtype)
@@ -223,10 +258,6 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
         return torch.zeros((Z, dim), dtype=out_dtype, device=device)
     if problem.implementation == "sparse":
         return produce(problem.cg_problem(), cg_spec(spec), [a, b], Z, out_dtype=out_dtype, wrap=wrap)
-    tabs = list(tensors[2:]) or role_tensors(problem, acc, device)
-    pick = [ROLES.index(r) for r in roles + (target,)]
-    t = [tabs[i] if tabs[i].dtype == acc else tabs[i].to(acc) for i in pick]
-    idx = [tabs[3 + i] for i in pick]
     args, strides = [], []
     for x in (a, b):
         if x.stride(-1) != 1:
@@ -236,9 +267,9 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
     C = problem.channels
     R = Z * C
     if launch is None:
-        block_r, warps, block_p = launch_shape(problem, R, target, dtype_name)
+        block_r, warps, third = launch_shape(problem, R, target, dtype_name, spec)
     else:  # an explicit launch (tuned entries, benchmarks/gaunt_ptxas.py)
-        block_r, warps, block_p = check_launch(launch)
+        block_r, warps, third = check_launch(launch, problem.implementation)
         if reduces_channels(problem, target):
             block_r = channel_block(C, block_r)
     rows = block_r  # rows one program covers
@@ -255,10 +286,19 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
         partial, rows = False, block_r * channel_tiles(C, block_r)
     g = torch.empty((R if partial else Z, dim), dtype=acc if partial else out_dtype, device=device)
     big = max([R * dim, Z * max(strides)] + [x.numel() for x in args]) >= INT32_LIMIT
-    kernel = get_gemm_kernel(problem, spec, dtype_name, block_p)
+    tabs = list(tensors[2:]) or role_tensors(problem, acc, device)
+    pick = [ROLES.index(r) for r in roles + (target,)]
+    tables = [tabs[i] if tabs[i].dtype == acc else tabs[i].to(acc) for i in pick]
+    if problem.implementation == "separable":  # per-node tables, no index tables
+        from .gaunt_separable import get_separable_kernel
+
+        kernel = get_separable_kernel(problem, spec, dtype_name, third)
+    else:
+        tables += [tabs[3 + i] for i in pick]
+        kernel = get_gemm_kernel(problem, spec, dtype_name, third)
     if wrap is not None:
         kernel = wrap(kernel)
-    kernel[(triton_cdiv(R, rows),)](args[0], args[1], g, *t, *idx, strides[0], strides[1], dim, R, IDX64=big,
+    kernel[(triton_cdiv(R, rows),)](args[0], args[1], g, *tables, strides[0], strides[1], dim, R, IDX64=big,
                                     BLOCK_R=block_r, num_warps=warps)
     if partial:
         return g.view(Z, C, dim).sum(1).to(out_dtype)

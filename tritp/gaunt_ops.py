@@ -4,8 +4,8 @@ implementation and derivative.
 ``tritp::gaunt(str key, str spec, SymInt Z, ScalarType out_dtype, Tensor[] tensors)`` runs the
 Gaunt producer ``spec`` (``"target:role_a,role_b"``) of the problem whose canonical key is
 ``key`` (:class:`~tritp.codegen.gaunt_problem.GauntProblem`; the key names the implementation)
-on ``tensors = [a, b]`` (sparse) or ``[a, b, *tables]`` (grid and fft: the six tensors of
-:func:`~tritp.gaunt_kernels.role_tensors`, constants for autograd). A grid/fft launch other
+on ``tensors = [a, b]`` (sparse) or ``[a, b, *tables]`` (grid, fft, separable: the six tensors of
+:func:`~tritp.gaunt_kernels.role_tensors`, constants for autograd). A grid/fft/separable launch other
 than :func:`~tritp.gaunt_kernels.launch_shape`'s default (a tuned one) rides in the key as a
 suffix, ``op_key(problem.key, (BLOCK_R, num_warps, BLOCK_P))`` = ``"<problem key>@64:8:32"``:
 the schema stays fixed, the string is a constant to ``torch.compile``, and the backward
@@ -53,7 +53,8 @@ def op_key(problem_key: str, launch=None) -> str:
     """
     if launch is None:
         return problem_key
-    return problem_key + "@" + ":".join(map(str, check_launch(launch)))
+    impl = GauntProblem.from_key(problem_key).implementation
+    return problem_key + "@" + ":".join(map(str, check_launch(launch, impl)))
 
 
 @lru_cache(maxsize=512)
@@ -63,11 +64,12 @@ def parse_key(key: str) -> tuple:
     if key.endswith("}"):  # a problem key (JSON) without a launch
         return GauntProblem.from_key(key), None
     head, _, tail = key.rpartition("@")
+    problem = GauntProblem.from_key(head)
     try:
-        launch = check_launch(tail.split(":"))
+        launch = check_launch(tail.split(":"), problem.implementation)
     except ValueError as e:
         raise ValueError(f"Gaunt op key {key[-60:]!r}: bad launch suffix ({e})") from None
-    return GauntProblem.from_key(head), launch
+    return problem, launch
 
 
 def problem_from_key(key: str) -> GauntProblem:

@@ -2,7 +2,7 @@
 
 ``out[c, l3] = s * sum over paths of c(l1,l2,l3) * einsum(x1[c,l1], x2[c,l2], W^{l1l2l3})``,
 plain einsums over e3nn's ``wigner_3j`` (exact tables of :mod:`tritp.codegen.coupling`),
-differentiable to any order by autograd. Independent of the three implementations: it shares
+differentiable to any order by autograd. Independent of the four implementations: it shares
 neither their tables nor their kernels.
 
 Example:

@@ -1,11 +1,13 @@
-"""Tuning the Gaunt product: which implementation runs, and how grid and fft launch.
+"""Tuning the Gaunt product: which implementation runs, and how grid, fft and separable launch.
 
 **Space** (family ``"gaunt"``, :func:`gaunt_space`). ``sparse`` is one candidate,
-``Config(impl="sparse")``: the CG kernels it runs look up their own tuned configs. ``fft`` and
-``grid`` are one candidate per launch of :func:`tritp.gaunt_kernels.launch_candidates` (the GPU
-ladder's distinct rungs, the register-aware default first; 4-6 each), the launch encoded as
-``Config(block_z=BLOCK_R, block_c=BLOCK_P, num_warps=num_warps, num_stages=1, impl=...)``:
-``block_z`` the rows per program, ``block_c`` the point tile (:func:`launch_of` reads it back).
+``Config(impl="sparse")``: the CG kernels it runs look up their own tuned configs. ``fft``,
+``grid`` and ``separable`` are one candidate per launch of
+:func:`tritp.gaunt_kernels.launch_candidates` (the GPU ladder's distinct rungs, the
+register-aware default first; 4-6 each), the launch encoded as ``Config(block_z=BLOCK_R,
+block_c=BLOCK_P, num_warps=num_warps, num_stages=1, impl=...)``: ``block_z`` the rows per
+program, ``block_c`` the point tile, or for separable the walks over the nodes
+(:func:`launch_of` reads it back).
 :data:`VERSION` (2; 1 tuned the implementation only) is part of the space hash: entries tuned
 over another space are stale. :func:`tune_gaunt` builds the product per candidate, times each
 and stores two kinds of entries in the user autotune cache (storing forgets memoized lookups).
@@ -17,13 +19,13 @@ sparse implementation runs (:func:`tritp.kernels.generator_hash`), the problem k
 and the dtype: editing either generator makes old entries stale (never found).
 
 * *choice*, family ``"gaunt"``, problem: the product at ``implementation="grid"`` and the
-  exact grid (one name for all three, :func:`neutral_problem`): the overall winner, its
+  exact grid (one name for all four, :func:`neutral_problem`): the overall winner, its
   implementation and launch. :func:`tritp.gaunt.choose_implementation` reads its ``impl``;
-* *launch*, family ``"gaunt-launch"`` (:data:`LAUNCH_FAMILY`), problem: the product at ``grid``
-  or ``fft`` (exact grid): that implementation's fastest launch, one entry each, so a module
+* *launch*, family ``"gaunt-launch"`` (:data:`LAUNCH_FAMILY`), problem: the product at ``grid``,
+  ``fft`` or ``separable`` (exact grid): that implementation's fastest launch, one entry each, so a module
   built with an explicit ``implementation="grid"`` gets a tuned launch even when fft won.
 
-A grid/fft :class:`~tritp.gaunt.GauntProduct` launches, per dtype, with :func:`tuned_launch`:
+A grid/fft/separable :class:`~tritp.gaunt.GauntProduct` launches, per dtype, with :func:`tuned_launch`:
 the choice entry's launch when it chose this implementation, else the launch entry, else
 :func:`~tritp.gaunt_kernels.launch_shape`'s default. Like the implementation it is looked up
 when the module is built (modules built before keep theirs: compile again), for batch
@@ -53,7 +55,7 @@ from .tuning.space import SearchSpace, register_family
 FAMILY = "gaunt"
 LAUNCH_FAMILY = "gaunt-launch"
 VERSION = 2  # of both spaces; 1: one candidate per implementation
-LAUNCHED = ("fft", "grid")  # the implementations whose launch is tuned here
+LAUNCHED = ("fft", "grid", "separable")  # the implementations whose launch is tuned here
 DEFAULT_BATCH = 10_000  # = tritp.gaunt.AUTO_BATCH (not imported: tritp.gaunt imports this module)
 
 
@@ -113,14 +115,14 @@ def gaunt_space(problem, spec, dtype: str, batch: int) -> SearchSpace:
 
     Example:
         >>> len(gaunt_space(GauntProblem("8x0e+8x1o", "0e+1o", lmax_out=2), "out:x1,x2", "float32", 1))
-        10
+        15
     """
     return SearchSpace(FAMILY, tuple(c for i in IMPLEMENTATIONS for c in impl_configs(problem, i, dtype)), VERSION)
 
 
 @register_family(LAUNCH_FAMILY, identity=gaunt_identity)
 def launch_space(problem, spec, dtype: str, batch: int) -> SearchSpace:
-    """The launches of ``problem``'s own implementation (grid or fft).
+    """The launches of ``problem``'s own implementation (grid, fft or separable).
 
     Example:
         >>> len(launch_space(GauntProblem("8x0e+8x1o", "0e+1o", lmax_out=2), "out:x1,x2", "float32", 1))
@@ -181,7 +183,7 @@ def tuned_launch(problem: GauntProblem, dtype: str = "float32", batch: int = DEF
     for cfg in (tuned_choice(problem, dtype, batch, device), _lookup(problem, LAUNCH_FAMILY, dtype, batch, device)):
         if cfg is not None and cfg.impl == problem.implementation:
             try:
-                return check_launch(launch_of(cfg))
+                return check_launch(launch_of(cfg), problem.implementation)
             except ValueError as e:  # a hand-edited or foreign entry: report it, use the default
                 warn_once(f"gaunt launch {problem!r} {dtype}", str(e))
     return None

@@ -1,0 +1,327 @@
+"""Emit the *separable* Gaunt kernel: Gauss-Legendre nodes in the polar angle, exact Fourier
+coupling in the azimuth.
+
+e3nn's real harmonics factor as ``Y_lm(b, a) = Q_l^|m|(cos b) S_m(a)``
+(:mod:`~tritp.codegen.gaunt_tables`), so the grid implementation's trilinear form
+``E = s sum_{j,k} w_j (2 pi / n_a) f1 f2 f3`` splits into a sum over the ``n_b`` polar nodes of
+an azimuthal integral that is known in closed form::
+
+    G_r[j, m] = sum_l A_r[j, (l, m)] x_r[(l, m)]            (per role r: a Legendre synthesis)
+    E = sum_j sum_{m1, m2, m3} C(m1, m2, m3) G_1[j, m1] G_2[j, m2] G_3[j, m3]
+
+with ``A_r[j, (l, m)] = Q_l^|m|(z_j)`` (the output's table also carries ``2 pi w_j s``,
+:func:`~tritp.codegen.gaunt_tables.node_tables`) and ``C = mean over a of S_m1 S_m2 S_m3``: 1 where two of the ``m`` are
+equal and the third is 0, ``+-1/sqrt2`` where ``|m3| = |m1| +- |m2|`` and the sines pair up,
+else 0 (:func:`~tritp.codegen.gaunt_tables.azimuth_coupling`). The nodes are the grid's (``n_b >= ceil((L1+L2+Lo+1)/2)``:
+exact), but there is no azimuthal grid and no padding: at ``L = Lo = 8`` the forward costs about
+8,300 FMAs per (sample, channel) at one pass, against 79,000 multiply-adds in the grid's three
+dense GEMMs. It is FMA-unit arithmetic in the kernel's dtype: exact fp32, no ``tl.dot``.
+
+Like the grid kernel, every producer is one form: ``target[(l, m)] = sum_j A_t[j, (l, m)] sum
+C(m, ma, mb) G_a[j, ma] G_b[j, mb]``. A program takes ``BLOCK_R`` rows (one row is one (sample,
+channel) pair, one thread holds one row), loads both operands' coefficients as ``[BLOCK_R]``
+vectors, and walks the nodes in a loop: each step reads the node's table rows (scalar loads,
+the same address in every thread), computes the two syntheses, the azimuthal products (the
+``C`` are literals) and adds their projection into the accumulators. A loop rather than
+unrolled literal tables: unrolled, ptxas took 34 s at L = 6 and 292 s at L = 7 (with a spill),
+against 3.4 s and 7.2 s for the loop. Registers hold both operands and the target's
+accumulators, about ``K_a + K_b + K_t`` values; ``passes > 1`` splits the target's coefficients
+into that many groups by ``m``, each a walk of its own (the syntheses run again, the
+accumulators of one group are live at a time), for the degrees where one walk would spill. A
+broadcast target is summed over the channels in the kernel where :func:`reduces_channels`
+allows, as in :mod:`~tritp.codegen.gaunt_emit`, else written as partial rows.
+
+Example:
+    >>> from tritp.codegen.gaunt_problem import GauntProblem, FORWARD
+    >>> p = GauntProblem("4x0e+4x1o", "0e+1o", lmax_out=2, implementation="separable")
+    >>> src = emit_separable_producer(p, FORWARD, "float32")
+    >>> "def gaunt_separable" in src and "tl.dot" not in src
+    True
+"""
+
+from __future__ import annotations
+
+import math
+
+from .gaunt_emit import reduces_channels
+from .gaunt_problem import GauntProblem, parse_spec
+from .gaunt_tables import azimuth_coupling
+from .writer import SourceWriter
+
+KERNEL_NAME = "gaunt_separable"
+MAX_PASSES = 4
+
+
+def tree_sum(terms: list, chain: int = 6) -> str:
+    """The sum of signed terms (``"+ x * y"``, ``"- x * y"``) as at most four interleaved
+    chains of FMAs added at the end: Triton keeps the written order (no reassociation), and
+    one chain of 25 dependent FMAs (an azimuthal product at L = 8) would leave the unit idle
+    for its latency.
+
+    Example:
+        >>> tree_sum(["+ a * b", "- c * d"])
+        'a * b - c * d'
+        >>> tree_sum([f"+ x{i} * y" for i in range(8)], chain=4)
+        '(x0 * y + x2 * y + x4 * y + x6 * y) + (x1 * y + x3 * y + x5 * y + x7 * y)'
+    """
+    ways = max(1, min(4, -(-len(terms) // chain)))
+
+    def joined(ts):
+        s = " ".join(ts)
+        return s[2:] if s.startswith("+ ") else "-" + s[2:]
+
+    if ways == 1:
+        return joined(terms)
+    return " + ".join(f"({joined(terms[i::ways])})" for i in range(ways))
+
+
+def _mname(m: int) -> str:
+    return f"{'n' if m < 0 else 'p'}{abs(m)}"
+
+
+def target_groups(problem: GauntProblem, target: str, passes: int) -> list:
+    """The target's active ``m`` values split into ``passes`` groups of about equal coefficient
+    counts (a group: the ``m`` whose accumulators one walk over the nodes keeps)."""
+    ls = sorted(problem.active(target))
+    ms = sorted({m for l in ls for m in range(-l, l + 1)}, key=lambda m: (abs(m), m))
+    weight = {m: sum(1 for l in ls if l >= abs(m)) for m in ms}
+    passes = max(1, min(passes, len(ms)))
+    total, groups, cur, acc = sum(weight.values()), [], [], 0
+    for m in ms:
+        cur.append(m)
+        acc += weight[m]
+        if acc >= total * (len(groups) + 1) / passes and len(groups) < passes - 1:
+            groups.append(cur)
+            cur = []
+    return groups + [cur] if cur else groups
+
+
+def flops(problem: GauntProblem) -> int:
+    """Forward FLOPs per (sample, channel) of the separable kernel: two per literal FMA (the
+    syntheses, the azimuthal products, the projection), at one pass."""
+    return 2 * _Emitter(problem, "out:x1,x2", "float32", 1).count_terms()
+
+
+class _Emitter:
+    def __init__(self, problem: GauntProblem, spec: str, dtype: str, passes: int):
+        self.p, self.dtype = problem, dtype
+        self.target, self.sources = parse_spec(spec)
+        self.fold = reduces_channels(problem, self.target)
+        self.exact = dtype == "float64"
+        self.groups = target_groups(problem, self.target, passes)
+        self.w = SourceWriter()
+        self.nb = problem.grid_size[0]
+        self.ms = {r: sorted({m for l in problem.active(r) for m in range(-l, l + 1)})
+                   for r in (self.target, *self.sources)}
+        self.coupling = azimuth_coupling(max(abs(m) for ms in self.ms.values() for m in ms) if problem.paths else 0)
+
+    def lit(self, c: float) -> str:
+        # fp32 literals would round the fp64 tables; tl.full keeps every bit
+        return f"tl.full([], {c!r}, DT)" if self.exact else repr(float(c))
+
+    def coeffs(self, role: str) -> list:
+        """``(l, m, column, name)`` of the role's active coefficients (column: e3nn order)."""
+        active, out, col = self.p.active(role), [], 0
+        for l in self.p.degrees(role):
+            for m in range(-l, l + 1):
+                if l in active:
+                    out.append((l, m, col, f"{l}_{m + l}"))
+                col += 1
+        return out
+
+    def synthesis(self, name: str, role: str) -> list:
+        """``(m, var, [(table column, operand var)])`` per ``m`` of ``G_role[j, m]``."""
+        by_m: dict = {}
+        for l, m, col, var in self.coeffs(role):
+            by_m.setdefault(m, []).append((col, f"{name}{var}"))
+        return [(m, f"g{name}_{_mname(m)}", terms) for m, terms in sorted(by_m.items())]
+
+    def products(self, m: int, ga: set, gb: set) -> tuple:
+        """``(unit terms, 1/sqrt2 terms)`` of ``h_m``: ``(sign, ma, mb)`` with both factors present."""
+        one, half = [], []
+        for ma in sorted(ga):
+            for mb in sorted(gb):
+                c = self.coupling.get((m, ma, mb))
+                if c is not None:
+                    (one if abs(c) == 1.0 else half).append((1 if c > 0 else -1, ma, mb))
+        return one, half
+
+    def count_terms(self) -> int:
+        """FMAs per row of one walk over the nodes with every target ``m`` (one pass)."""
+        ga, gb = self.synthesis("a", self.sources[0]), self.synthesis("b", self.sources[1])
+        n = sum(len(t) for *_, t in ga + gb)
+        sa, sb = {m for m, *_ in ga}, {m for m, *_ in gb}
+        for group in self.groups:
+            for m in group:
+                one, half = self.products(m, sa, sb)
+                n += len(one) + len(half) + (1 if one and half else 0)
+                n += sum(1 for _, mm, *_ in self.coeffs(self.target) if mm == m)
+        return n * self.nb
+
+    def emit(self) -> str:
+        w, p = self.w, self.p
+        dt = {"float32": "tl.float32", "float64": "tl.float64"}[self.dtype]
+        w("# Generated by tritp.codegen.gaunt_sep -- do not edit.")
+        w(f"# problem: {p.key}")
+        w(f"# producer: {self.target} from {', '.join(self.sources)}; {self.nb} polar nodes, "
+          f"{len(self.groups)} pass(es)")
+        w("import triton")
+        w("import triton.language as tl")
+        w("")
+        w("")
+        w("@triton.jit")
+        sig = "a, b, g, ta, tb, tt, sa, sb, sg, R, IDX64: tl.constexpr, BLOCK_R: tl.constexpr"
+        with w.block(f"def {KERNEL_NAME}({sig}):"):
+            w(f"DT: tl.constexpr = {dt}  # in the body: no module global (tritp.jit_key)")
+            w("pid = tl.program_id(0)")
+            if self.fold:
+                C = p.channels
+                w(f"TILES: tl.constexpr = ({C} + BLOCK_R - 1) // BLOCK_R  # row tiles of one program")
+                w(f"Q: tl.constexpr = {C} // TILES  # rows of one sample in a tile")
+                w("S: tl.constexpr = BLOCK_R // Q  # samples of one program")
+                w(f"tl.static_assert(Q * TILES == {C})")
+                w("tl.static_assert(S * Q == BLOCK_R)")
+            for k, group in enumerate(self.groups):
+                w(f"# pass {k}: target m in {group}")
+                accs = [c for c in self.coeffs(self.target) if c[1] in group]
+                for *_, var in accs:
+                    w(f"acc{var} = tl.zeros([BLOCK_R], DT)")
+                if self.fold:  # each tile's operands are loaded again in every pass
+                    with w.block("for t in range(TILES):  # whole samples: the rows of tile t add into acc"):
+                        self.rows_and_operands("(pid * TILES + t) * BLOCK_R")
+                        self.walk(group)
+                    self.store_sums(accs, k == 0)
+                else:  # one tile: its operands are loaded once, before the first pass
+                    if k == 0:
+                        self.rows_and_operands("pid * BLOCK_R")
+                    self.walk(group)
+                    self.store(accs, k == 0)
+        return w.text()
+
+    def rows(self, first: str):
+        w = self.w
+        w(f"r = {first} + tl.arange(0, BLOCK_R)")
+        w("rm = r < R")
+        with w.block("if IDX64:"):
+            w("rr = r.to(tl.int64)")
+        with w.block("else:"):
+            w("rr = r")
+        w(f"z = rr // {self.p.channels}")
+        w(f"c = rr % {self.p.channels}")
+
+    def load(self, name: str, role: str):
+        """``<name><l>_<i>``: the operand's active coefficients as ``[BLOCK_R]`` vectors."""
+        w, p = self.w, self.p
+        bcast = p.mul(role) == 1
+        off, active = 0, p.active(role)
+        for l in p.degrees(role):
+            dim = 2 * l + 1
+            if l in active:
+                chan = "" if bcast else f" + c * {dim}"
+                w(f"p{name}{l} = {name} + z * s{name} + {off}{chan}")
+                for i in range(dim):
+                    w(f"{name}{l}_{i} = tl.load(p{name}{l} + {i}, mask=rm, other=0.0).to(DT)")
+            off += p.mul(role) * dim
+
+    def rows_and_operands(self, first: str):
+        self.rows(first)
+        for name, role in zip("ab", self.sources):
+            self.load(name, role)
+
+    def walk(self, group: list):
+        """For every node the two syntheses, the azimuthal products of the group's ``m`` and
+        their projection into the accumulators (of the loaded rows)."""
+        w = self.w
+        accs = [c for c in self.coeffs(self.target) if c[1] in group]
+        width = {r: self.p.irreps(r).dim // self.p.mul(r) for r in (self.target, *self.sources)}
+        with w.block(f"for j in range({self.nb}):  # the polar nodes"):
+            have = {}
+            for name, tab, role in zip("ab", ("ta", "tb"), self.sources):
+                w(f"q{name} = {tab} + j * {width[role]}")
+                have[name] = set()
+                for m, var, terms in self.synthesis(name, role):
+                    w(f"{var} = " + tree_sum([f"+ {x} * tl.load(q{name} + {col})" for col, x in terms]))
+                    have[name].add(m)
+            w(f"qt = tt + j * {width[self.target]}")
+            for m in group:
+                one, half = self.products(m, have["a"], have["b"])
+                if not one and not half:
+                    continue
+                parts = []
+                for terms, scale in ((one, None), (half, math.sqrt(0.5))):
+                    if terms:
+                        s = tree_sum([f"{'+' if sg > 0 else '-'} ga_{_mname(ma)} * gb_{_mname(mb)}"
+                                      for sg, ma, mb in terms])
+                        parts.append(f"({s})" if scale is None else f"({s}) * {self.lit(scale)}")
+                w(f"h = {' + '.join(parts)}")
+                for l, mm, col, var in accs:
+                    if mm == m:
+                        w(f"acc{var} += h * tl.load(qt + {col})")
+
+    def inactive(self) -> list:
+        """``(offset, dim)`` of the target's degrees no path reaches: stored as zeros."""
+        out, off = [], 0
+        for l in self.p.degrees(self.target):
+            if l not in self.p.active(self.target):
+                out.append((off, 2 * l + 1))
+            off += self.p.mul(self.target) * (2 * l + 1)
+        return out
+
+    def offset(self, l: int) -> int:
+        off = 0
+        for ll in self.p.degrees(self.target):
+            if ll == l:
+                return off
+            off += self.p.mul(self.target) * (2 * ll + 1)
+        raise KeyError(l)
+
+    def store_sums(self, accs: list, zeros: bool):
+        """Fold each ``[BLOCK_R]`` accumulator (``S`` samples x ``Q`` channel rows, summed over
+        the tiles) to ``[S]`` and store ``S`` sample rows of the one-channel target."""
+        w = self.w
+        w("zs = pid * S + tl.arange(0, S)")
+        w(f"zm = zs < R // {self.p.channels}")
+        with w.block("if IDX64:"):
+            w("zz = zs.to(tl.int64)")
+        with w.block("else:"):
+            w("zz = zs")
+        w("pg = g + zz * sg")
+        for l, m, col, var in accs:
+            w(f"tl.store(pg + {self.offset(l) + m + l}, tl.sum(tl.reshape(acc{var}, [S, Q]), axis=1)"
+              ".to(g.dtype.element_ty), mask=zm)")
+        if zeros:
+            for off, dim in self.inactive():
+                for i in range(dim):
+                    w(f"tl.store(pg + {off + i}, tl.zeros([S], g.dtype.element_ty), mask=zm)")
+
+    def store(self, accs: list, zeros: bool):
+        # a broadcast target that reduces_channels rejects gets one partial row per (sample,
+        # channel); the launcher sums the channels
+        w, p = self.w, self.p
+        bcast = p.mul(self.target) == 1 and p.channels > 1
+        w(f"pg = g + {'rr' if bcast else 'z'} * sg")
+        chan = (lambda dim: "") if p.mul(self.target) == 1 else (lambda dim: f" + c * {dim}")
+        for l, m, col, var in accs:
+            w(f"tl.store(pg + {self.offset(l) + m + l}{chan(2 * l + 1)}, acc{var}.to(g.dtype.element_ty), mask=rm)")
+        if zeros:
+            for off, dim in self.inactive():
+                for i in range(dim):
+                    w(f"tl.store(pg + {off + i}{chan(dim)}, tl.zeros([BLOCK_R], g.dtype.element_ty), mask=rm)")
+
+
+def emit_separable_producer(problem: GauntProblem, spec: str, dtype: str = "float32", passes: int = 1) -> str:
+    """Triton source of producer ``spec`` (``"target:role_a,role_b"``) of a separable problem;
+    ``dtype`` is the compute type (``float32`` or ``float64``), ``passes`` the walks over the
+    nodes (1..:data:`MAX_PASSES`; see the module docstring).
+
+    The kernel ``gaunt_separable(a, b, g, ta, tb, tt, sa, sb, sg, R, IDX64, BLOCK_R)`` takes the
+    two operands, the target, the three roles' node tables (:func:`~tritp.codegen.gaunt_tables.node_tables`, ``[n_b, K]``,
+    the operands' first), the operands' and target's row strides and the number of rows ``R =
+    batch * channels``. The grid and the channel summing of a broadcast target are as for
+    :func:`~tritp.codegen.gaunt_emit.emit_gemm_producer`.
+    """
+    if problem.implementation != "separable":
+        raise ValueError(f"emit_separable_producer handles separable problems, not {problem.implementation!r}")
+    if isinstance(passes, bool) or not isinstance(passes, int) or not 1 <= passes <= MAX_PASSES:
+        raise ValueError(f"passes must be an int in 1..{MAX_PASSES}, got {passes!r}")
+    return _Emitter(problem, spec, dtype, passes).emit()

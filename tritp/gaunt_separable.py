@@ -1,0 +1,119 @@
+"""Load and launch the separable Gaunt kernels (:mod:`tritp.codegen.gaunt_sep`).
+
+A launch is ``(BLOCK_R, num_warps, passes)``: rows per program, warps, and the walks over the
+polar nodes (the target's coefficients split into that many groups, see the generator). One
+thread holds one row, so the ladder keeps ``BLOCK_R = 32 * num_warps``; ``passes`` is chosen
+per producer from a register estimate unless a launch fixes it.
+
+Example:
+    >>> from tritp.codegen.gaunt_problem import GauntProblem
+    >>> ls = "+".join(f"32x{l}{'eo'[l % 2]}" for l in range(9))
+    >>> p = GauntProblem(ls, ls, lmax_out=8, implementation="separable")
+    >>> launch_candidates(p)[0]  # L = 8: the target in three walks keeps the estimate in budget
+    (128, 4, 3)
+"""
+
+from __future__ import annotations
+
+from .codegen.diskcache import atomic_write, cache_dir, content_hash
+from .codegen.gaunt_emit import channel_block, reduces_channels
+from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
+from .codegen.gaunt_sep import KERNEL_NAME, MAX_PASSES, emit_separable_producer
+from .kernels import interpreter_active, load_generated
+
+#: ``(BLOCK_R, num_warps)`` the tuner times, the default first: one row per thread
+LADDER = ((128, 4), (64, 2), (256, 8), (32, 1))
+#: The largest :func:`estimate_registers` the default's ``passes`` may give. ptxas (sm_90,
+#: ``benchmarks/gaunt_ptxas.py --impl separable``, C = 32, forward) takes all 255 registers from
+#: L = 6; on Triton 3.9 it spills 0 bytes at L = 6 (estimate 197), 56 at L = 7 in one pass (246;
+#: 0 in two, 214) and 72 at L = 8 in three (247; 136 in two, 261). Those small spills are
+#: loop-invariant operands, about 14 local loads and stores a node in SASS against 540 FMAs,
+#: while one more pass costs a synthesis (L = 7: 97 FMAs and 128 table loads more a node), so
+#: the budget admits them; the tuner also times one pass fewer and one more.
+REGISTER_BUDGET = 250
+_kernels: dict = {}
+
+
+def get_separable_kernel(problem: GauntProblem, spec: str, dtype: str, passes: int):
+    from .gaunt_kernels import generator_hash
+
+    key = (problem.key, spec, dtype, passes)
+    k = _kernels.get(key)
+    if k is None:
+        h = content_hash(generator_hash(), problem.key, spec, dtype, passes)
+        path = cache_dir("kernels") / f"gaunt_separable_{spec.split(':')[0]}_{h}.py"
+        if not path.exists():
+            atomic_write(path, emit_separable_producer(problem, spec, dtype, passes).encode())
+        k = _kernels[key] = getattr(load_generated(path), KERNEL_NAME)
+    return k
+
+
+def _active(problem: GauntProblem, role: str) -> int:
+    return sum(2 * l + 1 for l in problem.active(role))
+
+
+def estimate_registers(problem: GauntProblem, spec: str, dtype: str, passes: int) -> int:
+    """Registers per thread, roughly: ``24 + words * (K_a + K_b + ceil(K_t / passes) + 2 M)``
+    -- both operands and one group of accumulators live across the walk, plus the two
+    syntheses' ``M = 2 lmax + 1`` values of one node; ``words`` is 2 for fp64.
+
+    Example:
+        >>> from tritp.codegen.gaunt_problem import GauntProblem
+        >>> p = GauntProblem("8x0e+8x1o+8x2e", "8x0e+8x1o+8x2e", lmax_out=2, implementation="separable")
+        >>> estimate_registers(p, "out:x1,x2", "float32", 1)  # 24 + 9 + 9 + 9 + 10
+        61
+    """
+    target, sources = parse_spec(spec)
+    lmax = max(problem.lmax_active(r) for r in ROLES)
+    live = sum(_active(problem, r) for r in sources) + -(-_active(problem, target) // passes) + 2 * (2 * lmax + 1)
+    return 24 + (2 if dtype == "float64" else 1) * live
+
+
+def default_passes(problem: GauntProblem, spec: str, dtype: str) -> int:
+    """The fewest walks whose :func:`estimate_registers` is within :data:`REGISTER_BUDGET`
+    (:data:`~tritp.codegen.gaunt_sep.MAX_PASSES` if none)."""
+    return next((n for n in range(1, MAX_PASSES + 1) if estimate_registers(problem, spec, dtype, n) <= REGISTER_BUDGET),
+                MAX_PASSES)
+
+
+def launch_candidates(problem: GauntProblem, dtype: str = "float32") -> list:
+    """``(BLOCK_R, num_warps, passes)`` the ``"gaunt"`` autotune family times: the ladder at the
+    forward's :func:`default_passes`, then the first rung at one walk fewer (a small spill
+    against a synthesis less) and one more (fewer registers, one synthesis more), where allowed.
+
+    Example:
+        >>> from tritp.codegen.gaunt_problem import GauntProblem
+        >>> launch_candidates(GauntProblem("8x0e+8x1o", "0e+1o", lmax_out=2, implementation="separable"))
+        [(128, 4, 1), (64, 2, 1), (256, 8, 1), (32, 1, 1), (128, 4, 2)]
+    """
+    fwd = default_passes(problem, "out:x1,x2", dtype)
+    b0, w0 = LADDER[0]
+    return [(b, w, fwd) for b, w in LADDER] + [(b0, w0, n) for n in (fwd - 1, fwd + 1) if 1 <= n <= MAX_PASSES]
+
+
+def launch_shape(problem: GauntProblem, n_rows: int, target: str, dtype: str, spec: str) -> tuple:
+    """``(BLOCK_R, num_warps, passes)`` when nothing is asked: the first rung (interpreter: up to
+    256 rows, 1 warp) at :func:`default_passes` of this producer."""
+    if interpreter_active():
+        block, warps = max(16, min(256, 1 << max(0, (n_rows - 1).bit_length()))), 1
+    else:
+        block, warps = LADDER[0]
+    if reduces_channels(problem, target):
+        block = channel_block(problem.channels, block)
+    return block, warps, default_passes(problem, spec, dtype)
+
+
+def check_launch(launch) -> tuple:
+    """``launch`` as ``(BLOCK_R, num_warps, passes)`` ints, or ValueError."""
+    try:
+        b, w, n = (int(v) for v in launch)
+    except (TypeError, ValueError):
+        raise ValueError(f"launch must be (BLOCK_R, num_warps, passes) ints, got {launch!r}") from None
+    if any(v < 1 or v & (v - 1) for v in (b, w)) or b < 16 or not 1 <= n <= MAX_PASSES:
+        raise ValueError(f"launch {launch!r}: BLOCK_R and num_warps must be powers of two, BLOCK_R >= 16, "
+                         f"passes in 1..{MAX_PASSES}")
+    return b, w, n
+
+
+__all__ = ["get_separable_kernel", "launch_shape", "launch_candidates", "check_launch",
+           "estimate_registers", "default_passes", "LADDER", "REGISTER_BUDGET"]
