@@ -1,4 +1,4 @@
-"""Gaunt tensor product: tritp's sparse, grid and fft kernels side by side with e3nn's CG path
+"""Gaunt tensor product: tritp's sparse, grid, fft and separable kernels side by side with e3nn's CG path
 and the three-GEMM torch version, for L = 1..8, 32 and 128 channels, batch 10,000, fp32.
 
 Both inputs carry ``C`` channels of degrees ``0..L`` (e3nn's ``mul_ir`` layout), the output
@@ -10,6 +10,8 @@ degrees ``0..Lo`` (``--lo same``: ``Lo = L`` as in design notes section 7; ``--l
   products per fp32 product, tensor cores at about fp32 accuracy -- in ``ieee`` precision an fp32
   ``tl.dot`` runs on CUDA-core FMAs, whose 67 TFLOP/s bound the grid GEMMs at L = 8 to about
   1.3 ms at C = 32, batch 10,000, above the 0.6 ms the 50x target asks);
+* ``separable``: Gauss-Legendre nodes with the azimuthal integral in closed form, FMAs in fp32
+  (:mod:`tritp.codegen.gaunt_sep`; about a ninth of the grid's multiply-adds at L = 8);
 * ``e3nn``: ``o3.TensorProduct`` with the same uuu paths and coefficients;
 * ``torch3`` / ``torch3-tf32``: ``((x @ S1) * (y @ S2)) @ A`` on the exact grid, inputs already
   in a ``[batch * C, K]`` layout (what a user would write; generous to it: no layout change).
@@ -52,7 +54,7 @@ from tritp.codegen.gaunt_tables import grid_tables  # noqa: E402
 from tritp.gaunt import compile_gaunt  # noqa: E402
 from tritp.gaunt_reference import gaunt_reference  # noqa: E402
 
-TRITP = ("sparse", "grid", "fft", "grid-tf32", "fft-tf32", "grid-tf32x3", "fft-tf32x3")
+TRITP = ("sparse", "grid", "fft", "separable", "grid-tf32", "fft-tf32", "grid-tf32x3", "fft-tf32x3")
 ALL = TRITP + ("e3nn", "torch3", "torch3-tf32")
 
 
@@ -169,7 +171,7 @@ def main(argv=None) -> int:
     p.add_argument("--channels", default="32,128")
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument("--lo", choices=("same", "full"), default="same")
-    p.add_argument("--impls", default="sparse,grid,fft,e3nn,torch3,torch3-tf32", help=f"among {','.join(ALL)}")
+    p.add_argument("--impls", default="sparse,grid,fft,separable,e3nn,torch3,torch3-tf32", help=f"among {','.join(ALL)}")
     p.add_argument("--directions", default="fwd,fwdbwd")
     p.add_argument("--sparse-max-l", type=int, default=6, help="skip sparse above this L (compile time ~ L^5)")
     p.add_argument("--check-rows", type=int, default=64)

@@ -97,7 +97,7 @@ def compile_job(job: dict) -> dict:
             for r in roles]
     cfg = job["config"]
     if cfg == "default":
-        launch = launch_shape(problem, Z * problem.channels, tgt, job["dtype"])
+        launch = launch_shape(problem, Z * problem.channels, tgt, job["dtype"], job["spec"])
     elif cfg == "legacy":
         launch = legacy_launch(problem, tgt)
     else:
@@ -147,8 +147,9 @@ def parse_configs(text: str) -> list:
             out.append(item)
             continue
         parts = [int(x) for x in item.split(":")]
-        if len(parts) not in (2, 3) or any(p < 1 or p & (p - 1) for p in parts):
-            raise SystemExit(f"gaunt_ptxas: bad config {item!r}: BLOCK_R:NUM_WARPS[:BLOCK_P], powers of 2")
+        if len(parts) not in (2, 3) or any(p < 1 or p & (p - 1) for p in parts[:2]) or min(parts) < 1:
+            raise SystemExit(f"gaunt_ptxas: bad config {item!r}: BLOCK_R:NUM_WARPS[:BLOCK_P or PASSES], "
+                             "BLOCK_R and NUM_WARPS powers of 2")
         out.append(parts)
     return out
 
@@ -156,6 +157,8 @@ def parse_configs(text: str) -> list:
 def audit(args, rows: list) -> None:
     from tritp.codegen.gaunt_emit import default_block_p
     from tritp.gaunt_kernels import estimate_registers
+    from tritp.gaunt_separable import default_passes
+    from tritp.gaunt_separable import estimate_registers as separable_estimate
 
     worker = Worker(args.triton_cache, script=__file__)
     print(f"{'impl':<4} {'L':>2} {'C':>4} {'spec':<10} {'dtype':<7} {'config':<10} {'launch':<9} {'est':>4} "
@@ -168,15 +171,21 @@ def audit(args, rows: list) -> None:
                     for spec in args.spec:
                         for dtype in args.dtype:
                             for cfg in args.config:
-                                if isinstance(cfg, list) and len(cfg) == 2:
-                                    cfg = cfg + [default_block_p(problem)]
+                                if isinstance(cfg, list) and len(cfg) == 2:  # separable: the walks
+                                    cfg = cfg + [default_passes(problem, spec, dtype) if impl == "separable"
+                                                 else default_block_p(problem)]
+                                if impl == "separable" and cfg == "legacy":
+                                    continue
                                 job = {"impl": impl, "L": L, "C": C, "x2": args.x2, "spec": spec, "dtype": dtype,
                                        "config": cfg, "precision": args.precision}
                                 r = worker.run(job, args.timeout)
                                 ok = r["status"] == "ok"
                                 launch = f"{r['block_r']}:{r['num_warps']}:{r['block_p']}" if ok else "-"
-                                est = (estimate_registers(problem, dtype, r["block_r"], r["num_warps"], r["block_p"])
-                                       if ok else "-")
+                                est = "-"
+                                if ok and impl == "separable":
+                                    est = separable_estimate(problem, spec, dtype, r["block_p"])
+                                elif ok:
+                                    est = estimate_registers(problem, dtype, r["block_r"], r["num_warps"], r["block_p"])
                                 rows.append(dict(job, config=cfg if isinstance(cfg, str) else "explicit",
                                                  estimate=est, **r))
                                 cell = lambda k: r.get(k, "-")  # noqa: E731
@@ -194,7 +203,7 @@ def audit(args, rows: list) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--impl", default="grid,fft", help="comma-separated: grid, fft (default both)")
+    ap.add_argument("--impl", default="grid,fft", help="comma-separated: grid, fft, separable (default grid,fft)")
     ap.add_argument("--L", default="6,8", help="degrees: 1-8, or 2,4,6 (default 6,8)")
     ap.add_argument("--C", default="32", help="channels (default 32)")
     ap.add_argument("--x2", type=int, default=0, choices=(0, 1), help="1: a one-channel x2 (default: C channels)")
@@ -202,15 +211,16 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", help="comma-separated: float32, float64")
     ap.add_argument("--precision", default="ieee", choices=("ieee", "tf32", "tf32x3"),
                     help="fp32 tl.dot input precision (default ieee; mma counts tensor-core instructions)")
-    ap.add_argument("--config", default="legacy,default", help="BLOCK_R:NUM_WARPS[:BLOCK_P], default, legacy")
+    ap.add_argument("--config", default="legacy,default",
+                    help="BLOCK_R:NUM_WARPS[:BLOCK_P] (separable: [:PASSES]), default, legacy (grid and fft)")
     add_common_options(ap, 300.0)
     args = ap.parse_args(argv)
     args.impl = [x for x in args.impl.split(",") if x]
     args.L, args.C = parse_ints(args.L), parse_ints(args.C)
     items = args.spec.split(",")  # "out:x1,x2,x1:x2,out" -> the specs
     args.spec = [",".join(items[i:i + 2]) for i in range(0, len(items), 2)]
-    if any(s not in SPECS for s in args.spec) or any(i not in ("grid", "fft") for i in args.impl):
-        raise SystemExit(f"gaunt_ptxas: --spec among {', '.join(SPECS)}; --impl among grid, fft")
+    if any(s not in SPECS for s in args.spec) or any(i not in ("grid", "fft", "separable") for i in args.impl):
+        raise SystemExit(f"gaunt_ptxas: --spec among {', '.join(SPECS)}; --impl among grid, fft, separable")
     args.dtype = [x for x in args.dtype.split(",") if x]
     args.config = parse_configs(args.config)
     return run_audit(audit, args)

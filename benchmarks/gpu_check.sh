@@ -15,7 +15,7 @@
 #   harness   benchmarks/harness.py on every preset vs e3nn, cuEquivariance, OpenEquivariance (issue 3)
 #   conv      benchmarks/conv_bench.py: mace-large on the diamond and random graphs, fp32 (issue 7;
 #             tritp-det-segwalk times the deterministic kernels' former one-walk-per-segment form)
-#   gaunt     benchmarks/gaunt_bench.py: L = 2, 4, 6, 8, C = 32 first, fp32 and tf32x3 dots (issue 6)
+#   gaunt     benchmarks/gaunt_bench.py: L = 8, 6, 4, 2, C = 32 first; separable, tf32x3 and fp32 dots, e3nn (issue 6)
 #   autotune  tritp autotune --preset all --strategy staged --direction fwd,bwd --export autotune_cache/
 #             (issue 5; the exported files come back under $OUT/autotune_cache)
 #   forms     benchmarks/kernel_forms.py: mul_ir with row-on-warp (default), plain 3D or strided tiles,
@@ -30,7 +30,7 @@
 set -uo pipefail
 export FORMS_ARGS="${FORMS_ARGS:-}"
 export CONV_ARGS="${CONV_ARGS:-}"
-export GAUNT_ARGS="${GAUNT_ARGS:---L 2,4,6,8 --channels 32,128 --impls sparse,grid,fft,grid-tf32x3,fft-tf32x3,e3nn}"
+export GAUNT_ARGS="${GAUNT_ARGS:---L 8,6,4,2 --channels 32,128 --impls separable,grid-tf32x3,e3nn,grid,fft-tf32x3,sparse}"
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
