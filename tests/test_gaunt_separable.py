@@ -4,6 +4,7 @@ autograd run with the other implementations in ``test_gaunt.py`` and ``test_gaun
 """
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ import torch
 
 from tritp.codegen.gaunt_emit import role_table
 from tritp.codegen.gaunt_problem import FORWARD, GauntProblem
-from tritp.codegen.gaunt_sep import emit_separable_producer, target_groups
-from tritp.codegen.gaunt_tables import azimuth_coupling, node_tables
+from tritp.codegen.gaunt_sep import emit_separable_producer, kernel_tables, table_columns, target_groups
+from tritp.codegen.gaunt_tables import azimuth_coupling, lm_list, node_tables
 from tritp.gaunt import compile_gaunt
 from tritp.gaunt_kernels import check_launch, gaunt_produce
 from tritp.gaunt_ops import op_key, parse_key
@@ -111,10 +112,28 @@ def test_passes_give_bit_identical_results():
     assert ((outs[0].double() - ref).abs().max() / ref.abs().max()).item() < 1e-6
 
 
+def test_kernel_tables_are_node_tables_in_reading_order():
+    """Columns by m then l (a synthesis reads consecutive entries), rows padded to quads."""
+    p = GauntProblem("0e+2e+3o", "0e+1o", lmax_out=3, implementation="separable")
+    nodes, kern = node_tables(p), kernel_tables(p)
+    for role in ("x1", "x2", "out"):
+        cols = table_columns(p, role)
+        e3nn = {lm: i for i, lm in enumerate(lm_list(p.degrees(role)))}
+        assert kern[role].shape == (p.grid_size[0], -(-len(cols) // 4) * 4)
+        assert np.array_equal(kern[role][:, : len(cols)], nodes[role][:, [e3nn[lm] for lm in cols]])
+        assert not kern[role][:, len(cols):].any()
+        ms = [m for _, m in cols]
+        assert ms == sorted(ms, key=lambda m: (abs(m), m)) and len(set(cols)) == len(cols)
+    assert (1, 0) not in table_columns(p, "x1")  # an inactive degree has no column (x1 has no 1o)
+
+
 def test_kernel_source_loops_over_nodes_without_dots():
     p = bench_problem(3, C=4)
     src = emit_separable_producer(p, FORWARD, "float32", passes=2)
     assert "tl.dot" not in src and src.count(f"for j in range({p.grid_size[0]}):") == 2
+    offsets = [int(k) for k in re.findall(r"tl\.load\(q[abt] \+ (\d+) \+ K4\)", src)]
+    assert offsets and all(k % 4 == 0 for k in offsets)  # quads: 16-byte table loads only
+    assert not re.search(r"tl\.load\(q[abt] \+ \d+\)", src)
     assert "tl.full([], " in emit_separable_producer(p, FORWARD, "float64")  # fp64 constants keep every bit
     with pytest.raises(ValueError, match="passes"):
         emit_separable_producer(p, FORWARD, "float32", passes=5)

@@ -28,7 +28,7 @@ from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_ha
 from .codegen.gaunt_emit import (DOT_MIN, KERNEL_NAME, TABLE_ALIGN, channel_block, channel_tiles, default_block_p,
                                   emit_gemm_producer, reduces_channels, role_index, role_size, role_table)
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
-from .codegen.gaunt_tables import node_tables
+from .codegen.gaunt_sep import kernel_tables
 from .kernels import INT32_LIMIT, interpreter_active, launch_dtypes, load_generated, produce, triton_cdiv
 
 # every codegen module the Gaunt sources depend on (gaunt_problem imports coupling, irreps, problem)
@@ -58,10 +58,10 @@ def role_tensors(problem: GauntProblem, dtype: torch.dtype, device) -> list:
     """The six table tensors the grid and fft kernels read, in the order the ops carry them:
     ``[T_x1, T_x2, T_out]`` (``dtype``) then ``[I_x1, I_x2, I_out]`` (int32), see
     :func:`~tritp.codegen.gaunt_emit.role_table` and :func:`~tritp.codegen.gaunt_emit.role_index`;
-    for separable the ``T`` are :func:`~tritp.codegen.gaunt_tables.node_tables` (its kernel does
+    for separable the ``T`` are :func:`~tritp.codegen.gaunt_sep.kernel_tables` (its kernel does
     not read the ``I``)."""
-    if problem.implementation == "separable":  # per-node tables [n_beta, K] (codegen.gaunt_sep)
-        tabs = node_tables(problem)
+    if problem.implementation == "separable":  # per-node tables [n_beta, K4] (codegen.gaunt_sep)
+        tabs = kernel_tables(problem)
         ts = [torch.from_numpy(np.ascontiguousarray(tabs[r])).to(device=device, dtype=dtype) for r in ROLES]
     else:
         ts = [torch.from_numpy(role_table(problem, r)).to(device=device, dtype=dtype) for r in ROLES]

@@ -25,11 +25,11 @@ from .kernels import interpreter_active, load_generated
 LADDER = ((128, 4), (64, 2), (256, 8), (32, 1))
 #: The largest :func:`estimate_registers` the default's ``passes`` may give. ptxas (sm_90,
 #: ``benchmarks/gaunt_ptxas.py --impl separable``, C = 32, forward) takes all 255 registers from
-#: L = 6; on Triton 3.9 it spills 0 bytes at L = 6 (estimate 197), 56 at L = 7 in one pass (246;
-#: 0 in two, 214) and 72 at L = 8 in three (247; 136 in two, 261). Those small spills are
-#: loop-invariant operands, about 14 local loads and stores a node in SASS against 540 FMAs,
-#: while one more pass costs a synthesis (L = 7: 97 FMAs and 128 table loads more a node), so
-#: the budget admits them; the tuner also times one pass fewer and one more.
+#: L = 6 and spills, in bytes, Triton 3.6 / 3.9: L = 6 (estimate 197) 0 / 8; L = 7 in one pass
+#: (246) 36 / 88; L = 8 in three (247) 12 / 56, in two (261) - / 136. Those small spills are
+#: loop-invariant operands, 10-30 local loads and stores a node in SASS against 500-1,000 FMAs,
+#: while one more pass costs a synthesis (L = 7: 97 FMAs and 32 quad loads more a node), so the
+#: budget admits them; the tuner also times one pass fewer, one more, and one.
 REGISTER_BUDGET = 250
 _kernels: dict = {}
 
@@ -78,8 +78,10 @@ def default_passes(problem: GauntProblem, spec: str, dtype: str) -> int:
 
 def launch_candidates(problem: GauntProblem, dtype: str = "float32") -> list:
     """``(BLOCK_R, num_warps, passes)`` the ``"gaunt"`` autotune family times: the ladder at the
-    forward's :func:`default_passes`, then the first rung at one walk fewer (a small spill
-    against a synthesis less) and one more (fewer registers, one synthesis more), where allowed.
+    forward's :func:`default_passes`, then the first rung at one walk fewer (a spill against a
+    synthesis less), one more (fewer registers, one synthesis more) and one walk, where allowed
+    (at L = 8 one walk spills about 70 values, reloaded each node: perhaps cheaper than two
+    more syntheses; only a GPU can tell).
 
     Example:
         >>> from tritp.codegen.gaunt_problem import GauntProblem
@@ -88,7 +90,8 @@ def launch_candidates(problem: GauntProblem, dtype: str = "float32") -> list:
     """
     fwd = default_passes(problem, "out:x1,x2", dtype)
     b0, w0 = LADDER[0]
-    return [(b, w, fwd) for b, w in LADDER] + [(b0, w0, n) for n in (fwd - 1, fwd + 1) if 1 <= n <= MAX_PASSES]
+    extra = dict.fromkeys(n for n in (fwd - 1, fwd + 1, 1) if 1 <= n <= MAX_PASSES and n != fwd)
+    return [(b, w, fwd) for b, w in LADDER] + [(b0, w0, n) for n in extra]
 
 
 def launch_shape(problem: GauntProblem, n_rows: int, target: str, dtype: str, spec: str) -> tuple:
