@@ -152,3 +152,19 @@ def test_launch_checks_and_op_keys():
     assert gp.launches == {"float32": (16, 1, 2), "float64": (16, 1, 2)} and "launch=" in repr(gp)
     with pytest.raises(ValueError, match="passes"):
         compile_gaunt("4x0e+4x1o", "0e+1o", implementation="separable", launch=(16, 1, 9))
+
+
+def test_degree_eight_forward_and_gradients_fp64():
+    """The benchmark's top degree (13 nodes, |m| up to 8, three walks by default) with a
+    broadcast x2, whose gradient is summed over the channels in the kernel."""
+    ls = lambda c: "+".join(f"{c}x{l}{'eo'[l % 2]}" for l in range(9))  # noqa: E731
+    p = GauntProblem(ls(2), ls(1), lmax_out=8, implementation="separable")
+    assert default_passes(p, FORWARD, "float64") > 1
+    x = [torch.randn(3, p.irreps(r).dim, dtype=F64) for r in ("x1", "x2", "out")]
+    xr = [t.clone().requires_grad_() for t in x]
+    y = gaunt_reference(p, xr[0], xr[1])
+    want = [y, *torch.autograd.grad((y * xr[2]).sum(), xr[:2])]
+    got = [gaunt_produce(p, FORWARD, x[:2], 3), gaunt_produce(p, "x1:x2,out", [x[1], x[2]], 3),
+           gaunt_produce(p, "x2:x1,out", [x[0], x[2]], 3)]
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and ((a - b).abs().max() / b.abs().max()).item() < 1e-12
