@@ -1,7 +1,7 @@
-"""Registers, spills and compile time of the Gaunt grid and fft kernels on an H100, without a GPU.
+"""Registers, spills and compile time of the Gaunt grid, fft and separable kernels on an H100, without a GPU.
 
 The Gaunt counterpart of ``benchmarks/ptxas_audit.py`` (whose compile worker process, timeout
-handling and spill test it reuses): for each implementation (``grid``, ``fft``), degree ``L``,
+handling and spill test it reuses): for each implementation (``grid``, ``fft``, ``separable``), degree ``L``,
 channel count ``C``, producer (the forward ``out:x1,x2`` and the backward producers
 ``x1:x2,out``, ``x2:x1,out``), dtype and launch configuration, it compiles the kernel
 ``gaunt_produce`` launches for ``sm_90`` with Triton's bundled ``ptxas`` (no driver needed) and
@@ -161,7 +161,7 @@ def audit(args, rows: list) -> None:
     from tritp.gaunt_separable import estimate_registers as separable_estimate
 
     worker = Worker(args.triton_cache, script=__file__)
-    print(f"{'impl':<4} {'L':>2} {'C':>4} {'spec':<10} {'dtype':<7} {'config':<10} {'launch':<9} {'est':>4} "
+    print(f"{'impl':<9} {'L':>2} {'C':>4} {'spec':<10} {'dtype':<7} {'config':<10} {'launch':<9} {'est':>4} "
           f"{'regs':>4} {'spill':>5} {'stack':>5} {'s':>6} {'mma':>4}  status", flush=True)
     try:
         for impl in args.impl:
@@ -191,7 +191,7 @@ def audit(args, rows: list) -> None:
                                 cell = lambda k: r.get(k, "-")  # noqa: E731
                                 status = ("SPILL" if spilled(r) else "ok") if ok else r["status"]
                                 name = cfg if isinstance(cfg, str) else ":".join(map(str, cfg))
-                                print(f"{impl:<4} {L:>2} {C:>4} {spec:<10} {dtype:<7} {name:<10} {launch:<9} "
+                                print(f"{impl:<9} {L:>2} {C:>4} {spec:<10} {dtype:<7} {name:<10} {launch:<9} "
                                       f"{est:>4} {cell('regs'):>4} {cell('spill_stores'):>5} {cell('stack'):>5} "
                                       f"{r['seconds']:>6} {cell('mma'):>4}  {status}"
                                       + (" (same kernel as an earlier row)" if r.get("same_as_earlier") else ""),

@@ -78,6 +78,39 @@ def channel_block(channels: int, block_r: int) -> int:
     return min(block_r, channels & -channels)
 
 
+def emit_fold_header(w: SourceWriter, channels: int):
+    """A channel-summing kernel's constants: ``TILES`` row tiles a program walks, ``Q`` rows of
+    one sample in a tile, ``S`` samples a program covers (see :func:`reduces_channels`)."""
+    w(f"TILES: tl.constexpr = ({channels} + BLOCK_R - 1) // BLOCK_R  # row tiles of one program")
+    w(f"Q: tl.constexpr = {channels} // TILES  # rows of one sample in a tile")
+    w("S: tl.constexpr = BLOCK_R // Q  # samples of one program")
+    w(f"tl.static_assert(Q * TILES == {channels})")
+    w("tl.static_assert(S * Q == BLOCK_R)")
+
+
+def emit_rows(w: SourceWriter, first: str, channels: int):
+    """Rows ``first + arange(BLOCK_R)`` (``r``, mask ``rm``, ``rr`` int64 under ``IDX64``) and
+    their sample ``z`` and channel ``c``."""
+    w(f"r = {first} + tl.arange(0, BLOCK_R)")
+    w("rm = r < R")
+    with w.block("if IDX64:"):
+        w("rr = r.to(tl.int64)")
+    with w.block("else:"):
+        w("rr = r")
+    w(f"z = rr // {channels}")
+    w(f"c = rr % {channels}")
+
+
+def emit_sample_rows(w: SourceWriter, channels: int):
+    """The ``S`` sample rows ``zz`` (mask ``zm``) a channel-summing program stores."""
+    w("zs = pid * S + tl.arange(0, S)")
+    w(f"zm = zs < R // {channels}")
+    with w.block("if IDX64:"):
+        w("zz = zs.to(tl.int64)")
+    with w.block("else:"):
+        w("zz = zs")
+
+
 def channel_tiles(channels: int, block_r: int) -> int:
     """Row tiles one program of a channel-summing kernel walks (the kernel's ``TILES``)."""
     return max(1, channels // block_r)
@@ -179,12 +212,7 @@ class _Emitter:
             for j, *_ in tchunks:
                 w(f"acc{j} = tl.zeros([BLOCK_R, {tchunks[j][2]}], DT)")
             if self.fold:
-                C = p.channels
-                w(f"TILES: tl.constexpr = ({C} + BLOCK_R - 1) // BLOCK_R  # row tiles of one program")
-                w(f"Q: tl.constexpr = {C} // TILES  # rows of one sample in a tile")
-                w("S: tl.constexpr = BLOCK_R // Q  # samples of one program")
-                w(f"tl.static_assert(Q * TILES == {C})")
-                w("tl.static_assert(S * Q == BLOCK_R)")
+                emit_fold_header(w, p.channels)
                 with w.block("for t in range(TILES):  # whole samples: the rows of tile t add into acc"):
                     self.tile("(pid * TILES + t) * BLOCK_R")
                 self.store_sums(tchunks, tkp)
@@ -196,14 +224,7 @@ class _Emitter:
     def tile(self, first: str):
         """One tile of ``BLOCK_R`` rows from row ``first``: load the operands, walk the points."""
         w, p = self.w, self.p
-        w(f"r = {first} + tl.arange(0, BLOCK_R)")
-        w("rm = r < R")
-        with w.block("if IDX64:"):
-            w("rr = r.to(tl.int64)")
-        with w.block("else:"):
-            w("rr = r")
-        w(f"z = rr // {p.channels}")
-        w(f"c = rr % {p.channels}")
+        emit_rows(w, first, p.channels)
         x = {name: self.load(name, role) for name, role in zip("ab", self.sources)}
         tchunks, _ = self.chunks(self.target)
         with w.block(f"for p0 in range(0, {self.pp}, {self.block_p}):"):
@@ -242,12 +263,7 @@ class _Emitter:
         """Fold each accumulator ``[BLOCK_R, w]`` (rows: ``S`` samples x ``Q`` channel rows,
         already summed over the ``TILES`` tiles) to ``[S, w]`` and store ``S`` sample rows."""
         w = self.w
-        w("zs = pid * S + tl.arange(0, S)")
-        w(f"zm = zs < R // {self.p.channels}")
-        with w.block("if IDX64:"):
-            w("zz = zs.to(tl.int64)")
-        with w.block("else:"):
-            w("zz = zs")
+        emit_sample_rows(w, self.p.channels)
         for j, k0, cw, k in tchunks:
             kk = f"({k0} + k{cw})"
             w(f"ot{j} = tl.load(it + {kk})")  # a broadcast target's channel stride is 0

@@ -79,7 +79,8 @@ class GauntProblem:
 
     ``implementation`` is one of ``sparse``, ``fft``, ``grid``, ``separable`` (``auto`` is
     resolved by :mod:`tritp.gaunt`); ``grid`` overrides the exact ``(n_beta, n_alpha)`` (grid;
-    separable reads ``n_beta`` only: its azimuthal integral is exact in closed form) or
+    separable reads ``n_beta`` only, its azimuthal integral is exact in closed form, though
+    ``n_alpha`` stays part of the key) or
     ``(n_theta, n_phi)`` (fft) sizes, for experiments only: smaller is wrong. ``precision`` is
     the ``tl.dot`` input precision for fp32 on a GPU (``ieee`` is exact fp32); sparse and
     separable have no ``tl.dot``, so a separable problem always records ``ieee``.
@@ -239,7 +240,8 @@ class GauntProblem:
     def flops(self, implementation: str = None) -> int:
         """Forward FLOPs per (sample, channel): sparse ``3 * nonzeros``; grid and fft
         ``2 (K1 + K2) P + P + 2 P Ko`` (two synthesis GEMMs, product, analysis GEMM);
-        separable: two per FMA of its kernel (:func:`~tritp.codegen.gaunt_sep.flops`)."""
+        separable: two per arithmetic operation of its kernel in one pass
+        (:func:`~tritp.codegen.gaunt_sep.flops`)."""
         impl = implementation or self.implementation
         if impl == "sparse":
             return 3 * sum(len(sparse_coupling(*p)) for p in self.paths)

@@ -14,8 +14,9 @@ with ``A_r[j, (l, m)] = Q_l^|m|(z_j)`` (the output's table also carries ``2 pi w
 equal and the third is 0, ``+-1/sqrt2`` where ``|m3| = |m1| +- |m2|`` and the sines pair up,
 else 0 (:func:`~tritp.codegen.gaunt_tables.azimuth_coupling`). The nodes are the grid's (``n_b >= ceil((L1+L2+Lo+1)/2)``:
 exact), but there is no azimuthal grid and no padding: at ``L = Lo = 8`` the forward costs about
-8,300 FMAs per (sample, channel) at one pass, against 79,000 multiply-adds in the grid's three
-dense GEMMs. It is FMA-unit arithmetic in the kernel's dtype: exact fp32, no ``tl.dot``.
+9,100 arithmetic operations per (sample, channel) in one pass (13,500 in the three passes its
+registers take by default), against 79,000 multiply-adds in the grid's three dense GEMMs
+(L = 6: 4,000 against 28,000). It is FMA-unit arithmetic in the kernel's dtype: exact fp32, no ``tl.dot``.
 
 Like the grid kernel, every producer is one form: ``target[(l, m)] = sum_j A_t[j, (l, m)] sum
 C(m, ma, mb) G_a[j, ma] G_b[j, mb]``. A program takes ``BLOCK_R`` rows (one row is one (sample,
@@ -24,7 +25,7 @@ vectors, and walks the nodes in a loop: each step reads the node's table rows, c
 two syntheses, the azimuthal products (the ``C`` are literals) and adds their projection into
 the accumulators. A loop rather than unrolled literal tables: unrolled, ptxas took 34 s at
 L = 6 and 292 s at L = 7 (with a spill), against 3.4 s and 7.2 s for the loop. The tables are
-laid out in the order the kernel reads them (:func:`table_columns`) so that it loads them four
+laid out in the order the kernel reads them (:func:`~tritp.codegen.gaunt_sep_layout.table_columns`) so that it loads them four
 entries at a time (one 16-byte load, the same address in every thread, split into scalars):
 offline for sm_90 that cut the loads from 245 to 137 instructions at L = 6 (98 of them the
 operands) and from 729 to 309 at L = 8 (three passes), and the whole kernel by 12-19%. Registers hold both operands and the target's
@@ -46,102 +47,24 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from .gaunt_emit import reduces_channels
+from .gaunt_emit import emit_fold_header, emit_rows, emit_sample_rows, reduces_channels
 from .gaunt_problem import GauntProblem, parse_spec
-from .gaunt_tables import azimuth_coupling, lm_list, node_tables
+from .gaunt_sep_layout import QUAD, m_order, sum_ops, table_columns, table_width, target_groups, tree_sum
+from .gaunt_tables import azimuth_coupling
 from .writer import SourceWriter
 
 KERNEL_NAME = "gaunt_separable"
 MAX_PASSES = 4
-QUAD = 4  # table entries one vector load reads
-
-
-def tree_sum(terms: list, chain: int = 6) -> str:
-    """The sum of signed terms (``"+ x * y"``, ``"- x * y"``) as at most four interleaved
-    chains of FMAs added at the end: Triton keeps the written order (no reassociation), and
-    one chain of 25 dependent FMAs (an azimuthal product at L = 8) would leave the unit idle
-    for its latency.
-
-    Example:
-        >>> tree_sum(["+ a * b", "- c * d"])
-        'a * b - c * d'
-        >>> tree_sum([f"+ x{i} * y" for i in range(8)], chain=4)
-        '(x0 * y + x2 * y + x4 * y + x6 * y) + (x1 * y + x3 * y + x5 * y + x7 * y)'
-    """
-    ways = max(1, min(4, -(-len(terms) // chain)))
-
-    def joined(ts):
-        s = " ".join(ts)
-        return s[2:] if s.startswith("+ ") else "-" + s[2:]
-
-    if ways == 1:
-        return joined(terms)
-    return " + ".join(f"({joined(terms[i::ways])})" for i in range(ways))
 
 
 def _mname(m: int) -> str:
     return f"{'n' if m < 0 else 'p'}{abs(m)}"
 
 
-def target_groups(problem: GauntProblem, target: str, passes: int) -> list:
-    """The target's active ``m`` values split into ``passes`` groups of about equal coefficient
-    counts (a group: the ``m`` whose accumulators one walk over the nodes keeps)."""
-    ls = sorted(problem.active(target))
-    ms = m_order({m for l in ls for m in range(-l, l + 1)})
-    weight = {m: sum(1 for l in ls if l >= abs(m)) for m in ms}
-    passes = max(1, min(passes, len(ms)))
-    total, groups, cur, acc = sum(weight.values()), [], [], 0
-    for m in ms:
-        cur.append(m)
-        acc += weight[m]
-        if acc >= total * (len(groups) + 1) / passes and len(groups) < passes - 1:
-            groups.append(cur)
-            cur = []
-    return groups + [cur] if cur else groups
-
-
-def m_order(ms) -> list:
-    """The order the kernel visits azimuthal orders in: by ``|m|``, then ``m``."""
-    return sorted(ms, key=lambda m: (abs(m), m))
-
-
-def table_columns(problem: GauntProblem, role: str) -> list:
-    """``(l, m)`` of the role's active coefficients in the order the kernel reads their table
-    entries: by ``m`` (:func:`m_order`), then ``l``. A synthesis and a projection of one ``m``
-    read consecutive entries, so the kernel loads them four at a time."""
-    ls = sorted(problem.active(role))
-    return [(l, m) for m in m_order({m for l in ls for m in range(-l, l + 1)}) for l in ls if l >= abs(m)]
-
-
-def table_width(problem: GauntProblem, role: str) -> int:
-    """The row length of the role's kernel table: its active coefficients, padded to a multiple of 4."""
-    return -(-len(table_columns(problem, role)) // QUAD) * QUAD
-
-
-def kernel_tables(problem: GauntProblem) -> dict:
-    """``{role: float64 [n_b, K4]}``: :func:`~tritp.codegen.gaunt_tables.node_tables` in
-    :func:`table_columns` order, each row padded with zeros to a multiple of 4 (16-byte vector
-    loads of fp32 entries: the row stride and every quad's offset are multiples of 4).
-
-    Example:
-        >>> p = GauntProblem("0e+1o", "0e+1o", lmax_out=2, implementation="separable")
-        >>> {r: t.shape for r, t in kernel_tables(p).items()}
-        {'x1': (3, 4), 'x2': (3, 4), 'out': (3, 12)}
-    """
-    out = {}
-    for role, t in node_tables(problem).items():
-        col = {lm: i for i, lm in enumerate(lm_list(problem.degrees(role)))}
-        cols = [col[lm] for lm in table_columns(problem, role)]
-        out[role] = np.zeros((t.shape[0], table_width(problem, role)))
-        out[role][:, : len(cols)] = t[:, cols]
-    return out
-
-
 def flops(problem: GauntProblem) -> int:
-    """Forward FLOPs per (sample, channel) of the separable kernel: two per literal FMA (the
-    syntheses, the azimuthal products, the projection), at one pass."""
+    """Forward FLOPs per (sample, channel) of the separable kernel: two per arithmetic
+    operation (the syntheses, the azimuthal products, the projection) in one pass, the
+    algorithm's work; a launch in more passes runs the syntheses again."""
     return 2 * _Emitter(problem, "out:x1,x2", "float32", 1).count_terms()
 
 
@@ -173,7 +96,7 @@ class _Emitter:
         return out
 
     def position(self, role: str) -> dict:
-        """``{(l, m): column}`` of the role's kernel table (:func:`kernel_tables`)."""
+        """``{(l, m): column}`` of the role's kernel table (:func:`~tritp.codegen.gaunt_sep_layout.kernel_tables`)."""
         return {lm: i for i, lm in enumerate(table_columns(self.p, role))}
 
     def synthesis(self, name: str, role: str) -> list:
@@ -195,15 +118,18 @@ class _Emitter:
         return one, half
 
     def count_terms(self) -> int:
-        """FMAs per row of one walk over the nodes with every target ``m`` (one pass)."""
+        """Arithmetic operations per row (multiplies, FMAs, the adds that join interleaved
+        chains) of one walk over the nodes with every target ``m``: one pass; more passes run
+        the syntheses again."""
         ga, gb = self.synthesis("a", self.sources[0]), self.synthesis("b", self.sources[1])
-        n = sum(len(t) for *_, t in ga + gb)
+        n = sum(sum_ops(len(t)) for *_, t in ga + gb)
         sa, sb = {m for m, *_ in ga}, {m for m, *_ in gb}
         for group in self.groups:
             for m in group:
                 one, half = self.products(m, sa, sb)
-                n += len(one) + len(half) + (1 if one and half else 0)
-                n += sum(1 for _, mm, *_ in self.coeffs(self.target) if mm == m)
+                if one or half:
+                    n += sum_ops(len(one)) + sum_ops(len(half)) + (1 if half else 0)
+                    n += sum(1 for _, mm, *_ in self.coeffs(self.target) if mm == m)
         return n * self.nb
 
     def emit(self) -> str:
@@ -224,12 +150,7 @@ class _Emitter:
             w("pid = tl.program_id(0)")
             w("K4 = tl.arange(0, 4)")
             if self.fold:
-                C = p.channels
-                w(f"TILES: tl.constexpr = ({C} + BLOCK_R - 1) // BLOCK_R  # row tiles of one program")
-                w(f"Q: tl.constexpr = {C} // TILES  # rows of one sample in a tile")
-                w("S: tl.constexpr = BLOCK_R // Q  # samples of one program")
-                w(f"tl.static_assert(Q * TILES == {C})")
-                w("tl.static_assert(S * Q == BLOCK_R)")
+                emit_fold_header(w, p.channels)
             for k, group in enumerate(self.groups):
                 w(f"# pass {k}: target m in {group}")
                 accs = [c for c in self.coeffs(self.target) if c[1] in group]
@@ -247,17 +168,6 @@ class _Emitter:
                     self.store(accs, k == 0)
         return w.text()
 
-    def rows(self, first: str):
-        w = self.w
-        w(f"r = {first} + tl.arange(0, BLOCK_R)")
-        w("rm = r < R")
-        with w.block("if IDX64:"):
-            w("rr = r.to(tl.int64)")
-        with w.block("else:"):
-            w("rr = r")
-        w(f"z = rr // {self.p.channels}")
-        w(f"c = rr % {self.p.channels}")
-
     def load(self, name: str, role: str):
         """``<name><l>_<i>``: the operand's active coefficients as ``[BLOCK_R]`` vectors."""
         w, p = self.w, self.p
@@ -273,7 +183,7 @@ class _Emitter:
             off += p.mul(role) * dim
 
     def rows_and_operands(self, first: str):
-        self.rows(first)
+        emit_rows(self.w, first, self.p.channels)
         for name, role in zip("ab", self.sources):
             self.load(name, role)
 
@@ -344,12 +254,7 @@ class _Emitter:
         """Fold each ``[BLOCK_R]`` accumulator (``S`` samples x ``Q`` channel rows, summed over
         the tiles) to ``[S]`` and store ``S`` sample rows of the one-channel target."""
         w = self.w
-        w("zs = pid * S + tl.arange(0, S)")
-        w(f"zm = zs < R // {self.p.channels}")
-        with w.block("if IDX64:"):
-            w("zz = zs.to(tl.int64)")
-        with w.block("else:"):
-            w("zz = zs")
+        emit_sample_rows(w, self.p.channels)
         w("pg = g + zz * sg")
         for l, m, col, var in accs:
             w(f"tl.store(pg + {self.offset(l) + m + l}, tl.sum(tl.reshape(acc{var}, [S, Q]), axis=1)"
@@ -380,7 +285,7 @@ def emit_separable_producer(problem: GauntProblem, spec: str, dtype: str = "floa
     nodes (1..:data:`MAX_PASSES`; see the module docstring).
 
     The kernel ``gaunt_separable(a, b, g, ta, tb, tt, sa, sb, sg, R, IDX64, BLOCK_R)`` takes the
-    two operands, the target, the three roles' node tables (:func:`kernel_tables`, ``[n_b, K4]``,
+    two operands, the target, the three roles' node tables (:func:`~tritp.codegen.gaunt_sep_layout.kernel_tables`, ``[n_b, K4]``,
     the operands' first), the operands' and target's row strides and the number of rows ``R =
     batch * channels``. The grid and the channel summing of a broadcast target are as for
     :func:`~tritp.codegen.gaunt_emit.emit_gemm_producer`.
@@ -389,4 +294,6 @@ def emit_separable_producer(problem: GauntProblem, spec: str, dtype: str = "floa
         raise ValueError(f"emit_separable_producer handles separable problems, not {problem.implementation!r}")
     if isinstance(passes, bool) or not isinstance(passes, int) or not 1 <= passes <= MAX_PASSES:
         raise ValueError(f"passes must be an int in 1..{MAX_PASSES}, got {passes!r}")
+    if not problem.paths:  # the kernel would store nothing; gaunt_produce returns zeros instead
+        raise ValueError(f"{problem!r} has no even path: its product is zero, there is no kernel to emit")
     return _Emitter(problem, spec, dtype, passes).emit()

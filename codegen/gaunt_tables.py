@@ -1,4 +1,4 @@
-"""Float64 tables for the grid and fft Gaunt implementations (numpy only, no torch).
+"""Float64 tables for the grid, fft and separable Gaunt implementations (numpy only, no torch).
 
 Basis: e3nn's real spherical harmonics with ``normalization="integral"`` (orthonormal on the
 sphere), polar axis y: at ``x = (sin b sin a, cos b, sin b cos a)``,

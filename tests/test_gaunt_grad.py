@@ -191,8 +191,9 @@ def test_opcheck(impl, dtype):
                           (gp.key, FORWARD, 3, dtype, [x1, x2] + gp._tables(dtype)))
 
 
-def test_torch_compile_fullgraph_forward_backward():
-    gp = compile_gaunt("2x0e+2x1o", "0e+1o", lmax_out=2, implementation="grid", backend="triton").double()
+@pytest.mark.parametrize("impl", ["grid", "separable"])
+def test_torch_compile_fullgraph_forward_backward(impl):
+    gp = compile_gaunt("2x0e+2x1o", "0e+1o", lmax_out=2, implementation=impl, backend="triton").double()
     err_y, err_g = compiled_square_loss_errors(gp)
     assert err_y < 1e-12 and err_g < 1e-10
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import tritp
-from tritp import gaunt_kernels, gaunt_tuning, kernels
+from tritp import gaunt_kernels, gaunt_separable, gaunt_tuning, kernels
 from tritp.cli import main
 from tritp.codegen.gaunt_problem import FORWARD, GauntError, GauntProblem, size_rule
 from tritp.gaunt import AUTO_BATCH, choose_implementation, compile_gaunt
@@ -236,6 +236,25 @@ def spy_launches(monkeypatch):
     return seen
 
 
+def spy_separable(monkeypatch):
+    """Record ``(BLOCK_R, num_warps, passes)`` of every separable kernel launch from here on."""
+    seen, real = [], gaunt_separable.get_separable_kernel
+
+    def get(problem, spec, dtype, passes):
+        kernel = real(problem, spec, dtype, passes)
+
+        class Launch:
+            def __getitem__(self, grid):
+                def launch(*args, **kw):
+                    seen.append((kw["BLOCK_R"], kw["num_warps"], passes))
+                    return kernel[grid](*args, **kw)
+                return launch
+        return Launch()
+
+    monkeypatch.setattr(gaunt_separable, "get_separable_kernel", get)
+    return seen
+
+
 def check_reference(gp, seen, want, Z=5):
     x1 = torch.randn(Z, gp.irreps_in1.dim, dtype=F64, requires_grad=True)
     x2 = torch.randn(Z, gp.irreps_in2.dim, dtype=F64)
@@ -261,6 +280,19 @@ def test_auto_module_runs_the_tuned_implementation_at_the_tuned_launch(monkeypat
     assert gp.launches == {"float32": (32, 8, 32), "float64": (32, 8, 32)} and "launch=" in repr(gp)
     seen = spy_launches(monkeypatch)
     check_reference(gp, seen, (32, 8, 32))
+
+
+def test_separable_takes_its_tuned_launch(monkeypatch):
+    """A separable launch stored by the tuner reaches the module and both of its kernels."""
+    problem = GauntProblem(*MID, lmax_out=2)
+    target = impl_configs(problem, "separable")[-1]  # one walk more than the default
+    assert launch_of(target) == (128, 4, 2) and label(target) == "separable 128:4:2"
+    r = tune_gaunt(problem, AUTO_BATCH, dtype="float64", timer=prefer_config(label(target)))
+    assert r.implementation == "separable" and r.launch == (128, 4, 2)
+    gp = compile_gaunt(*MID, lmax_out=2, implementation="separable", backend="triton")
+    assert gp.launches["float64"] == (128, 4, 2) and gp.launches["float32"] is None
+    seen = spy_separable(monkeypatch)
+    check_reference(gp, seen, (128, 4, 2))
 
 
 def test_explicit_implementation_takes_its_own_tuned_launch(monkeypatch):

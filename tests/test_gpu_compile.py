@@ -182,17 +182,24 @@ SCRIPT = textwrap.dedent('''
     gaunt("gaunt grid forward tf32x3", "grid", "out:x1,x2", precision="tf32x3", expect=(r"= ttng\\.warp_group_dot ",))
     gaunt("gaunt fft forward fp64", "fft", "out:x1,x2", torch.float64)
     gaunt("gaunt sparse grad x2", "sparse", "x2:x1,out", expect=())
+    # separable: a loop over the polar nodes, tables read in 16-byte quads split into scalars
+    QUADS = (r"= tt\\.split ", r"scf\\.for")
+    gaunt("gaunt separable forward bf16", "separable", "out:x1,x2", torch.bfloat16, expect=QUADS)
+    gaunt("gaunt separable grad x2 (summed over channels)", "separable", "x2:x1,out", expect=QUADS + SUM)
+    gaunt("gaunt separable grad x2 C=48 fp64", "separable", "x2:x1,out", torch.float64, expect=QUADS + SUM, C=48)
+    gaunt("gaunt separable grad x2 C=3 (partial rows)", "separable", "x2:x1,out", expect=QUADS, C=3)
     with int64_offsets():
         gaunt("gaunt grid forward int64", "grid", "out:x1,x2")
         gaunt("gaunt grid grad x2 int64 C=128", "grid", "x2:x1,out", expect=DOT + SUM, C=128)
+        gaunt("gaunt separable grad x2 int64 C=128", "separable", "x2:x1,out", expect=QUADS + SUM, C=128)
     print("\\n".join(failures))
     print("compiled", done)
     print("kernels", len(kernels), "keyed", sum(kernels.values()), "formula", tritp.jit_key._verdict)
 ''')
 
-# 38 kernels; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
+# 43 kernels; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
 # partial forces kernel as four (cg_pieces), the fused backward in pieces as three (cg_fused)
-EXPECTED = 46
+EXPECTED = 51
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):

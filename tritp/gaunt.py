@@ -170,7 +170,7 @@ class GauntProduct(torch.nn.Module):
     def autotune(self, batch=AUTO_BATCH, directions=("fwd",), timer=None) -> list:
         """Time the four implementations of this product (grid, fft, separable at several launches;
         with this module's weights) on this GPU, or the interpreter, and store the fastest where
-        ``implementation="auto"`` looks, and each of grid's and fft's fastest launch (see
+        ``implementation="auto"`` looks, and each of grid's, fft's and separable's fastest launch (see
         :mod:`tritp.gaunt_tuning`); this module keeps its implementation and launch: compile again.
         ``batch`` is one size or a list (``auto`` asks at :data:`AUTO_BATCH`); ``directions``
         some of ``fwd``, ``bwd``, ``dbl`` timed together; returns one

@@ -1,12 +1,12 @@
 """Load and launch the Gaunt producers: sparse through the CG kernels, grid and fft through the
-fused GEMM kernel of :mod:`tritp.codegen.gaunt_emit`, separable through the straight-line
-kernel of :mod:`tritp.codegen.gaunt_sep` (its launches: :mod:`tritp.gaunt_separable`).
+fused GEMM kernel of :mod:`tritp.codegen.gaunt_emit`, separable through the node-loop kernel of
+:mod:`tritp.codegen.gaunt_sep` (its launches: :mod:`tritp.gaunt_separable`).
 
 A producer is named by a spec ``"target:role_a,role_b"`` (:mod:`tritp.codegen.gaunt_problem`):
 the forward is ``"out:x1,x2"``, the gradient for ``x1`` is ``"x1:x2,out"`` with the output's
 cotangent in role ``out``, and so on to any order (the product is trilinear). Sources are
-cached by content hash like the CG kernels (:mod:`tritp.kernels`). The grid and fft tables are
-tensor arguments of the op (the module's buffers), never created inside it.
+cached by content hash like the CG kernels (:mod:`tritp.kernels`). The grid, fft and separable
+tables are tensor arguments of the op (the module's buffers), never created inside it.
 
 Example:
     >>> import torch
@@ -28,11 +28,12 @@ from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_ha
 from .codegen.gaunt_emit import (DOT_MIN, KERNEL_NAME, TABLE_ALIGN, channel_block, channel_tiles, default_block_p,
                                   emit_gemm_producer, reduces_channels, role_index, role_size, role_table)
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
-from .codegen.gaunt_sep import kernel_tables
+from .codegen.gaunt_sep_layout import kernel_tables
 from .kernels import INT32_LIMIT, interpreter_active, launch_dtypes, load_generated, produce, triton_cdiv
 
 # every codegen module the Gaunt sources depend on (gaunt_problem imports coupling, irreps, problem)
-GENERATOR_FILES = ("gaunt_emit.py", "gaunt_sep.py", "gaunt_problem.py", "gaunt_tables.py", "writer.py", "coupling.py", "irreps.py",
+GENERATOR_FILES = ("gaunt_emit.py", "gaunt_sep.py", "gaunt_sep_layout.py", "gaunt_problem.py", "gaunt_tables.py",
+                   "writer.py", "coupling.py", "irreps.py",
                    "problem.py", "instructions.py", "intmath.py")
 _kernels: dict = {}
 
@@ -58,7 +59,7 @@ def role_tensors(problem: GauntProblem, dtype: torch.dtype, device) -> list:
     """The six table tensors the grid and fft kernels read, in the order the ops carry them:
     ``[T_x1, T_x2, T_out]`` (``dtype``) then ``[I_x1, I_x2, I_out]`` (int32), see
     :func:`~tritp.codegen.gaunt_emit.role_table` and :func:`~tritp.codegen.gaunt_emit.role_index`;
-    for separable the ``T`` are :func:`~tritp.codegen.gaunt_sep.kernel_tables` (its kernel does
+    for separable the ``T`` are :func:`~tritp.codegen.gaunt_sep_layout.kernel_tables` (its kernel does
     not read the ``I``)."""
     if problem.implementation == "separable":  # per-node tables [n_beta, K4] (codegen.gaunt_sep)
         tabs = kernel_tables(problem)
@@ -266,7 +267,11 @@ def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtyp
         args.append(x)
     C = problem.channels
     R = Z * C
-    if launch is None:
+    if problem.implementation == "separable":
+        from .gaunt_separable import resolve_launch
+
+        block_r, warps, third = resolve_launch(problem, spec, dtype_name, R, launch)
+    elif launch is None:
         block_r, warps, third = launch_shape(problem, R, target, dtype_name, spec)
     else:  # an explicit launch (tuned entries, benchmarks/gaunt_ptxas.py)
         block_r, warps, third = check_launch(launch, problem.implementation)

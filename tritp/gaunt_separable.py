@@ -19,6 +19,7 @@ from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.gaunt_emit import channel_block, reduces_channels
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
 from .codegen.gaunt_sep import KERNEL_NAME, MAX_PASSES, emit_separable_producer
+from .codegen.gaunt_sep_layout import target_groups
 from .kernels import interpreter_active, load_generated
 
 #: ``(BLOCK_R, num_warps)`` the tuner times, the default first: one row per thread
@@ -29,7 +30,9 @@ LADDER = ((128, 4), (64, 2), (256, 8), (32, 1))
 #: (246) 36 / 88; L = 8 in three (247) 12 / 56, in two (261) - / 136. Those small spills are
 #: loop-invariant operands, 10-30 local loads and stores a node in SASS against 500-1,000 FMAs,
 #: while one more pass costs a synthesis (L = 7: 97 FMAs and 32 quad loads more a node), so the
-#: budget admits them; the tuner also times one pass fewer, one more, and one.
+#: budget admits them; the tuner also times one pass fewer, one more, and one. fp64 holds a
+#: value in two registers: from L = 6 no pass count fits (588 bytes of spill at L = 6, four
+#: passes), which the tuner weighs against the grid's fp64 (DMMA) kernels.
 REGISTER_BUDGET = 250
 _kernels: dict = {}
 
@@ -37,6 +40,7 @@ _kernels: dict = {}
 def get_separable_kernel(problem: GauntProblem, spec: str, dtype: str, passes: int):
     from .gaunt_kernels import generator_hash
 
+    passes = len(target_groups(problem, parse_spec(spec)[0], passes))  # more walks than m values: the same kernel
     key = (problem.key, spec, dtype, passes)
     k = _kernels.get(key)
     if k is None:
@@ -89,8 +93,9 @@ def launch_candidates(problem: GauntProblem, dtype: str = "float32") -> list:
         [(128, 4, 1), (64, 2, 1), (256, 8, 1), (32, 1, 1), (128, 4, 2)]
     """
     fwd = default_passes(problem, "out:x1,x2", dtype)
+    most = len(target_groups(problem, "out", MAX_PASSES))  # walks beyond the m values change nothing
     b0, w0 = LADDER[0]
-    extra = dict.fromkeys(n for n in (fwd - 1, fwd + 1, 1) if 1 <= n <= MAX_PASSES and n != fwd)
+    extra = dict.fromkeys(n for n in (fwd - 1, fwd + 1, 1) if 1 <= n <= most and n != fwd)
     return [(b, w, fwd) for b, w in LADDER] + [(b0, w0, n) for n in extra]
 
 
@@ -104,6 +109,37 @@ def launch_shape(problem: GauntProblem, n_rows: int, target: str, dtype: str, sp
     if reduces_channels(problem, target):
         block = channel_block(problem.channels, block)
     return block, warps, default_passes(problem, spec, dtype)
+
+
+def resolve_launch(problem: GauntProblem, spec: str, dtype: str, n_rows: int, launch=None) -> tuple:
+    """``(BLOCK_R, num_warps, passes)`` producer ``spec`` runs with: :func:`launch_shape`'s, or
+    ``launch``'s (checked). A launch is tuned on the forward, so its passes move by the
+    difference of the two producers' :func:`default_passes` (a gradient whose target is wider
+    than the forward's needs more walks), clamped to 1..MAX_PASSES. A channel-summing
+    producer takes ``channel_block`` rows, and the warps shrink to one row a thread (a 16-row
+    tile at ``C = 48`` runs one warp, not four with 112 idle threads).
+
+    Example:
+        >>> from tritp.codegen.gaunt_problem import GauntProblem
+        >>> ls = lambda L: "+".join(f"4x{l}{'eo'[l % 2]}" for l in range(L + 1))
+        >>> p = GauntProblem(ls(8), ls(7), lmax_out=8, implementation="separable")
+        >>> [default_passes(p, s, "float32") for s in ("out:x1,x2", "x2:x1,out")]
+        [2, 3]
+        >>> resolve_launch(p, "x2:x1,out", "float32", 40, (128, 4, 2))  # tuned on the forward
+        (128, 4, 3)
+        >>> resolve_launch(p, "x2:x1,out", "float32", 40, (16, 4, 2))  # 16 rows: one warp
+        (16, 1, 3)
+    """
+    target, _ = parse_spec(spec)
+    if launch is None:
+        block, warps, passes = launch_shape(problem, n_rows, target, dtype, spec)
+    else:
+        block, warps, passes = check_launch(launch)
+        passes += default_passes(problem, spec, dtype) - default_passes(problem, "out:x1,x2", dtype)
+        passes = min(MAX_PASSES, max(1, passes))
+        if reduces_channels(problem, target):
+            block = channel_block(problem.channels, block)
+    return block, max(1, min(warps, block // 32)), passes
 
 
 def check_launch(launch) -> tuple:

@@ -1,7 +1,7 @@
 """Timing the Gaunt product's candidates: :func:`tune_gaunt` (re-exported by
 :mod:`tritp.gaunt_tuning`, which defines the search space, the cache keys and the lookups).
 
-Each candidate of :func:`~tritp.gaunt_tuning.gaunt_space` (sparse; fft and grid at each launch)
+Each candidate of :func:`~tritp.gaunt_tuning.gaunt_space` (sparse; fft, grid and separable at each launch)
 is built as a :class:`~tritp.gaunt.GauntProduct` and timed on one step of the requested
 directions; the winner is stored as the choice entry, each launched implementation's fastest
 launch as its launch entry.
@@ -10,7 +10,7 @@ Example:
     >>> from tritp.codegen.gaunt_problem import GauntProblem
     >>> r = tune_gaunt(GauntProblem("4x0e", "0e"), 16, timer=lambda t: 1.0, store=False)  # doctest: +SKIP
     >>> r.implementation, sorted(r.launch_entries)  # doctest: +SKIP
-    ('sparse', ['fft', 'grid'])
+    ('sparse', ['fft', 'grid', 'separable'])
 """
 
 from __future__ import annotations
@@ -103,8 +103,8 @@ def _finite(ms):
 def tune_gaunt(problem: GauntProblem, batch: int = DEFAULT_BATCH, *, directions=("fwd",), dtype="float32",
                device=None, timer: Optional[Callable] = None, store: bool = True, weights=(), label: str = "",
                progress=None) -> GauntTuneResult:
-    """Time every candidate of :func:`~tritp.gaunt_tuning.gaunt_space` (sparse; fft and grid at
-    each launch) on ``batch`` random samples, keep the fastest and (``store``) write the choice
+    """Time every candidate of :func:`~tritp.gaunt_tuning.gaunt_space` (sparse; fft, grid and
+    separable at each launch) on ``batch`` random samples, keep the fastest and (``store``) write the choice
     and launch entries to the user autotune cache, where ``GauntProduct`` finds them (see
     :mod:`tritp.gaunt_tuning`).
 

@@ -75,7 +75,8 @@ def gaunt_identity(problem, spec, dtype: str) -> str:
 
 
 def launch_of(config: Config) -> tuple:
-    """The ``(BLOCK_R, num_warps, BLOCK_P)`` a grid/fft candidate encodes.
+    """The ``(BLOCK_R, num_warps, BLOCK_P)`` a grid/fft candidate encodes (separable:
+    ``(BLOCK_R, num_warps, passes)``).
 
     Example:
         >>> launch_of(Config(block_z=64, block_c=32, num_warps=8, impl="grid"))
@@ -154,7 +155,7 @@ def _lookup(problem, family: str, dtype: str, batch: int, device):
 
 
 def tuned_choice(problem: GauntProblem, dtype: str = "float32", batch: int = DEFAULT_BATCH, device=None):
-    """The stored winner (``Config``: ``impl`` and, for grid/fft, the launch) of ``problem``
+    """The stored winner (``Config``: ``impl`` and, for grid/fft/separable, the launch) of ``problem``
     under any implementation, or None; on ``device`` (default: CUDA if any, else CPU) or the
     interpreter when it is active.
 
@@ -166,8 +167,8 @@ def tuned_choice(problem: GauntProblem, dtype: str = "float32", batch: int = DEF
 
 
 def tuned_launch(problem: GauntProblem, dtype: str = "float32", batch: int = DEFAULT_BATCH, device=None):
-    """``(BLOCK_R, num_warps, BLOCK_P)`` tuned for ``problem`` at its implementation (grid or
-    fft), or None (then :func:`~tritp.gaunt_kernels.launch_shape` decides): the choice entry's
+    """``(BLOCK_R, num_warps, BLOCK_P)`` tuned for ``problem`` at its implementation (grid, fft;
+    separable: ``passes`` for ``BLOCK_P``), or None (then :func:`~tritp.gaunt_kernels.launch_shape` decides): the choice entry's
     launch if it chose this implementation, else its launch entry. None for ``sparse`` and for
     a non-exact ``grid`` override (tuned at the exact grid only).
 

@@ -28,7 +28,7 @@ class Config(NamedTuple):
 
     ``block_c`` (channel lanes) is baked into the generated source; ``block_z`` (batch rows per
     program), ``num_warps`` and ``num_stages`` are launch parameters. ``impl`` names the
-    implementation where a family has several (Gaunt: ``sparse``, ``fft``, ``grid``); the
+    implementation where a family has several (Gaunt: ``sparse``, ``fft``, ``grid``, ``separable``); the
     sparse-CG kernels have one, ``"sparse"``.
 
     Example:
