@@ -35,6 +35,8 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from .gaunt_problem import ROLES, GauntProblem, parse_spec
@@ -76,6 +78,22 @@ def channel_block(channels: int, block_r: int) -> int:
     if block_r % channels == 0 or channels % block_r == 0:
         return block_r
     return min(block_r, channels & -channels)
+
+
+@contextmanager
+def kernel_head(w: SourceWriter, name: str, tensors: str, dt: str):
+    """The imports, decorator and signature of a Gaunt kernel ``name`` (tensor arguments
+    ``tensors``, then ``R``, ``IDX64``, ``BLOCK_R``), its compute type ``DT`` and ``pid``;
+    the body goes inside."""
+    w("import triton")
+    w("import triton.language as tl")
+    w("")
+    w("")
+    w("@triton.jit")
+    with w.block(f"def {name}({tensors}, R, IDX64: tl.constexpr, BLOCK_R: tl.constexpr):"):
+        w(f"DT: tl.constexpr = {dt}  # in the body: no module global (tritp.jit_key)")
+        w("pid = tl.program_id(0)")
+        yield
 
 
 def emit_fold_header(w: SourceWriter, channels: int):
@@ -195,15 +213,7 @@ class _Emitter:
         w(f"# producer: {self.target} from {', '.join(self.sources)}; points: {p.grid_size} -> {self.pp}")
         if self.fold:
             w(f"# broadcast target: the {p.channels} channels are summed in the kernel")
-        w("import triton")
-        w("import triton.language as tl")
-        w("")
-        w("")
-        w("@triton.jit")
-        sig = "a, b, g, ta, tb, tt, ia, ib, it, sa, sb, sg, R, IDX64: tl.constexpr, BLOCK_R: tl.constexpr"
-        with w.block(f"def {KERNEL_NAME}({sig}):"):
-            w(f"DT: tl.constexpr = {dt}  # in the body: no module global (tritp.jit_key)")
-            w("pid = tl.program_id(0)")
+        with kernel_head(w, KERNEL_NAME, "a, b, g, ta, tb, tt, ia, ib, it, sa, sb, sg", dt):
             for width in sorted({role_size(p, r)[1] for r in ROLES}):
                 w(f"k{width} = tl.arange(0, {width})")
             for name, role in zip("ab", self.sources):

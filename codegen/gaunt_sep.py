@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 
-from .gaunt_emit import emit_fold_header, emit_rows, emit_sample_rows, reduces_channels
+from .gaunt_emit import emit_fold_header, emit_rows, emit_sample_rows, kernel_head, reduces_channels
 from .gaunt_problem import GauntProblem, parse_spec
 from .gaunt_sep_layout import QUAD, m_order, sum_ops, table_columns, table_width, target_groups, tree_sum
 from .gaunt_tables import azimuth_coupling
@@ -139,15 +139,7 @@ class _Emitter:
         w(f"# problem: {p.key}")
         w(f"# producer: {self.target} from {', '.join(self.sources)}; {self.nb} polar nodes, "
           f"{len(self.groups)} pass(es)")
-        w("import triton")
-        w("import triton.language as tl")
-        w("")
-        w("")
-        w("@triton.jit")
-        sig = "a, b, g, ta, tb, tt, sa, sb, sg, R, IDX64: tl.constexpr, BLOCK_R: tl.constexpr"
-        with w.block(f"def {KERNEL_NAME}({sig}):"):
-            w(f"DT: tl.constexpr = {dt}  # in the body: no module global (tritp.jit_key)")
-            w("pid = tl.program_id(0)")
+        with kernel_head(w, KERNEL_NAME, "a, b, g, ta, tb, tt, sa, sb, sg", dt):
             w("K4 = tl.arange(0, 4)")
             if self.fold:
                 emit_fold_header(w, p.channels)

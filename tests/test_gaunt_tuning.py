@@ -217,42 +217,32 @@ def prefer_config(*ranked):
     return timer
 
 
-def spy_launches(monkeypatch):
-    """Record ``(BLOCK_R, num_warps, BLOCK_P)`` of every grid/fft kernel launch from here on."""
-    seen, real = [], gaunt_kernels.get_gemm_kernel
+def spy(monkeypatch, module, name):
+    """Record ``(BLOCK_R, num_warps, option)`` of every launch of a kernel ``module.name`` builds
+    from here on (option: grid/fft's ``BLOCK_P``, separable's passes)."""
+    seen, real = [], getattr(module, name)
 
-    def get(problem, spec, dtype, block_p):
-        kernel = real(problem, spec, dtype, block_p)
+    def get(problem, spec, dtype, option):
+        kernel = real(problem, spec, dtype, option)
 
         class Launch:
             def __getitem__(self, grid):
                 def launch(*args, **kw):
-                    seen.append((kw["BLOCK_R"], kw["num_warps"], block_p))
+                    seen.append((kw["BLOCK_R"], kw["num_warps"], option))
                     return kernel[grid](*args, **kw)
                 return launch
         return Launch()
 
-    monkeypatch.setattr(gaunt_kernels, "get_gemm_kernel", get)
+    monkeypatch.setattr(module, name, get)
     return seen
+
+
+def spy_launches(monkeypatch):
+    return spy(monkeypatch, gaunt_kernels, "get_gemm_kernel")
 
 
 def spy_separable(monkeypatch):
-    """Record ``(BLOCK_R, num_warps, passes)`` of every separable kernel launch from here on."""
-    seen, real = [], gaunt_separable.get_separable_kernel
-
-    def get(problem, spec, dtype, passes):
-        kernel = real(problem, spec, dtype, passes)
-
-        class Launch:
-            def __getitem__(self, grid):
-                def launch(*args, **kw):
-                    seen.append((kw["BLOCK_R"], kw["num_warps"], passes))
-                    return kernel[grid](*args, **kw)
-                return launch
-        return Launch()
-
-    monkeypatch.setattr(gaunt_separable, "get_separable_kernel", get)
-    return seen
+    return spy(monkeypatch, gaunt_separable, "get_separable_kernel")
 
 
 def check_reference(gp, seen, want, Z=5):

@@ -43,16 +43,22 @@ def generator_hash() -> str:
     return sources_hash(*GENERATOR_FILES)
 
 
-def get_gemm_kernel(problem: GauntProblem, spec: str, dtype: str, block_p: int):
-    key = (problem.key, spec, dtype, block_p)
+def load_kernel(problem: GauntProblem, spec: str, dtype: str, option: int, emit, name: str):
+    """The jitted kernel ``name`` of ``emit(problem, spec, dtype, option)``'s source, written once
+    to the kernel cache under its content hash and memoized."""
+    key = (problem.key, spec, dtype, option)
     k = _kernels.get(key)
     if k is None:
-        h = content_hash(generator_hash(), problem.key, spec, dtype, block_p)
+        h = content_hash(generator_hash(), problem.key, spec, dtype, option)
         path = cache_dir("kernels") / f"gaunt_{problem.implementation}_{spec.split(':')[0]}_{h}.py"
         if not path.exists():
-            atomic_write(path, emit_gemm_producer(problem, spec, dtype, block_p).encode())
-        k = _kernels[key] = getattr(load_generated(path), KERNEL_NAME)
+            atomic_write(path, emit(problem, spec, dtype, option).encode())
+        k = _kernels[key] = getattr(load_generated(path), name)
     return k
+
+
+def get_gemm_kernel(problem: GauntProblem, spec: str, dtype: str, block_p: int):
+    return load_kernel(problem, spec, dtype, block_p, emit_gemm_producer, KERNEL_NAME)
 
 
 def role_tensors(problem: GauntProblem, dtype: torch.dtype, device) -> list:

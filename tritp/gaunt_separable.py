@@ -15,12 +15,11 @@ Example:
 
 from __future__ import annotations
 
-from .codegen.diskcache import atomic_write, cache_dir, content_hash
 from .codegen.gaunt_emit import channel_block, reduces_channels
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
 from .codegen.gaunt_sep import KERNEL_NAME, MAX_PASSES, emit_separable_producer
 from .codegen.gaunt_sep_layout import target_groups
-from .kernels import interpreter_active, load_generated
+from .kernels import interpreter_active
 
 #: ``(BLOCK_R, num_warps)`` the tuner times, the default first: one row per thread
 LADDER = ((128, 4), (64, 2), (256, 8), (32, 1))
@@ -34,22 +33,13 @@ LADDER = ((128, 4), (64, 2), (256, 8), (32, 1))
 #: value in two registers: from L = 6 no pass count fits (588 bytes of spill at L = 6, four
 #: passes), which the tuner weighs against the grid's fp64 (DMMA) kernels.
 REGISTER_BUDGET = 250
-_kernels: dict = {}
 
 
 def get_separable_kernel(problem: GauntProblem, spec: str, dtype: str, passes: int):
-    from .gaunt_kernels import generator_hash
+    from .gaunt_kernels import load_kernel
 
     passes = len(target_groups(problem, parse_spec(spec)[0], passes))  # more walks than m values: the same kernel
-    key = (problem.key, spec, dtype, passes)
-    k = _kernels.get(key)
-    if k is None:
-        h = content_hash(generator_hash(), problem.key, spec, dtype, passes)
-        path = cache_dir("kernels") / f"gaunt_separable_{spec.split(':')[0]}_{h}.py"
-        if not path.exists():
-            atomic_write(path, emit_separable_producer(problem, spec, dtype, passes).encode())
-        k = _kernels[key] = getattr(load_generated(path), KERNEL_NAME)
-    return k
+    return load_kernel(problem, spec, dtype, passes, emit_separable_producer, KERNEL_NAME)
 
 
 def _active(problem: GauntProblem, role: str) -> int:
