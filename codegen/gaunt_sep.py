@@ -161,7 +161,12 @@ class _Emitter:
         return w.text()
 
     def load(self, name: str, role: str):
-        """``<name><l>_<i>``: the operand's active coefficients as ``[BLOCK_R]`` vectors."""
+        """``<name><l>_<i>``: the operand's active coefficients as ``[BLOCK_R]`` vectors, one
+        strided load each. (Read as ``[BLOCK_R, DP]`` tiles split into components, the
+        coalesced form of :mod:`~tritp.codegen.cg_tiles`, and stored joined likewise, the kernel
+        compiled offline for sm_90 to 2.3x the instructions at L = 6 -- layout conversions
+        through shared memory, 35 barriers -- and at L = 8 to 4,096 with 630 local loads and
+        stores of spilled values, against 1,864.)"""
         w, p = self.w, self.p
         bcast = p.mul(role) == 1
         off, active = 0, p.active(role)
