@@ -28,7 +28,11 @@ L = 6 and 292 s at L = 7 (with a spill), against 3.4 s and 7.2 s for the loop. T
 laid out in the order the kernel reads them (:func:`~tritp.codegen.gaunt_sep_layout.table_columns`) so that it loads them four
 entries at a time (one 16-byte load, the same address in every thread, split into scalars):
 offline for sm_90 that cut the loads from 245 to 137 instructions at L = 6 (98 of them the
-operands) and from 729 to 309 at L = 8 (three passes), and the whole kernel by 12-19%. Registers hold both operands and the target's
+operands) and from 729 to 309 at L = 8 (three passes), and the whole kernel by 12-19%. With
+``pairs``, mirror nodes ``z`` and ``-z`` share a step (:meth:`_Emitter.walk`): half the table
+reads, syntheses and projections, for two nodes' syntheses in registers; offline (SASS, loop
+bodies times trips) 14-17% fewer instructions at L = 4 and 6, so the launcher pairs where the
+register estimate allows (:func:`tritp.gaunt_separable.use_pairs`: fp32 to L = 6). Registers hold both operands and the target's
 accumulators, about ``K_a + K_b + K_t`` values; ``passes > 1`` splits the target's coefficients
 into that many groups by ``m``, each a walk of its own (the syntheses run again, the
 accumulators of one group are live at a time), for the degrees where one walk would spill. A
@@ -69,8 +73,8 @@ def flops(problem: GauntProblem) -> int:
 
 
 class _Emitter:
-    def __init__(self, problem: GauntProblem, spec: str, dtype: str, passes: int):
-        self.p, self.dtype = problem, dtype
+    def __init__(self, problem: GauntProblem, spec: str, dtype: str, passes: int, pairs: bool = False):
+        self.p, self.dtype, self.pairs = problem, dtype, pairs
         self.target, self.sources = parse_spec(spec)
         self.fold = reduces_channels(problem, self.target)
         self.exact = dtype == "float64"
@@ -100,11 +104,11 @@ class _Emitter:
         return {lm: i for i, lm in enumerate(table_columns(self.p, role))}
 
     def synthesis(self, name: str, role: str) -> list:
-        """``(m, var, [(table column, operand var)])`` per ``m`` of ``G_role[j, m]``, in the
+        """``(m, var, [(table column, operand var, l)])`` per ``m`` of ``G_role[j, m]``, in the
         table's order."""
         pos, by_m = self.position(role), {}
         for l, m, col, var in self.coeffs(role):
-            by_m.setdefault(m, []).append((pos[(l, m)], f"{name}{var}"))
+            by_m.setdefault(m, []).append((pos[(l, m)], f"{name}{var}", l))
         return [(m, f"g{name}_{_mname(m)}", sorted(by_m[m])) for m in m_order(by_m)]
 
     def products(self, m: int, ga: set, gb: set) -> tuple:
@@ -186,37 +190,77 @@ class _Emitter:
 
     def walk(self, group: list):
         """For every node the two syntheses, the azimuthal products of the group's ``m`` and
-        their projection into the accumulators (of the loaded rows)."""
+        their projection into the accumulators (of the loaded rows). With :attr:`pairs`, node
+        ``j`` and its mirror ``n_b - 1 - j`` (``z -> -z``) share one step: ``Q_l^m(-z) =
+        (-1)^(l+m) Q_l^m(z)``, so one table read and one synthesis of the even and the odd
+        degrees give both nodes (``E + O`` and ``E - O``), and one projection takes ``h_u + h_v``
+        or ``h_u - h_v``; an odd node count leaves the middle node (``z = 0``) to a plain step."""
+        w = self.w
+        if not self.pairs:
+            with w.block(f"for j in range({self.nb}):  # the polar nodes"):
+                self.step("j", group, paired=False)
+            return
+        half, mid = divmod(self.nb, 2)
+        with w.block(f"for j in range({half}):  # node j and its mirror {self.nb - 1} - j"):
+            self.step("j", group, paired=True)
+        if mid:
+            w("# the middle node (z = 0)")
+            self.step(str(half), group, paired=False)
+
+    def step(self, j: str, group: list, paired: bool):
         w = self.w
         pos_t = self.position(self.target)
         accs = sorted((c for c in self.coeffs(self.target) if c[1] in group), key=lambda c: pos_t[(c[0], c[1])])
         width = {r: table_width(self.p, r) for r in (self.target, *self.sources)}
-        with w.block(f"for j in range({self.nb}):  # the polar nodes"):
-            have = {}
-            for name, tab, role in zip("ab", ("ta", "tb"), self.sources):
-                w(f"q{name} = {tab} + j * {width[role]}")
-                have[name], loaded = set(), set()
-                for m, var, terms in self.synthesis(name, role):
-                    self.quads(name, [c for c, _ in terms], loaded)
-                    w(f"{var} = " + tree_sum([f"+ {x} * t{name}{c}" for c, x in terms]))
-                    have[name].add(m)
-            w(f"qt = tt + j * {width[self.target]}")
-            loaded = set()
-            for m in group:
-                one, half = self.products(m, have["a"], have["b"])
-                if not one and not half:
+        nodes = ("u", "v") if paired else ("",)
+        have = {}
+        for name, tab, role in zip("ab", ("ta", "tb"), self.sources):
+            w(f"q{name} = {tab} + {j} * {width[role]}")
+            have[name], loaded = set(), set()
+            for m, var, terms in self.synthesis(name, role):
+                self.quads(name, [c for c, _, _ in terms], loaded)
+                have[name].add(m)
+                if not paired:
+                    w(f"{var} = " + tree_sum([f"+ {x} * t{name}{c}" for c, x, _ in terms]))
                     continue
+                even = tree_sum([f"+ {x} * t{name}{c}" for c, x, l in terms if (l + m) % 2 == 0])
+                odd = tree_sum([f"+ {x} * t{name}{c}" for c, x, l in terms if (l + m) % 2])
+                if even and odd:
+                    w(f"e = {even}")
+                    w(f"o = {odd}")
+                    w(f"{var}u = e + o")
+                    w(f"{var}v = e - o")
+                elif even:
+                    w(f"{var}u = {even}")
+                    w(f"{var}v = {var}u")
+                else:
+                    w(f"{var}u = {odd}")
+                    w(f"{var}v = -{var}u")
+        w(f"qt = tt + {j} * {width[self.target]}")
+        loaded = set()
+        for m in group:
+            one, half = self.products(m, have["a"], have["b"])
+            if not one and not half:
+                continue
+            for node in nodes:
                 parts = []
                 for terms, scale in ((one, None), (half, math.sqrt(0.5))):
                     if terms:
-                        s = tree_sum([f"{'+' if sg > 0 else '-'} ga_{_mname(ma)} * gb_{_mname(mb)}"
+                        s = tree_sum([f"{'+' if sg > 0 else '-'} ga_{_mname(ma)}{node} * gb_{_mname(mb)}{node}"
                                       for sg, ma, mb in terms])
                         parts.append(f"({s})" if scale is None else f"({s}) * {self.lit(scale)}")
-                w(f"h = {' + '.join(parts)}")
-                mine = [(pos_t[(l, mm)], var) for l, mm, col, var in accs if mm == m]
-                self.quads("t", [c for c, _ in mine], loaded)
-                for c, var in mine:
-                    w(f"acc{var} += h * tt{c}")
+                w(f"h{node} = {' + '.join(parts)}")
+            mine = [(pos_t[(l, mm)], var, l) for l, mm, col, var in accs if mm == m]
+            if paired:
+                parities = {(l + m) % 2 for _, _, l in mine}
+                if 0 in parities:
+                    w("he = hu + hv")
+                if 1 in parities:
+                    w("ho = hu - hv")
+            self.quads("t", [c for c, _, _ in mine], loaded)
+            for c, var, l in mine:
+                h = ("ho" if (l + m) % 2 else "he") if paired else "h"
+                w(f"acc{var} += {h} * tt{c}")
 
     def quads(self, name: str, cols: list, loaded: set):
         """Load the table entries ``cols`` of table ``q<name>`` not yet in ``loaded``, four at a
@@ -276,10 +320,12 @@ class _Emitter:
                     w(f"tl.store(pg + {off + i}{chan(dim)}, tl.zeros([BLOCK_R], g.dtype.element_ty), mask=rm)")
 
 
-def emit_separable_producer(problem: GauntProblem, spec: str, dtype: str = "float32", passes: int = 1) -> str:
+def emit_separable_producer(problem: GauntProblem, spec: str, dtype: str = "float32", passes: int = 1,
+                            pairs: bool = False) -> str:
     """Triton source of producer ``spec`` (``"target:role_a,role_b"``) of a separable problem;
     ``dtype`` is the compute type (``float32`` or ``float64``), ``passes`` the walks over the
-    nodes (1..:data:`MAX_PASSES`; see the module docstring).
+    nodes (1..:data:`MAX_PASSES`; see the module docstring), ``pairs`` whether mirror nodes
+    share a step (:meth:`_Emitter.walk`).
 
     The kernel ``gaunt_separable(a, b, g, ta, tb, tt, sa, sb, sg, R, IDX64, BLOCK_R)`` takes the
     two operands, the target, the three roles' node tables (:func:`~tritp.codegen.gaunt_sep_layout.kernel_tables`, ``[n_b, K4]``,
@@ -293,4 +339,4 @@ def emit_separable_producer(problem: GauntProblem, spec: str, dtype: str = "floa
         raise ValueError(f"passes must be an int in 1..{MAX_PASSES}, got {passes!r}")
     if not problem.paths:  # the kernel would store nothing; gaunt_produce returns zeros instead
         raise ValueError(f"{problem!r} has no even path: its product is zero, there is no kernel to emit")
-    return _Emitter(problem, spec, dtype, passes).emit()
+    return _Emitter(problem, spec, dtype, passes, pairs).emit()

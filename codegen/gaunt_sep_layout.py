@@ -31,6 +31,8 @@ def tree_sum(terms: list, chain: int = 6) -> str:
         >>> tree_sum([f"+ x{i} * y" for i in range(8)], chain=4)
         '(x0 * y + x2 * y + x4 * y + x6 * y) + (x1 * y + x3 * y + x5 * y + x7 * y)'
     """
+    if not terms:
+        return ""
     ways = max(1, min(4, -(-len(terms) // chain)))
 
     def joined(ts):

@@ -19,8 +19,9 @@ from tritp.gaunt import compile_gaunt
 from tritp.gaunt_kernels import check_launch, gaunt_produce
 from tritp.gaunt_ops import op_key, parse_key
 from tritp.gaunt_reference import gaunt_reference
+from tritp import gaunt_separable
 from tritp.gaunt_separable import (LADDER, REGISTER_BUDGET, default_passes, estimate_registers, launch_candidates,
-                                   resolve_launch)
+                                   resolve_launch, use_pairs)
 
 F64 = torch.float64
 
@@ -187,3 +188,33 @@ def test_launch_edges_passes_beyond_m_values_and_empty_products():
                      implementation="separable")
     assert resolve_launch(p, FORWARD, "float32", 40, (16, 4, 2)) == (16, 1, 2)
     assert resolve_launch(p, "x2:x1,out", "float32", 40, (128, 4, 1)) == (128, 4, 2)
+
+
+@pytest.mark.parametrize("lo", [2, 3], ids=["even-nodes", "odd-nodes"])
+def test_mirror_node_pairs_equal_single_nodes(lo):
+    """Nodes z and -z in one step (Q(-z) = (-1)^(l+m) Q(z)): the same product, to rounding."""
+    p = GauntProblem("2x0e+2x1o+2x2e+2x3o", "2x0e+2x1o+2x2e", lmax_out=lo, implementation="separable")
+    nb = p.grid_size[0]
+    assert nb % 2 == (lo == 3)
+    src = emit_separable_producer(p, FORWARD, "float64", pairs=True)
+    assert f"for j in range({nb // 2}):" in src and ("# the middle node" in src) == bool(nb % 2)
+    x = [torch.randn(3, p.irreps(r).dim, dtype=F64) for r in ("x1", "x2")]
+    ref = gaunt_reference(p, *x)
+    for pairs in (False, True):
+        monkey = {"use_pairs": lambda *a, pairs=pairs: pairs}
+        with pytest.MonkeyPatch.context() as m:
+            for k, v in monkey.items():
+                m.setattr(gaunt_separable, k, v)
+            for spec, args in ((FORWARD, x), ("x1:x2,out", [x[1], ref])):
+                got = gaunt_produce(p, spec, args, 3)
+                want = ref if spec == FORWARD else torch.autograd.functional.vjp(
+                    lambda a: gaunt_reference(p, a, x[1]), x[0], ref)[1]
+                assert ((got - want).abs().max() / want.abs().max()).item() < 1e-13, (pairs, spec)
+
+
+def test_pairs_where_registers_allow():
+    """fp32, C = 32: pairs at L = 6 (estimate 223), not at L = 7 (276) nor L = 8 in three walks."""
+    assert use_pairs(bench_problem(6), FORWARD, "float32", 1)
+    assert estimate_registers(bench_problem(6), FORWARD, "float32", 1, pairs=True) == 223
+    assert not use_pairs(bench_problem(7), FORWARD, "float32", 1)
+    assert not use_pairs(bench_problem(8), FORWARD, "float32", 3)

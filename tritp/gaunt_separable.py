@@ -39,17 +39,31 @@ def get_separable_kernel(problem: GauntProblem, spec: str, dtype: str, passes: i
     from .gaunt_kernels import load_kernel
 
     passes = len(target_groups(problem, parse_spec(spec)[0], passes))  # more walks than m values: the same kernel
-    return load_kernel(problem, spec, dtype, passes, emit_separable_producer, KERNEL_NAME)
+    option = (passes, use_pairs(problem, spec, dtype, passes))
+    return load_kernel(problem, spec, dtype, option, _emit, KERNEL_NAME)
+
+
+def _emit(problem: GauntProblem, spec: str, dtype: str, option: tuple) -> str:
+    passes, pairs = option
+    return emit_separable_producer(problem, spec, dtype, passes, pairs=pairs)
+
+
+def use_pairs(problem: GauntProblem, spec: str, dtype: str, passes: int) -> bool:
+    """Whether mirror nodes share a step (half the table reads, syntheses and projections; the
+    two nodes' syntheses live at once): where the estimate stays within
+    :data:`REGISTER_BUDGET` at these passes."""
+    return estimate_registers(problem, spec, dtype, passes, pairs=True) <= REGISTER_BUDGET
 
 
 def _active(problem: GauntProblem, role: str) -> int:
     return sum(2 * l + 1 for l in problem.active(role))
 
 
-def estimate_registers(problem: GauntProblem, spec: str, dtype: str, passes: int) -> int:
+def estimate_registers(problem: GauntProblem, spec: str, dtype: str, passes: int, pairs: bool = False) -> int:
     """Registers per thread, roughly: ``24 + words * (K_a + K_b + ceil(K_t / passes) + 2 M)``
     -- both operands and one group of accumulators live across the walk, plus the two
-    syntheses' ``M = 2 lmax + 1`` values of one node; ``words`` is 2 for fp64.
+    syntheses' ``M = 2 lmax + 1`` values of one node (of two mirror nodes with ``pairs``:
+    ``4 M``); ``words`` is 2 for fp64.
 
     Example:
         >>> from tritp.codegen.gaunt_problem import GauntProblem
@@ -59,7 +73,8 @@ def estimate_registers(problem: GauntProblem, spec: str, dtype: str, passes: int
     """
     target, sources = parse_spec(spec)
     lmax = max(problem.lmax_active(r) for r in ROLES)
-    live = sum(_active(problem, r) for r in sources) + -(-_active(problem, target) // passes) + 2 * (2 * lmax + 1)
+    live = (sum(_active(problem, r) for r in sources) + -(-_active(problem, target) // passes)
+            + (4 if pairs else 2) * (2 * lmax + 1))
     return 24 + (2 if dtype == "float64" else 1) * live
 
 
