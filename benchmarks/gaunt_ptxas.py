@@ -157,7 +157,7 @@ def parse_configs(text: str) -> list:
 def audit(args, rows: list) -> None:
     from tritp.codegen.gaunt_emit import default_block_p
     from tritp.gaunt_kernels import estimate_registers
-    from tritp.gaunt_separable import default_passes
+    from tritp.gaunt_separable import default_passes, use_pairs
     from tritp.gaunt_separable import estimate_registers as separable_estimate
 
     worker = Worker(args.triton_cache, script=__file__)
@@ -182,8 +182,9 @@ def audit(args, rows: list) -> None:
                                 ok = r["status"] == "ok"
                                 launch = f"{r['block_r']}:{r['num_warps']}:{r['block_p']}" if ok else "-"
                                 est = "-"
-                                if ok and impl == "separable":
-                                    est = separable_estimate(problem, spec, dtype, r["block_p"])
+                                if ok and impl == "separable":  # as it runs: paired where use_pairs says so
+                                    paired = use_pairs(problem, spec, dtype, r["block_p"])
+                                    est = separable_estimate(problem, spec, dtype, r["block_p"], pairs=paired)
                                 elif ok:
                                     est = estimate_registers(problem, dtype, r["block_r"], r["num_warps"], r["block_p"])
                                 rows.append(dict(job, config=cfg if isinstance(cfg, str) else "explicit",

@@ -32,7 +32,7 @@ operands) and from 729 to 309 at L = 8 (three passes), and the whole kernel by 1
 ``pairs``, mirror nodes ``z`` and ``-z`` share a step (:meth:`_Emitter.walk`): half the table
 reads, syntheses and projections, for two nodes' syntheses in registers; offline (SASS, loop
 bodies times trips) 14-17% fewer instructions at L = 4 and 6, so the launcher pairs where the
-register estimate allows (:func:`tritp.gaunt_separable.use_pairs`: fp32 to L = 6). Registers hold both operands and the target's
+register estimate allows (:func:`tritp.gaunt_separable.use_pairs`: fp32, to L = 6). Registers hold both operands and the target's
 accumulators, about ``K_a + K_b + K_t`` values; ``passes > 1`` splits the target's coefficients
 into that many groups by ``m``, each a walk of its own (the syntheses run again, the
 accumulators of one group are live at a time), for the degrees where one walk would spill. A
@@ -234,6 +234,7 @@ class _Emitter:
                     w(f"{var}u = {even}")
                     w(f"{var}v = {var}u")
                 else:
+                    assert odd, f"no synthesis term for m = {m}"  # tree_sum([]) is empty
                     w(f"{var}u = {odd}")
                     w(f"{var}v = -{var}u")
         w(f"qt = tt + {j} * {width[self.target]}")

@@ -218,3 +218,21 @@ def test_pairs_where_registers_allow():
     assert estimate_registers(bench_problem(6), FORWARD, "float32", 1, pairs=True) == 223
     assert not use_pairs(bench_problem(7), FORWARD, "float32", 1)
     assert not use_pairs(bench_problem(8), FORWARD, "float32", 3)
+    assert not use_pairs(bench_problem(2), FORWARD, "float64", 1)  # fp32 only
+
+
+@pytest.mark.parametrize("passes", [1, 2, 3])
+def test_mirror_pairs_with_passes_and_a_channel_fold(passes, monkeypatch):
+    """Pairs (odd node count) under every split of the target, and the x2 gradient of a
+    one-channel x2 summed over 16 channels in the kernel."""
+    monkeypatch.setattr(gaunt_separable, "use_pairs", lambda *a: True)
+    p = GauntProblem("16x0e+16x1o+16x2e", "0e+1o+2e", lmax_out=4, implementation="separable")
+    assert p.grid_size[0] % 2 == 1
+    x = [torch.randn(2, p.irreps(r).dim, dtype=F64) for r in ("x1", "x2", "out")]
+    xr = [t.clone().requires_grad_() for t in x]
+    y = gaunt_reference(p, xr[0], xr[1])
+    want = [y, *torch.autograd.grad((y * xr[2]).sum(), xr[:2])]
+    got = [gaunt_produce(p, spec, args, 2, launch=(16, 1, passes))
+           for spec, args in ((FORWARD, x[:2]), ("x1:x2,out", [x[1], x[2]]), ("x2:x1,out", [x[0], x[2]]))]
+    for a, b in zip(got, want):
+        assert ((a - b).abs().max() / b.abs().max()).item() < 1e-12

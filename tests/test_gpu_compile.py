@@ -166,12 +166,12 @@ SCRIPT = textwrap.dedent('''
     # tiles -- C=16 (4 samples a program), C=128 (two 64-row tiles a sample), C=48 (three 16-row
     # tiles) -- else through partial rows (C=3)
     SUM = (r"= tt\\.reshape ", r"tt\\.reduce")
-    def gaunt(label, impl, spec, dtype=torch.float32, precision="ieee", expect=DOT, C=16):
-        g = GauntProblem(f"{C}x0e+{C}x1o+{C}x2e", "0e+1o+2e", lmax_out=2, implementation=impl, precision=precision)
+    def gaunt(label, impl, spec, dtype=torch.float32, precision="ieee", expect=DOT, C=16, lo=2, launch=None):
+        g = GauntProblem(f"{C}x0e+{C}x1o+{C}x2e", "0e+1o+2e", lmax_out=lo, implementation=impl, precision=precision)
         Z = 40
         dims = {r: g.irreps(r).dim for r in ("x1", "x2", "out")}
         args = [torch.randn(1 if r == "x2" else Z, dims[r], dtype=dtype) for r in spec.split(":")[1].split(",")]
-        compile_launches(label, lambda w: gaunt_produce(g, spec, args, Z, wrap=w), expect)
+        compile_launches(label, lambda w: gaunt_produce(g, spec, args, Z, wrap=w, launch=launch), expect)
 
     gaunt("gaunt grid forward bf16", "grid", "out:x1,x2", torch.bfloat16)
     gaunt("gaunt grid grad x2 (summed over channels)", "grid", "x2:x1,out", expect=DOT + SUM)
@@ -188,6 +188,9 @@ SCRIPT = textwrap.dedent('''
     gaunt("gaunt separable grad x2 (summed over channels)", "separable", "x2:x1,out", expect=QUADS + SUM)
     gaunt("gaunt separable grad x2 C=48 fp64", "separable", "x2:x1,out", torch.float64, expect=QUADS + SUM, C=48)
     gaunt("gaunt separable grad x2 C=3 (partial rows)", "separable", "x2:x1,out", expect=QUADS, C=3)
+    # 5 nodes: two mirror pairs and the middle node, in two passes
+    gaunt("gaunt separable forward, odd nodes, 2 passes", "separable", "out:x1,x2", expect=QUADS, lo=4,
+          launch=(128, 4, 2))
     with int64_offsets():
         gaunt("gaunt grid forward int64", "grid", "out:x1,x2")
         gaunt("gaunt grid grad x2 int64 C=128", "grid", "x2:x1,out", expect=DOT + SUM, C=128)
@@ -197,9 +200,9 @@ SCRIPT = textwrap.dedent('''
     print("kernels", len(kernels), "keyed", sum(kernels.values()), "formula", tritp.jit_key._verdict)
 ''')
 
-# 43 kernels; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
+# 44 kernels; the uvw forward (fp32, fp64) and weight gradient each launch as two pieces, the
 # partial forces kernel as four (cg_pieces), the fused backward in pieces as three (cg_fused)
-EXPECTED = 51
+EXPECTED = 52
 
 
 def test_generated_kernels_compile_for_sm90(tmp_path):

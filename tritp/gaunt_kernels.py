@@ -45,7 +45,9 @@ def generator_hash() -> str:
 
 def load_kernel(problem: GauntProblem, spec: str, dtype: str, option: int, emit, name: str):
     """The jitted kernel ``name`` of ``emit(problem, spec, dtype, option)``'s source, written once
-    to the kernel cache under its content hash and memoized."""
+    to the kernel cache under its content hash and memoized. The key leaves out ``emit``:
+    the implementation in ``problem.key`` names the generator (grid and fft: ``BLOCK_P``;
+    separable: a ``(passes, pairs)`` tuple)."""
     key = (problem.key, spec, dtype, option)
     k = _kernels.get(key)
     if k is None:

@@ -25,7 +25,8 @@ from .kernels import interpreter_active
 LADDER = ((128, 4), (64, 2), (256, 8), (32, 1))
 #: The largest :func:`estimate_registers` the default's ``passes`` may give. ptxas (sm_90,
 #: ``benchmarks/gaunt_ptxas.py --impl separable``, C = 32, forward) takes all 255 registers from
-#: L = 6 and spills, in bytes, Triton 3.6 / 3.9: L = 6 (estimate 197) 0 / 8; L = 7 in one pass
+#: L = 6 and spills, in bytes, Triton 3.6 / 3.9: L = 6 (estimate 197; paired, 223, as it runs:
+#: 0 / 0) 0 / 8; L = 7 in one pass
 #: (246) 36 / 88; L = 8 in three (247) 12 / 56, in two (261) - / 136. Those small spills are
 #: loop-invariant operands, 10-30 local loads and stores a node in SASS against 500-1,000 FMAs,
 #: while one more pass costs a synthesis (L = 7: 97 FMAs and 32 quad loads more a node), so the
@@ -50,9 +51,11 @@ def _emit(problem: GauntProblem, spec: str, dtype: str, option: tuple) -> str:
 
 def use_pairs(problem: GauntProblem, spec: str, dtype: str, passes: int) -> bool:
     """Whether mirror nodes share a step (half the table reads, syntheses and projections; the
-    two nodes' syntheses live at once): where the estimate stays within
-    :data:`REGISTER_BUDGET` at these passes."""
-    return estimate_registers(problem, spec, dtype, passes, pairs=True) <= REGISTER_BUDGET
+    two nodes' syntheses live at once): in fp32 where the estimate stays within
+    :data:`REGISTER_BUDGET` at these passes (to L = 6 at C channels in and out). Not in fp64:
+    at L = 4 the paired kernel spills 12 bytes where the single-node one does not, and its
+    gain was counted in fp32 only."""
+    return dtype == "float32" and estimate_registers(problem, spec, dtype, passes, pairs=True) <= REGISTER_BUDGET
 
 
 def _active(problem: GauntProblem, role: str) -> int:
@@ -159,5 +162,5 @@ def check_launch(launch) -> tuple:
     return b, w, n
 
 
-__all__ = ["get_separable_kernel", "launch_shape", "launch_candidates", "check_launch",
+__all__ = ["get_separable_kernel", "use_pairs", "resolve_launch", "launch_shape", "launch_candidates", "check_launch",
            "estimate_registers", "default_passes", "LADDER", "REGISTER_BUDGET"]
