@@ -11,7 +11,9 @@ degrees ``0..Lo`` (``--lo same``: ``Lo = L`` as in design notes section 7; ``--l
   ``tl.dot`` runs on CUDA-core FMAs, whose 67 TFLOP/s bound the grid GEMMs at L = 8 to about
   1.3 ms at C = 32, batch 10,000, above the 0.6 ms the 50x target asks);
 * ``separable``: Gauss-Legendre nodes with the azimuthal integral in closed form, FMAs in fp32
-  (:mod:`tritp.codegen.gaunt_sep`; about a ninth of the grid's multiply-adds at L = 8);
+  (:mod:`tritp.codegen.gaunt_sep`; a sixth to a ninth of the grid's multiply-adds at L = 8);
+  ``separable-pN``: the same at its default rows and warps in ``N`` walks over the nodes (at
+  L = 8 the default is 3; one walk spills, four recompute more);
 * ``e3nn``: ``o3.TensorProduct`` with the same uuu paths and coefficients;
 * ``torch3`` / ``torch3-tf32``: ``((x @ S1) * (y @ S2)) @ A`` on the exact grid, inputs already
   in a ``[batch * C, K]`` layout (what a user would write; generous to it: no layout change).
@@ -54,7 +56,8 @@ from tritp.codegen.gaunt_tables import grid_tables  # noqa: E402
 from tritp.gaunt import compile_gaunt  # noqa: E402
 from tritp.gaunt_reference import gaunt_reference  # noqa: E402
 
-TRITP = ("sparse", "grid", "fft", "separable", "grid-tf32", "fft-tf32", "grid-tf32x3", "fft-tf32x3")
+TRITP = ("sparse", "grid", "fft", "separable", "grid-tf32", "fft-tf32", "grid-tf32x3", "fft-tf32x3",
+         "separable-p1", "separable-p2", "separable-p3", "separable-p4")
 ALL = TRITP + ("e3nn", "torch3", "torch3-tf32")
 
 
@@ -76,8 +79,11 @@ def build(name: str, L: int, lo: int, C: int, device):
     ident = lambda x: x  # noqa: E731
     if name in TRITP:
         impl, _, prec = name.partition("-")
+        launch = None
+        if impl == "separable" and prec:  # separable-pN: the default rows and warps, N walks
+            launch, prec = (128, 4, int(prec[1:])), ""
         gp = compile_gaunt(irreps(C, L), irreps(C, L), lmax_out=lo, implementation=impl,
-                           precision=prec or "ieee", backend="triton").to(device)
+                           precision=prec or "ieee", backend="triton", launch=launch).to(device)
         return gp, ident, gp.problem, prec or "fp32"
     grid_p = compile_gaunt(irreps(C, L), irreps(C, L), lmax_out=lo, implementation="grid", backend="reference").problem
     if name == "e3nn":

@@ -30,7 +30,7 @@
 set -uo pipefail
 export FORMS_ARGS="${FORMS_ARGS:-}"
 export CONV_ARGS="${CONV_ARGS:-}"
-export GAUNT_ARGS="${GAUNT_ARGS:---L 8,6,4,2 --channels 32,128 --impls separable,grid-tf32x3,e3nn,grid,fft-tf32x3,sparse}"
+export GAUNT_ARGS="${GAUNT_ARGS:---L 8,6,4,2 --channels 32,128 --impls separable,separable-p1,grid-tf32x3,e3nn,grid,fft-tf32x3,sparse}"
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$(mktemp -d)}"
 mkdir -p "$OUT"
