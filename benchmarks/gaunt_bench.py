@@ -186,6 +186,8 @@ def main(argv=None) -> int:
     p.add_argument("--bandwidth", type=float, default=3.35e12, help="bytes/s, HBM (H100 SXM)")
     p.add_argument("--time-limit", type=float, default=None, help="seconds; stop starting new measurements after")
     p.add_argument("--out", default=None, help="folder for the JSON")
+    p.add_argument("--no-precompile", action="store_true",
+                   help="compile each kernel at its first launch instead of all at once, in parallel, first")
     args = p.parse_args(argv)
     ls = _ints(args.L) if not args.quick else [1, 2]
     chans = _ints(args.channels) if not args.quick else [4]
@@ -206,6 +208,8 @@ def main(argv=None) -> int:
               "copy_bandwidth_Bps": bench.copy_bandwidth(device, timer), "results": [], "failures": {}}
     interruptible()  # gpu_check.sh stops it with SIGINT, maybe from a background job
     try:
+        if device.type == "cuda" and not args.no_precompile:
+            precompile_all(impls, ls, chans, batch, args, started, log)
         for C in chans:
             for L in ls:
                 lo = L if args.lo == "same" else min(2 * L, 12)
@@ -235,6 +239,33 @@ def main(argv=None) -> int:
     result["device_name"] = result["device_name"] or "unknown"
     print(f"wrote {cli_bench.write_json(result, out)}")
     return 0
+
+
+def precompile_all(impls, ls, chans, batch, args, started, log) -> None:
+    """Compile every tritp kernel the run will launch, all at once in parallel (worker processes
+    on a many-core host: :func:`tritp.kernels.precompile`), within the first third of the time
+    limit; what does not finish compiles at its first launch, which the timer never sees."""
+    from tritp.gaunt_launch import gaunt_plans
+    from tritp.kernels import precompile
+
+    directions = {"fwd"} | ({"bwd"} if "fwdbwd" in args.directions.split(",") else set())
+    plans = []
+    for C in chans:
+        for L in ls:
+            lo = L if args.lo == "same" else min(2 * L, 12)
+            for name in impls:
+                if name not in TRITP or (name == "sparse" and L > args.sparse_max_l):
+                    continue
+                try:
+                    gp, *_ = build(name, L, lo, C, torch.device("cuda"))
+                    plans += gaunt_plans(gp.kernel_problem, batch, tuple(directions), torch.float32, "cuda",
+                                         gp.launches["float32"])
+                except Exception as e:  # noqa: BLE001  (run_one reports it)
+                    log(f"precompile: {name} L={L} C={C}: {type(e).__name__}: {e}"[:200])
+    budget = args.time_limit / 3 if args.time_limit else None
+    t0 = time.monotonic()
+    n = precompile(plans, timeout=budget, ignore_errors=True)
+    log(f"precompiled {n} kernels of {len(plans)} launches in {time.monotonic() - t0:.1f} s")
 
 
 def _ints(text: str) -> list:

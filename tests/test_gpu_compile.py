@@ -79,13 +79,13 @@ SCRIPT = textwrap.dedent('''
     def int64_offsets():
         """Launch as if some tensor had 2**31 elements (IDX64=True) without allocating one."""
         global idx64
-        old = tritp.kernels.INT32_LIMIT, tritp.gaunt_kernels.INT32_LIMIT
-        tritp.kernels.INT32_LIMIT = tritp.gaunt_kernels.INT32_LIMIT = 1
+        old = tritp.kernels.INT32_LIMIT  # the CG, conv and Gaunt launchers all read it there
+        tritp.kernels.INT32_LIMIT = 1
         idx64 = True
         try:
             yield
         finally:
-            tritp.kernels.INT32_LIMIT, tritp.gaunt_kernels.INT32_LIMIT = old
+            tritp.kernels.INT32_LIMIT = old
             idx64 = False
 
     def tensors(problem, spec, Z, dtype=torch.float32, nodes=None):

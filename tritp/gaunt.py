@@ -185,6 +185,23 @@ class GauntProduct(torch.nn.Module):
         return [gaunt_tuning.tune_gaunt(self.problem, b, directions=directions, timer=timer, weights=self.weight_roles)
                 for b in batches]
 
+    def precompile(self, batch=AUTO_BATCH, directions=("fwd", "bwd"), dtype=torch.float32, device=None) -> int:
+        """Compile this product's kernels now, all at once in parallel, instead of one after
+        another at their first launches (:func:`tritp.gaunt_launch.precompile_gaunt`); returns
+        how many were compiled (0 under the Triton interpreter). ``directions``: some of
+        ``fwd``, ``bwd``, ``dbl``; ``batch`` as you will run it (the launch follows it); nothing
+        of batch size is allocated.
+
+        Example:
+            >>> gp = tritp.compile("32x0e+32x1o+32x2e", "0e+1o+2e", mode="gaunt")  # doctest: +SKIP
+            >>> gp.precompile(batch=10_000)  # doctest: +SKIP
+            3
+        """
+        from .gaunt_launch import precompile_gaunt
+
+        launch = self.launches["float64" if dtype == torch.float64 else "float32"]
+        return precompile_gaunt(self.kernel_problem, batch, directions, dtype, device, launch)
+
     def _apply(self, fn, recurse=True):
         # tables follow the module's device but keep their dtypes (module.double() must not
         # round-trip the fp32 copy, module.float() must not round the fp64 one)

@@ -25,11 +25,11 @@ import torch
 
 from .codegen.cg_spec import ProducerSpec
 from .codegen.diskcache import atomic_write, cache_dir, content_hash, sources_hash
-from .codegen.gaunt_emit import (DOT_MIN, KERNEL_NAME, TABLE_ALIGN, channel_block, channel_tiles, default_block_p,
+from .codegen.gaunt_emit import (DOT_MIN, KERNEL_NAME, TABLE_ALIGN, channel_block, default_block_p,
                                   emit_gemm_producer, reduces_channels, role_index, role_size, role_table)
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
 from .codegen.gaunt_sep_layout import kernel_tables
-from .kernels import INT32_LIMIT, interpreter_active, launch_dtypes, load_generated, produce, triton_cdiv
+from .kernels import interpreter_active, load_generated
 
 # every codegen module the Gaunt sources depend on (gaunt_problem imports coupling, irreps, problem)
 GENERATOR_FILES = ("gaunt_emit.py", "gaunt_sep.py", "gaunt_sep_layout.py", "gaunt_problem.py", "gaunt_tables.py",
@@ -249,74 +249,8 @@ def target_dim(problem: GauntProblem, role: str) -> int:
     return problem.irreps(role).dim
 
 
-def gaunt_produce(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtype=None, wrap=None,
-                  launch=None) -> torch.Tensor:
-    """Run producer ``spec`` on ``tensors = [a, b]`` or ``[a, b, *role_tensors]`` (``[Z or 1,
-    dim]`` operands; a one-row operand is broadcast over the batch); returns ``[Z, dim_target]``.
-    Grid, fft and separable need the tables: built here when not given (eager use only: the module passes
-    its buffers, so nothing is created while torch traces the op). ``wrap`` is ``wrap_triton``.
-    ``launch``: ``(BLOCK_R, num_warps, BLOCK_P)`` (separable: ``passes`` for ``BLOCK_P``) instead
-    of :func:`launch_shape`'s (a channel-summing producer still takes ``channel_block(C,
-    BLOCK_R)`` rows)."""
-    target, roles = parse_spec(spec)
-    a, b = tensors[0], tensors[1]
-    acc, dtype_name, out_dtype = launch_dtypes([a, b], out_dtype)
-    device = a.device
-    dim = target_dim(problem, target)
-    if Z == 0 or not problem.paths:
-        return torch.zeros((Z, dim), dtype=out_dtype, device=device)
-    if problem.implementation == "sparse":
-        return produce(problem.cg_problem(), cg_spec(spec), [a, b], Z, out_dtype=out_dtype, wrap=wrap)
-    args, strides = [], []
-    for x in (a, b):
-        if x.stride(-1) != 1:
-            x = x.contiguous()
-        strides.append(x.stride(0) if x.shape[0] != 1 else 0)
-        args.append(x)
-    C = problem.channels
-    R = Z * C
-    if problem.implementation == "separable":
-        from .gaunt_separable import resolve_launch
-
-        block_r, warps, third = resolve_launch(problem, spec, dtype_name, R, launch)
-    elif launch is None:
-        block_r, warps, third = launch_shape(problem, R, target, dtype_name, spec)
-    else:  # an explicit launch (tuned entries, benchmarks/gaunt_ptxas.py)
-        block_r, warps, third = check_launch(launch, problem.implementation)
-        if reduces_channels(problem, target):
-            block_r = channel_block(C, block_r)
-    rows = block_r  # rows one program covers
-    # A broadcast target (one channel, shared by the C channels of the other operand) is the sum
-    # over the channels. The kernel sums them itself when its power-of-two row tiles hold whole
-    # samples or split them evenly (reduces_channels: C a power of two or a multiple of 16); one
-    # program then covers block_r * TILES rows and writes [Z, dim] directly. Any other C (3, 24,
-    # 40, ...) would need each sample's channels padded to a power of two (up to twice the GEMM
-    # work) or samples split between programs (atomics: not deterministic), so there the kernel
-    # writes one partial row per (sample, channel), [Z * C, dim] in the compute dtype, and torch
-    # sums them below: correct and deterministic, only the extra traffic is paid.
-    partial = problem.mul(target) == 1 and C > 1
-    if reduces_channels(problem, target):
-        partial, rows = False, block_r * channel_tiles(C, block_r)
-    g = torch.empty((R if partial else Z, dim), dtype=acc if partial else out_dtype, device=device)
-    big = max([R * dim, Z * max(strides)] + [x.numel() for x in args]) >= INT32_LIMIT
-    tabs = list(tensors[2:]) or role_tensors(problem, acc, device)
-    pick = [ROLES.index(r) for r in roles + (target,)]
-    tables = [tabs[i] if tabs[i].dtype == acc else tabs[i].to(acc) for i in pick]
-    if problem.implementation == "separable":  # per-node tables, no index tables
-        from .gaunt_separable import get_separable_kernel
-
-        kernel = get_separable_kernel(problem, spec, dtype_name, third)
-    else:
-        tables += [tabs[3 + i] for i in pick]
-        kernel = get_gemm_kernel(problem, spec, dtype_name, third)
-    if wrap is not None:
-        kernel = wrap(kernel)
-    kernel[(triton_cdiv(R, rows),)](args[0], args[1], g, *tables, strides[0], strides[1], dim, R, IDX64=big,
-                                    BLOCK_R=block_r, num_warps=warps)
-    if partial:
-        return g.view(Z, C, dim).sum(1).to(out_dtype)
-    return g
-
-
 __all__ = ["gaunt_produce", "get_gemm_kernel", "role_tensors", "cg_spec", "target_dim", "launch_shape",
            "launch_candidates", "check_launch", "estimate_registers"]
+
+
+from .gaunt_launch import gaunt_produce  # noqa: E402  (defined there; re-exported: the ops import it here)
