@@ -25,18 +25,19 @@ from .kernels import interpreter_active
 LADDER = ((128, 4), (64, 2), (256, 8), (32, 1))
 #: The largest :func:`estimate_registers` the default's ``passes`` may give. ptxas (sm_90,
 #: ``benchmarks/gaunt_ptxas.py --impl separable``, C = 32, forward) takes all 255 registers from
-#: L = 6 and spills, in bytes, Triton 3.6 / 3.9: L = 6 (estimate 197; paired, 223, as it runs:
-#: 0 / 0) 0 / 8; L = 7 in one pass
-#: (246) 36 / 88; L = 8 in three (247) 12 / 56, in two (261) - / 136. Those small spills are
-#: loop-invariant operands, 10-30 local loads and stores a node in SASS against 500-1,000 FMAs,
-#: while one more pass costs a synthesis (L = 7: 97 FMAs and 32 quad loads more a node), so the
-#: budget admits them; the tuner also times one pass fewer, one more, and one. fp64 holds a
-#: value in two registers: from L = 6 no pass count fits (588 bytes of spill at L = 6, four
-#: passes), which the tuner weighs against the grid's fp64 (DMMA) kernels.
+#: L = 6 and spills, in bytes on Triton 3.6 / 3.9: L = 6 0 / 8 (estimate 197; paired, as it runs,
+#: 223: 0 / 0); L = 7 in one pass (246) 36 / 88; L = 8 in three (247) 12 / 56, in two (261)
+#: - / 136. Those small spills are loop-invariant operands, 10-30 local loads and stores a node
+#: in SASS against 500-1,000 FMAs, while one more pass costs a synthesis (L = 7: 97 FMAs and 32
+#: quad loads more a node), so the budget admits them; the tuner also times one pass fewer, one
+#: more, and one. fp64 holds a value in two registers: from L = 6 no pass count fits (588 bytes
+#: of spill at L = 6, four passes), which the tuner weighs against the grid's fp64 (DMMA) kernels.
 REGISTER_BUDGET = 250
 
 
 def get_separable_kernel(problem: GauntProblem, spec: str, dtype: str, passes: int):
+    """The jitted kernel of producer ``spec`` in ``passes`` walks (paired where
+    :func:`use_pairs` says so), generated and cached on first use."""
     from .gaunt_kernels import load_kernel
 
     passes = len(target_groups(problem, parse_spec(spec)[0], passes))  # more walks than m values: the same kernel
