@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tritp.gaunt_kernels as gaunt_kernels
+import tritp.gaunt_separable as gaunt_separable
 from tritp.codegen.gaunt_emit import default_block_p, reduces_channels
 from tritp.codegen.gaunt_problem import FORWARD, GauntProblem, derivative_spec
 from tritp.gaunt import compile_gaunt
@@ -145,7 +146,8 @@ def test_broadcast_gradient_sums_channels_in_the_kernel(impl, C, role, block, su
     samples fit the row tiles (no [Z * C, dim] buffer), deterministic either way."""
     if block:
         monkeypatch.setattr(gaunt_kernels, "launch_shape", lambda problem, rows, target="out", dtype="float32", spec=None:
-                            (block, 1, 1 if impl == "separable" else default_block_p(problem)))
+                            (block, 1, default_block_p(problem)))
+        monkeypatch.setattr(gaunt_separable, "launch_shape", lambda problem, rows, target, dtype, spec: (block, 1, 1))
     per, one = f"{C}x0e+{C}x1o+{C}x2e", "0e+1o"
     problem = GauntProblem(one if role == "x1" else per, one if role == "x2" else per, lmax_out=2,
                            implementation=impl)
