@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from .gaunt_problem import GauntProblem
@@ -49,6 +51,7 @@ def sum_ops(n: int, chain: int = 6) -> int:
     return n + max(1, min(4, -(-n // chain))) - 1 if n else 0
 
 
+@lru_cache(maxsize=4096)  # pure, and asked on every launch
 def target_groups(problem: GauntProblem, target: str, passes: int) -> list:
     """The target's active ``m`` values split into ``passes`` groups of about equal coefficient
     counts (a group: the ``m`` whose accumulators one walk over the nodes keeps)."""

@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .codegen.gaunt_emit import channel_block, reduces_channels
 from .codegen.gaunt_problem import ROLES, GauntProblem, parse_spec
 from .codegen.gaunt_sep import KERNEL_NAME, MAX_PASSES, emit_separable_producer
@@ -41,8 +43,7 @@ def get_separable_kernel(problem: GauntProblem, spec: str, dtype: str, passes: i
     from .gaunt_kernels import load_kernel
 
     passes = len(target_groups(problem, parse_spec(spec)[0], passes))  # more walks than m values: the same kernel
-    option = (passes, use_pairs(problem, spec, dtype, passes))
-    return load_kernel(problem, spec, dtype, option, _emit, KERNEL_NAME)
+    return load_kernel(problem, spec, dtype, (passes, use_pairs(problem, spec, dtype, passes)), _emit, KERNEL_NAME)
 
 
 def _emit(problem: GauntProblem, spec: str, dtype: str, option: tuple) -> str:
@@ -63,6 +64,7 @@ def _active(problem: GauntProblem, role: str) -> int:
     return sum(2 * l + 1 for l in problem.active(role))
 
 
+@lru_cache(maxsize=4096)  # pure, and asked on every launch
 def estimate_registers(problem: GauntProblem, spec: str, dtype: str, passes: int, pairs: bool = False) -> int:
     """Registers per thread, roughly: ``24 + words * (K_a + K_b + ceil(K_t / passes) + 2 M)``
     -- both operands and one group of accumulators live across the walk, plus the two
@@ -82,6 +84,7 @@ def estimate_registers(problem: GauntProblem, spec: str, dtype: str, passes: int
     return 24 + (2 if dtype == "float64" else 1) * live
 
 
+@lru_cache(maxsize=4096)  # pure, and asked on every launch
 def default_passes(problem: GauntProblem, spec: str, dtype: str) -> int:
     """The fewest walks whose :func:`estimate_registers` is within :data:`REGISTER_BUDGET`
     (:data:`~tritp.codegen.gaunt_sep.MAX_PASSES` if none)."""
