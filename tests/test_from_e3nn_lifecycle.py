@@ -336,7 +336,14 @@ DDP_WORKER = textwrap.dedent('''
         losses.append(loss.item())
     torch.save({"params": {k: v.detach() for k, v in model.module.state_dict().items()}, "losses": losses}, out)
     dist.barrier()
+    # DDP's reducer and the optimizer go before the process group; then exit without interpreter
+    # finalization: gloo's worker threads may still hold work whose teardown during finalization
+    # aborts the process ("terminate called without an active exception", exit -6; seen once in
+    # about ten full runs; pytorch/pytorch#190489 and #179291 describe it)
+    del model, opt
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
 ''')
 
 DDP_MODEL = textwrap.dedent('''
