@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch  # torch does not import triton, so TRITON_INTERPRET can still be set here
 
@@ -34,6 +32,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import tritp  # noqa: E402
+from quickstart import median_ms  # noqa: E402  (examples/ is on the path of a script run from it)
 from tritp.gaunt_reference import gaunt_reference  # noqa: E402
 
 IMPLEMENTATIONS = ("sparse", "grid", "fft", "separable", "auto")
@@ -53,19 +52,6 @@ def spherical(channels: int, lmax: int) -> str:
 def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     y, ref = y.detach().double().cpu(), ref.detach().double().cpu()
     return float((y - ref).norm() / ref.norm().clamp_min(1e-300))
-
-
-def median_ms(fn, device: torch.device, repeats: int) -> float:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def pointwise_error(gp, x1: torch.Tensor, x2: torch.Tensor, y: torch.Tensor, n: int = 16):
