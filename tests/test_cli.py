@@ -121,6 +121,25 @@ def test_show_full_without_filter(capsys):
     assert " uvuv " in out
 
 
+def test_show_gaunt_lists_every_implementation(capsys):
+    rc, out, err = _run(capsys, "show", "4x0e+4x1o+4x2e+4x3o+4x4e", "4x0e+4x1o+4x2e+4x3o+4x4e", "--mode", "gaunt",
+                        "--lmax-out", "4")
+    assert rc == 0, err
+    from tritp.codegen.gaunt_problem import GauntProblem
+
+    p = GauntProblem("4x0e+4x1o+4x2e+4x3o+4x4e", "4x0e+4x1o+4x2e+4x3o+4x4e", lmax_out=4)
+    assert f"4 channels, {len(p.paths)} even paths" in out.splitlines()[0]
+    rows = {ln.split()[1]: ln for ln in out.splitlines() if ln.startswith("│")}
+    assert set(rows) == {"sparse", "grid", "fft", "separable"}
+    for impl, row in rows.items():
+        assert f"{p.replace(implementation=impl).flops():,}" in row, row
+    assert "(auto, untuned)" in rows["grid"] and "polar nodes" in rows["separable"]
+    rc, _, err = _run(capsys, "show", "4x0e", "0e", "--mode", "gaunt", "--lmax-out", "0", "--path", "0")
+    _assert_one_line_error(rc, err, "no --path")
+    rc, _, err = _run(capsys, "show", "1x1o", "1x1o")
+    _assert_one_line_error(rc, err, "OUT (the output irreps) is required")
+
+
 def test_show_shared_and_normalization_flags(capsys):
     rc, out, _ = _run(capsys, "show", "4x0e", "0e", "0e", "--mode", "channelwise", "--shared",
                       "--irrep-normalization", "norm", "--path-normalization", "none")

@@ -10,6 +10,7 @@ Example (shell)::
     tritp show 128x0e+128x1o 0e+1o+2e+3o 0e+1o+2e --mode channelwise
     tritp show 1x1o 1x1o 1x0e+1x1e+1x2e --path 2 --exact
     tritp show 2x1o 1x1o all --mode full        # OUT "all": keep every output irrep
+    tritp show 32x0e+32x1o+32x2e 0e+1o+2e --mode gaunt --lmax-out 4   # its implementations
 
 :func:`show_problem` is the same summary for any :class:`~tritp.codegen.Problem`, for scripts.
 """
@@ -47,8 +48,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("in1", metavar="IN1", help="irreps of input 1, e.g. 128x0e+128x1o")
     p.add_argument("in2", metavar="IN2", help="irreps of input 2, e.g. 0e+1o+2e")
-    p.add_argument("out", metavar="OUT", help="irreps of the output (a filter for channelwise/full)")
-    add_problem_options(p)
+    p.add_argument("out", metavar="OUT", nargs="?",
+                   help="irreps of the output (a filter for channelwise/full; gaunt: or --lmax-out)")
+    add_problem_options(p, extra_modes=("gaunt",))
+    p.add_argument("--lmax-out", type=int, metavar="N", help="gaunt: output degrees 0..N (instead of OUT)")
     p.add_argument("--irrep-normalization", default="component", choices=IRREP_NORMALIZATIONS)
     p.add_argument("--path-normalization", default="element", choices=PATH_NORMALIZATIONS)
     p.add_argument("--path", type=int, metavar="K", help="list the coupling coefficients of path K")
@@ -190,6 +193,16 @@ def show_path(problem: Problem, k: int, exact: bool = False, console: Console | 
 
 def run(args) -> int:
     """Execute ``tritp show`` (the protocol of :mod:`tritp.cli`)."""
+    if args.mode == "gaunt":  # the product of two spherical functions: its implementations
+        from .cli_problems import gaunt_problem
+        from .cli_show_gaunt import show_gaunt
+
+        if args.path is not None:
+            raise ValueError("--path lists CG coupling coefficients; a Gaunt product has no --path")
+        show_gaunt(gaunt_problem(args.in1, args.in2, args.out, args.lmax_out), make_console())
+        return 0
+    if args.out is None:
+        raise ValueError(f"OUT (the output irreps) is required for --mode {args.mode}")
     if args.exact and args.path is None:
         raise ValueError("--exact needs --path K")
     problem = problem_from_args(args.in1, args.in2, args.out, args.mode, args.shared,
