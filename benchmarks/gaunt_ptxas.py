@@ -85,7 +85,8 @@ def compile_job(job: dict) -> dict:
     from triton.runtime.jit import create_function_from_signature
 
     from tritp.codegen.gaunt_problem import parse_spec
-    from tritp.gaunt_kernels import gaunt_produce, launch_shape
+    from tritp.gaunt_kernels import launch_shape
+    from tritp.gaunt_launch import gaunt_produce
 
     target = GPUTarget("cuda", 90, 32)
     backend = make_backend(target)

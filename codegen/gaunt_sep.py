@@ -90,14 +90,13 @@ class _Emitter:
         return f"tl.full([], {c!r}, DT)" if self.exact else repr(float(c))
 
     def coeffs(self, role: str) -> list:
-        """``(l, m, column, name)`` of the role's active coefficients (column: e3nn order)."""
-        active, out, col = self.p.active(role), [], 0
-        for l in self.p.degrees(role):
-            for m in range(-l, l + 1):
-                if l in active:
-                    out.append((l, m, col, f"{l}_{m + l}"))
-                col += 1
-        return out
+        """``(l, m, name)`` of the role's active coefficients, in e3nn order."""
+        active = self.p.active(role)
+        return [(l, m, f"{l}_{m + l}") for l in self.p.degrees(role) if l in active for m in range(-l, l + 1)]
+
+    def offsets(self, role: str) -> dict:
+        """``{l: offset of degree l's segment}`` in a row of ``role`` (``mul_ir``)."""
+        return dict(zip(self.p.degrees(role), self.p.irreps(role).offsets()))
 
     def position(self, role: str) -> dict:
         """``{(l, m): column}`` of the role's kernel table (:func:`~tritp.codegen.gaunt_sep_layout.kernel_tables`)."""
@@ -107,7 +106,7 @@ class _Emitter:
         """``(m, var, [(table column, operand var, l)])`` per ``m`` of ``G_role[j, m]``, in the
         table's order."""
         pos, by_m = self.position(role), {}
-        for l, m, col, var in self.coeffs(role):
+        for l, m, var in self.coeffs(role):
             by_m.setdefault(m, []).append((pos[(l, m)], f"{name}{var}", l))
         return [(m, f"g{name}_{_mname(m)}", sorted(by_m[m])) for m in m_order(by_m)]
 
@@ -133,7 +132,7 @@ class _Emitter:
                 one, half = self.products(m, sa, sb)
                 if one or half:
                     n += sum_ops(len(one)) + sum_ops(len(half)) + (1 if half else 0)
-                    n += sum(1 for _, mm, *_ in self.coeffs(self.target) if mm == m)
+                    n += sum(1 for _, mm, _ in self.coeffs(self.target) if mm == m)
         return n * self.nb
 
     def emit(self) -> str:
@@ -173,15 +172,13 @@ class _Emitter:
         stores of spilled values, against 1,864.)"""
         w, p = self.w, self.p
         bcast = p.mul(role) == 1
-        off, active = 0, p.active(role)
-        for l in p.degrees(role):
+        for l, off in self.offsets(role).items():
             dim = 2 * l + 1
-            if l in active:
+            if l in p.active(role):
                 chan = "" if bcast else f" + c * {dim}"
                 w(f"p{name}{l} = {name} + z * s{name} + {off}{chan}")
                 for i in range(dim):
                     w(f"{name}{l}_{i} = tl.load(p{name}{l} + {i}, mask=rm, other=0.0).to(DT)")
-            off += p.mul(role) * dim
 
     def rows_and_operands(self, first: str):
         emit_rows(self.w, first, self.p.channels)
@@ -251,7 +248,7 @@ class _Emitter:
                                       for sg, ma, mb in terms])
                         parts.append(f"({s})" if scale is None else f"({s}) * {self.lit(scale)}")
                 w(f"h{node} = {' + '.join(parts)}")
-            mine = [(pos_t[(l, mm)], var, l) for l, mm, col, var in accs if mm == m]
+            mine = [(pos_t[(l, mm)], var, l) for l, mm, var in accs if mm == m]
             if paired:
                 parities = {(l + m) % 2 for _, _, l in mine}
                 if 0 in parities:
@@ -277,20 +274,8 @@ class _Emitter:
 
     def inactive(self) -> list:
         """``(offset, dim)`` of the target's degrees no path reaches: stored as zeros."""
-        out, off = [], 0
-        for l in self.p.degrees(self.target):
-            if l not in self.p.active(self.target):
-                out.append((off, 2 * l + 1))
-            off += self.p.mul(self.target) * (2 * l + 1)
-        return out
-
-    def offset(self, l: int) -> int:
-        off = 0
-        for ll in self.p.degrees(self.target):
-            if ll == l:
-                return off
-            off += self.p.mul(self.target) * (2 * ll + 1)
-        raise KeyError(l)
+        active = self.p.active(self.target)
+        return [(off, 2 * l + 1) for l, off in self.offsets(self.target).items() if l not in active]
 
     def store_sums(self, accs: list, zeros: bool):
         """Fold each ``[BLOCK_R]`` accumulator (``S`` samples x ``Q`` channel rows, summed over
@@ -298,8 +283,9 @@ class _Emitter:
         w = self.w
         emit_sample_rows(w, self.p.channels)
         w("pg = g + zz * sg")
-        for l, m, col, var in accs:
-            w(f"tl.store(pg + {self.offset(l) + m + l}, tl.sum(tl.reshape(acc{var}, [S, Q]), axis=1)"
+        off = self.offsets(self.target)
+        for l, m, var in accs:
+            w(f"tl.store(pg + {off[l] + m + l}, tl.sum(tl.reshape(acc{var}, [S, Q]), axis=1)"
               ".to(g.dtype.element_ty), mask=zm)")
         if zeros:
             for off, dim in self.inactive():
@@ -313,8 +299,9 @@ class _Emitter:
         bcast = p.mul(self.target) == 1 and p.channels > 1
         w(f"pg = g + {'rr' if bcast else 'z'} * sg")
         chan = (lambda dim: "") if p.mul(self.target) == 1 else (lambda dim: f" + c * {dim}")
-        for l, m, col, var in accs:
-            w(f"tl.store(pg + {self.offset(l) + m + l}{chan(2 * l + 1)}, acc{var}.to(g.dtype.element_ty), mask=rm)")
+        off = self.offsets(self.target)
+        for l, m, var in accs:
+            w(f"tl.store(pg + {off[l] + m + l}{chan(2 * l + 1)}, acc{var}.to(g.dtype.element_ty), mask=rm)")
         if zeros:
             for off, dim in self.inactive():
                 for i in range(dim):

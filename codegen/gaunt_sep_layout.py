@@ -21,6 +21,11 @@ from .gaunt_tables import lm_list, node_tables
 QUAD = 4  # table entries one vector load reads
 
 
+def chains(n: int, chain: int = 6) -> int:
+    """How many interleaved chains :func:`tree_sum` splits ``n`` terms into (1 to 4)."""
+    return max(1, min(4, -(-n // chain)))
+
+
 def tree_sum(terms: list, chain: int = 6) -> str:
     """The sum of signed terms (``"+ x * y"``, ``"- x * y"``) as at most four interleaved
     chains of FMAs added at the end: Triton keeps the written order (no reassociation), and
@@ -35,7 +40,7 @@ def tree_sum(terms: list, chain: int = 6) -> str:
     """
     if not terms:
         return ""
-    ways = max(1, min(4, -(-len(terms) // chain)))
+    ways = chains(len(terms), chain)
 
     def joined(ts):
         s = " ".join(ts)
@@ -48,7 +53,7 @@ def tree_sum(terms: list, chain: int = 6) -> str:
 
 def sum_ops(n: int, chain: int = 6) -> int:
     """Operations of :func:`tree_sum` over ``n`` products: one each, plus the joining adds."""
-    return n + max(1, min(4, -(-n // chain))) - 1 if n else 0
+    return n + chains(n, chain) - 1 if n else 0
 
 
 @lru_cache(maxsize=4096)  # pure, and asked on every launch

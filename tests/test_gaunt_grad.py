@@ -13,7 +13,7 @@ import tritp.gaunt_separable as gaunt_separable
 from tritp.codegen.gaunt_emit import default_block_p, reduces_channels
 from tritp.codegen.gaunt_problem import FORWARD, GauntProblem, derivative_spec
 from tritp.gaunt import compile_gaunt
-from tritp.gaunt_kernels import gaunt_produce
+from tritp.gaunt_launch import gaunt_produce
 from support import compiled_square_loss_errors
 from tritp.gaunt_reference import gaunt_reference
 

@@ -16,7 +16,8 @@ from tritp.codegen.gaunt_sep import emit_separable_producer
 from tritp.codegen.gaunt_sep_layout import kernel_tables, table_columns, target_groups
 from tritp.codegen.gaunt_tables import azimuth_coupling, lm_list, node_tables
 from tritp.gaunt import compile_gaunt
-from tritp.gaunt_kernels import check_launch, gaunt_produce
+from tritp.gaunt_kernels import check_launch
+from tritp.gaunt_launch import gaunt_produce
 from tritp.gaunt_ops import op_key, parse_key
 from tritp.gaunt_reference import gaunt_reference
 from tritp import gaunt_separable

@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent('''
     from tritp.cli_codegen import producer_specs
     from tritp.conv_index import conv_graph
     from tritp.conv_kernels import produce_conv
-    from tritp.gaunt_kernels import gaunt_produce
+    from tritp.gaunt_launch import gaunt_produce
     from tritp.kernels import produce, target_dim
 
     TARGET = GPUTarget("cuda", 90, 32)

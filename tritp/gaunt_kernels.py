@@ -1,6 +1,7 @@
-"""Load and launch the Gaunt producers: sparse through the CG kernels, grid and fft through the
-fused GEMM kernel of :mod:`tritp.codegen.gaunt_emit`, separable through the node-loop kernel of
-:mod:`tritp.codegen.gaunt_sep` (its launches: :mod:`tritp.gaunt_separable`).
+"""The Gaunt producers' kernels, tables and launch rules: sparse through the CG kernels, grid and
+fft through the fused GEMM kernel of :mod:`tritp.codegen.gaunt_emit`, separable through the
+node-loop kernel of :mod:`tritp.codegen.gaunt_sep` (its launches: :mod:`tritp.gaunt_separable`);
+:mod:`tritp.gaunt_launch` plans and runs one launch.
 
 A producer is named by a spec ``"target:role_a,role_b"`` (:mod:`tritp.codegen.gaunt_problem`):
 the forward is ``"out:x1,x2"``, the gradient for ``x1`` is ``"x1:x2,out"`` with the output's
@@ -9,11 +10,9 @@ cached by content hash like the CG kernels (:mod:`tritp.kernels`). The grid, fft
 tables are tensor arguments of the op (the module's buffers), never created inside it.
 
 Example:
-    >>> import torch
-    >>> from tritp.codegen.gaunt_problem import GauntProblem, FORWARD
-    >>> p = GauntProblem("4x0e+4x1o", "0e+1o", lmax_out=2)
-    >>> gaunt_produce(p, FORWARD, [torch.randn(3, 16), torch.randn(3, 4)], 3).shape  # doctest: +SKIP
-    torch.Size([3, 36])
+    >>> from tritp.codegen.gaunt_problem import GauntProblem
+    >>> launch_candidates(GauntProblem("4x0e+4x1o", "0e+1o", lmax_out=2))[0]
+    (64, 4, 16)
 """
 
 from __future__ import annotations
@@ -249,8 +248,6 @@ def target_dim(problem: GauntProblem, role: str) -> int:
     return problem.irreps(role).dim
 
 
-__all__ = ["gaunt_produce", "get_gemm_kernel", "role_tensors", "cg_spec", "target_dim", "launch_shape",
+__all__ = ["load_kernel", "get_gemm_kernel", "role_tensors", "cg_spec", "target_dim", "launch_shape",
            "launch_candidates", "check_launch", "estimate_registers"]
 
-
-from .gaunt_launch import gaunt_produce  # noqa: E402  (defined there; re-exported: the ops import it here)

@@ -42,7 +42,7 @@ def gaunt_plan(problem: GauntProblem, spec: str, tensors, Z: int, *, out_dtype=N
     for x in (a, b):
         if x.stride(-1) != 1:
             x = x.contiguous()
-        strides.append(x.shape[1] if dry and x.shape[0] != 1 else x.stride(0) if x.shape[0] != 1 else 0)
+        strides.append(x.stride(0) if x.shape[0] != 1 else 0)
         args.append(x)
     C = problem.channels
     R = Z * C

@@ -38,7 +38,8 @@ import torch
 from torch.library import custom_op, wrap_triton
 
 from .codegen.gaunt_problem import GauntProblem, derivative_spec, parse_spec
-from .gaunt_kernels import check_launch, gaunt_produce, target_dim
+from .gaunt_kernels import check_launch, target_dim
+from .gaunt_launch import gaunt_produce
 from .op_pair import engine_needs, graph_inputs, pick, register, save_inputs, unbroadcast, visible_op
 
 
